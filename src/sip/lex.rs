@@ -1,0 +1,228 @@
+//! Byte-level lexing shared by the scanner and the field parsers.
+//!
+//! Header values are ranges of the datagram that may still hold folded line
+//! breaks (`CRLF` followed by SP or HT). RFC 3261 §7.3.1 makes a fold
+//! equivalent to one SP, so inside a value every CR, LF, SP and HT is linear
+//! white space (LWS). The framing code has already proved that a CR or LF
+//! inside a value is part of a fold, which is what lets [`skip_lws`] treat
+//! them all alike.
+
+/// RFC 3261 `token` characters: alphanum and `-.!%*_+` `` ` `` `'~`.
+const TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        c += 1;
+    }
+    table
+};
+
+#[inline]
+pub(crate) fn is_token(b: u8) -> bool {
+    TOKEN[b as usize]
+}
+
+#[inline]
+pub(crate) fn is_lws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Index of the first byte at or after `at` that is not LWS.
+#[inline]
+pub(crate) fn skip_lws(s: &[u8], mut at: usize) -> usize {
+    while at < s.len() && is_lws(s[at]) {
+        at += 1;
+    }
+    at
+}
+
+/// `s` without leading and trailing LWS.
+#[inline]
+pub(crate) fn trim_lws(s: &[u8]) -> &[u8] {
+    let start = skip_lws(s, 0);
+    let mut end = s.len();
+    while end > start && is_lws(s[end - 1]) {
+        end -= 1;
+    }
+    &s[start..end]
+}
+
+/// Index one past the end of the token starting at `at` (== `at` if none).
+#[inline]
+pub(crate) fn token_end(s: &[u8], mut at: usize) -> usize {
+    while at < s.len() && is_token(s[at]) {
+        at += 1;
+    }
+    at
+}
+
+/// Whether `s` is a non-empty token.
+pub(crate) fn is_token_str(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_token(b))
+}
+
+/// Given `s[at] == b'"'`, the index one past the closing quote, honouring
+/// quoted-pair escapes. `None` when the string is unterminated.
+pub(crate) fn quoted_string_end(s: &[u8], at: usize) -> Option<usize> {
+    debug_assert_eq!(s.get(at), Some(&b'"'));
+    let mut i = at + 1;
+    while i < s.len() {
+        match s[i] {
+            b'"' => return Some(i + 1),
+            // quoted-pair: `\` then any octet but CR and LF.
+            b'\\' => {
+                if matches!(s.get(i + 1), None | Some(b'\r') | Some(b'\n')) {
+                    return None;
+                }
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Splits a comma-separated header value (Via, Route, Record-Route, Contact)
+/// into its elements, ignoring commas inside quoted strings and `<...>`.
+///
+/// Each element is trimmed of LWS. Empty elements are yielded as empty
+/// slices so that callers can reject them (`Via: a,,b` is malformed).
+/// An unterminated quote or `<` makes the rest of the value one element,
+/// which the element parser then rejects.
+#[derive(Clone)]
+pub(crate) struct CommaSplit<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> CommaSplit<'a> {
+    pub(crate) fn new(value: &'a [u8]) -> Self {
+        CommaSplit { rest: Some(value) }
+    }
+}
+
+impl<'a> Iterator for CommaSplit<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let s = self.rest?;
+        let mut i = 0;
+        let mut in_angle = false;
+        while i < s.len() {
+            match s[i] {
+                b'"' => match quoted_string_end(s, i) {
+                    Some(end) => {
+                        i = end;
+                        continue;
+                    }
+                    None => break,
+                },
+                b'<' => in_angle = true,
+                b'>' => in_angle = false,
+                b',' if !in_angle => {
+                    self.rest = Some(&s[i + 1..]);
+                    return Some(trim_lws(&s[..i]));
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        self.rest = None;
+        Some(trim_lws(s))
+    }
+}
+
+/// Parses an unsigned decimal number that must fit `max`. Leading zeros are
+/// allowed (`Max-Forwards: 0068`); an empty string, a sign or an overflow
+/// is `None`.
+pub(crate) fn parse_decimal(s: &[u8], max: u64) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        if n > max {
+            return None;
+        }
+    }
+    Some(n)
+}
+
+/// Byte offset of `inner` within `outer`. `inner` must be a sub-slice of
+/// `outer`; this is how parsed fields (slices) become edit positions.
+#[inline]
+pub(crate) fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
+    let offset = (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize);
+    debug_assert!(
+        offset + inner.len() <= outer.len(),
+        "slice is not inside the buffer"
+    );
+    offset
+}
+
+/// Writes the decimal digits of `n` into `out`, returning how many.
+pub(crate) fn write_decimal(out: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut i = out.len();
+    loop {
+        i -= 1;
+        out[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &out[i..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comma_split_respects_quotes_and_angles() {
+        let v = b"\"a, b\" <sip:x@y;p=1,2>;q=1 , <sip:z@w>,,";
+        let parts: Vec<&[u8]> = CommaSplit::new(v).collect();
+        assert_eq!(
+            parts,
+            vec![
+                &b"\"a, b\" <sip:x@y;p=1,2>;q=1"[..],
+                &b"<sip:z@w>"[..],
+                &b""[..],
+                &b""[..]
+            ]
+        );
+    }
+
+    #[test]
+    fn quoted_string_escapes() {
+        assert_eq!(quoted_string_end(b"\"a\\\"b\" c", 0), Some(6));
+        assert_eq!(quoted_string_end(b"\"abc", 0), None);
+        assert_eq!(quoted_string_end(b"\"ab\\", 0), None);
+    }
+
+    #[test]
+    fn decimal_bounds() {
+        assert_eq!(parse_decimal(b"0068", 255), Some(68));
+        assert_eq!(parse_decimal(b"300", 255), None);
+        assert_eq!(parse_decimal(b"-1", 255), None);
+        assert_eq!(parse_decimal(b"", 255), None);
+        assert_eq!(parse_decimal(b"99999999999999999999999", u64::MAX), None);
+    }
+
+    #[test]
+    fn decimal_writer() {
+        let mut buf = [0u8; 20];
+        assert_eq!(write_decimal(&mut buf, 0), b"0");
+        assert_eq!(write_decimal(&mut buf, 65535), b"65535");
+        assert_eq!(write_decimal(&mut buf, u64::MAX), b"18446744073709551615");
+    }
+}

@@ -1,0 +1,28 @@
+//! SIP messages: scanning, validation, editing and local responses.
+//!
+//! Nothing here does I/O or reads a clock: bytes in, views and bytes out.
+
+mod addr;
+mod edit;
+mod error;
+mod header;
+pub(crate) mod lex;
+mod method;
+mod out;
+mod params;
+mod response;
+mod scan;
+mod uri;
+mod via;
+
+pub use addr::{AddrError, NameAddr};
+pub use edit::{EditError, Editor, Forward, LocalAddress, Source};
+pub use error::{Answer, Fault, ScanError, StartKind};
+pub use header::HeaderName;
+pub use method::Method;
+pub use out::BufferFull;
+pub use params::{Param, ParamError};
+pub use response::{write_rejection, write_response, LocalResponse, ResponseError};
+pub use scan::{CSeq, Contact, Header, Limits, Message, Scanner, StartLine};
+pub use uri::{Scheme, Uri, UriError};
+pub use via::{Via, ViaError, MAGIC_COOKIE};

@@ -1,0 +1,869 @@
+//! The scanner: one datagram in, a [`Message`] view out, nothing copied.
+//!
+//! Scanning is two passes over bytes already in cache. *Framing* finds the
+//! start line, every header field (name and value ranges, folded lines
+//! included) and the end of the header section, with memchr doing the
+//! searching. *Validation* then parses exactly the fields a proxy routes on
+//! (Request-URI, every Via, Call-ID, CSeq, Max-Forwards, From, To,
+//! Content-Length, Proxy-Require) and rejects what RFC 3261 says to reject.
+//! Everything else stays an opaque range, to be copied byte for byte.
+
+use super::addr::NameAddr;
+use super::error::{Fault, ScanError, StartKind};
+use super::header::HeaderName;
+use super::lex::{is_token, is_token_str, parse_decimal, trim_lws, CommaSplit};
+use super::method::Method;
+use super::uri::{Scheme, Uri};
+use super::via::Via;
+
+/// Bounds on what one datagram may hold. Each guards memory or CPU against
+/// a hostile peer; all are configurable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest datagram accepted. UDP cannot carry more than 64 KiB.
+    pub datagram_bytes_max: usize,
+    /// Header fields per message; the scanner's slot array has this size.
+    pub headers_max: usize,
+    /// Bytes in one header field, folded continuation lines included.
+    pub header_line_bytes_max: usize,
+    /// Via values per message; each costs a parse on every request. The
+    /// default is 64, not 32: RFC 4475's longreq, a legal message every
+    /// element must process, carries 34.
+    pub via_values_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            datagram_bytes_max: 64 * 1024,
+            headers_max: 128,
+            header_line_bytes_max: 8 * 1024,
+            via_values_max: 64,
+        }
+    }
+}
+
+/// A byte range of the datagram. `u32` keeps a header slot at 20 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+}
+
+impl Span {
+    #[inline]
+    fn new(start: usize, end: usize) -> Span {
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn of<'m>(&self, buf: &'m [u8]) -> &'m [u8] {
+        &buf[self.start as usize..self.end as usize]
+    }
+}
+
+/// One header field as found by framing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HeaderSlot {
+    pub(crate) name: HeaderName,
+    pub(crate) name_span: Span,
+    /// The value, trimmed of LWS; folds inside it are kept as written.
+    pub(crate) value: Span,
+    /// The whole field from the first byte of its name to the end of its
+    /// last line, line end included.
+    pub(crate) line: Span,
+}
+
+/// A header field of a scanned message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header<'m> {
+    pub name: HeaderName,
+    /// The name as written (`v`, `VIA`, `X-Custom`).
+    pub name_text: &'m [u8],
+    /// The value without surrounding LWS; folded line breaks are kept.
+    pub value: &'m [u8],
+}
+
+/// The first line of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartLine<'m> {
+    Request {
+        method: Method,
+        method_text: &'m [u8],
+        uri: Uri<'m>,
+        uri_text: &'m [u8],
+    },
+    Response {
+        code: u16,
+        reason: &'m [u8],
+    },
+}
+
+/// CSeq: the sequence number and the method it counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CSeq<'m> {
+    pub number: u32,
+    pub method: Method,
+    pub method_text: &'m [u8],
+}
+
+/// Where framing found things, kept for the error-response path too.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Frame {
+    pub(crate) start_line: Span,
+    /// Offset of the empty line that ends the header section.
+    pub(crate) headers_end: usize,
+    /// Offset of the body (just past the empty line).
+    pub(crate) body_start: usize,
+    pub(crate) kind: StartKind,
+}
+
+/// Scans datagrams into [`Message`] views. Owns the header slot array, so
+/// one `Scanner` per shard scans every datagram without allocating.
+#[derive(Debug)]
+pub struct Scanner {
+    limits: Limits,
+    slots: Vec<HeaderSlot>,
+    /// Extension option tags this proxy supports in Proxy-Require.
+    proxy_require_supported: Vec<Box<[u8]>>,
+}
+
+/// A scanned, validated SIP message. Every accessor returns a slice of the
+/// datagram.
+#[derive(Clone, Copy, Debug)]
+pub struct Message<'m> {
+    pub(crate) datagram: &'m [u8],
+    pub(crate) slots: &'m [HeaderSlot],
+    pub(crate) frame: Frame,
+    start_line: StartLine<'m>,
+    body: &'m [u8],
+    top_via: Via<'m>,
+    /// Index of the header field that holds the top Via.
+    pub(crate) top_via_slot: u16,
+    via_count: u16,
+    call_id: &'m [u8],
+    cseq: CSeq<'m>,
+    max_forwards: Option<u8>,
+    pub(crate) max_forwards_slot: Option<u16>,
+    from: NameAddr<'m>,
+    to: NameAddr<'m>,
+    content_length: Option<u32>,
+}
+
+impl Scanner {
+    pub fn new(limits: Limits) -> Scanner {
+        Scanner {
+            slots: Vec::with_capacity(limits.headers_max),
+            limits,
+            proxy_require_supported: Vec::new(),
+        }
+    }
+
+    /// Declares the option tags this proxy supports; any other tag in a
+    /// request's Proxy-Require is answered 420. None by default.
+    pub fn with_proxy_require_supported<I, T>(mut self, tags: I) -> Scanner
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        self.proxy_require_supported = tags.into_iter().map(|t| t.as_ref().into()).collect();
+        self
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Scans and validates one datagram.
+    pub fn scan<'m>(&'m mut self, datagram: &'m [u8]) -> Result<Message<'m>, ScanError> {
+        let frame = self.frame(datagram)?;
+        let kind = frame.kind;
+        validate(
+            datagram,
+            &self.slots,
+            frame,
+            &self.limits,
+            &self.proxy_require_supported,
+        )
+        .map_err(|fault| ScanError { fault, kind })
+    }
+
+    /// Whether `tag` is one of the Proxy-Require tags we support.
+    pub(crate) fn supports(&self, tag: &[u8]) -> bool {
+        self.proxy_require_supported
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(tag))
+    }
+
+    pub(crate) fn slots(&self) -> &[HeaderSlot] {
+        &self.slots
+    }
+
+    /// Finds the start line and every header field. Fills `self.slots`.
+    pub(crate) fn frame(&mut self, datagram: &[u8]) -> Result<Frame, ScanError> {
+        self.slots.clear();
+        let unknown = |fault| ScanError {
+            fault,
+            kind: StartKind::Unknown,
+        };
+        if datagram.len() > self.limits.datagram_bytes_max {
+            return Err(unknown(Fault::TooLarge));
+        }
+        // RFC 3261 §7.5: CRLFs before the start line are ignored (keep-alives).
+        let mut at = 0;
+        while at < datagram.len() && matches!(datagram[at], b'\r' | b'\n') {
+            at += 1;
+        }
+        if at == datagram.len() {
+            return Err(unknown(Fault::Empty));
+        }
+        let line_end = memchr::memchr(b'\n', &datagram[at..])
+            .map(|p| p + at)
+            .ok_or(unknown(Fault::Truncated))?;
+        let start_line = Span::new(at, strip_cr(datagram, at, line_end));
+        let kind = if start_line.of(datagram).starts_with(b"SIP/") {
+            StartKind::Response
+        } else {
+            StartKind::Request
+        };
+        let fail = |fault| ScanError { fault, kind };
+        let mut pos = line_end + 1;
+        loop {
+            match datagram.get(pos) {
+                None => return Err(fail(Fault::Truncated)),
+                Some(b'\n') => {
+                    return Ok(framed(start_line, pos, pos + 1, kind));
+                }
+                Some(b'\r') if datagram.get(pos + 1) == Some(&b'\n') => {
+                    return Ok(framed(start_line, pos, pos + 2, kind));
+                }
+                Some(b' ' | b'\t') => return Err(fail(Fault::HeaderName)),
+                Some(_) => {}
+            }
+            if self.slots.len() == self.limits.headers_max {
+                return Err(fail(Fault::TooManyHeaders));
+            }
+            let slot = self.frame_field(datagram, pos).map_err(fail)?;
+            pos = slot.line.end as usize;
+            self.slots.push(slot);
+        }
+    }
+
+    /// Frames the header field starting at `start`: its name, its value and
+    /// its continuation lines.
+    fn frame_field(&self, datagram: &[u8], start: usize) -> Result<HeaderSlot, Fault> {
+        let line_limit = self.limits.header_line_bytes_max;
+        let first_nl = memchr::memchr(b'\n', &datagram[start..])
+            .map(|p| p + start)
+            .ok_or(Fault::Truncated)?;
+        let colon = memchr::memchr(b':', &datagram[start..first_nl])
+            .map(|p| p + start)
+            .ok_or(Fault::HeaderName)?;
+        // HCOLON = *( SP / HTAB ) ":" SWS
+        let mut name_end = colon;
+        while name_end > start && matches!(datagram[name_end - 1], b' ' | b'\t') {
+            name_end -= 1;
+        }
+        let name = &datagram[start..name_end];
+        if !is_token_str(name) {
+            return Err(Fault::HeaderName);
+        }
+        // Follow folds: a line that starts with SP or HT continues this one.
+        let mut nl = first_nl;
+        while matches!(datagram.get(nl + 1), Some(b' ' | b'\t')) {
+            if nl - start > line_limit {
+                return Err(Fault::HeaderLineTooLong);
+            }
+            nl = memchr::memchr(b'\n', &datagram[nl + 1..])
+                .map(|p| p + nl + 1)
+                .ok_or(Fault::Truncated)?;
+        }
+        if nl - start > line_limit {
+            return Err(Fault::HeaderLineTooLong);
+        }
+        let value_end = strip_cr(datagram, start, nl);
+        let raw = &datagram[colon + 1..value_end];
+        let value = trim_lws(raw);
+        let value_start = super::lex::offset_in(datagram, value);
+        Ok(HeaderSlot {
+            name: HeaderName::classify(name),
+            name_span: Span::new(start, name_end),
+            value: Span::new(value_start, value_start + value.len()),
+            line: Span::new(start, nl + 1),
+        })
+    }
+}
+
+fn framed(start_line: Span, headers_end: usize, body_start: usize, kind: StartKind) -> Frame {
+    Frame {
+        start_line,
+        headers_end,
+        body_start,
+        kind,
+    }
+}
+
+/// The end of a line's content: `nl` minus a CR before it, never before `start`.
+#[inline]
+fn strip_cr(datagram: &[u8], start: usize, nl: usize) -> usize {
+    if nl > start && datagram[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    }
+}
+
+/// Positions of the headers validation needs, found in one walk.
+#[derive(Default)]
+struct Known {
+    call_id: Option<u16>,
+    cseq: Option<u16>,
+    from: Option<u16>,
+    to: Option<u16>,
+    max_forwards: Option<u16>,
+    content_length: Option<u16>,
+    first_via: Option<u16>,
+}
+
+fn validate<'m>(
+    datagram: &'m [u8],
+    slots: &'m [HeaderSlot],
+    frame: Frame,
+    limits: &Limits,
+    proxy_require_supported: &[Box<[u8]>],
+) -> Result<Message<'m>, Fault> {
+    let start_line = parse_start_line(frame.start_line.of(datagram), frame.kind)?;
+    let mut known = Known::default();
+    let mut via_count = 0usize;
+    let mut top_via = None;
+    for (index, slot) in slots.iter().enumerate() {
+        let index = index as u16;
+        let cell = match slot.name {
+            HeaderName::Via => {
+                known.first_via.get_or_insert(index);
+                for value in CommaSplit::new(slot.value.of(datagram)) {
+                    via_count += 1;
+                    if via_count > limits.via_values_max {
+                        return Err(Fault::TooManyVia);
+                    }
+                    let via = Via::parse(value).map_err(Fault::Via)?;
+                    top_via.get_or_insert(via);
+                }
+                continue;
+            }
+            HeaderName::CallId => &mut known.call_id,
+            HeaderName::CSeq => &mut known.cseq,
+            HeaderName::From => &mut known.from,
+            HeaderName::To => &mut known.to,
+            HeaderName::MaxForwards => &mut known.max_forwards,
+            HeaderName::ContentLength => &mut known.content_length,
+            _ => continue,
+        };
+        debug_assert!(slot.name.is_single());
+        if cell.replace(index).is_some() {
+            return Err(Fault::Duplicate(slot.name));
+        }
+    }
+    let value = |index: u16| slots[index as usize].value.of(datagram);
+    let required = |cell: Option<u16>, name| cell.ok_or(Fault::Missing(name));
+    let top_via = top_via.ok_or(Fault::Missing(HeaderName::Via))?;
+    let from_slot = required(known.from, HeaderName::From)?;
+    let to_slot = required(known.to, HeaderName::To)?;
+    let call_id = value(required(known.call_id, HeaderName::CallId)?);
+    let cseq_slot = required(known.cseq, HeaderName::CSeq)?;
+
+    if call_id.is_empty() || call_id.iter().any(|&b| super::lex::is_lws(b) || b < 0x20) {
+        return Err(Fault::CallId);
+    }
+    let cseq = parse_cseq(value(cseq_slot))?;
+    let from = NameAddr::parse(value(from_slot)).map_err(Fault::From)?;
+    let to = NameAddr::parse(value(to_slot)).map_err(Fault::To)?;
+    let max_forwards = match known.max_forwards {
+        Some(index) => Some(parse_decimal(value(index), 255).ok_or(Fault::MaxForwards)? as u8),
+        None => None,
+    };
+    let content_length = match known.content_length {
+        Some(index) => Some(
+            parse_decimal(value(index), u64::from(u32::MAX)).ok_or(Fault::ContentLength)? as u32,
+        ),
+        None => None,
+    };
+    // RFC 3261 §18.3: over UDP, octets past Content-Length are ignored; a
+    // missing Content-Length means the body runs to the end of the datagram.
+    let body_end = match content_length {
+        Some(length) => frame
+            .body_start
+            .checked_add(length as usize)
+            .filter(|&end| end <= datagram.len())
+            .ok_or(Fault::BodyTooShort)?,
+        None => datagram.len(),
+    };
+
+    if let StartLine::Request { method, uri, .. } = start_line {
+        if cseq.method_text != frame_method(&start_line) {
+            return Err(Fault::CSeqMethod);
+        }
+        debug_assert_eq!(cseq.method, method);
+        if uri.scheme == Scheme::Other {
+            return Err(Fault::UnsupportedScheme);
+        }
+        if uri.headers.is_some() {
+            return Err(Fault::RequestUriHeaders);
+        }
+        if max_forwards == Some(0) {
+            return Err(Fault::MaxForwardsZero);
+        }
+        let unsupported = |tag: &[u8]| {
+            !proxy_require_supported
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(tag))
+        };
+        if proxy_require_tags(datagram, slots).any(unsupported) {
+            return Err(Fault::ProxyRequire);
+        }
+    }
+
+    Ok(Message {
+        datagram,
+        slots,
+        frame,
+        start_line,
+        body: &datagram[frame.body_start..body_end],
+        top_via,
+        top_via_slot: known.first_via.unwrap_or(0),
+        via_count: via_count as u16,
+        call_id,
+        cseq,
+        max_forwards,
+        max_forwards_slot: known.max_forwards,
+        from,
+        to,
+        content_length,
+    })
+}
+
+fn frame_method<'m>(start_line: &StartLine<'m>) -> &'m [u8] {
+    match start_line {
+        StartLine::Request { method_text, .. } => method_text,
+        StartLine::Response { .. } => &[],
+    }
+}
+
+/// Every option tag of every Proxy-Require header, in order.
+pub(crate) fn proxy_require_tags<'m>(
+    datagram: &'m [u8],
+    slots: &'m [HeaderSlot],
+) -> impl Iterator<Item = &'m [u8]> + 'm {
+    slots
+        .iter()
+        .filter(|s| s.name == HeaderName::ProxyRequire)
+        .flat_map(move |s| CommaSplit::new(s.value.of(datagram)))
+        .filter(|tag| !tag.is_empty())
+}
+
+fn parse_start_line(line: &[u8], kind: StartKind) -> Result<StartLine<'_>, Fault> {
+    match kind {
+        StartKind::Response => parse_status_line(line),
+        _ => parse_request_line(line),
+    }
+}
+
+/// `Method SP Request-URI SP SIP-Version`. Trailing white space is
+/// tolerated (RFC 4475 trws allows either answer; forwarding is kinder);
+/// any other extra white space makes the line malformed (lwsstart, lwsruri).
+fn parse_request_line(line: &[u8]) -> Result<StartLine<'_>, Fault> {
+    let mut end = line.len();
+    while end > 0 && matches!(line[end - 1], b' ' | b'\t') {
+        end -= 1;
+    }
+    let line = &line[..end];
+    let first_sp = memchr::memchr(b' ', line).ok_or(Fault::StartLine)?;
+    let last_sp = memchr::memrchr(b' ', line).ok_or(Fault::StartLine)?;
+    if first_sp == last_sp {
+        return Err(Fault::StartLine);
+    }
+    let method_text = &line[..first_sp];
+    let uri_text = &line[first_sp + 1..last_sp];
+    let version = &line[last_sp + 1..];
+    if !is_token_str(method_text)
+        || uri_text.is_empty()
+        || uri_text.iter().any(|&b| b == b' ' || b == b'\t')
+    {
+        return Err(Fault::StartLine);
+    }
+    check_version(version)?;
+    let uri = Uri::parse(uri_text).map_err(Fault::RequestUri)?;
+    Ok(StartLine::Request {
+        method: Method::from_token(method_text),
+        method_text,
+        uri,
+        uri_text,
+    })
+}
+
+/// `SIP-Version SP Status-Code SP Reason-Phrase`.
+fn parse_status_line(line: &[u8]) -> Result<StartLine<'_>, Fault> {
+    let sp = memchr::memchr(b' ', line).ok_or(Fault::StartLine)?;
+    check_version(&line[..sp])?;
+    let rest = &line[sp + 1..];
+    let code_text = &rest[..rest.len().min(3)];
+    if code_text.len() != 3 || rest.get(3).is_some_and(|&b| b != b' ') {
+        return Err(Fault::StatusCode);
+    }
+    let code = parse_decimal(code_text, 699)
+        .filter(|&c| c >= 100)
+        .ok_or(Fault::StatusCode)? as u16;
+    let reason = rest.get(4..).unwrap_or(&[]);
+    if reason.iter().any(|&b| b < 0x20 && b != b'\t') {
+        return Err(Fault::StartLine);
+    }
+    Ok(StartLine::Response { code, reason })
+}
+
+/// `SIP/2.0` passes; another well-formed version is `Version` (505);
+/// anything else is a malformed start line.
+fn check_version(version: &[u8]) -> Result<(), Fault> {
+    if version.eq_ignore_ascii_case(b"SIP/2.0") {
+        return Ok(());
+    }
+    let well_formed = version.len() > 4
+        && version[..4].eq_ignore_ascii_case(b"SIP/")
+        && version[4..].split(|&b| b == b'.').count() == 2
+        && version[4..]
+            .split(|&b| b == b'.')
+            .all(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit));
+    Err(if well_formed {
+        Fault::Version
+    } else {
+        Fault::StartLine
+    })
+}
+
+/// `CSeq: 1*DIGIT LWS Method`, the number a u32.
+fn parse_cseq(value: &[u8]) -> Result<CSeq<'_>, Fault> {
+    let digits = value
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .ok_or(Fault::CSeq)?;
+    let number = parse_decimal(&value[..digits], u64::from(u32::MAX)).ok_or(Fault::CSeq)? as u32;
+    let method_start = super::lex::skip_lws(value, digits);
+    if method_start == digits {
+        return Err(Fault::CSeq);
+    }
+    let method_text = &value[method_start..];
+    if !method_text.iter().all(|&b| is_token(b)) || method_text.is_empty() {
+        return Err(Fault::CSeq);
+    }
+    Ok(CSeq {
+        number,
+        method: Method::from_token(method_text),
+        method_text,
+    })
+}
+
+impl<'m> Message<'m> {
+    /// The message itself: start line to the end of the body. Octets past
+    /// Content-Length in the datagram are not part of it.
+    pub fn as_bytes(&self) -> &'m [u8] {
+        let end = super::lex::offset_in(self.datagram, self.body) + self.body.len();
+        &self.datagram[self.frame.start_line.start as usize..end]
+    }
+
+    /// The whole datagram the message was scanned from.
+    pub fn datagram(&self) -> &'m [u8] {
+        self.datagram
+    }
+
+    pub fn start_line(&self) -> &StartLine<'m> {
+        &self.start_line
+    }
+
+    pub fn is_request(&self) -> bool {
+        matches!(self.start_line, StartLine::Request { .. })
+    }
+
+    /// The request's method; `None` for a response.
+    pub fn method(&self) -> Option<Method> {
+        match self.start_line {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub fn request_uri(&self) -> Option<&Uri<'m>> {
+        match &self.start_line {
+            StartLine::Request { uri, .. } => Some(uri),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The response's status code; `None` for a request.
+    pub fn status_code(&self) -> Option<u16> {
+        match self.start_line {
+            StartLine::Response { code, .. } => Some(code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// Every header field in order.
+    pub fn headers(&self) -> impl Iterator<Item = Header<'m>> + '_ {
+        let datagram = self.datagram;
+        self.slots.iter().map(move |s| Header {
+            name: s.name,
+            name_text: s.name_span.of(datagram),
+            value: s.value.of(datagram),
+        })
+    }
+
+    /// The values of every header field named `name`, in order.
+    pub fn header_values(&self, name: HeaderName) -> impl Iterator<Item = &'m [u8]> + '_ {
+        let datagram = self.datagram;
+        self.slots
+            .iter()
+            .filter(move |s| s.name == name)
+            .map(move |s| s.value.of(datagram))
+    }
+
+    /// The values of the comma-list headers named `name`, split, in order.
+    fn list_values(&self, name: HeaderName) -> impl Iterator<Item = &'m [u8]> + '_ {
+        self.header_values(name).flat_map(CommaSplit::new)
+    }
+
+    /// The first value of header `name`, if any.
+    pub fn header(&self, name: HeaderName) -> Option<&'m [u8]> {
+        self.header_values(name).next()
+    }
+
+    /// The top Via: the one the response to this request will follow.
+    pub fn top_via(&self) -> &Via<'m> {
+        &self.top_via
+    }
+
+    /// Every Via value, top first. All of them were validated by the scan.
+    pub fn vias(&self) -> impl Iterator<Item = Via<'m>> + '_ {
+        self.list_values(HeaderName::Via)
+            .filter_map(|v| Via::parse(v).ok())
+    }
+
+    pub fn via_count(&self) -> usize {
+        usize::from(self.via_count)
+    }
+
+    pub fn call_id(&self) -> &'m [u8] {
+        self.call_id
+    }
+
+    pub fn cseq(&self) -> &CSeq<'m> {
+        &self.cseq
+    }
+
+    /// Max-Forwards as received; `None` when absent.
+    pub fn max_forwards(&self) -> Option<u8> {
+        self.max_forwards
+    }
+
+    pub fn from(&self) -> &NameAddr<'m> {
+        &self.from
+    }
+
+    pub fn to(&self) -> &NameAddr<'m> {
+        &self.to
+    }
+
+    /// Route values, top first. A malformed value is `Err` so that the
+    /// caller decides; Route is only parsed when routing needs it.
+    pub fn routes(
+        &self,
+    ) -> impl Iterator<Item = Result<NameAddr<'m>, super::addr::AddrError>> + '_ {
+        self.list_values(HeaderName::Route).map(NameAddr::parse)
+    }
+
+    pub fn record_routes(
+        &self,
+    ) -> impl Iterator<Item = Result<NameAddr<'m>, super::addr::AddrError>> + '_ {
+        self.list_values(HeaderName::RecordRoute)
+            .map(NameAddr::parse)
+    }
+
+    /// Contact values; `Contact: *` (REGISTER) is yielded as [`Contact::Star`].
+    pub fn contacts(
+        &self,
+    ) -> impl Iterator<Item = Result<Contact<'m>, super::addr::AddrError>> + '_ {
+        self.list_values(HeaderName::Contact).map(|v| {
+            if v == b"*" {
+                Ok(Contact::Star)
+            } else {
+                NameAddr::parse(v).map(Contact::Address)
+            }
+        })
+    }
+
+    pub fn content_length(&self) -> Option<u32> {
+        self.content_length
+    }
+
+    /// The option tags of every Proxy-Require header.
+    pub fn proxy_require(&self) -> impl Iterator<Item = &'m [u8]> + 'm {
+        proxy_require_tags(self.datagram, self.slots)
+    }
+
+    /// The option tags of every Require header.
+    pub fn require(&self) -> impl Iterator<Item = &'m [u8]> + '_ {
+        self.list_values(HeaderName::Require)
+            .filter(|t| !t.is_empty())
+    }
+
+    /// The body, exactly Content-Length octets (or the rest of the datagram).
+    pub fn body(&self) -> &'m [u8] {
+        self.body
+    }
+}
+
+/// A Contact value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contact<'m> {
+    /// `Contact: *`, valid only in REGISTER to remove every binding.
+    Star,
+    Address(NameAddr<'m>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::Method;
+
+    const INVITE: &[u8] = b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds;rport\r\n\
+Max-Forwards: 70\r\n\
+To: Bob <sip:bob@biloxi.example.com>\r\n\
+From: Alice <sip:alice@atlanta.example.com>;tag=1928301774\r\n\
+Call-ID: a84b4c76e66710@pc33.atlanta.example.com\r\n\
+CSeq: 314159 INVITE\r\n\
+Route: <sip:lb.example.com;lr>, <sip:core.example.com;lr>\r\n\
+Contact: <sip:alice@pc33.atlanta.example.com>\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 4\r\n\
+\r\n\
+v=0\r\n";
+
+    fn scan(bytes: &[u8]) -> Result<(), ScanError> {
+        Scanner::new(Limits::default()).scan(bytes).map(|_| ())
+    }
+
+    fn fault(bytes: &[u8]) -> Fault {
+        scan(bytes).unwrap_err().fault
+    }
+
+    #[test]
+    fn request_fields() {
+        let mut scanner = Scanner::new(Limits::default());
+        let m = scanner.scan(INVITE).unwrap();
+        assert_eq!(m.method(), Some(Method::Invite));
+        assert_eq!(m.request_uri().unwrap().host, b"biloxi.example.com");
+        assert_eq!(m.top_via().branch, Some(&b"z9hG4bK776asdhds"[..]));
+        assert_eq!(m.call_id(), b"a84b4c76e66710@pc33.atlanta.example.com");
+        assert_eq!(m.cseq().number, 314159);
+        assert_eq!(m.max_forwards(), Some(70));
+        assert_eq!(m.from().tag, Some(&b"1928301774"[..]));
+        assert_eq!(m.to().tag, None);
+        let routes: Vec<_> = m.routes().map(|r| r.unwrap().uri.host).collect();
+        assert_eq!(routes, vec![&b"lb.example.com"[..], b"core.example.com"]);
+        assert_eq!(m.body(), b"v=0\r");
+        assert_eq!(m.content_length(), Some(4));
+        assert_eq!(m.headers().count(), 10);
+        assert_eq!(m.contacts().count(), 1);
+    }
+
+    #[test]
+    fn leading_crlf_and_bare_lf() {
+        let lf = b"\r\n\r\nOPTIONS sip:a@b SIP/2.0\nVia: SIP/2.0/UDP h\nFrom: <sip:x@y>;tag=1\nTo: <sip:a@b>\nCall-ID: c\nCSeq: 1 OPTIONS\n\n";
+        let mut scanner = Scanner::new(Limits::default());
+        let m = scanner.scan(lf).unwrap();
+        assert_eq!(m.call_id(), b"c");
+        assert_eq!(m.body(), b"");
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let limits = Limits {
+            headers_max: 5,
+            ..Limits::default()
+        };
+        let err = Scanner::new(limits).scan(INVITE).unwrap_err();
+        assert_eq!(err.fault, Fault::TooManyHeaders);
+        let limits = Limits {
+            datagram_bytes_max: 100,
+            ..Limits::default()
+        };
+        assert_eq!(
+            Scanner::new(limits).scan(INVITE).unwrap_err().fault,
+            Fault::TooLarge
+        );
+        let limits = Limits {
+            header_line_bytes_max: 40,
+            ..Limits::default()
+        };
+        assert_eq!(
+            Scanner::new(limits).scan(INVITE).unwrap_err().fault,
+            Fault::HeaderLineTooLong
+        );
+        let limits = Limits {
+            via_values_max: 1,
+            ..Limits::default()
+        };
+        let two_vias = std::str::from_utf8(INVITE)
+            .unwrap()
+            .replace("rport\r\n", "rport, SIP/2.0/UDP h2\r\n");
+        assert_eq!(
+            Scanner::new(limits)
+                .scan(two_vias.as_bytes())
+                .unwrap_err()
+                .fault,
+            Fault::TooManyVia
+        );
+    }
+
+    #[test]
+    fn keepalive_and_garbage() {
+        assert_eq!(fault(b"\r\n\r\n"), Fault::Empty);
+        assert_eq!(fault(b""), Fault::Empty);
+        assert_eq!(fault(b"hello"), Fault::Truncated);
+        assert_eq!(fault(b"INVITE sip:a@b SIP/2.0\r\nVia: x"), Fault::Truncated);
+        assert_eq!(
+            fault(b"INVITE sip:a@b SIP/2.0\r\nno colon here\r\n\r\n"),
+            Fault::HeaderName
+        );
+        assert_eq!(
+            fault(b"INVITE sip:a@b SIP/2.0\r\n continuation\r\n\r\n"),
+            Fault::HeaderName
+        );
+    }
+
+    #[test]
+    fn status_line() {
+        let ok = b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let mut scanner = Scanner::new(Limits::default());
+        let m = scanner.scan(ok).unwrap();
+        assert_eq!(m.status_code(), Some(180));
+        assert!(
+            matches!(m.start_line(), StartLine::Response { reason, .. } if *reason == b"Ringing")
+        );
+        let bad = std::str::from_utf8(ok).unwrap().replace("180", "1800");
+        let err = Scanner::new(Limits::default())
+            .scan(bad.as_bytes())
+            .unwrap_err();
+        assert_eq!(err.fault, Fault::StatusCode);
+        assert_eq!(err.answer(), crate::sip::Answer::Drop);
+    }
+
+    #[test]
+    fn version_505_versus_garbage_400() {
+        assert_eq!(check_version(b"SIP/7.0"), Err(Fault::Version));
+        assert_eq!(check_version(b"sip/2.0"), Ok(()));
+        assert_eq!(check_version(b"HTTP/1.1x"), Err(Fault::StartLine));
+        assert_eq!(check_version(b"SIP/2.0.1"), Err(Fault::StartLine));
+    }
+}

@@ -1,0 +1,298 @@
+//! SIP URIs (RFC 3261 §19.1), parsed only as deep as routing needs.
+//!
+//! Every field is a slice of the datagram; escapes (`%41`) are left as they
+//! are, because a proxy compares and forwards URIs, it does not display them.
+
+use super::lex::{is_lws, is_token, parse_decimal};
+
+/// The URI schemes sipshard routes. Anything else in a Request-URI is
+/// answered 416 (RFC 3261 §8.2.2.1); in other headers it is carried opaque.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Sip,
+    Sips,
+    Tel,
+    /// A syntactically valid scheme that sipshard does not route.
+    Other,
+}
+
+/// Why a URI did not parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UriError {
+    /// No `scheme:` prefix, or the scheme has characters RFC 3986 forbids.
+    Scheme,
+    /// White space or a control character inside the URI.
+    IllegalCharacter,
+    /// The host part is empty or has characters no hostname or IP may have.
+    Host,
+    /// The port is not a number in 0..=65535.
+    Port,
+    /// A `;` with no parameter name after it.
+    Parameter,
+}
+
+/// A parsed URI. For `sip:`/`sips:` every field is filled; for other
+/// schemes only `scheme_name` and `opaque` are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uri<'m> {
+    pub scheme: Scheme,
+    /// The scheme as written (`SIP`, `sips`, `tel`, ...).
+    pub scheme_name: &'m [u8],
+    /// Everything after `scheme:`.
+    pub opaque: &'m [u8],
+    /// The user part, escapes kept; `None` when there is no `@`.
+    pub user: Option<&'m [u8]>,
+    /// The host: a name, an IPv4 address, or an IPv6 reference with brackets.
+    pub host: &'m [u8],
+    pub port: Option<u16>,
+    /// The raw `;name=value...` parameters, without the first `;`.
+    pub params: &'m [u8],
+    /// The raw `?...` headers component, without the `?`.
+    pub headers: Option<&'m [u8]>,
+}
+
+impl<'m> Uri<'m> {
+    /// Parses `s`, which must already be trimmed of LWS.
+    pub fn parse(s: &'m [u8]) -> Result<Uri<'m>, UriError> {
+        let colon = memchr::memchr(b':', s).ok_or(UriError::Scheme)?;
+        let scheme_name = &s[..colon];
+        if !is_scheme(scheme_name) {
+            return Err(UriError::Scheme);
+        }
+        let opaque = &s[colon + 1..];
+        if opaque.iter().any(|&b| is_lws(b) || b < 0x20 || b == 0x7f) {
+            return Err(UriError::IllegalCharacter);
+        }
+        let scheme = if scheme_name.eq_ignore_ascii_case(b"sip") {
+            Scheme::Sip
+        } else if scheme_name.eq_ignore_ascii_case(b"sips") {
+            Scheme::Sips
+        } else if scheme_name.eq_ignore_ascii_case(b"tel") {
+            Scheme::Tel
+        } else {
+            Scheme::Other
+        };
+        let mut uri = Uri {
+            scheme,
+            scheme_name,
+            opaque,
+            user: None,
+            host: &[],
+            port: None,
+            params: &[],
+            headers: None,
+        };
+        match scheme {
+            Scheme::Sip | Scheme::Sips => uri.parse_sip_body()?,
+            Scheme::Tel => {
+                // tel:+1-201-555-0123;phone-context=... : the number is the
+                // "user" for routing by prefix.
+                let end = memchr::memchr(b';', opaque).unwrap_or(opaque.len());
+                if end == 0 {
+                    return Err(UriError::Host);
+                }
+                uri.user = Some(&opaque[..end]);
+                uri.params = opaque.get(end + 1..).unwrap_or(&[]);
+            }
+            Scheme::Other => {}
+        }
+        Ok(uri)
+    }
+
+    fn parse_sip_body(&mut self) -> Result<(), UriError> {
+        let s = self.opaque;
+        // `@` never appears unescaped outside userinfo, so the first one ends it.
+        let hostport_start = match memchr::memchr(b'@', s) {
+            Some(at) => {
+                let userinfo = &s[..at];
+                let user_end = memchr::memchr(b':', userinfo).unwrap_or(userinfo.len());
+                self.user = Some(&userinfo[..user_end]);
+                at + 1
+            }
+            None => 0,
+        };
+        let rest = &s[hostport_start..];
+        let (host_end, after_host) = if rest.first() == Some(&b'[') {
+            let close = memchr::memchr(b']', rest).ok_or(UriError::Host)?;
+            (close + 1, close + 1)
+        } else {
+            let end = rest
+                .iter()
+                .position(|&b| matches!(b, b':' | b';' | b'?'))
+                .unwrap_or(rest.len());
+            (end, end)
+        };
+        let host = &rest[..host_end];
+        if !is_host(host) {
+            return Err(UriError::Host);
+        }
+        self.host = host;
+        let mut i = after_host;
+        if rest.get(i) == Some(&b':') {
+            let port_end = rest[i + 1..]
+                .iter()
+                .position(|&b| matches!(b, b';' | b'?'))
+                .map_or(rest.len(), |p| p + i + 1);
+            let port =
+                parse_decimal(&rest[i + 1..port_end], u64::from(u16::MAX)).ok_or(UriError::Port)?;
+            self.port = Some(port as u16);
+            i = port_end;
+        }
+        let headers_at = memchr::memchr(b'?', &rest[i..]).map(|p| p + i);
+        let params_end = headers_at.unwrap_or(rest.len());
+        if rest.get(i) == Some(&b';') {
+            self.params = &rest[i + 1..params_end];
+            if Params::new(self.params).any(|(name, _)| name.is_empty()) {
+                return Err(UriError::Parameter);
+            }
+        }
+        self.headers = headers_at.map(|h| &rest[h + 1..]);
+        Ok(())
+    }
+
+    /// The value of URI parameter `name` (case-insensitive): `Some(None)` for
+    /// a flag such as `lr`, `Some(Some(v))` for `name=v`.
+    pub fn param(&self, name: &[u8]) -> Option<Option<&'m [u8]>> {
+        Params::new(self.params)
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Whether the URI carries `lr` (RFC 3261 loose routing).
+    pub fn lr(&self) -> bool {
+        self.param(b"lr").is_some()
+    }
+
+    pub fn transport(&self) -> Option<&'m [u8]> {
+        self.param(b"transport").flatten()
+    }
+
+    pub fn maddr(&self) -> Option<&'m [u8]> {
+        self.param(b"maddr").flatten()
+    }
+
+    /// The port, or the scheme's default (5060 for sip, 5061 for sips).
+    pub fn port_or_default(&self) -> u16 {
+        self.port.unwrap_or(match self.scheme {
+            Scheme::Sips => 5061,
+            _ => 5060,
+        })
+    }
+}
+
+/// Iterates `name[=value]` pairs of a `;`-separated parameter list.
+pub(crate) struct Params<'m> {
+    rest: Option<&'m [u8]>,
+}
+
+impl<'m> Params<'m> {
+    pub(crate) fn new(s: &'m [u8]) -> Self {
+        Params {
+            rest: if s.is_empty() { None } else { Some(s) },
+        }
+    }
+}
+
+impl<'m> Iterator for Params<'m> {
+    type Item = (&'m [u8], Option<&'m [u8]>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let s = self.rest?;
+        let end = memchr::memchr(b';', s).unwrap_or(s.len());
+        self.rest = s.get(end + 1..).filter(|_| end < s.len());
+        let pair = &s[..end];
+        Some(match memchr::memchr(b'=', pair) {
+            Some(eq) => (&pair[..eq], Some(&pair[eq + 1..])),
+            None => (pair, None),
+        })
+    }
+}
+
+/// RFC 3986 scheme: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ).
+fn is_scheme(s: &[u8]) -> bool {
+    match s.split_first() {
+        Some((first, rest)) => {
+            first.is_ascii_alphabetic()
+                && rest
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        }
+        None => false,
+    }
+}
+
+/// A hostname, IPv4 address or bracketed IPv6 reference, by character class.
+pub(crate) fn is_host(h: &[u8]) -> bool {
+    match h {
+        [] => false,
+        [b'[', inner @ .., b']'] => {
+            !inner.is_empty()
+                && inner
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        }
+        _ => h
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
+    }
+}
+
+/// Whether `b` may appear in a generic parameter value without quotes
+/// (token, or host with IPv6 brackets and colons).
+#[inline]
+pub(crate) fn is_gen_value(b: u8) -> bool {
+    is_token(b) || matches!(b, b':' | b'[' | b']')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sip_uri_fields() {
+        let u = Uri::parse(b"sip:alice:pw@Example.COM:5070;lr;transport=udp;maddr=10.0.0.1?x=y")
+            .unwrap();
+        assert_eq!(u.scheme, Scheme::Sip);
+        assert_eq!(u.user, Some(&b"alice"[..]));
+        assert_eq!(u.host, b"Example.COM");
+        assert_eq!(u.port, Some(5070));
+        assert!(u.lr());
+        assert_eq!(u.transport(), Some(&b"udp"[..]));
+        assert_eq!(u.maddr(), Some(&b"10.0.0.1"[..]));
+        assert_eq!(u.headers, Some(&b"x=y"[..]));
+    }
+
+    #[test]
+    fn ipv6_host_and_default_port() {
+        let u = Uri::parse(b"sips:[2001:db8::1];lr").unwrap();
+        assert_eq!(u.host, b"[2001:db8::1]");
+        assert_eq!(u.port, None);
+        assert_eq!(u.port_or_default(), 5061);
+        assert!(u.lr());
+    }
+
+    #[test]
+    fn user_may_hold_question_marks_and_semicolons() {
+        let u = Uri::parse(b"sip:user;par=u%40example.net@example.com").unwrap();
+        assert_eq!(u.user, Some(&b"user;par=u%40example.net"[..]));
+        assert_eq!(u.host, b"example.com");
+        assert_eq!(u.headers, None);
+    }
+
+    #[test]
+    fn rejects() {
+        assert_eq!(Uri::parse(b"<sip:a@b>"), Err(UriError::Scheme));
+        assert_eq!(Uri::parse(b"sip:a@b c"), Err(UriError::IllegalCharacter));
+        assert_eq!(Uri::parse(b"sip:a@"), Err(UriError::Host));
+        assert_eq!(Uri::parse(b"sip:a@b:99999"), Err(UriError::Port));
+        assert_eq!(Uri::parse(b"sip:a@b;;lr"), Err(UriError::Parameter));
+        assert_eq!(Uri::parse(b"soap.beep://x").unwrap().scheme, Scheme::Other);
+    }
+
+    #[test]
+    fn tel_user() {
+        let u = Uri::parse(b"tel:+15551234;phone-context=example.com").unwrap();
+        assert_eq!(u.scheme, Scheme::Tel);
+        assert_eq!(u.user, Some(&b"+15551234"[..]));
+    }
+}
