@@ -11,6 +11,6 @@
 //!            sip::Editor::forward_request / forward_response ──► bytes for the next hop
 //!            sip::write_response / write_rejection            ──► bytes for the sender
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod sip;

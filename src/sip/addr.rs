@@ -13,9 +13,9 @@ pub struct NameAddr<'m> {
     pub value: &'m [u8],
     /// The display name, quotes kept when quoted; `None` when absent.
     pub display_name: Option<&'m [u8]>,
-    /// The URI text between `<` and `>`, or the bare addr-spec.
+    /// The URI text between `<` and `>`, or the bare addr-spec. Only its
+    /// scheme is checked by the scan; [`NameAddr::uri`] parses the rest.
     pub uri_text: &'m [u8],
-    pub uri: Uri<'m>,
     /// The raw header parameters after the URI (from the first `;`).
     pub params: &'m [u8],
     /// The `tag` parameter (From/To).
@@ -44,7 +44,9 @@ impl<'m> NameAddr<'m> {
             return Err(AddrError::Empty);
         }
         let (display_name, uri_text, after) = split_address(value)?;
-        let uri = Uri::parse(uri_text).map_err(AddrError::Uri)?;
+        if !super::uri::has_scheme(uri_text) {
+            return Err(AddrError::Uri(UriError::Scheme));
+        }
         let mut tag = None;
         let params_start = skip_lws(value, after);
         for param in HeaderParams::new(value, after) {
@@ -57,10 +59,17 @@ impl<'m> NameAddr<'m> {
             value,
             display_name,
             uri_text,
-            uri,
             params: &value[params_start..],
             tag,
         })
+    }
+}
+
+impl<'m> NameAddr<'m> {
+    /// The URI, parsed now: a proxy forwards From and To untouched, so it
+    /// pays for their URIs only when routing asks (by From user, say).
+    pub fn uri(&self) -> Result<Uri<'m>, UriError> {
+        Uri::parse(self.uri_text)
     }
 }
 
@@ -117,7 +126,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.display_name, Some(&b"\"J Rosenberg \\\\\\\"\""[..]));
-        assert_eq!(a.uri.user, Some(&b"jdrosen"[..]));
+        assert_eq!(a.uri().unwrap().user, Some(&b"jdrosen"[..]));
         assert_eq!(a.tag, Some(&b"98asjd8"[..]));
     }
 
@@ -125,7 +134,7 @@ mod tests {
     fn addr_spec_with_params() {
         let a =
             NameAddr::parse(b"sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n").unwrap();
-        assert_eq!(a.uri.host, b"chair-dnrc.example.com");
+        assert_eq!(a.uri().unwrap().host, b"chair-dnrc.example.com");
         assert_eq!(a.tag, Some(&b"1918181833n"[..]));
         assert_eq!(a.display_name, None);
     }

@@ -331,15 +331,13 @@ impl Editor {
         let Some(first) = CommaSplit::new(route_value).next() else {
             return false;
         };
-        match super::NameAddr::parse(first) {
-            Ok(addr) => {
-                matches!(addr.uri.scheme, Scheme::Sip | Scheme::Sips)
-                    && self
-                        .local
-                        .is_local(addr.uri.host, addr.uri.port_or_default())
-            }
-            Err(_) => false,
-        }
+        let Ok(uri) =
+            super::NameAddr::parse(first).and_then(|a| a.uri().map_err(super::AddrError::Uri))
+        else {
+            return false;
+        };
+        matches!(uri.scheme, Scheme::Sip | Scheme::Sips)
+            && self.local.is_local(uri.host, uri.port_or_default())
     }
 }
 

@@ -64,7 +64,8 @@ pub(crate) fn token_end(s: &[u8], mut at: usize) -> usize {
 
 /// Whether `s` is a non-empty token.
 pub(crate) fn is_token_str(s: &[u8]) -> bool {
-    !s.is_empty() && s.iter().all(|&b| is_token(b))
+    // Branch-free: header names are short and almost always valid.
+    !s.is_empty() && s.iter().fold(true, |ok, &b| ok & is_token(b))
 }
 
 /// Given `s[at] == b'"'`, the index one past the closing quote, honouring
@@ -112,25 +113,24 @@ impl<'a> Iterator for CommaSplit<'a> {
     fn next(&mut self) -> Option<&'a [u8]> {
         let s = self.rest?;
         let mut i = 0;
-        let mut in_angle = false;
-        while i < s.len() {
+        // memchr3 jumps to the next byte that matters; most values have
+        // none of them and cost one call.
+        while let Some(found) = memchr::memchr3(b',', b'"', b'<', &s[i..]) {
+            i += found;
             match s[i] {
                 b'"' => match quoted_string_end(s, i) {
-                    Some(end) => {
-                        i = end;
-                        continue;
-                    }
+                    Some(end) => i = end,
                     None => break,
                 },
-                b'<' => in_angle = true,
-                b'>' => in_angle = false,
-                b',' if !in_angle => {
+                b'<' => match memchr::memchr(b'>', &s[i..]) {
+                    Some(gt) => i += gt + 1,
+                    None => break,
+                },
+                _ => {
                     self.rest = Some(&s[i + 1..]);
                     return Some(trim_lws(&s[..i]));
                 }
-                _ => {}
             }
-            i += 1;
         }
         self.rest = None;
         Some(trim_lws(s))

@@ -3,6 +3,7 @@
 //! Nothing here does I/O or reads a clock: bytes in, views and bytes out.
 
 mod addr;
+mod block;
 mod edit;
 mod error;
 mod header;

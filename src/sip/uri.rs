@@ -3,7 +3,7 @@
 //! Every field is a slice of the datagram; escapes (`%41`) are left as they
 //! are, because a proxy compares and forwards URIs, it does not display them.
 
-use super::lex::{is_lws, is_token, parse_decimal};
+use super::lex::{is_token, parse_decimal};
 
 /// The URI schemes sipshard routes. Anything else in a Request-URI is
 /// answered 416 (RFC 3261 §8.2.2.1); in other headers it is carried opaque.
@@ -54,15 +54,9 @@ pub struct Uri<'m> {
 impl<'m> Uri<'m> {
     /// Parses `s`, which must already be trimmed of LWS.
     pub fn parse(s: &'m [u8]) -> Result<Uri<'m>, UriError> {
-        let colon = memchr::memchr(b':', s).ok_or(UriError::Scheme)?;
+        let colon = scheme_end(s).ok_or(UriError::Scheme)?;
         let scheme_name = &s[..colon];
-        if !is_scheme(scheme_name) {
-            return Err(UriError::Scheme);
-        }
         let opaque = &s[colon + 1..];
-        if opaque.iter().any(|&b| is_lws(b) || b < 0x20 || b == 0x7f) {
-            return Err(UriError::IllegalCharacter);
-        }
         let scheme = if scheme_name.eq_ignore_ascii_case(b"sip") {
             Scheme::Sip
         } else if scheme_name.eq_ignore_ascii_case(b"sips") {
@@ -84,25 +78,33 @@ impl<'m> Uri<'m> {
         };
         match scheme {
             Scheme::Sip | Scheme::Sips => uri.parse_sip_body()?,
-            Scheme::Tel => {
-                // tel:+1-201-555-0123;phone-context=... : the number is the
-                // "user" for routing by prefix.
-                let end = memchr::memchr(b';', opaque).unwrap_or(opaque.len());
-                if end == 0 {
-                    return Err(UriError::Host);
+            Scheme::Tel | Scheme::Other => {
+                if has_illegal_byte(opaque) {
+                    return Err(UriError::IllegalCharacter);
                 }
-                uri.user = Some(&opaque[..end]);
-                uri.params = opaque.get(end + 1..).unwrap_or(&[]);
             }
-            Scheme::Other => {}
+        }
+        if scheme == Scheme::Tel {
+            // tel:+1-201-555-0123;phone-context=... : the number is the
+            // "user" for routing by prefix.
+            let end = memchr::memchr(b';', opaque).unwrap_or(opaque.len());
+            if end == 0 {
+                return Err(UriError::Host);
+            }
+            uri.user = Some(&opaque[..end]);
+            uri.params = opaque.get(end + 1..).unwrap_or(&[]);
         }
         Ok(uri)
     }
 
     fn parse_sip_body(&mut self) -> Result<(), UriError> {
         let s = self.opaque;
+        if has_illegal_byte(s) {
+            return Err(UriError::IllegalCharacter);
+        }
         // `@` never appears unescaped outside userinfo, so the first one ends it.
-        let hostport_start = match memchr::memchr(b'@', s) {
+        let at_sign = memchr::memchr(b'@', s);
+        let hostport_start = match at_sign {
             Some(at) => {
                 let userinfo = &s[..at];
                 let user_end = memchr::memchr(b':', userinfo).unwrap_or(userinfo.len());
@@ -208,17 +210,29 @@ impl<'m> Iterator for Params<'m> {
     }
 }
 
-/// RFC 3986 scheme: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ).
-fn is_scheme(s: &[u8]) -> bool {
-    match s.split_first() {
-        Some((first, rest)) => {
-            first.is_ascii_alphabetic()
-                && rest
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-        }
-        None => false,
+/// RFC 3986 scheme: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ), then `:`.
+/// Returns the index of the colon.
+fn scheme_end(s: &[u8]) -> Option<usize> {
+    if !s.first()?.is_ascii_alphabetic() {
+        return None;
     }
+    let end = s
+        .iter()
+        .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')))?;
+    (s[end] == b':').then_some(end)
+}
+
+/// Whether `s` holds white space or a control character, none of which a
+/// URI may carry unescaped. Branch-free so that it vectorises.
+#[inline]
+pub(crate) fn has_illegal_byte(s: &[u8]) -> bool {
+    s.iter()
+        .fold(false, |bad, &b| bad | (b <= b' ') | (b == 0x7f))
+}
+
+/// Whether `s` starts with a well-formed `scheme:`.
+pub(crate) fn has_scheme(s: &[u8]) -> bool {
+    scheme_end(s).is_some()
 }
 
 /// A hostname, IPv4 address or bracketed IPv6 reference, by character class.
