@@ -63,6 +63,10 @@ fn main() -> ExitCode {
                 header_line_bytes_max,
                 via_values_max,
             };
+            if let Err(e) = limits.check() {
+                eprintln!("sipshard: {e}");
+                return ExitCode::from(2);
+            }
             inspect(&files, limits)
         }
     }

@@ -33,6 +33,71 @@ pub struct Limits {
     pub via_values_max: usize,
 }
 
+impl Limits {
+    /// Largest `datagram_bytes_max`: offsets into a datagram are `u32`, and
+    /// nothing SIP carries in one message needs more than this.
+    pub const DATAGRAM_BYTES_CEILING: usize = 16 * 1024 * 1024;
+    /// Largest `headers_max` and `via_values_max`: header positions are `u16`.
+    pub const COUNT_CEILING: usize = u16::MAX as usize;
+
+    /// Checks every limit against its ceiling and against the others.
+    /// Configuration code calls this so a bad value is reported, not clamped.
+    pub fn check(&self) -> Result<(), LimitError> {
+        let check = |name, value: usize, max: usize| {
+            if value == 0 || value > max {
+                Err(LimitError { name, value, max })
+            } else {
+                Ok(())
+            }
+        };
+        check(
+            "datagram_bytes_max",
+            self.datagram_bytes_max,
+            Self::DATAGRAM_BYTES_CEILING,
+        )?;
+        check("headers_max", self.headers_max, Self::COUNT_CEILING)?;
+        check(
+            "header_line_bytes_max",
+            self.header_line_bytes_max,
+            self.datagram_bytes_max,
+        )?;
+        check("via_values_max", self.via_values_max, Self::COUNT_CEILING)
+    }
+
+    /// Every limit brought within its ceiling (at least 1).
+    fn clamped(&self) -> Limits {
+        let datagram_bytes_max = self
+            .datagram_bytes_max
+            .clamp(1, Self::DATAGRAM_BYTES_CEILING);
+        Limits {
+            datagram_bytes_max,
+            headers_max: self.headers_max.clamp(1, Self::COUNT_CEILING),
+            header_line_bytes_max: self.header_line_bytes_max.clamp(1, datagram_bytes_max),
+            via_values_max: self.via_values_max.clamp(1, Self::COUNT_CEILING),
+        }
+    }
+}
+
+/// A limit outside what the scanner can honour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitError {
+    pub name: &'static str,
+    pub value: usize,
+    pub max: usize,
+}
+
+impl std::fmt::Display for LimitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} = {} is out of range: use 1..={}",
+            self.name, self.value, self.max
+        )
+    }
+}
+
+impl std::error::Error for LimitError {}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -155,7 +220,10 @@ pub struct Message<'m> {
 }
 
 impl Scanner {
+    /// A scanner with `limits`, each clamped to its ceiling (see
+    /// [`Limits::check`], which reports instead of clamping).
     pub fn new(limits: Limits) -> Scanner {
+        let limits = limits.clamped();
         Scanner {
             slots: Vec::with_capacity(limits.headers_max),
             limits,
@@ -270,7 +338,9 @@ impl Scanner {
         cursor: &mut BlockCursor<'_>,
     ) -> Result<HeaderSlot, Fault> {
         // One field, folds included, may not run past this.
-        let until = start.saturating_add(self.limits.header_line_bytes_max + 1);
+        let until = start
+            .saturating_add(self.limits.header_line_bytes_max)
+            .saturating_add(1);
         let too_long_or_truncated = || {
             if datagram.len() > until {
                 Fault::HeaderLineTooLong
@@ -853,6 +923,28 @@ v=0\r\n";
                 .unwrap_err()
                 .fault,
             Fault::TooManyVia
+        );
+    }
+
+    #[test]
+    fn limits_are_checked_and_clamped() {
+        assert_eq!(Limits::default().check(), Ok(()));
+        let huge = Limits {
+            headers_max: usize::MAX,
+            header_line_bytes_max: usize::MAX,
+            ..Limits::default()
+        };
+        assert_eq!(huge.check().unwrap_err().name, "headers_max");
+        let mut scanner = Scanner::new(huge);
+        assert_eq!(scanner.limits().headers_max, Limits::COUNT_CEILING);
+        assert!(scanner.scan(INVITE).is_ok());
+        let zero = Limits {
+            via_values_max: 0,
+            ..Limits::default()
+        };
+        assert_eq!(
+            zero.check().unwrap_err().to_string(),
+            "via_values_max = 0 is out of range: use 1..=65535"
         );
     }
 
