@@ -262,16 +262,13 @@ impl Scanner {
 
     /// Whether `tag` is one of the Proxy-Require tags we support.
     pub(crate) fn supports(&self, tag: &[u8]) -> bool {
-        self.proxy_require_supported
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(tag))
+        supports(&self.proxy_require_supported, tag)
     }
 
     pub(crate) fn slots(&self) -> &[HeaderSlot] {
         &self.slots
     }
 
-    /// Finds the start line and every header field. Fills `self.slots`.
     /// Frames the datagram without validating it; for benches that split
     /// the scan's cost between framing and validation.
     #[doc(hidden)]
@@ -279,6 +276,7 @@ impl Scanner {
         self.frame(datagram).is_ok()
     }
 
+    /// Finds the start line and every header field. Fills `self.slots`.
     pub(crate) fn frame(&mut self, datagram: &[u8]) -> Result<Frame, ScanError> {
         self.slots.clear();
         let unknown = |fault| ScanError {
@@ -296,8 +294,9 @@ impl Scanner {
         if at == datagram.len() {
             return Err(unknown(Fault::Empty));
         }
-        let line_end = memchr::memchr(b'\n', &datagram[at..])
-            .map(|p| p + at)
+        let mut cursor = BlockCursor::new(datagram);
+        let line_end = cursor
+            .newline(at, datagram.len())
             .ok_or(unknown(Fault::Truncated))?;
         let start_line = Span::new(at, strip_cr(datagram, at, line_end));
         let kind = if start_line.of(datagram).starts_with(b"SIP/") {
@@ -306,7 +305,6 @@ impl Scanner {
             StartKind::Request
         };
         let fail = |fault| ScanError { fault, kind };
-        let mut cursor = BlockCursor::new(datagram);
         let mut pos = line_end + 1;
         loop {
             match datagram.get(pos) {
@@ -516,12 +514,10 @@ fn validate<'m>(
         if max_forwards == Some(0) {
             return Err(Fault::MaxForwardsZero);
         }
-        let unsupported = |tag: &[u8]| {
-            !proxy_require_supported
-                .iter()
-                .any(|s| s.eq_ignore_ascii_case(tag))
-        };
-        if known.proxy_require && proxy_require_tags(datagram, slots).any(unsupported) {
+        if known.proxy_require
+            && proxy_require_tags(datagram, slots)
+                .any(|tag| !supports(proxy_require_supported, tag))
+        {
             return Err(Fault::ProxyRequire);
         }
     }
@@ -550,6 +546,11 @@ fn frame_method<'m>(start_line: &StartLine<'m>) -> &'m [u8] {
         StartLine::Request { method_text, .. } => method_text,
         StartLine::Response { .. } => &[],
     }
+}
+
+/// Option tags are tokens, and RFC 3261 §7.3.1 makes tokens case-insensitive.
+fn supports(supported: &[Box<[u8]>], tag: &[u8]) -> bool {
+    supported.iter().any(|s| s.eq_ignore_ascii_case(tag))
 }
 
 /// Every option tag of every Proxy-Require header, in order.

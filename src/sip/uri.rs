@@ -114,16 +114,20 @@ impl<'m> Uri<'m> {
             None => 0,
         };
         let rest = &s[hostport_start..];
-        let (host_end, after_host) = if rest.first() == Some(&b'[') {
-            let close = memchr::memchr(b']', rest).ok_or(UriError::Host)?;
-            (close + 1, close + 1)
+        let host_end = if rest.first() == Some(&b'[') {
+            memchr::memchr(b']', rest).ok_or(UriError::Host)? + 1
         } else {
+            // One pass: host characters, then one of `:` `;` `?` or the end.
             let end = rest
                 .iter()
-                .position(|&b| matches!(b, b':' | b';' | b'?'))
+                .position(|&b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
                 .unwrap_or(rest.len());
-            (end, end)
+            if !matches!(rest.get(end), None | Some(b':' | b';' | b'?')) {
+                return Err(UriError::Host);
+            }
+            end
         };
+        let after_host = host_end;
         let host = &rest[..host_end];
         if !is_host(host) {
             return Err(UriError::Host);
@@ -140,11 +144,15 @@ impl<'m> Uri<'m> {
             self.port = Some(port as u16);
             i = port_end;
         }
-        let headers_at = memchr::memchr(b'?', &rest[i..]).map(|p| p + i);
+        let headers_at = match rest.get(i) {
+            Some(b'?') => Some(i),
+            Some(_) => memchr::memchr(b'?', &rest[i..]).map(|p| p + i),
+            None => None,
+        };
         let params_end = headers_at.unwrap_or(rest.len());
         if rest.get(i) == Some(&b';') {
             self.params = &rest[i + 1..params_end];
-            if Params::new(self.params).any(|(name, _)| name.is_empty()) {
+            if has_empty_param_name(self.params) {
                 return Err(UriError::Parameter);
             }
         }
@@ -230,6 +238,16 @@ pub(crate) fn has_illegal_byte(s: &[u8]) -> bool {
         .fold(false, |bad, &b| bad | (b <= b' ') | (b == 0x7f))
 }
 
+/// Whether a `;`-separated parameter list (after its first `;`) has a
+/// parameter without a name: `;;`, `;=v`, a leading `=` or a trailing `;`.
+/// Branch-free over the bytes, as it runs on every Request-URI.
+fn has_empty_param_name(params: &[u8]) -> bool {
+    let (bad, last) = params.iter().fold((false, b';'), |(bad, prev), &b| {
+        (bad | ((prev == b';') & ((b == b';') | (b == b'='))), b)
+    });
+    bad | (last == b';')
+}
+
 /// Whether `s` starts with a well-formed `scheme:`.
 pub(crate) fn has_scheme(s: &[u8]) -> bool {
     scheme_end(s).is_some()
@@ -301,6 +319,27 @@ mod tests {
         assert_eq!(Uri::parse(b"sip:a@b:99999"), Err(UriError::Port));
         assert_eq!(Uri::parse(b"sip:a@b;;lr"), Err(UriError::Parameter));
         assert_eq!(Uri::parse(b"soap.beep://x").unwrap().scheme, Scheme::Other);
+    }
+
+    #[test]
+    fn empty_parameter_names() {
+        for bad in [&b""[..], b";", b"lr;", b"=x", b"a;;b", b"a;=b"] {
+            assert!(
+                has_empty_param_name(bad),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for good in [&b"lr"[..], b"a=b;c", b"user=phone;lr", b"a=b=c"] {
+            assert!(
+                !has_empty_param_name(good),
+                "{}",
+                String::from_utf8_lossy(good)
+            );
+        }
+        assert_eq!(Uri::parse(b"sip:a@b;lr;").unwrap_err(), UriError::Parameter);
+        assert_eq!(Uri::parse(b"sip:a@b c"), Err(UriError::IllegalCharacter));
+        assert_eq!(Uri::parse(b"sip:a@b_c"), Err(UriError::Host));
     }
 
     #[test]

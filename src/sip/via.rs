@@ -48,10 +48,16 @@ impl<'m> Via<'m> {
         if value.is_empty() {
             return Err(ViaError::Empty);
         }
-        let mut i = expect_token(value, 0, Some(b"SIP"))?;
-        i = expect_slash(value, i)?;
-        i = expect_token(value, i, Some(b"2.0"))?;
-        i = expect_slash(value, i)?;
+        // Nearly every Via is written `SIP/2.0/`; the LWS-tolerant walk is
+        // for the rest (RFC 4475 wsinv).
+        let i = if value.starts_with(b"SIP/2.0/") {
+            8
+        } else {
+            let mut i = expect_token(value, 0, Some(b"SIP"))?;
+            i = expect_slash(value, i)?;
+            i = expect_token(value, i, Some(b"2.0"))?;
+            expect_slash(value, i)?
+        };
         let transport_start = skip_lws(value, i);
         let transport_end = token_end(value, transport_start);
         if transport_end == transport_start {
