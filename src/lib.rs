@@ -13,4 +13,5 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod proxy;
 pub mod sip;

@@ -1,16 +1,17 @@
 //! RFC 4475 torture messages: every one gets the verdict `INDEX.md` names.
 //!
 //! The messages are a committed copy of `shared/conformance/rfc4475/` so a
-//! clean clone tests without anything beside it. Each test runs the message
-//! through what the proxy does with a datagram from a client: scan, then
-//! forward (editor) or answer (local response), and checks both the verdict
-//! and the fields worth checking.
+//! clean clone tests without anything beside it. Each test hands the
+//! message to the proxy core (`Proxy::handle`) as a datagram from a client
+//! and checks the verdict (forward, answer with a code, drop), what was
+//! sent, and the scanned fields worth checking.
 
 use std::path::PathBuf;
 
+use sipshard::proxy::{Action, Algorithm, DropReason, Proxy};
 use sipshard::sip::{
-    write_rejection, AddrError, Answer, EditError, Editor, Fault, Forward, HeaderName, Limits,
-    LocalAddress, Message, Method, ScanError, Scanner, StartLine, UriError, ViaError,
+    write_rejection, AddrError, Answer, Fault, HeaderName, Limits, LocalAddress, Message, Method,
+    ScanError, Scanner, StartLine, UriError, ViaError,
 };
 
 const PROXY_HOST: &str = "192.0.2.250";
@@ -48,47 +49,49 @@ fn source() -> std::net::SocketAddr {
     "198.51.100.9:5070".parse().unwrap()
 }
 
-/// What the proxy does with the datagram, checking on the way that every
-/// forwarded or answered message scans cleanly again.
+fn backend() -> std::net::SocketAddr {
+    "10.0.0.1:5080".parse().unwrap()
+}
+
+/// What the proxy core does with the datagram when it arrives from a
+/// client, checking on the way that what it sends scans cleanly again.
 fn verdict(datagram: &[u8]) -> (Verdict, Option<ScanError>) {
-    let editor = Editor::new(LocalAddress::new(PROXY_HOST, PROXY_PORT));
-    let mut scanner = Scanner::new(Limits::default());
+    let mut proxy = Proxy::new(
+        Scanner::new(Limits::default()),
+        LocalAddress::new(PROXY_HOST, PROXY_PORT),
+        vec![backend()],
+        Algorithm::RoundRobin,
+    );
+    let error = Scanner::new(Limits::default()).scan(datagram).err();
     let mut out = vec![0u8; 70_000];
-    let error = match scanner.scan(datagram) {
-        Ok(message) if message.is_request() => {
-            let forward = Forward {
-                source: source(),
-                branch_key: b"t0rture",
-                record_route: message.method().is_some_and(Method::creates_dialog),
-            };
-            let n = editor
-                .forward_request(&message, &forward, &mut out)
-                .expect("forward");
-            let body = message.body().to_vec();
+    match proxy.handle(source(), datagram, &mut out) {
+        Action::Forward { to, len } => {
+            assert_eq!(to, backend(), "an initial request goes to the pool");
+            let mut scanner = Scanner::new(Limits::default());
+            let original = scanner.scan(datagram).expect("forwarded, so it scanned");
+            let body = original.body().to_vec();
             let mut rescanner = Scanner::new(Limits::default());
-            let forwarded = rescanner.scan(&out[..n]).expect("forwarded request scans");
+            let forwarded = rescanner
+                .scan(&out[..len])
+                .expect("forwarded request scans");
             assert_eq!(
                 forwarded.body(),
                 &body[..],
                 "body is forwarded byte for byte"
             );
-            assert_eq!(forwarded.top_via().branch, Some(&b"z9hG4bKt0rture"[..]));
-            return (Verdict::Forward, None);
+            let via = forwarded.top_via();
+            assert_eq!(via.host, PROXY_HOST.as_bytes());
+            assert!(via.has_magic_cookie());
+            (Verdict::Forward, None)
         }
-        Ok(message) => {
-            return match editor.forward_response(&message, &mut out) {
-                Err(EditError::ViaNotOurs) => (Verdict::Drop, None),
-                other => panic!("a response not sent through us was {other:?}"),
-            };
-        }
-        Err(e) => e,
-    };
-    match error.answer() {
-        Answer::Drop => (Verdict::Drop, Some(error)),
-        Answer::Reply { code, .. } => {
-            let n = write_rejection(&mut scanner, datagram, &error, source(), &mut out)
-                .expect("answerable");
-            let reply = &out[..n];
+        Action::Reply { to, len } => {
+            assert_eq!(
+                to,
+                source(),
+                "a malformed request is answered where it came from"
+            );
+            let reply = &out[..len];
+            let code: u16 = std::str::from_utf8(&reply[8..11]).unwrap().parse().unwrap();
             assert!(reply.starts_with(format!("SIP/2.0 {code} ").as_bytes()));
             assert!(reply.ends_with(b"\r\nContent-Length: 0\r\n\r\n"));
             // The answer copies the request's headers as they came, so it
@@ -97,7 +100,24 @@ fn verdict(datagram: &[u8]) -> (Verdict, Option<ScanError>) {
             if let Ok(reply) = rescanner.scan(reply) {
                 assert_eq!(reply.status_code(), Some(code));
             }
-            (Verdict::Reply(code), Some(error))
+            assert_eq!(
+                error.map(|e| e.answer()).and_then(|a| match a {
+                    Answer::Reply { code, .. } => Some(code),
+                    Answer::Drop => None,
+                }),
+                Some(code)
+            );
+            (Verdict::Reply(code), error)
+        }
+        Action::Drop(reason) => {
+            if error.is_none() {
+                assert_eq!(
+                    reason,
+                    DropReason::ResponseNotOurs,
+                    "a valid message is only dropped when it is a response not ours"
+                );
+            }
+            (Verdict::Drop, error)
         }
     }
 }

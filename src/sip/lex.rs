@@ -183,6 +183,29 @@ pub(crate) fn write_decimal(out: &mut [u8; 20], mut n: u64) -> &[u8] {
     &out[i..]
 }
 
+/// FNV-1a over several byte strings, each followed by a NUL so that
+/// ("ab","c") and ("a","bc") differ. Used for values that must be the same
+/// every time the same request is seen (stateless To tags, branch keys),
+/// not for anything an attacker can exploit by colliding.
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in part.iter().chain(b"\0") {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// `n` as 16 lowercase hex digits: a token that fits a tag or a branch.
+pub(crate) fn hex16(n: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +239,13 @@ mod tests {
         assert_eq!(parse_decimal(b"-1", 255), None);
         assert_eq!(parse_decimal(b"", 255), None);
         assert_eq!(parse_decimal(b"99999999999999999999999", u64::MAX), None);
+    }
+
+    #[test]
+    fn hashing_is_stable_and_separates_parts() {
+        assert_eq!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"ab", b"c"]));
+        assert_ne!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"a", b"bc"]));
+        assert_eq!(&hex16(0x0123_4567_89ab_cdef), b"0123456789abcdef");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use super::edit::{received_edits, Edits, Source};
 use super::error::{Answer, Fault, ScanError};
 use super::header::HeaderName;
-use super::lex::{offset_in, CommaSplit};
+use super::lex::{fnv1a, hex16, offset_in, CommaSplit};
 use super::out::{BufferFull, Out};
 use super::scan::{proxy_require_tags, HeaderSlot, Message, Scanner};
 use super::via::Via;
@@ -230,19 +230,10 @@ impl<'m> Echo<'m> {
     /// A To tag derived from the request (FNV-1a over Call-ID, CSeq, From
     /// and the top Via), so retransmissions get the same tag statelessly.
     fn to_tag(&self) -> [u8; 16] {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         let top_via = self.vias().next().unwrap_or_default();
-        for part in [self.call_id, self.cseq, self.from, Some(top_via)] {
-            let part = part.unwrap_or_default();
-            for &b in part.iter().chain(b"\0") {
-                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        let mut tag = [0u8; 16];
-        for (i, t) in tag.iter_mut().enumerate() {
-            *t = b"0123456789abcdef"[((hash >> (60 - 4 * i)) & 0xf) as usize];
-        }
-        tag
+        let parts =
+            [self.call_id, self.cseq, self.from, Some(top_via)].map(Option::unwrap_or_default);
+        hex16(fnv1a(&parts))
     }
 }
 
