@@ -14,4 +14,5 @@
 #![deny(unsafe_code)]
 
 pub mod proxy;
+pub mod shard;
 pub mod sip;

@@ -1,13 +1,16 @@
-//! The sipshard binary. Today it inspects SIP messages the way the proxy
-//! core sees them; the shard runtime that forwards live traffic sits on the
-//! same core.
+//! The sipshard binary: runs the gateway (the default), or inspects SIP
+//! messages the way the proxy core sees them (`sipshard inspect`).
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use sipshard::sip::{Answer, Limits, Message, Scanner, StartLine};
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sipshard::proxy::Algorithm;
+use sipshard::shard::{Config, Runtime};
+use sipshard::sip::{Answer, Limits, Message, Scanner, StartLine, Uri};
 
 /// mimalloc: the shards allocate little, but what the control plane and
 /// start-up allocate should not contend on one global lock.
@@ -18,11 +21,43 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "sipshard",
     version,
-    about = "A transaction-stateful SIP load balancer for carriers"
+    about = "A SIP load balancer for carriers",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Running the gateway. With no arguments it listens on 127.0.0.1:5060 and
+/// balances over two backends on loopback, 127.0.0.1:5080 and :5081.
+#[derive(Args)]
+struct RunArgs {
+    /// The address SIP traffic arrives on (UDP). It also goes in our Via
+    /// and Record-Route, so it must be an address peers can reach.
+    #[arg(long, default_value = "127.0.0.1:5060")]
+    listen: SocketAddr,
+    /// A backend, as `sip:IP:PORT`; repeat for each. Default: the two
+    /// loopback backends above.
+    #[arg(long = "backend", value_name = "URI")]
+    backends: Vec<String>,
+    /// Shard threads, one per core. Default: the number of usable cores.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// How an initial request picks its backend.
+    #[arg(long, value_enum, default_value_t = AlgorithmArg::RoundRobin)]
+    algorithm: AlgorithmArg,
+    /// Slots in each shard's handoff queue; a full queue drops and counts.
+    #[arg(long, default_value_t = 8192)]
+    handoff_queue_len: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AlgorithmArg {
+    RoundRobin,
+    CallIdHash,
 }
 
 #[derive(Subcommand)]
@@ -49,14 +84,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Inspect {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Inspect {
             files,
             datagram_bytes_max,
             headers_max,
             header_line_bytes_max,
             via_values_max,
-        } => {
+        }) => {
             let limits = Limits {
                 datagram_bytes_max,
                 headers_max,
@@ -69,7 +105,101 @@ fn main() -> ExitCode {
             }
             inspect(&files, limits)
         }
+        None => run(cli.run),
     }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_thread_names(true)
+        .init();
+    let backends = if args.backends.is_empty() {
+        vec![
+            "sip:127.0.0.1:5080".to_string(),
+            "sip:127.0.0.1:5081".to_string(),
+        ]
+    } else {
+        args.backends
+    };
+    let mut addresses = Vec::with_capacity(backends.len());
+    for backend in &backends {
+        match backend_address(backend) {
+            Ok(address) => addresses.push(address),
+            Err(why) => {
+                eprintln!("sipshard: --backend {backend}: {why}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let shards = args
+        .shards
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let config = Config {
+        listen: args.listen,
+        backends: addresses,
+        algorithm: match args.algorithm {
+            AlgorithmArg::RoundRobin => Algorithm::RoundRobin,
+            AlgorithmArg::CallIdHash => Algorithm::CallIdHash,
+        },
+        shards,
+        cpus: Vec::new(),
+        limits: Limits::default(),
+        handoff_queue_len: args.handoff_queue_len,
+        socket_receive_buffer_bytes: None,
+        socket_send_buffer_bytes: None,
+    };
+    let runtime = match Runtime::start(config) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sipshard: cannot start on {}: {error}", args.listen);
+            return ExitCode::from(1);
+        }
+    };
+    wait_for_signals(runtime)
+}
+
+/// The control thread: SIGUSR1 logs every shard's counters; SIGTERM or
+/// SIGINT stops receiving, flushes what the shards hold, and exits 0.
+fn wait_for_signals(runtime: Runtime) -> ExitCode {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1]) {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("sipshard: cannot install signal handlers: {error}");
+            runtime.stop();
+            return ExitCode::from(1);
+        }
+    };
+    for signal in signals.forever() {
+        if signal == SIGUSR1 {
+            runtime.report();
+            continue;
+        }
+        tracing::info!(signal, "stopping");
+        break;
+    }
+    runtime.stop();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// `sip:IP:PORT` (or `IP:PORT`) as a socket address; host names need a
+/// resolver, which the gateway does not have yet.
+fn backend_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    let uri = Uri::parse(text.as_bytes()).map_err(|e| format!("not a SIP URI ({e:?})"))?;
+    let host = std::str::from_utf8(uri.host).map_err(|_| "host is not text".to_string())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = host
+        .parse()
+        .map_err(|_| format!("host {host:?} is not an IP address (names are not resolved yet)"))?;
+    Ok(SocketAddr::new(ip, uri.port_or_default()))
 }
 
 /// Exit status: 0 when every message would be forwarded, 1 when any is

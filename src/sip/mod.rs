@@ -24,6 +24,8 @@ pub use method::Method;
 pub use out::BufferFull;
 pub use params::{Param, ParamError};
 pub use response::{write_rejection, write_response, LocalResponse, ResponseError};
-pub use scan::{CSeq, Contact, Header, LimitError, Limits, Message, Scanner, StartLine};
+pub use scan::{
+    find_call_id, CSeq, Contact, Header, LimitError, Limits, Message, Scanner, StartLine,
+};
 pub use uri::{Scheme, Uri, UriError};
 pub use via::{Via, ViaError, MAGIC_COOKIE};

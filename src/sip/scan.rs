@@ -553,6 +553,34 @@ fn supports(supported: &[Box<[u8]>], tag: &[u8]) -> bool {
     supported.iter().any(|s| s.eq_ignore_ascii_case(tag))
 }
 
+/// The Call-ID of a datagram, found without scanning it: all a shard needs
+/// to know which shard owns the message. Returns the same bytes as
+/// [`Message::call_id`] when the value is on one line; `None` when there is
+/// no Call-ID before the end of the headers (the receiving shard then
+/// handles the datagram itself, and the scanner rejects it).
+pub fn find_call_id(datagram: &[u8]) -> Option<&[u8]> {
+    let mut pos = memchr::memchr(b'\n', datagram)? + 1;
+    while pos < datagram.len() {
+        let end = memchr::memchr(b'\n', &datagram[pos..]).map_or(datagram.len(), |e| pos + e);
+        let line = &datagram[pos..strip_cr(datagram, pos, end)];
+        if line.is_empty() {
+            return None;
+        }
+        if let Some(colon) = memchr::memchr(b':', line) {
+            let mut name_end = colon;
+            while name_end > 0 && matches!(line[name_end - 1], b' ' | b'\t') {
+                name_end -= 1;
+            }
+            if HeaderName::classify(&line[..name_end]) == HeaderName::CallId {
+                let value = trim_lws(&line[colon + 1..]);
+                return (!value.is_empty()).then_some(value);
+            }
+        }
+        pos = end + 1;
+    }
+    None
+}
+
 /// Every option tag of every Proxy-Require header, in order.
 pub(crate) fn proxy_require_tags<'m>(
     datagram: &'m [u8],
@@ -946,6 +974,28 @@ v=0\r\n";
         assert_eq!(
             zero.check().unwrap_err().to_string(),
             "via_values_max = 0 is out of range: use 1..=65535"
+        );
+    }
+
+    #[test]
+    fn call_id_without_a_scan() {
+        assert_eq!(
+            find_call_id(INVITE),
+            Some(&b"a84b4c76e66710@pc33.atlanta.example.com"[..])
+        );
+        assert_eq!(
+            find_call_id(b"BYE sip:a@b SIP/2.0\r\ni :  x1 \r\n\r\nCall-ID: body"),
+            Some(&b"x1"[..])
+        );
+        assert_eq!(
+            find_call_id(b"BYE sip:a@b SIP/2.0\r\nVia: x\r\n\r\nCall-ID: body"),
+            None
+        );
+        assert_eq!(find_call_id(b"garbage"), None);
+        let mut scanner = Scanner::new(Limits::default());
+        assert_eq!(
+            Some(scanner.scan(INVITE).unwrap().call_id()),
+            find_call_id(INVITE)
         );
     }
 

@@ -1,0 +1,379 @@
+//! The per-core runtime: one pinned thread per shard, each with its own
+//! `SO_REUSEPORT` socket on the listen address, its own proxy core, and an
+//! inbox other shards hand datagrams to.
+//!
+//! A datagram belongs to the shard `hash(Call-ID) mod shards`. The kernel
+//! spreads datagrams over the sockets by 4-tuple, so the receiving shard
+//! finds the Call-ID and, when the call is another shard's, hands the
+//! datagram over a bounded queue and rings that shard's doorbell. A call's
+//! messages therefore go through one shard, in the order one socket
+//! received them. A full queue drops and counts; a shard never blocks.
+//!
+//! This is the `recvmmsg`/`sendmmsg` + epoll loop; the io_uring loop of
+//! `shared/DESIGN.md` is not built yet.
+
+mod sys;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_queue::ArrayQueue;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::proxy::{Action, Algorithm, Counters, DropReason, Proxy};
+use crate::sip::lex::fnv1a;
+use crate::sip::{find_call_id, Limits, LocalAddress, Scanner};
+use sys::{Doorbell, Poller, RecvBatch, SendBatch};
+
+/// What the runtime needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub backends: Vec<SocketAddr>,
+    pub algorithm: Algorithm,
+    pub shards: usize,
+    /// CPUs to pin shard `i` to (`cpus[i % len]`); empty means the first
+    /// `shards` CPUs the process may use.
+    pub cpus: Vec<usize>,
+    pub limits: Limits,
+    /// Slots in each shard's inbox.
+    pub handoff_queue_len: usize,
+    pub socket_receive_buffer_bytes: Option<usize>,
+    pub socket_send_buffer_bytes: Option<usize>,
+}
+
+/// A datagram on its way to the shard that owns its call.
+struct Handoff {
+    source: SocketAddr,
+    datagram: Vec<u8>,
+}
+
+/// What every shard shares: the inboxes and doorbells of all shards, and
+/// the flags the control thread sets.
+struct Shared {
+    inboxes: Vec<ArrayQueue<Handoff>>,
+    doorbells: Vec<Doorbell>,
+    stop: AtomicBool,
+    /// Bumped on SIGUSR1; each shard logs its counters when it sees a new value.
+    report: AtomicUsize,
+}
+
+/// Counters of one shard, beside the proxy core's own.
+#[derive(Clone, Copy, Debug, Default)]
+struct ShardCounters {
+    received: u64,
+    sent: u64,
+    send_failed: u64,
+    handed_off: u64,
+    handoff_dropped: u64,
+    truncated: u64,
+}
+
+/// The running shards.
+pub struct Runtime {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// Binds every shard's socket (so that a bad address fails here, not in
+    /// a thread) and starts the shard threads.
+    pub fn start(config: Config) -> io::Result<Runtime> {
+        let shards = config.shards.max(1);
+        let sockets = (0..shards)
+            .map(|_| bind(&config))
+            .collect::<io::Result<Vec<_>>>()?;
+        let shared = Arc::new(Shared {
+            inboxes: (0..shards)
+                .map(|_| ArrayQueue::new(config.handoff_queue_len.max(1)))
+                .collect(),
+            doorbells: (0..shards)
+                .map(|_| Doorbell::new())
+                .collect::<io::Result<_>>()?,
+            stop: AtomicBool::new(false),
+            report: AtomicUsize::new(0),
+        });
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let local = LocalAddress::new(&host_text(config.listen), config.listen.port());
+        let mut threads = Vec::with_capacity(shards);
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let core = match config.cpus.is_empty() {
+                true => cores.get(index % cores.len().max(1)).copied(),
+                false => cores
+                    .iter()
+                    .copied()
+                    .find(|c| c.id == config.cpus[index % config.cpus.len()]),
+            };
+            let proxy = Proxy::new(
+                Scanner::new(config.limits.clone()),
+                local.clone(),
+                config.backends.clone(),
+                config.algorithm,
+            );
+            let shared = shared.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core) {
+                            tracing::warn!(
+                                shard = index,
+                                core = core.id,
+                                "could not pin the shard to its CPU"
+                            );
+                        }
+                    }
+                    let mut shard = Shard::new(index, socket, proxy, shared);
+                    if let Err(error) = shard.run() {
+                        tracing::error!(shard = index, %error, "shard stopped on an I/O error");
+                    }
+                })?;
+            threads.push(thread);
+        }
+        tracing::info!(listen = %config.listen, shards, io = "epoll", backends = config.backends.len(), "sipshard is running");
+        Ok(Runtime { shared, threads })
+    }
+
+    /// Asks every shard to log its counters (SIGUSR1).
+    pub fn report(&self) {
+        self.shared.report.fetch_add(1, Ordering::Relaxed);
+        self.ring_all();
+    }
+
+    /// Stops receiving, lets each shard flush what it holds, and waits.
+    pub fn stop(self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.ring_all();
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+
+    fn ring_all(&self) {
+        for doorbell in &self.shared.doorbells {
+            doorbell.ring();
+        }
+    }
+}
+
+fn host_text(address: SocketAddr) -> String {
+    match address {
+        SocketAddr::V4(v4) => v4.ip().to_string(),
+        SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+    }
+}
+
+fn bind(config: &Config) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(config.listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    if let Some(bytes) = config.socket_receive_buffer_bytes {
+        socket.set_recv_buffer_size(bytes)?;
+    }
+    if let Some(bytes) = config.socket_send_buffer_bytes {
+        socket.set_send_buffer_size(bytes)?;
+    }
+    socket.bind(&config.listen.into())?;
+    Ok(socket)
+}
+
+const TOKEN_SOCKET: u64 = 0;
+const TOKEN_DOORBELL: u64 = 1;
+
+/// How long a shard sleeps with nothing to do before it looks at the stop
+/// and report flags again (the doorbell wakes it sooner).
+const IDLE_WAIT_MS: i32 = 250;
+
+struct Shard {
+    index: usize,
+    socket: Socket,
+    proxy: Proxy,
+    shared: Arc<Shared>,
+    recv: RecvBatch,
+    send: SendBatch,
+    /// Shards whose inbox got datagrams during this turn.
+    to_ring: Vec<bool>,
+    counters: ShardCounters,
+    reported: usize,
+}
+
+impl Shard {
+    fn new(index: usize, socket: Socket, proxy: Proxy, shared: Arc<Shared>) -> Shard {
+        let shards = shared.inboxes.len();
+        Shard {
+            index,
+            socket,
+            proxy,
+            shared,
+            recv: RecvBatch::new(),
+            send: SendBatch::new(),
+            to_ring: vec![false; shards],
+            counters: ShardCounters::default(),
+            reported: 0,
+        }
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut poller = Poller::new()?;
+        poller.add(self.socket.as_raw_fd(), TOKEN_SOCKET)?;
+        poller.add(self.shared.doorbells[self.index].raw(), TOKEN_DOORBELL)?;
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let mut socket_ready = false;
+            for token in poller.wait(IDLE_WAIT_MS)? {
+                match token {
+                    TOKEN_SOCKET => socket_ready = true,
+                    _ => self.shared.doorbells[self.index].clear(),
+                }
+            }
+            if socket_ready {
+                self.receive()?;
+            }
+            self.drain_inbox();
+            self.flush();
+            let report = self.shared.report.load(Ordering::Relaxed);
+            if report != self.reported {
+                self.reported = report;
+                self.log_counters();
+            }
+        }
+        // Stop: take what others handed us, send what we hold, then leave.
+        self.drain_inbox();
+        self.flush();
+        self.log_counters();
+        Ok(())
+    }
+
+    /// Reads the socket dry, batch by batch.
+    fn receive(&mut self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let shards = self.shared.inboxes.len() as u64;
+        loop {
+            let count = self.recv.recv(self.socket.as_raw_fd())?;
+            for i in 0..count {
+                self.counters.received += 1;
+                let Some((source, datagram)) = self.recv.datagram(i) else {
+                    self.counters.truncated += 1;
+                    continue;
+                };
+                let owner = find_call_id(datagram)
+                    .map_or(self.index, |id| (fnv1a(&[id]) % shards) as usize);
+                if owner == self.index {
+                    handle(
+                        &mut self.proxy,
+                        &mut self.send,
+                        &mut self.counters,
+                        &self.socket,
+                        source,
+                        datagram,
+                    );
+                } else {
+                    let handoff = Handoff {
+                        source,
+                        datagram: datagram.to_vec(),
+                    };
+                    match self.shared.inboxes[owner].push(handoff) {
+                        Ok(()) => {
+                            self.counters.handed_off += 1;
+                            self.to_ring[owner] = true;
+                        }
+                        Err(_) => self.counters.handoff_dropped += 1,
+                    }
+                }
+            }
+            self.ring_owners();
+            if count < sys::BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    fn ring_owners(&mut self) {
+        for (owner, ring) in self.to_ring.iter_mut().enumerate() {
+            if std::mem::take(ring) {
+                self.shared.doorbells[owner].ring();
+            }
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        while let Some(handoff) = self.shared.inboxes[self.index].pop() {
+            handle(
+                &mut self.proxy,
+                &mut self.send,
+                &mut self.counters,
+                &self.socket,
+                handoff.source,
+                &handoff.datagram,
+            );
+        }
+    }
+
+    fn flush(&mut self) {
+        use std::os::fd::AsRawFd;
+        if self.send.is_empty() {
+            return;
+        }
+        let flushed = self.send.flush(self.socket.as_raw_fd());
+        self.counters.sent += flushed.sent;
+        self.counters.send_failed += flushed.failed;
+    }
+
+    fn log_counters(&self) {
+        let c = &self.counters;
+        let p: &Counters = self.proxy.counters();
+        tracing::info!(
+            shard = self.index,
+            received = c.received,
+            sent = c.sent,
+            handed_off = c.handed_off,
+            requests_forwarded = p.requests_forwarded,
+            responses_forwarded = p.responses_forwarded,
+            replies = p.replies,
+            dropped_handoff_queue_full = c.handoff_dropped,
+            dropped_send_failed = c.send_failed,
+            dropped_truncated = c.truncated,
+            dropped_malformed = p.dropped_malformed,
+            dropped_unanswerable = p.dropped_unanswerable,
+            dropped_response_not_ours = p.dropped_response_not_ours,
+            dropped_response_for_us = p.dropped_response_for_us,
+            dropped_unresolved = p.dropped_unresolved,
+            dropped_buffer_full = p.dropped_buffer_full,
+            dropped_no_backend = p.dropped_no_backend,
+            loops_detected = p.loops_detected,
+            "shard counters"
+        );
+    }
+}
+
+/// Runs one datagram through the proxy core and queues what it sends.
+fn handle(
+    proxy: &mut Proxy,
+    send: &mut SendBatch,
+    counters: &mut ShardCounters,
+    socket: &Socket,
+    source: SocketAddr,
+    datagram: &[u8],
+) {
+    use std::os::fd::AsRawFd;
+    if !send.has_room() {
+        let flushed = send.flush(socket.as_raw_fd());
+        counters.sent += flushed.sent;
+        counters.send_failed += flushed.failed;
+    }
+    match proxy.handle(source, datagram, send.space()) {
+        Action::Forward { to, len } | Action::Reply { to, len } => send.push(to, len),
+        Action::Drop(reason) => {
+            if !matches!(reason, DropReason::Malformed(crate::sip::Fault::Empty)) {
+                tracing::debug!(%source, ?reason, "dropped a datagram");
+            }
+        }
+    }
+}

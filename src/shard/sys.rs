@@ -1,0 +1,297 @@
+//! The Linux system calls of the epoll shard loop: `recvmmsg`/`sendmmsg`
+//! batches, epoll and eventfd. Every `unsafe` of the runtime is here, each
+//! with the reason it holds.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use socket2::SockAddr;
+
+/// Datagrams moved per system call: enough to amortise the call, small
+/// enough that one batch stays in L2.
+pub(crate) const BATCH: usize = 32;
+
+/// A receive slot holds the largest UDP payload.
+pub(crate) const DATAGRAM_BYTES_MAX: usize = 65_536;
+
+/// Buffers for one `recvmmsg` call, allocated once per shard.
+pub(crate) struct RecvBatch {
+    buffers: Vec<u8>,
+    addresses: Vec<libc::sockaddr_storage>,
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
+    received: usize,
+}
+
+impl RecvBatch {
+    pub(crate) fn new() -> RecvBatch {
+        RecvBatch {
+            buffers: vec![0; BATCH * DATAGRAM_BYTES_MAX],
+            // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C
+            // structs for which all-zero bytes are a valid value.
+            addresses: vec![unsafe { zeroed() }; BATCH],
+            iovecs: vec![unsafe { zeroed() }; BATCH],
+            headers: vec![unsafe { zeroed() }; BATCH],
+            received: 0,
+        }
+    }
+
+    /// Receives up to `BATCH` datagrams without blocking; 0 when none wait.
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for i in 0..BATCH {
+            self.iovecs[i] = libc::iovec {
+                iov_base: self.buffers[i * DATAGRAM_BYTES_MAX..].as_mut_ptr().cast(),
+                iov_len: DATAGRAM_BYTES_MAX,
+            };
+            let header = &mut self.headers[i].msg_hdr;
+            header.msg_name = (&mut self.addresses[i] as *mut libc::sockaddr_storage).cast();
+            header.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            header.msg_iov = &mut self.iovecs[i];
+            header.msg_iovlen = 1;
+            header.msg_control = std::ptr::null_mut();
+            header.msg_controllen = 0;
+            header.msg_flags = 0;
+        }
+        // SAFETY: every header points at this batch's own address slot,
+        // iovec and a DATAGRAM_BYTES_MAX region of `buffers`, all alive and
+        // unaliased for the duration of the call; the kernel writes at most
+        // BATCH entries.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.headers.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let error = io::Error::last_os_error();
+            self.received = 0;
+            return match error.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(error),
+            };
+        }
+        self.received = n as usize;
+        Ok(self.received)
+    }
+
+    /// Datagram `i` of the last `recv`: its source and bytes. `None` for a
+    /// truncated datagram (larger than a slot) or an unknown address family.
+    pub(crate) fn datagram(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
+        if i >= self.received {
+            return None;
+        }
+        let header = &self.headers[i];
+        if header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            return None;
+        }
+        let len = (header.msg_len as usize).min(DATAGRAM_BYTES_MAX);
+        // SAFETY: the kernel filled `addresses[i]` and wrote its length to
+        // msg_namelen, which never exceeds the storage size we gave.
+        let address = unsafe { SockAddr::new(self.addresses[i], header.msg_hdr.msg_namelen) };
+        let source = address.as_socket()?;
+        Some((
+            source,
+            &self.buffers[i * DATAGRAM_BYTES_MAX..i * DATAGRAM_BYTES_MAX + len],
+        ))
+    }
+}
+
+/// Datagrams waiting to go out, written in place and sent by `sendmmsg`.
+pub(crate) struct SendBatch {
+    arena: Vec<u8>,
+    used: usize,
+    pending: Vec<(SockAddr, usize, usize)>,
+}
+
+/// What one flush did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Flushed {
+    pub(crate) sent: u64,
+    /// Datagrams the kernel refused (send buffer full, unreachable).
+    pub(crate) failed: u64,
+}
+
+impl SendBatch {
+    pub(crate) fn new() -> SendBatch {
+        SendBatch {
+            arena: vec![0; BATCH * DATAGRAM_BYTES_MAX],
+            used: 0,
+            pending: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Whether a datagram of the largest size still fits.
+    pub(crate) fn has_room(&self) -> bool {
+        self.pending.len() < BATCH && self.arena.len() - self.used >= DATAGRAM_BYTES_MAX
+    }
+
+    /// Room for the next datagram; commit it with [`SendBatch::push`].
+    pub(crate) fn space(&mut self) -> &mut [u8] {
+        &mut self.arena[self.used..self.used + DATAGRAM_BYTES_MAX]
+    }
+
+    pub(crate) fn push(&mut self, to: SocketAddr, len: usize) {
+        debug_assert!(len <= DATAGRAM_BYTES_MAX);
+        self.pending.push((SockAddr::from(to), self.used, len));
+        self.used += len;
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Sends everything pending. A datagram the kernel refuses is counted
+    /// and dropped: UDP promises no more, and retrying would stall the shard.
+    pub(crate) fn flush(&mut self, fd: RawFd) -> Flushed {
+        let mut flushed = Flushed::default();
+        let mut iovecs: [libc::iovec; BATCH] = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; BATCH];
+        // SAFETY: mmsghdr is a plain C struct; all-zero bytes are valid.
+        let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        let count = self.pending.len();
+        for (i, (address, start, len)) in self.pending.iter().enumerate() {
+            iovecs[i] = libc::iovec {
+                iov_base: self.arena[*start..].as_mut_ptr().cast(),
+                iov_len: *len,
+            };
+            headers[i].msg_hdr.msg_name = address.as_ptr() as *mut libc::c_void;
+            headers[i].msg_hdr.msg_namelen = address.len();
+            headers[i].msg_hdr.msg_iov = &mut iovecs[i];
+            headers[i].msg_hdr.msg_iovlen = 1;
+        }
+        let mut offset = 0;
+        while offset < count {
+            // SAFETY: headers[offset..count] point at addresses in
+            // `pending` and bytes in `arena`, both alive and unchanged
+            // until this function returns.
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    headers[offset..].as_mut_ptr(),
+                    (count - offset) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Skip the datagram that failed and go on with the rest.
+                flushed.failed += 1;
+                offset += 1;
+                continue;
+            }
+            flushed.sent += n as u64;
+            offset += n as usize;
+        }
+        self.pending.clear();
+        self.used = 0;
+        flushed
+    }
+}
+
+/// An eventfd another shard rings to say "your inbox has work".
+pub(crate) struct Doorbell {
+    fd: OwnedFd,
+}
+
+impl Doorbell {
+    pub(crate) fn new() -> io::Result<Doorbell> {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new
+        // descriptor that we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        Ok(Doorbell {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    pub(crate) fn ring(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64. A full counter (EAGAIN)
+        // means the owner is already due to wake, so the result is ignored.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Resets the counter after a wake-up.
+    pub(crate) fn clear(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64; EAGAIN (not rung) is fine.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+    }
+
+    pub(crate) fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// An epoll set watching a shard's sockets and its doorbell.
+pub(crate) struct Poller {
+    fd: OwnedFd,
+    events: Vec<libc::epoll_event>,
+}
+
+impl Poller {
+    pub(crate) fn new() -> io::Result<Poller> {
+        // SAFETY: no pointers; a non-negative result is a new descriptor.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Poller {
+            // SAFETY: `fd` is fresh and ours.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 16],
+        })
+    }
+
+    /// Watches `fd` for input; `token` comes back with its events.
+    pub(crate) fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: `event` is a live epoll_event; both descriptors are open.
+        let result =
+            unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+        if result < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout_ms` and returns the tokens that are ready.
+    pub(crate) fn wait(&mut self, timeout_ms: i32) -> io::Result<impl Iterator<Item = u64> + '_> {
+        // SAFETY: `events` has room for its length, which we pass.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as libc::c_int,
+                timeout_ms,
+            )
+        };
+        let n = if n < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+            0
+        } else {
+            n as usize
+        };
+        Ok(self.events[..n].iter().map(|e| e.u64))
+    }
+}
