@@ -16,11 +16,14 @@ mod sys;
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
+use hdrhistogram::Histogram;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::proxy::{Action, Algorithm, Counters, DropReason, Proxy};
@@ -49,6 +52,9 @@ pub struct Config {
 struct Handoff {
     source: SocketAddr,
     datagram: Vec<u8>,
+    /// When the receiving shard got it, so the owner's latency includes
+    /// the time in the queue.
+    received_at: Instant,
 }
 
 /// What every shard shares: the inboxes and doorbells of all shards, and
@@ -191,17 +197,33 @@ const TOKEN_DOORBELL: u64 = 1;
 /// and report flags again (the doorbell wakes it sooner).
 const IDLE_WAIT_MS: i32 = 250;
 
+/// The latency histogram's range, in nanoseconds: anything past 10 s is a
+/// stall and is clamped to the top.
+const LATENCY_NS_MAX: u64 = 10_000_000_000;
+
 struct Shard {
     index: usize,
-    socket: Socket,
-    proxy: Proxy,
     shared: Arc<Shared>,
     recv: RecvBatch,
-    send: SendBatch,
     /// Shards whose inbox got datagrams during this turn.
     to_ring: Vec<bool>,
-    counters: ShardCounters,
     reported: usize,
+    output: Output,
+}
+
+/// Everything that turns a datagram into bytes on the wire: the proxy
+/// core, the send batch and what is measured about them. Apart from the
+/// receive batch so that a received datagram can be handled in place.
+struct Output {
+    socket: Socket,
+    proxy: Proxy,
+    send: SendBatch,
+    counters: ShardCounters,
+    /// Receive times of the datagrams whose output sits in `send`.
+    in_flight: Vec<Instant>,
+    /// Gateway latency per datagram sent, from the batch that received it
+    /// to the `sendmmsg` that sent what it caused.
+    latency_ns: Histogram<u64>,
 }
 
 impl Shard {
@@ -209,21 +231,25 @@ impl Shard {
         let shards = shared.inboxes.len();
         Shard {
             index,
-            socket,
-            proxy,
             shared,
             recv: RecvBatch::new(),
-            send: SendBatch::new(),
             to_ring: vec![false; shards],
-            counters: ShardCounters::default(),
             reported: 0,
+            output: Output {
+                socket,
+                proxy,
+                send: SendBatch::new(),
+                counters: ShardCounters::default(),
+                in_flight: Vec::with_capacity(sys::BATCH),
+                latency_ns: Histogram::new_with_bounds(100, LATENCY_NS_MAX, 3)
+                    .expect("constant histogram bounds are valid"),
+            },
         }
     }
 
     fn run(&mut self) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
         let mut poller = Poller::new()?;
-        poller.add(self.socket.as_raw_fd(), TOKEN_SOCKET)?;
+        poller.add(self.output.socket.as_raw_fd(), TOKEN_SOCKET)?;
         poller.add(self.shared.doorbells[self.index].raw(), TOKEN_DOORBELL)?;
         while !self.shared.stop.load(Ordering::Relaxed) {
             let mut socket_ready = false;
@@ -237,7 +263,7 @@ impl Shard {
                 self.receive()?;
             }
             self.drain_inbox();
-            self.flush();
+            self.output.flush();
             let report = self.shared.report.load(Ordering::Relaxed);
             if report != self.reported {
                 self.reported = report;
@@ -246,46 +272,40 @@ impl Shard {
         }
         // Stop: take what others handed us, send what we hold, then leave.
         self.drain_inbox();
-        self.flush();
+        self.output.flush();
         self.log_counters();
         Ok(())
     }
 
     /// Reads the socket dry, batch by batch.
     fn receive(&mut self) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
         let shards = self.shared.inboxes.len() as u64;
         loop {
-            let count = self.recv.recv(self.socket.as_raw_fd())?;
+            let count = self.recv.recv(self.output.socket.as_raw_fd())?;
+            let received_at = Instant::now();
             for i in 0..count {
-                self.counters.received += 1;
+                self.output.counters.received += 1;
                 let Some((source, datagram)) = self.recv.datagram(i) else {
-                    self.counters.truncated += 1;
+                    self.output.counters.truncated += 1;
                     continue;
                 };
                 let owner = find_call_id(datagram)
                     .map_or(self.index, |id| (fnv1a(&[id]) % shards) as usize);
                 if owner == self.index {
-                    handle(
-                        &mut self.proxy,
-                        &mut self.send,
-                        &mut self.counters,
-                        &self.socket,
-                        source,
-                        datagram,
-                    );
-                } else {
-                    let handoff = Handoff {
-                        source,
-                        datagram: datagram.to_vec(),
-                    };
-                    match self.shared.inboxes[owner].push(handoff) {
-                        Ok(()) => {
-                            self.counters.handed_off += 1;
-                            self.to_ring[owner] = true;
-                        }
-                        Err(_) => self.counters.handoff_dropped += 1,
+                    self.output.handle(source, datagram, received_at);
+                    continue;
+                }
+                let handoff = Handoff {
+                    source,
+                    datagram: datagram.to_vec(),
+                    received_at,
+                };
+                match self.shared.inboxes[owner].push(handoff) {
+                    Ok(()) => {
+                        self.output.counters.handed_off += 1;
+                        self.to_ring[owner] = true;
                     }
+                    Err(_) => self.output.counters.handoff_dropped += 1,
                 }
             }
             self.ring_owners();
@@ -305,30 +325,14 @@ impl Shard {
 
     fn drain_inbox(&mut self) {
         while let Some(handoff) = self.shared.inboxes[self.index].pop() {
-            handle(
-                &mut self.proxy,
-                &mut self.send,
-                &mut self.counters,
-                &self.socket,
-                handoff.source,
-                &handoff.datagram,
-            );
+            self.output
+                .handle(handoff.source, &handoff.datagram, handoff.received_at);
         }
-    }
-
-    fn flush(&mut self) {
-        use std::os::fd::AsRawFd;
-        if self.send.is_empty() {
-            return;
-        }
-        let flushed = self.send.flush(self.socket.as_raw_fd());
-        self.counters.sent += flushed.sent;
-        self.counters.send_failed += flushed.failed;
     }
 
     fn log_counters(&self) {
-        let c = &self.counters;
-        let p: &Counters = self.proxy.counters();
+        let c = &self.output.counters;
+        let p: &Counters = self.output.proxy.counters();
         tracing::info!(
             shard = self.index,
             received = c.received,
@@ -350,30 +354,54 @@ impl Shard {
             loops_detected = p.loops_detected,
             "shard counters"
         );
+        let h = &self.output.latency_ns;
+        if !h.is_empty() {
+            let us = |ns: u64| ns as f64 / 1000.0;
+            tracing::info!(
+                shard = self.index,
+                datagrams = h.len(),
+                p50_us = us(h.value_at_quantile(0.50)),
+                p90_us = us(h.value_at_quantile(0.90)),
+                p99_us = us(h.value_at_quantile(0.99)),
+                max_us = us(h.max()),
+                "shard latency, receive to send"
+            );
+        }
     }
 }
 
-/// Runs one datagram through the proxy core and queues what it sends.
-fn handle(
-    proxy: &mut Proxy,
-    send: &mut SendBatch,
-    counters: &mut ShardCounters,
-    socket: &Socket,
-    source: SocketAddr,
-    datagram: &[u8],
-) {
-    use std::os::fd::AsRawFd;
-    if !send.has_room() {
-        let flushed = send.flush(socket.as_raw_fd());
-        counters.sent += flushed.sent;
-        counters.send_failed += flushed.failed;
-    }
-    match proxy.handle(source, datagram, send.space()) {
-        Action::Forward { to, len } | Action::Reply { to, len } => send.push(to, len),
-        Action::Drop(reason) => {
-            if !matches!(reason, DropReason::Malformed(crate::sip::Fault::Empty)) {
-                tracing::debug!(%source, ?reason, "dropped a datagram");
+impl Output {
+    /// Runs one datagram through the proxy core and queues what it sends.
+    fn handle(&mut self, source: SocketAddr, datagram: &[u8], received_at: Instant) {
+        if !self.send.has_room() {
+            self.flush();
+        }
+        match self.proxy.handle(source, datagram, self.send.space()) {
+            Action::Forward { to, len } | Action::Reply { to, len } => {
+                self.send.push(to, len);
+                self.in_flight.push(received_at);
             }
+            Action::Drop(reason) => {
+                if !matches!(reason, DropReason::Malformed(crate::sip::Fault::Empty)) {
+                    tracing::debug!(%source, ?reason, "dropped a datagram");
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.send.is_empty() {
+            return;
+        }
+        let flushed = self.send.flush(self.socket.as_raw_fd());
+        self.counters.sent += flushed.sent;
+        self.counters.send_failed += flushed.failed;
+        let now = Instant::now();
+        for received_at in self.in_flight.drain(..) {
+            let ns = (now - received_at)
+                .as_nanos()
+                .min(u128::from(LATENCY_NS_MAX)) as u64;
+            self.latency_ns.saturating_record(ns);
         }
     }
 }
