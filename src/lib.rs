@@ -13,6 +13,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod config;
 pub mod proxy;
 pub mod shard;
 pub mod sip;

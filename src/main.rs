@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sipshard::config;
 use sipshard::proxy::Algorithm;
 use sipshard::shard::{Config, Runtime};
-use sipshard::sip::{Answer, Limits, Message, Scanner, StartLine, Uri};
+use sipshard::sip::{Answer, Limits, Message, Scanner, StartLine};
 
 /// mimalloc: the shards allocate little, but what the control plane and
 /// start-up allocate should not contend on one global lock.
@@ -32,13 +33,15 @@ struct Cli {
 }
 
 /// Running the gateway. With no arguments it listens on 127.0.0.1:5060 and
-/// balances over two backends on loopback, 127.0.0.1:5080 and :5081.
+/// balances over two backends on loopback, 127.0.0.1:5080 and :5081. Flags
+/// given on the command line override the same settings of `--config`.
 #[derive(Args)]
 struct RunArgs {
     /// The address SIP traffic arrives on (UDP). It also goes in our Via
     /// and Record-Route, so it must be an address peers can reach.
-    #[arg(long, default_value = "127.0.0.1:5060")]
-    listen: SocketAddr,
+    /// Default: 127.0.0.1:5060.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// A backend, as `sip:IP:PORT`; repeat for each. Default: the two
     /// loopback backends above.
     #[arg(long = "backend", value_name = "URI")]
@@ -46,12 +49,20 @@ struct RunArgs {
     /// Shard threads, one per core. Default: the number of usable cores.
     #[arg(long)]
     shards: Option<usize>,
-    /// How an initial request picks its backend.
-    #[arg(long, value_enum, default_value_t = AlgorithmArg::RoundRobin)]
-    algorithm: AlgorithmArg,
+    /// How an initial request picks its backend. Default: round-robin.
+    #[arg(long, value_enum)]
+    algorithm: Option<AlgorithmArg>,
     /// Slots in each shard's handoff queue; a full queue drops and counts.
-    #[arg(long, default_value_t = 8192)]
-    handoff_queue_len: usize,
+    /// Default: 8192.
+    #[arg(long)]
+    handoff_queue_len: Option<usize>,
+    /// A TOML configuration file (see examples/sipshard.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check a configuration file, print each problem with its line and a
+    /// fix, and exit (0 when it is valid).
+    #[arg(long, value_name = "FILE", exclusive = true)]
+    check_config: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -110,6 +121,15 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    if let Some(path) = &args.check_config {
+        return match load(path) {
+            Ok(_) => {
+                println!("{}: valid", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -117,49 +137,77 @@ fn run(args: RunArgs) -> ExitCode {
         )
         .with_thread_names(true)
         .init();
-    let backends = if args.backends.is_empty() {
-        vec![
-            "sip:127.0.0.1:5080".to_string(),
-            "sip:127.0.0.1:5081".to_string(),
-        ]
-    } else {
-        args.backends
+    let mut config = match &args.config {
+        Some(path) => match load(path) {
+            Ok(config) => config,
+            Err(code) => return code,
+        },
+        None => Config {
+            listen: "127.0.0.1:5060".parse().expect("a literal address"),
+            backends: vec![
+                "127.0.0.1:5080".parse().expect("a literal address"),
+                "127.0.0.1:5081".parse().expect("a literal address"),
+            ],
+            algorithm: Algorithm::RoundRobin,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: Vec::new(),
+            limits: Limits::default(),
+            handoff_queue_len: 8192,
+            socket_receive_buffer_bytes: None,
+            socket_send_buffer_bytes: None,
+        },
     };
-    let mut addresses = Vec::with_capacity(backends.len());
-    for backend in &backends {
-        match backend_address(backend) {
-            Ok(address) => addresses.push(address),
-            Err(why) => {
-                eprintln!("sipshard: --backend {backend}: {why}");
-                return ExitCode::from(2);
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if !args.backends.is_empty() {
+        config.backends.clear();
+        for backend in &args.backends {
+            match config::backend_address(backend) {
+                Ok(address) => config.backends.push(address),
+                Err(why) => {
+                    eprintln!("sipshard: --backend {backend}: {why}");
+                    return ExitCode::from(2);
+                }
             }
         }
     }
-    let shards = args
-        .shards
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let config = Config {
-        listen: args.listen,
-        backends: addresses,
-        algorithm: match args.algorithm {
+    if let Some(shards) = args.shards {
+        config.shards = shards;
+    }
+    if let Some(algorithm) = args.algorithm {
+        config.algorithm = match algorithm {
             AlgorithmArg::RoundRobin => Algorithm::RoundRobin,
             AlgorithmArg::CallIdHash => Algorithm::CallIdHash,
-        },
-        shards,
-        cpus: Vec::new(),
-        limits: Limits::default(),
-        handoff_queue_len: args.handoff_queue_len,
-        socket_receive_buffer_bytes: None,
-        socket_send_buffer_bytes: None,
-    };
+        };
+    }
+    if let Some(len) = args.handoff_queue_len {
+        config.handoff_queue_len = len;
+    }
+    let listen = config.listen;
     let runtime = match Runtime::start(config) {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("sipshard: cannot start on {}: {error}", args.listen);
+            eprintln!("sipshard: cannot start on {listen}: {error}");
             return ExitCode::from(1);
         }
     };
     wait_for_signals(runtime)
+}
+
+/// Reads and checks a configuration file; on failure prints every problem
+/// and returns the exit code (2).
+fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        eprintln!("{}: {e}", path.display());
+        ExitCode::from(2)
+    })?;
+    config::parse(&text).map_err(|problems| {
+        for problem in problems {
+            eprintln!("{}: {problem}", path.display());
+        }
+        ExitCode::from(2)
+    })
 }
 
 /// The control thread: SIGUSR1 logs every shard's counters; SIGTERM or
@@ -185,21 +233,6 @@ fn wait_for_signals(runtime: Runtime) -> ExitCode {
     runtime.stop();
     tracing::info!("stopped");
     ExitCode::SUCCESS
-}
-
-/// `sip:IP:PORT` (or `IP:PORT`) as a socket address; host names need a
-/// resolver, which the gateway does not have yet.
-fn backend_address(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(address) = text.parse::<SocketAddr>() {
-        return Ok(address);
-    }
-    let uri = Uri::parse(text.as_bytes()).map_err(|e| format!("not a SIP URI ({e:?})"))?;
-    let host = std::str::from_utf8(uri.host).map_err(|_| "host is not text".to_string())?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let ip = host
-        .parse()
-        .map_err(|_| format!("host {host:?} is not an IP address (names are not resolved yet)"))?;
-    Ok(SocketAddr::new(ip, uri.port_or_default()))
 }
 
 /// Exit status: 0 when every message would be forwarded, 1 when any is

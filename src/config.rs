@@ -1,0 +1,292 @@
+//! The TOML configuration file: what it holds, and the checks that turn
+//! it into a runtime [`shard::Config`](crate::shard::Config). Control plane
+//! only: read at start-up (and by `--check-config`), never on the packet
+//! path.
+//!
+//! Every problem is reported with its line and what to write instead, all
+//! of them at once where the file parsed.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::proxy::Algorithm;
+use crate::shard;
+use crate::sip::{Limits, Uri};
+
+/// The file as written. Unknown keys are errors: a misspelt key silently
+/// ignored is a setting the operator believes in and does not have.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// The UDP address SIP arrives on; also what goes in our Via and
+    /// Record-Route.
+    pub listen: Spanned<String>,
+    /// Shard threads; default: the usable cores.
+    pub shards: Option<Spanned<usize>>,
+    /// CPUs the shards are pinned to, in order; default: the first ones.
+    #[serde(default)]
+    pub cpus: Vec<usize>,
+    /// Slots in each shard's handoff queue.
+    pub handoff_queue_len: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub socket: Socket,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// The backend pool.
+    pub backends: Backends,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Socket {
+    pub receive_buffer_bytes: Option<usize>,
+    pub send_buffer_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub datagram_bytes_max: Option<usize>,
+    pub headers_max: Option<usize>,
+    pub header_line_bytes_max: Option<usize>,
+    pub via_values_max: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backends {
+    /// `round-robin` or `call-id-hash`.
+    #[serde(default = "default_algorithm")]
+    pub algorithm: Spanned<String>,
+    /// `sip:IP:PORT` URIs.
+    pub members: Vec<Spanned<String>>,
+}
+
+fn default_algorithm() -> Spanned<String> {
+    Spanned::new(0..0, "round-robin".to_string())
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, 0 when the problem has no place in the file.
+    pub line: usize,
+    pub what: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line > 0 {
+            write!(f, "line {}: {}; fix: {}", self.line, self.what, self.fix)
+        } else {
+            write!(f, "{}; fix: {}", self.what, self.fix)
+        }
+    }
+}
+
+/// Parses and checks a configuration file's text.
+pub fn parse(text: &str) -> Result<shard::Config, Vec<Problem>> {
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let file: File = toml::from_str(text).map_err(|e| {
+        vec![Problem {
+            line: e.span().map_or(0, |s| line_of(s.start)),
+            what: e.message().to_string(),
+            fix: "see examples/sipshard.toml for every key and its form".to_string(),
+        }]
+    })?;
+    let mut problems = Vec::new();
+    let mut problem = |span: std::ops::Range<usize>, what: String, fix: &str| {
+        problems.push(Problem {
+            line: if span.is_empty() {
+                0
+            } else {
+                line_of(span.start)
+            },
+            what,
+            fix: fix.to_string(),
+        })
+    };
+
+    let listen = match file.listen.get_ref().parse::<SocketAddr>() {
+        Ok(address) if !address.ip().is_unspecified() => Some(address),
+        Ok(_) => {
+            problem(
+                file.listen.span(),
+                format!("listen = {:?} is a wildcard address", file.listen.get_ref()),
+                "give the address peers reach us on, e.g. \"192.0.2.10:5060\": it goes in our Via and Record-Route",
+            );
+            None
+        }
+        Err(_) => {
+            problem(
+                file.listen.span(),
+                format!("listen = {:?} is not IP:PORT", file.listen.get_ref()),
+                "write it as \"127.0.0.1:5060\"",
+            );
+            None
+        }
+    };
+    let shards = match &file.shards {
+        Some(s) if *s.get_ref() == 0 || *s.get_ref() > 1024 => {
+            problem(
+                s.span(),
+                format!("shards = {} is out of range", s.get_ref()),
+                "use 1..=1024, usually one per core",
+            );
+            1
+        }
+        Some(s) => *s.get_ref(),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let handoff_queue_len = match &file.handoff_queue_len {
+        Some(q) if *q.get_ref() == 0 || *q.get_ref() > 1 << 20 => {
+            problem(
+                q.span(),
+                format!("handoff_queue_len = {} is out of range", q.get_ref()),
+                "use 1..=1048576 (default 8192)",
+            );
+            1
+        }
+        Some(q) => *q.get_ref(),
+        None => 8192,
+    };
+    let algorithm = match file.backends.algorithm.get_ref().as_str() {
+        "round-robin" => Algorithm::RoundRobin,
+        "call-id-hash" => Algorithm::CallIdHash,
+        other => {
+            problem(
+                file.backends.algorithm.span(),
+                format!("algorithm = {other:?} is not known"),
+                "use \"round-robin\" or \"call-id-hash\"",
+            );
+            Algorithm::RoundRobin
+        }
+    };
+    let mut backends = Vec::new();
+    for member in &file.backends.members {
+        match backend_address(member.get_ref()) {
+            Ok(address) => backends.push(address),
+            Err(why) => problem(
+                member.span(),
+                format!("backend {:?}: {why}", member.get_ref()),
+                "write it as \"sip:10.0.0.1:5060\"",
+            ),
+        }
+    }
+    if file.backends.members.is_empty() {
+        problem(
+            0..0,
+            "backends.members is empty".to_string(),
+            "list at least one backend, e.g. members = [\"sip:127.0.0.1:5080\"]",
+        );
+    }
+    let defaults = Limits::default();
+    let limits = Limits {
+        datagram_bytes_max: file
+            .limits
+            .datagram_bytes_max
+            .unwrap_or(defaults.datagram_bytes_max),
+        headers_max: file.limits.headers_max.unwrap_or(defaults.headers_max),
+        header_line_bytes_max: file
+            .limits
+            .header_line_bytes_max
+            .unwrap_or(defaults.header_line_bytes_max),
+        via_values_max: file
+            .limits
+            .via_values_max
+            .unwrap_or(defaults.via_values_max),
+    };
+    if let Err(e) = limits.check() {
+        problem(
+            0..0,
+            format!("[limits] {e}"),
+            "set it within the range given",
+        );
+    }
+    match (listen, problems.is_empty()) {
+        (Some(listen), true) => Ok(shard::Config {
+            listen,
+            backends,
+            algorithm,
+            shards,
+            cpus: file.cpus,
+            limits,
+            handoff_queue_len,
+            socket_receive_buffer_bytes: file.socket.receive_buffer_bytes,
+            socket_send_buffer_bytes: file.socket.send_buffer_bytes,
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// `sip:IP:PORT` (or `IP:PORT`) as a socket address. Host names need a
+/// resolver, which the gateway does not have yet.
+pub fn backend_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    let uri = Uri::parse(text.as_bytes()).map_err(|e| format!("not a SIP URI ({e:?})"))?;
+    let host = std::str::from_utf8(uri.host).map_err(|_| "the host is not text".to_string())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = host.parse().map_err(|_| {
+        format!("the host {host:?} is not an IP address (names are not resolved yet)")
+    })?;
+    Ok(SocketAddr::new(ip, uri.port_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../examples/sipshard.toml");
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let config = parse(EXAMPLE).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(config.backends.len(), 2);
+        assert_eq!(config.shards, 2);
+    }
+
+    #[test]
+    fn every_problem_has_its_line_and_a_fix() {
+        let text = "listen = \"0.0.0.0:5060\"\nshards = 0\n[backends]\nalgorithm = \"random\"\nmembers = [\"sip:pbx.example.com\", \"sip:10.0.0.1:5080\"]\n";
+        let problems = parse(text).unwrap_err();
+        let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![1, 2, 4, 5], "{problems:#?}");
+        assert!(problems.iter().all(|p| !p.fix.is_empty()));
+        assert!(problems[3].to_string().contains("not an IP address"));
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys_are_reported_with_their_line() {
+        let problems = parse(
+            "listen = \"127.0.0.1:5060\"\nshardz = 2\n[backends]\nmembers = [\"sip:10.0.0.1\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(problems[0].line, 2, "{problems:?}");
+        assert!(problems[0].what.contains("shardz"), "{problems:?}");
+        let problems = parse("listen = \n").unwrap_err();
+        assert_eq!(problems[0].line, 1);
+    }
+
+    #[test]
+    fn backend_forms() {
+        assert_eq!(
+            backend_address("sip:10.0.0.1"),
+            Ok("10.0.0.1:5060".parse().unwrap())
+        );
+        assert_eq!(
+            backend_address("sip:[2001:db8::1]:5070"),
+            Ok("[2001:db8::1]:5070".parse().unwrap())
+        );
+        assert_eq!(
+            backend_address("10.0.0.2:5080"),
+            Ok("10.0.0.2:5080".parse().unwrap())
+        );
+        assert!(backend_address("sip:pbx.example.com").is_err());
+    }
+}
