@@ -30,6 +30,8 @@ pub struct File {
     pub cpus: Vec<usize>,
     /// Slots in each shard's handoff queue.
     pub handoff_queue_len: Option<Spanned<usize>>,
+    /// `auto` (io_uring where allowed, else epoll), `uring` or `epoll`.
+    pub io: Option<Spanned<String>>,
     #[serde(default)]
     pub socket: Socket,
     #[serde(default)]
@@ -165,6 +167,19 @@ pub fn parse(text: &str) -> Result<shard::Config, Vec<Problem>> {
             Algorithm::RoundRobin
         }
     };
+    let io = match file.io.as_ref().map(|i| (i.get_ref().as_str(), i.span())) {
+        None | Some(("auto", _)) => shard::Io::Auto,
+        Some(("uring", _)) => shard::Io::Uring,
+        Some(("epoll", _)) => shard::Io::Epoll,
+        Some((other, span)) => {
+            problem(
+                span,
+                format!("io = {other:?} is not known"),
+                "use \"auto\", \"uring\" or \"epoll\"",
+            );
+            shard::Io::Auto
+        }
+    };
     let mut backends = Vec::new();
     for member in &file.backends.members {
         match backend_address(member.get_ref()) {
@@ -217,6 +232,7 @@ pub fn parse(text: &str) -> Result<shard::Config, Vec<Problem>> {
             handoff_queue_len,
             socket_receive_buffer_bytes: file.socket.receive_buffer_bytes,
             socket_send_buffer_bytes: file.socket.send_buffer_bytes,
+            io,
         }),
         _ => Err(problems),
     }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sipshard::config;
 use sipshard::proxy::Algorithm;
-use sipshard::shard::{Config, Runtime};
+use sipshard::shard::{Config, Io, Runtime};
 use sipshard::sip::{Answer, Limits, Message, Scanner, StartLine};
 
 /// mimalloc: the shards allocate little, but what the control plane and
@@ -56,6 +56,10 @@ struct RunArgs {
     /// Default: 8192.
     #[arg(long)]
     handoff_queue_len: Option<usize>,
+    /// The receive loop: io_uring where the kernel allows it (auto, the
+    /// default), io_uring or nothing (uring), or recvmmsg + epoll (epoll).
+    #[arg(long, value_enum)]
+    io: Option<IoArg>,
     /// A TOML configuration file (see examples/sipshard.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -63,6 +67,13 @@ struct RunArgs {
     /// fix, and exit (0 when it is valid).
     #[arg(long, value_name = "FILE", exclusive = true)]
     check_config: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IoArg {
+    Auto,
+    Uring,
+    Epoll,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -155,8 +166,16 @@ fn run(args: RunArgs) -> ExitCode {
             handoff_queue_len: 8192,
             socket_receive_buffer_bytes: None,
             socket_send_buffer_bytes: None,
+            io: Io::Auto,
         },
     };
+    if let Some(io) = args.io {
+        config.io = match io {
+            IoArg::Auto => Io::Auto,
+            IoArg::Uring => Io::Uring,
+            IoArg::Epoll => Io::Epoll,
+        };
+    }
     if let Some(listen) = args.listen {
         config.listen = listen;
     }

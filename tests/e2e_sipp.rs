@@ -1,7 +1,8 @@
 //! End to end: the real `sipshard` binary between real SIPp processes on
 //! 127.0.0.1. Two SIPp backends answer behind the gateway; one SIPp caller
 //! (one 4-tuple, so the gateway's shards must share its calls by Call-ID)
-//! drives 2,000 calls at 200 per second. Every call must succeed.
+//! drives 2,000 calls at 200 per second. Every call must succeed, on both
+//! I/O paths (io_uring and epoll) and with 1 and 2 shards.
 //!
 //! Needs `sipp` (Debian `sip-tester`), which `.ci/run` installs. The runs
 //! share ports, so they take a lock and go one at a time.
@@ -61,9 +62,16 @@ fn start_backend(address: &str, scenario_file: &str, dir: &Path) -> Running {
     Running(child)
 }
 
-fn start_gateway(shards: usize) -> Running {
+fn start_gateway(shards: usize, io: &str) -> Running {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sipshard"));
-    command.args(["--listen", GATEWAY, "--shards", &shards.to_string()]);
+    command.args([
+        "--listen",
+        GATEWAY,
+        "--shards",
+        &shards.to_string(),
+        "--io",
+        io,
+    ]);
     for backend in BACKENDS {
         command.args(["--backend", &format!("sip:{backend}")]);
     }
@@ -125,14 +133,14 @@ fn run_caller(scenario_file: &str, dir: &Path) -> Outcome {
     }
 }
 
-fn calls_through_gateway(shards: usize, caller: &str, backend: &str) {
+fn calls_through_gateway(io: &str, shards: usize, caller: &str, backend: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempdir(&format!("{caller}-{shards}"));
+    let dir = tempdir(&format!("{caller}-{io}-{shards}"));
     let _backends: Vec<Running> = BACKENDS
         .iter()
         .map(|b| start_backend(b, backend, &dir))
         .collect();
-    let _gateway = start_gateway(shards);
+    let _gateway = start_gateway(shards, io);
     // Give the processes time to bind before the first INVITE.
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
@@ -155,22 +163,28 @@ fn tempdir(name: &str) -> PathBuf {
     dir
 }
 
+// Each I/O path (forced with --io) with 1 and 2 shards.
+
 #[test]
-fn invite_ack_bye_one_shard() {
-    calls_through_gateway(1, "uac.xml", "uas.xml");
+fn invite_ack_bye_io_uring() {
+    calls_through_gateway("uring", 1, "uac.xml", "uas.xml");
+    calls_through_gateway("uring", 2, "uac.xml", "uas.xml");
 }
 
 #[test]
-fn invite_ack_bye_two_shards() {
-    calls_through_gateway(2, "uac.xml", "uas.xml");
+fn invite_ack_bye_epoll() {
+    calls_through_gateway("epoll", 1, "uac.xml", "uas.xml");
+    calls_through_gateway("epoll", 2, "uac.xml", "uas.xml");
 }
 
 #[test]
-fn register_one_shard() {
-    calls_through_gateway(1, "register_uac.xml", "register_uas.xml");
+fn register_io_uring() {
+    calls_through_gateway("uring", 1, "register_uac.xml", "register_uas.xml");
+    calls_through_gateway("uring", 2, "register_uac.xml", "register_uas.xml");
 }
 
 #[test]
-fn register_two_shards() {
-    calls_through_gateway(2, "register_uac.xml", "register_uas.xml");
+fn register_epoll() {
+    calls_through_gateway("epoll", 1, "register_uac.xml", "register_uas.xml");
+    calls_through_gateway("epoll", 2, "register_uac.xml", "register_uas.xml");
 }

@@ -9,10 +9,13 @@
 //! messages therefore go through one shard, in the order one socket
 //! received them. A full queue drops and counts; a shard never blocks.
 //!
-//! This is the `recvmmsg`/`sendmmsg` + epoll loop; the io_uring loop of
-//! `shared/DESIGN.md` is not built yet.
+//! Two loops run the same shard: io_uring (`uring.rs`: multishot receive on
+//! provided buffers, sends as one batch of SQEs, one `submit_with_args` per
+//! turn) and, where io_uring is missing or forbidden, `recvmmsg`/`sendmmsg`
+//! + epoll (`sys.rs`). The choice is made at start-up and logged.
 
 mod sys;
+mod uring;
 
 use std::io;
 use std::net::SocketAddr;
@@ -30,6 +33,7 @@ use crate::proxy::{Action, Algorithm, Counters, DropReason, Proxy};
 use crate::sip::lex::fnv1a;
 use crate::sip::{find_call_id, Limits, LocalAddress, Scanner};
 use sys::{Doorbell, Poller, RecvBatch, SendBatch};
+use uring::Uring;
 
 /// What the runtime needs to start.
 #[derive(Clone, Debug)]
@@ -46,6 +50,18 @@ pub struct Config {
     pub handoff_queue_len: usize,
     pub socket_receive_buffer_bytes: Option<usize>,
     pub socket_send_buffer_bytes: Option<usize>,
+    pub io: Io,
+}
+
+/// Which receive loop the shards run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Io {
+    /// io_uring where the kernel allows it, else epoll.
+    Auto,
+    /// io_uring or fail to start.
+    Uring,
+    /// `recvmmsg`/`sendmmsg` + epoll.
+    Epoll,
 }
 
 /// A datagram on its way to the shard that owns its call.
@@ -102,6 +118,20 @@ impl Runtime {
             stop: AtomicBool::new(false),
             report: AtomicUsize::new(0),
         });
+        let use_uring = match config.io {
+            Io::Epoll => false,
+            Io::Uring => {
+                io_uring::IoUring::new(8)?;
+                true
+            }
+            Io::Auto => match io_uring::IoUring::new(8) {
+                Ok(_) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "io_uring is not available (old kernel, seccomp or kernel.io_uring_disabled); using epoll");
+                    false
+                }
+            },
+        };
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let local = LocalAddress::new(&host_text(config.listen), config.listen.port());
         let mut threads = Vec::with_capacity(shards);
@@ -133,13 +163,14 @@ impl Runtime {
                         }
                     }
                     let mut shard = Shard::new(index, socket, proxy, shared);
-                    if let Err(error) = shard.run() {
+                    if let Err(error) = shard.run(use_uring) {
                         tracing::error!(shard = index, %error, "shard stopped on an I/O error");
                     }
                 })?;
             threads.push(thread);
         }
-        tracing::info!(listen = %config.listen, shards, io = "epoll", backends = config.backends.len(), "sipshard is running");
+        let io = if use_uring { "io_uring" } else { "epoll" };
+        tracing::info!(listen = %config.listen, shards, io, backends = config.backends.len(), "sipshard is running");
         Ok(Runtime { shared, threads })
     }
 
@@ -247,7 +278,22 @@ impl Shard {
         }
     }
 
-    fn run(&mut self) -> io::Result<()> {
+    fn run(&mut self, use_uring: bool) -> io::Result<()> {
+        if use_uring {
+            match Uring::new(
+                self.output.socket.as_raw_fd(),
+                self.shared.doorbells[self.index].raw(),
+            ) {
+                Ok(uring) => return self.run_uring(uring),
+                Err(error) => {
+                    tracing::warn!(shard = self.index, %error, "io_uring set-up failed; this shard uses epoll")
+                }
+            }
+        }
+        self.run_epoll()
+    }
+
+    fn run_epoll(&mut self) -> io::Result<()> {
         let mut poller = Poller::new()?;
         poller.add(self.output.socket.as_raw_fd(), TOKEN_SOCKET)?;
         poller.add(self.shared.doorbells[self.index].raw(), TOKEN_DOORBELL)?;
@@ -264,17 +310,67 @@ impl Shard {
             }
             self.drain_inbox();
             self.output.flush();
-            let report = self.shared.report.load(Ordering::Relaxed);
-            if report != self.reported {
-                self.reported = report;
-                self.log_counters();
-            }
+            self.report_if_asked();
         }
         // Stop: take what others handed us, send what we hold, then leave.
         self.drain_inbox();
         self.output.flush();
         self.log_counters();
         Ok(())
+    }
+
+    /// The io_uring loop: one `submit_with_args` per turn submits the last
+    /// turn's sends and sleeps until a datagram, a doorbell or the idle
+    /// timeout.
+    fn run_uring(&mut self, mut uring: Uring) -> io::Result<()> {
+        let mut ready = Vec::with_capacity(sys::BATCH);
+        let shards = self.shared.inboxes.len() as u64;
+        let idle = std::time::Duration::from_millis(IDLE_WAIT_MS as u64);
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let flushed = uring.wait(idle, &mut ready)?;
+            self.output.ring_sent(flushed);
+            let received_at = Instant::now();
+            for &r in &ready {
+                self.output.counters.received += 1;
+                match uring.datagram(r) {
+                    Some((source, datagram)) => dispatch(
+                        self.index,
+                        shards,
+                        &self.shared,
+                        &mut self.to_ring,
+                        &mut self.output,
+                        source,
+                        datagram,
+                        received_at,
+                    ),
+                    None => self.output.counters.truncated += 1,
+                }
+            }
+            uring.recycle(&ready);
+            self.ring_owners();
+            self.drain_inbox();
+            if !self.output.send.is_empty() {
+                uring.queue_sends(&self.output.send)?;
+                self.output.ring_queued();
+            }
+            self.report_if_asked();
+        }
+        // Stop: the queued sends go out with this last wait.
+        let flushed = uring.wait(std::time::Duration::ZERO, &mut ready)?;
+        self.output.ring_sent(flushed);
+        uring.recycle(&ready);
+        self.drain_inbox();
+        self.output.flush();
+        self.log_counters();
+        Ok(())
+    }
+
+    fn report_if_asked(&mut self) {
+        let report = self.shared.report.load(Ordering::Relaxed);
+        if report != self.reported {
+            self.reported = report;
+            self.log_counters();
+        }
     }
 
     /// Reads the socket dry, batch by batch.
@@ -289,24 +385,16 @@ impl Shard {
                     self.output.counters.truncated += 1;
                     continue;
                 };
-                let owner = find_call_id(datagram)
-                    .map_or(self.index, |id| (fnv1a(&[id]) % shards) as usize);
-                if owner == self.index {
-                    self.output.handle(source, datagram, received_at);
-                    continue;
-                }
-                let handoff = Handoff {
+                dispatch(
+                    self.index,
+                    shards,
+                    &self.shared,
+                    &mut self.to_ring,
+                    &mut self.output,
                     source,
-                    datagram: datagram.to_vec(),
+                    datagram,
                     received_at,
-                };
-                match self.shared.inboxes[owner].push(handoff) {
-                    Ok(()) => {
-                        self.output.counters.handed_off += 1;
-                        self.to_ring[owner] = true;
-                    }
-                    Err(_) => self.output.counters.handoff_dropped += 1,
-                }
+                );
             }
             self.ring_owners();
             if count < sys::BATCH {
@@ -370,7 +458,64 @@ impl Shard {
     }
 }
 
+/// Handles a received datagram here when this shard owns its call, else
+/// hands it to the owner's inbox and marks the owner to be rung.
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    index: usize,
+    shards: u64,
+    shared: &Shared,
+    to_ring: &mut [bool],
+    output: &mut Output,
+    source: SocketAddr,
+    datagram: &[u8],
+    received_at: Instant,
+) {
+    let owner = find_call_id(datagram).map_or(index, |id| (fnv1a(&[id]) % shards) as usize);
+    if owner == index {
+        output.handle(source, datagram, received_at);
+        return;
+    }
+    let handoff = Handoff {
+        source,
+        datagram: datagram.to_vec(),
+        received_at,
+    };
+    match shared.inboxes[owner].push(handoff) {
+        Ok(()) => {
+            output.counters.handed_off += 1;
+            to_ring[owner] = true;
+        }
+        Err(_) => output.counters.handoff_dropped += 1,
+    }
+}
+
 impl Output {
+    /// The send batch was queued on the ring: its latency is measured now.
+    fn ring_queued(&mut self) {
+        self.record_latency();
+    }
+
+    /// The ring reports the last batch sent: count it, reuse the batch.
+    fn ring_sent(&mut self, flushed: sys::Flushed) {
+        self.counters.sent += flushed.sent;
+        self.counters.send_failed += flushed.failed;
+        if !self.in_flight.is_empty() {
+            self.record_latency();
+        }
+        self.send.clear();
+    }
+
+    fn record_latency(&mut self) {
+        let now = Instant::now();
+        for received_at in self.in_flight.drain(..) {
+            let ns = (now - received_at)
+                .as_nanos()
+                .min(u128::from(LATENCY_NS_MAX)) as u64;
+            self.latency_ns.saturating_record(ns);
+        }
+    }
+
     /// Runs one datagram through the proxy core and queues what it sends.
     fn handle(&mut self, source: SocketAddr, datagram: &[u8], received_at: Instant) {
         if !self.send.has_room() {

@@ -146,36 +146,61 @@ impl SendBatch {
         self.pending.is_empty()
     }
 
-    /// Sends everything pending. A datagram the kernel refuses is counted
-    /// and dropped: UDP promises no more, and retrying would stall the shard.
-    pub(crate) fn flush(&mut self, fd: RawFd) -> Flushed {
-        let mut flushed = Flushed::default();
-        let mut iovecs: [libc::iovec; BATCH] = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; BATCH];
-        // SAFETY: mmsghdr is a plain C struct; all-zero bytes are valid.
-        let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        let count = self.pending.len();
-        for (i, (address, start, len)) in self.pending.iter().enumerate() {
+    /// Fills `headers` and `iovecs` to send every pending datagram, the
+    /// addresses kept in `addresses`; returns how many. The pointers stay
+    /// valid until the batch or those arrays change.
+    pub(crate) fn prepare(
+        &self,
+        headers: &mut [libc::msghdr; BATCH],
+        iovecs: &mut [libc::iovec; BATCH],
+        addresses: &mut Vec<SockAddr>,
+    ) -> usize {
+        addresses.clear();
+        addresses.extend(self.pending.iter().map(|(address, _, _)| address.clone()));
+        for (i, (_, start, len)) in self.pending.iter().enumerate() {
             iovecs[i] = libc::iovec {
-                iov_base: self.arena[*start..].as_mut_ptr().cast(),
+                iov_base: self.arena[*start..].as_ptr() as *mut libc::c_void,
                 iov_len: *len,
             };
-            headers[i].msg_hdr.msg_name = address.as_ptr() as *mut libc::c_void;
-            headers[i].msg_hdr.msg_namelen = address.len();
-            headers[i].msg_hdr.msg_iov = &mut iovecs[i];
-            headers[i].msg_hdr.msg_iovlen = 1;
+            // SAFETY: msghdr is a plain C struct; zero is valid.
+            headers[i] = unsafe { zeroed() };
+            headers[i].msg_name = addresses[i].as_ptr() as *mut libc::c_void;
+            headers[i].msg_namelen = addresses[i].len();
+            headers[i].msg_iov = &mut iovecs[i];
+            headers[i].msg_iovlen = 1;
+        }
+        self.pending.len()
+    }
+
+    /// Forgets the pending datagrams once they are sent.
+    pub(crate) fn clear(&mut self) {
+        self.pending.clear();
+        self.used = 0;
+    }
+
+    /// Sends everything pending with `sendmmsg`. A datagram the kernel
+    /// refuses is counted and dropped: UDP promises no more, and retrying
+    /// would stall the shard.
+    pub(crate) fn flush(&mut self, fd: RawFd) -> Flushed {
+        let mut flushed = Flushed::default();
+        // SAFETY: plain C structs; zero is valid.
+        let mut headers: [libc::msghdr; BATCH] = unsafe { zeroed() };
+        let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
+        let mut addresses = Vec::with_capacity(BATCH);
+        let count = self.prepare(&mut headers, &mut iovecs, &mut addresses);
+        // SAFETY: mmsghdr is a plain C struct; zero is valid.
+        let mut messages: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        for i in 0..count {
+            messages[i].msg_hdr = headers[i];
         }
         let mut offset = 0;
         while offset < count {
-            // SAFETY: headers[offset..count] point at addresses in
-            // `pending` and bytes in `arena`, both alive and unchanged
-            // until this function returns.
+            // SAFETY: messages[offset..count] point at `addresses`, `iovecs`
+            // and the arena, all alive and unchanged until we return.
             let n = unsafe {
                 libc::sendmmsg(
                     fd,
-                    headers[offset..].as_mut_ptr(),
+                    messages[offset..].as_mut_ptr(),
                     (count - offset) as libc::c_uint,
                     libc::MSG_DONTWAIT,
                 )
@@ -193,8 +218,7 @@ impl SendBatch {
             flushed.sent += n as u64;
             offset += n as usize;
         }
-        self.pending.clear();
-        self.used = 0;
+        self.clear();
         flushed
     }
 }

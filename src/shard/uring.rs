@@ -1,0 +1,338 @@
+//! The io_uring driver of a shard: one multishot `RecvMsg` on a ring of
+//! provided buffers, a `Read` on the doorbell eventfd, sends submitted as a
+//! batch of `SendMsg`, and one `submit_with_args` per loop turn that sleeps
+//! until a completion or the next deadline.
+//!
+//! Every `unsafe` here is about memory the kernel reads or writes behind
+//! our back: the provided-buffer ring, the receive msghdr, the doorbell
+//! word and the send headers. Each stays at a fixed address for as long as
+//! the ring can touch it, which the comments say case by case.
+#![allow(unsafe_code)]
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, types, IoUring};
+use socket2::SockAddr;
+
+use super::sys::{Flushed, SendBatch, BATCH, DATAGRAM_BYTES_MAX};
+
+/// Provided buffers in the ring: each holds the recvmsg header, a source
+/// address and the largest datagram. Buffers go back to the ring as soon
+/// as their datagram is handled, so a few dozen keep multishot receive fed.
+const BUFFERS: u16 = 64;
+const BUFFER_BYTES: usize = DATAGRAM_BYTES_MAX + 256;
+const BUFFER_GROUP: u16 = 0;
+
+const USER_RECV: u64 = 1;
+const USER_DOORBELL: u64 = 2;
+const USER_SEND: u64 = 3;
+
+/// The ring of provided buffers: a page-aligned array of entries the kernel
+/// reads, and the buffers themselves.
+struct ProvidedBuffers {
+    ring: *mut types::BufRingEntry,
+    ring_layout: Layout,
+    memory: Vec<u8>,
+    tail: u16,
+}
+
+impl ProvidedBuffers {
+    fn new() -> io::Result<ProvidedBuffers> {
+        let ring_layout = Layout::from_size_align(
+            usize::from(BUFFERS) * size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: the layout has a non-zero size.
+        let ring = unsafe { alloc_zeroed(ring_layout) }.cast::<types::BufRingEntry>();
+        if ring.is_null() {
+            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "buffer ring"));
+        }
+        let mut buffers = ProvidedBuffers {
+            ring,
+            ring_layout,
+            memory: vec![0; usize::from(BUFFERS) * BUFFER_BYTES],
+            tail: 0,
+        };
+        for bid in 0..BUFFERS {
+            buffers.give_back(bid);
+        }
+        Ok(buffers)
+    }
+
+    /// Puts buffer `bid` at the ring's tail and publishes the new tail.
+    fn give_back(&mut self, bid: u16) {
+        let index = usize::from(self.tail & (BUFFERS - 1));
+        let address = self.memory[usize::from(bid) * BUFFER_BYTES..].as_mut_ptr() as u64;
+        // SAFETY: `index` < BUFFERS, inside the ring allocation; the kernel
+        // only reads entries between its head and our published tail, and
+        // this one is past the tail until the store below.
+        let entry = unsafe { &mut *self.ring.add(index) };
+        entry.set_addr(address);
+        entry.set_len(BUFFER_BYTES as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail is the u16 at byte 14 of the ring, inside the
+        // first entry's reserved field; the kernel reads it, so it is
+        // published with release ordering after the entry is written.
+        let tail = unsafe { &*(self.ring.cast::<u8>().add(14).cast::<AtomicU16>()) };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    fn buffer(&self, bid: u16, len: usize) -> &[u8] {
+        let start = usize::from(bid) * BUFFER_BYTES;
+        &self.memory[start..start + len.min(BUFFER_BYTES)]
+    }
+}
+
+impl Drop for ProvidedBuffers {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; the ring that used it
+        // is dropped first (field order in `Uring`).
+        unsafe { dealloc(self.ring.cast(), self.ring_layout) };
+    }
+}
+
+/// A received datagram waiting in buffer `bid`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ready {
+    bid: u16,
+    len: usize,
+}
+
+/// Send headers for one batch; they must stay put until the batch's
+/// completions have arrived.
+struct SendHeaders {
+    headers: [libc::msghdr; BATCH],
+    iovecs: [libc::iovec; BATCH],
+    addresses: Vec<SockAddr>,
+}
+
+pub(crate) struct Uring {
+    // Dropped first: the ring must be gone before the memory it points at.
+    ring: IoUring,
+    buffers: ProvidedBuffers,
+    recv_msghdr: Box<libc::msghdr>,
+    doorbell_word: Box<u64>,
+    sends: Box<SendHeaders>,
+    socket: RawFd,
+    doorbell: RawFd,
+    recv_armed: bool,
+    /// Completions of sends not yet reaped.
+    sends_in_flight: usize,
+    send_result: Flushed,
+}
+
+impl Uring {
+    /// Sets up a ring for one shard's socket and doorbell; fails where
+    /// io_uring is missing or forbidden, and the shard uses epoll instead.
+    pub(crate) fn new(socket: RawFd, doorbell: RawFd) -> io::Result<Uring> {
+        let ring = IoUring::builder().build(256)?;
+        let buffers = ProvidedBuffers::new()?;
+        // SAFETY: the ring entries live in `buffers`, which outlives the
+        // registration (it is dropped after the ring).
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                buffers.ring as u64,
+                BUFFERS,
+                BUFFER_GROUP,
+                0,
+            )?
+        };
+        // SAFETY: msghdr is a plain C struct; zero is valid.
+        let mut recv_msghdr: Box<libc::msghdr> = Box::new(unsafe { zeroed() });
+        recv_msghdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let mut uring = Uring {
+            ring,
+            buffers,
+            recv_msghdr,
+            doorbell_word: Box::new(0),
+            sends: Box::new(SendHeaders {
+                // SAFETY: plain C structs; zero is valid.
+                headers: unsafe { zeroed() },
+                iovecs: unsafe { zeroed() },
+                addresses: Vec::with_capacity(BATCH),
+            }),
+            socket,
+            doorbell,
+            recv_armed: false,
+            sends_in_flight: 0,
+            send_result: Flushed::default(),
+        };
+        uring.arm_recv()?;
+        uring.arm_doorbell()?;
+        uring.ring.submit()?;
+        Ok(uring)
+    }
+
+    fn push(&mut self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
+        // SAFETY: every entry we push points at memory owned by `self`
+        // that stays at its address while the operation is in flight.
+        if unsafe { self.ring.submission().push(entry) }.is_err() {
+            self.ring.submit()?;
+            // SAFETY: as above.
+            unsafe { self.ring.submission().push(entry) }
+                .map_err(|_| io::Error::other("submission queue full"))?;
+        }
+        Ok(())
+    }
+
+    fn arm_recv(&mut self) -> io::Result<()> {
+        let entry =
+            opcode::RecvMsgMulti::new(types::Fd(self.socket), &*self.recv_msghdr, BUFFER_GROUP)
+                .build()
+                .user_data(USER_RECV);
+        self.push(&entry)?;
+        self.recv_armed = true;
+        Ok(())
+    }
+
+    fn arm_doorbell(&mut self) -> io::Result<()> {
+        let word: *mut u64 = &mut *self.doorbell_word;
+        let entry = opcode::Read::new(types::Fd(self.doorbell), word.cast(), 8)
+            .build()
+            .user_data(USER_DOORBELL);
+        self.push(&entry)
+    }
+
+    /// Submits what is queued (the last turn's sends) and sleeps until a
+    /// completion arrives or `timeout` passes; returns up to `BATCH`
+    /// received datagrams, and the results of the sends it saw complete.
+    /// When it returns, no send is in flight: the send batch may be reused.
+    pub(crate) fn wait(
+        &mut self,
+        timeout: Duration,
+        ready: &mut Vec<Ready>,
+    ) -> io::Result<Flushed> {
+        ready.clear();
+        self.send_result = Flushed::default();
+        let timespec = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&timespec);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        self.reap(ready)?;
+        while self.sends_in_flight > 0 {
+            self.ring.submit_and_wait(1)?;
+            self.reap(ready)?;
+        }
+        Ok(std::mem::take(&mut self.send_result))
+    }
+
+    /// Takes completions off the queue: datagrams into `ready` (at most
+    /// BATCH), doorbell and send results handled here.
+    fn reap(&mut self, ready: &mut Vec<Ready>) -> io::Result<()> {
+        let mut rearm_recv = false;
+        let mut rearm_doorbell = false;
+        let mut completion = self.ring.completion();
+        loop {
+            // Send and doorbell completions are always taken; datagrams
+            // only up to a batch, the rest wait in the queue.
+            if ready.len() >= BATCH && self.sends_in_flight == 0 {
+                break;
+            }
+            let Some(cqe) = completion.next() else { break };
+            let (result, flags) = (cqe.result(), cqe.flags());
+            match cqe.user_data() {
+                USER_RECV => {
+                    if !cqueue::more(flags) {
+                        rearm_recv = true;
+                    }
+                    match (result, cqueue::buffer_select(flags)) {
+                        (len, Some(bid)) if len >= 0 => ready.push(Ready {
+                            bid,
+                            len: len as usize,
+                        }),
+                        (_, Some(bid)) => self.buffers.give_back(bid),
+                        (error, None) if error < 0 && error != -libc::ENOBUFS => {
+                            tracing::debug!(error, "multishot receive ended");
+                        }
+                        _ => {}
+                    }
+                }
+                USER_DOORBELL => rearm_doorbell = true,
+                _ => {
+                    self.sends_in_flight = self.sends_in_flight.saturating_sub(1);
+                    if result < 0 {
+                        self.send_result.failed += 1;
+                    } else {
+                        self.send_result.sent += 1;
+                    }
+                }
+            }
+        }
+        drop(completion);
+        if rearm_recv {
+            self.arm_recv()?;
+        }
+        if rearm_doorbell {
+            self.arm_doorbell()?;
+        }
+        Ok(())
+    }
+
+    /// The source and payload of a received datagram; `None` when it was
+    /// truncated or its address unreadable.
+    pub(crate) fn datagram(&self, ready: Ready) -> Option<(SocketAddr, &[u8])> {
+        let buffer = self.buffers.buffer(ready.bid, ready.len);
+        let out = types::RecvMsgOut::parse(buffer, &self.recv_msghdr).ok()?;
+        if out.is_payload_truncated() || out.is_name_data_truncated() {
+            return None;
+        }
+        let name = out.name_data();
+        // SAFETY: sockaddr_storage is plain data; we copy at most its size.
+        let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+        let len = name.len().min(size_of::<libc::sockaddr_storage>());
+        // SAFETY: copies `len` bytes into a local of at least that size.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                name.as_ptr(),
+                (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                len,
+            )
+        };
+        // SAFETY: the storage holds a socket address of `len` bytes.
+        let address = unsafe { SockAddr::new(storage, len as libc::socklen_t) };
+        // The payload borrows from `out`; find it again in the buffer.
+        let payload = out.payload_data();
+        let start = (payload.as_ptr() as usize).checked_sub(buffer.as_ptr() as usize)?;
+        let payload = buffer.get(start..start + payload.len())?;
+        Some((address.as_socket()?, payload))
+    }
+
+    /// Returns the buffers of handled datagrams to the kernel.
+    pub(crate) fn recycle(&mut self, ready: &[Ready]) {
+        for r in ready {
+            self.buffers.give_back(r.bid);
+        }
+    }
+
+    /// Queues a batch as `SendMsg` entries; the next [`Uring::wait`]
+    /// submits them with its wait and reaps their completions. The batch
+    /// must not change until then.
+    pub(crate) fn queue_sends(&mut self, batch: &SendBatch) -> io::Result<()> {
+        let sends = &mut *self.sends;
+        let count = batch.prepare(&mut sends.headers, &mut sends.iovecs, &mut sends.addresses);
+        for i in 0..count {
+            let header: *const libc::msghdr = &self.sends.headers[i];
+            let entry = opcode::SendMsg::new(types::Fd(self.socket), header)
+                .build()
+                .user_data(USER_SEND);
+            self.push(&entry)?;
+        }
+        self.sends_in_flight += count;
+        Ok(())
+    }
+}
