@@ -41,7 +41,8 @@
 //!
 //! Fixed cases follow the properties: the RFC 4475 and bench messages, and
 //! the committed fuzz seed corpus replayed through what each fuzz target
-//! checks (`replay_scan_input`, `replay_edit_input`), so that a crash found
+//! checks (`replay_scan_input`, `replay_edit_input`, `replay_proxy_input`;
+//! `write_proxy_seed_corpus` writes the proxy seeds), so that a crash found
 //! by `fuzz/` becomes a plain `#[test]` here (see `fuzz/README.md`). Bugs
 //! found in `src/` are regression tests at the end.
 //!
@@ -49,16 +50,16 @@
 //! a second for the whole file in release, ten in debug); `PROPTEST_CASES=N`
 //! overrides them for a longer run.
 
-// The checks the fuzz targets make, shared with them (`scan_target` and
-// `edit_target` are the targets themselves).
+// The checks the fuzz targets make, shared with them (`scan_target`,
+// `edit_target` and `proxy_target` are the targets themselves).
 #[path = "../fuzz/fuzz_targets/common.rs"]
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use common::{
-    check_accessors, edit_target, editor, host_ip, scan_target, tiny, unowned_headers, via_values,
-    OUT_BYTES, PROXY_HOST, PROXY_PORT,
+    check_accessors, edit_target, editor, host_ip, proxy_input, proxy_target, scan_target, tiny,
+    unowned_headers, via_values, OUT_BYTES, PEERS, PROXY_HOST, PROXY_PORT,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -219,23 +220,27 @@ impl ViaModel {
     fn forwarded(&self, source: SocketAddr) -> String {
         let wants_rport = self.rport() == Some(None);
         let add_received = wants_rport || host_ip(&self.host) != Some(source.ip());
+        // The editor rewrites the `received` the scanner reads (the last
+        // one) to the packet's source, whatever the sent-by.
+        let last_received = self
+            .params
+            .iter()
+            .rposition(|p| matches!(p.kind, ParamKind::Received));
         let mut s = self.head();
-        let mut has_received = false;
-        for p in &self.params {
+        for (i, p) in self.params.iter().enumerate() {
             let mut p = p.clone();
             match p.kind {
                 ParamKind::Rport if p.value.is_none() => {
                     p.value = Some(source.port().to_string());
                 }
-                ParamKind::Received if add_received => {
-                    has_received = true;
+                ParamKind::Received if Some(i) == last_received => {
                     p.value = Some(ip_text(source.ip()));
                 }
                 _ => {}
             }
             p.render(&mut s);
         }
-        if add_received && !has_received {
+        if add_received && last_received.is_none() {
             s.push_str(";received=");
             s.push_str(&ip_text(source.ip()));
         }
@@ -1633,6 +1638,13 @@ fn replay_edit_input(data: &[u8]) {
     edit_target(data);
 }
 
+/// What `fuzz/fuzz_targets/proxy.rs` does with one input: the first byte
+/// picks the algorithm, then each datagram is a 2-byte length, a source
+/// byte and the bytes, all through one `Proxy` (`common::proxy_target`).
+fn replay_proxy_input(data: &[u8]) {
+    proxy_target(data);
+}
+
 fn sip_files(dir: &str) -> Vec<std::path::PathBuf> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
@@ -1666,6 +1678,208 @@ fn fuzz_seed_corpus_replays() {
     }
     for path in sip_files("fuzz/corpus/edit") {
         replay_edit_input(&std::fs::read(&path).unwrap());
+    }
+    let proxy = sip_files("fuzz/corpus/proxy");
+    assert!(proxy.len() >= 5, "the proxy seeds are committed");
+    for path in proxy {
+        replay_proxy_input(&std::fs::read(&path).unwrap());
+    }
+}
+
+/// The `proxy` seed corpus, as `write_proxy_seed_corpus` writes it: sequences built from the bench and
+/// RFC 4475 messages. A 180 or 200 from a backend needs the Vias of the
+/// request as the proxy forwarded it (our branch is a hash), so each call
+/// is run through a `Proxy` to build its answers.
+fn proxy_seeds() -> Vec<(String, Vec<u8>)> {
+    use sipshard::proxy::{Action, Algorithm};
+    const CLIENT: u8 = 0;
+    const BACKEND_A: u8 = 1;
+    const CLIENT_V6: u8 = 3;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |path: &str| std::fs::read(root.join(path)).unwrap();
+    let invite = read("benches/messages/invite.sip");
+    let ringing = read("benches/messages/ringing.sip");
+    let ok = read("benches/messages/ok.sip");
+    let bye_us = read("fuzz/corpus/scan/crafted-bye-us.sip");
+    let ok_us = read("fuzz/corpus/scan/crafted-ok-us.sip");
+    let lines = |m: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(m)
+            .split("\r\n")
+            .map(str::to_string)
+            .collect()
+    };
+    // Forwards `request` from `peer` as the target's proxy would; returns the
+    // backend's index in PEERS and the answer `response` made to carry the
+    // forwarded request's Via lines instead of its own.
+    let answer = |algorithm, peer: u8, request: &[u8], response: &[u8]| -> (u8, Vec<u8>) {
+        let mut proxy = common::proxy(algorithm);
+        let mut out = vec![0u8; OUT_BYTES];
+        let source = PEERS[usize::from(peer)].parse().unwrap();
+        let Action::Forward { to, len } = proxy.handle(source, request, &mut out) else {
+            panic!("the seed request is forwarded");
+        };
+        let backend = PEERS.iter().position(|p| p.parse() == Ok(to)).unwrap() as u8;
+        let vias: Vec<String> = lines(&out[..len])
+            .into_iter()
+            .take_while(|l| !l.is_empty())
+            .filter(|l| l.starts_with("Via:"))
+            .collect();
+        let mut answer = Vec::new();
+        let mut vias_written = false;
+        for line in lines(response) {
+            if line.starts_with("Via:") {
+                if !std::mem::replace(&mut vias_written, true) {
+                    answer.push(vias.join("\r\n"));
+                }
+            } else {
+                answer.push(line);
+            }
+        }
+        (backend, answer.join("\r\n").into_bytes())
+    };
+    let replace = |m: &[u8], from: &str, to: &str| -> Vec<u8> {
+        String::from_utf8_lossy(m)
+            .replacen(from, to, 1)
+            .into_bytes()
+    };
+    let mut seeds = Vec::new();
+
+    // A call: INVITE from the client, 180 and 200 from the backend it went
+    // to, then the ACK and BYE along our Record-Route.
+    for (name, algorithm, client) in [
+        ("call-round-robin", Algorithm::RoundRobin, CLIENT),
+        ("call-call-id-hash-v6", Algorithm::CallIdHash, CLIENT_V6),
+    ] {
+        let (backend, ringing) = answer(algorithm, client, &invite, &ringing);
+        let (_, ok) = answer(algorithm, client, &invite, &ok);
+        let ack = replace(&bye_us, "BYE sip:", "ACK sip:");
+        let ack = replace(&ack, "CSeq: 2 BYE", "CSeq: 1 ACK");
+        let cancel = replace(&invite, "INVITE sip:", "CANCEL sip:");
+        let cancel = replace(&cancel, "CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+        let datagrams: [(u8, &[u8]); 7] = [
+            (client, &invite),
+            (backend, &ringing),
+            (client, &invite),
+            (client, &cancel),
+            (backend, &ok),
+            (client, &ack),
+            (client, &bye_us),
+        ];
+        let hash = algorithm == Algorithm::CallIdHash;
+        seeds.push((name.to_string(), proxy_input(hash, &datagrams)));
+    }
+
+    // In-dialog requests along Route: to the Request-URI, to the next Route,
+    // to a host name (dropped), and a BYE from the backend to the client.
+    let two_routes = replace(
+        &bye_us,
+        "Route: <sip:192.0.2.250:5060;lr>",
+        "Route: <sip:192.0.2.250:5060;lr>, <sip:203.0.113.9:5062;lr;maddr=203.0.113.10>",
+    );
+    let named = replace(
+        &bye_us,
+        "192.0.2.40:5060 SIP/2.0",
+        "pbx.example.com SIP/2.0",
+    );
+    let from_backend = replace(
+        &bye_us,
+        "BYE sip:+15551230001@192.0.2.40:5060",
+        "BYE sip:+15557770002@198.51.100.20:5060",
+    );
+    let datagrams: [(u8, &[u8]); 4] = [
+        (CLIENT, &bye_us),
+        (CLIENT_V6, &two_routes),
+        (CLIENT, &named),
+        (BACKEND_A, &from_backend),
+    ];
+    seeds.push((
+        "in-dialog-routes".to_string(),
+        proxy_input(false, &datagrams),
+    ));
+
+    // Responses: not ours, ours (forwarded), ours only, ours over a name.
+    let only_us = replace(
+        &ok_us,
+        "Via: SIP/2.0/UDP 198.51.100.20:5060;branch=z9hG4bK-524287-1---8f2a3c7d9e1b4a60;rport=5060;received=198.51.100.20\r\n",
+        "",
+    );
+    let over_name = replace(
+        &ok_us,
+        "198.51.100.20:5060;branch=z9hG4bK-524287-1---8f2a3c7d9e1b4a60;rport=5060;received=198.51.100.20",
+        "pbx.example.com;branch=z9hG4bK-524287-1---8f2a3c7d9e1b4a60",
+    );
+    let datagrams: [(u8, &[u8]); 4] = [
+        (BACKEND_A, &ok),
+        (BACKEND_A, &ok_us),
+        (BACKEND_A, &only_us),
+        (BACKEND_A, &over_name),
+    ];
+    seeds.push(("responses".to_string(), proxy_input(true, &datagrams)));
+
+    // Garbage: keep-alives, noise, a truncated INVITE, a request without
+    // Via, Max-Forwards 0, and a last length that runs past the end.
+    let no_via = replace(
+        &invite,
+        "Via: SIP/2.0/UDP 198.51.100.20:5060;branch=z9hG4bK-524287-1---8f2a3c7d9e1b4a60;rport\r\n",
+        "",
+    );
+    let zero = replace(&invite, "Max-Forwards: 70", "Max-Forwards: 0");
+    let datagrams: [(u8, &[u8]); 6] = [
+        (CLIENT, b"\r\n\r\n"),
+        (BACKEND_A, b"\x00\xff\x16\x03\x01 SIP/2.0 garbage:\n\n"),
+        (CLIENT, &invite[..120]),
+        (CLIENT, &no_via),
+        (CLIENT_V6, &zero),
+        (2, b""),
+    ];
+    let mut garbage = proxy_input(false, &datagrams);
+    garbage.extend_from_slice(b"\x20\x00\x00");
+    garbage.extend_from_slice(&invite[..200]);
+    seeds.push(("garbage".to_string(), garbage));
+
+    // The RFC 4475 torture messages, a dozen per sequence: requests from the
+    // clients, responses from a backend.
+    let mut torture: Vec<_> = std::fs::read_dir(root.join("tests/rfc4475"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sip"))
+        .collect();
+    torture.sort();
+    for (i, chunk) in torture.chunks(13).enumerate() {
+        let messages: Vec<Vec<u8>> = chunk.iter().map(|p| std::fs::read(p).unwrap()).collect();
+        let datagrams: Vec<(u8, &[u8])> = messages
+            .iter()
+            .enumerate()
+            .map(|(j, m)| {
+                let peer = if m.starts_with(b"SIP/") {
+                    BACKEND_A
+                } else if j % 2 == 0 {
+                    CLIENT
+                } else {
+                    CLIENT_V6
+                };
+                (peer, &m[..])
+            })
+            .collect();
+        seeds.push((
+            format!("rfc4475-{}", i + 1),
+            proxy_input(i % 2 == 1, &datagrams),
+        ));
+    }
+    seeds
+}
+
+/// Writes `fuzz/corpus/proxy/` from `proxy_seeds`. The seeds are plain
+/// committed files; rerun this after a change that moves our branch hash
+/// (the 180 and 200 seeds carry it), with
+/// `cargo test --release --test proptest_scan -- --ignored write_proxy_seed_corpus`.
+#[test]
+#[ignore = "writes the proxy seed corpus"]
+fn write_proxy_seed_corpus() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in proxy_seeds() {
+        std::fs::write(dir.join(format!("{name}.seq")), bytes).unwrap();
     }
 }
 
@@ -1713,4 +1927,32 @@ From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nConten
     if let Ok(message) = scanner.scan(&request) {
         assert_eq!(message.max_forwards(), Some(9));
     }
+}
+
+/// cargo fuzz run proxy: `find_call_id` returns `None` for a request that
+/// the scanner accepts because CRLFs before the start line (RFC 3261 §7.5
+/// keep-alives, which `Scanner::frame` skips) are taken for the empty line
+/// that ends the header section: it skips exactly one line as the start
+/// line, so a second leading line end stops it. The shard then handles the
+/// datagram on the shard that received it instead of the Call-ID's owner.
+/// Byte 0 picks round robin; `ff ff 00`: the rest of the input, from the
+/// client.
+#[test]
+fn fuzz_proxy_find_call_id_after_leading_crlfs() {
+    replay_proxy_input(
+        b"\x00\xff\xff\x00\r\n\r\nOPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n",
+    );
+}
+
+/// cargo fuzz run proxy: a Call-ID whose value starts on a continuation
+/// line (`Call-ID:` CRLF SP `c`) scans as `c`, a value with no CR or LF in
+/// it, but `find_call_id` looks at the first line only, finds it empty and
+/// returns `None`.
+#[test]
+fn fuzz_proxy_find_call_id_folded_before_value() {
+    replay_proxy_input(
+        b"\x00\xff\xff\x00OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID:\r\n c\r\nCSeq: 1 OPTIONS\r\n\r\n",
+    );
 }

@@ -1,15 +1,17 @@
 //! Checks shared by the fuzz targets and `tests/proptest_scan.rs`, which
-//! includes this file with `#[path]`: `scan_target` and `edit_target` are
-//! what the two targets do with one input, so that the same bytes replay on
-//! stable. Each includer uses only part of this module.
+//! includes this file with `#[path]`: `scan_target`, `edit_target` and
+//! `proxy_target` are what the three targets do with one input, so that the
+//! same bytes replay on stable. Each includer uses only part of this module.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use sipshard::proxy::{Action, Algorithm, Counters, DropReason, Proxy};
 use sipshard::sip::{
-    write_rejection, write_response, Answer, Contact, EditError, Editor, Fault, Forward,
-    HeaderName, Limits, LocalAddress, LocalResponse, Message, ResponseError, ScanError, Scanner,
-    StartKind, StartLine,
+    find_call_id, write_rejection, write_response, AddrError, Answer, Contact, EditError, Editor,
+    Fault, Forward, HeaderName, Limits, LocalAddress, LocalResponse, Message, Method, NameAddr,
+    ResponseError, ScanError, Scanner, Scheme, StartKind, StartLine, Uri, Via,
 };
 
 pub const PROXY_HOST: &str = "192.0.2.250";
@@ -398,4 +400,575 @@ pub fn edit_target(data: &[u8]) {
     };
     check_accessors(&message);
     check_forwarding(&message, &editor, &forward);
+}
+
+// ---------------------------------------------------------------------------
+// The `proxy` target: a sequence of datagrams through one `Proxy`.
+// ---------------------------------------------------------------------------
+
+/// The backends of the `proxy` target's `Proxy`.
+pub const BACKENDS: [&str; 2] = ["10.0.0.1:5080", "10.0.0.2:5080"];
+/// Where a `proxy` datagram comes from: its source byte modulo 4 picks a
+/// client, backend A, backend B or an IPv6 client.
+pub const PEERS: [&str; 4] = [
+    "198.51.100.7:5070",
+    BACKENDS[0],
+    BACKENDS[1],
+    "[2001:db8::7]:5070",
+];
+/// The length that means "the rest of the input" (so that a datagram can
+/// be larger than 65535 bytes and reach `Fault::TooLarge`).
+pub const PROXY_REST: u16 = u16::MAX;
+
+/// Encodes a `proxy` input: the option byte (bit 0: Call-ID hash instead of
+/// round robin), then per datagram a 2-byte big-endian length, the source
+/// byte (an index into `PEERS`) and the bytes. The seed generator uses it.
+pub fn proxy_input(call_id_hash: bool, datagrams: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut input = vec![u8::from(call_id_hash)];
+    for &(peer, datagram) in datagrams {
+        let len = u16::try_from(datagram.len()).expect("a seed datagram under 64 KiB");
+        assert_ne!(len, PROXY_REST);
+        input.extend_from_slice(&len.to_be_bytes());
+        input.push(peer);
+        input.extend_from_slice(datagram);
+    }
+    input
+}
+
+/// Splits a `proxy` input into its algorithm and (source, datagram) pairs.
+/// A length past the end of the input, or `PROXY_REST`, takes the rest.
+pub fn proxy_datagrams(data: &[u8]) -> (Algorithm, Vec<(SocketAddr, &[u8])>) {
+    let Some((&options, mut rest)) = data.split_first() else {
+        return (Algorithm::RoundRobin, Vec::new());
+    };
+    let algorithm = if options & 1 == 0 {
+        Algorithm::RoundRobin
+    } else {
+        Algorithm::CallIdHash
+    };
+    let mut datagrams = Vec::new();
+    while rest.len() >= 3 {
+        let len = u16::from_be_bytes([rest[0], rest[1]]);
+        let source = PEERS[usize::from(rest[2]) % PEERS.len()].parse().unwrap();
+        rest = &rest[3..];
+        let len = if len == PROXY_REST {
+            rest.len()
+        } else {
+            usize::from(len).min(rest.len())
+        };
+        let (datagram, tail) = rest.split_at(len);
+        datagrams.push((source, datagram));
+        rest = tail;
+    }
+    (algorithm, datagrams)
+}
+
+/// The `proxy` fuzz target: every datagram of the input goes through one
+/// `Proxy` (see `ProxyRun::handle` for what is checked), and every request
+/// it forwards to a backend is fed back from that backend once.
+pub fn proxy_target(data: &[u8]) {
+    let (algorithm, datagrams) = proxy_datagrams(data);
+    let mut run = ProxyRun::new(algorithm);
+    for (source, datagram) in datagrams {
+        run.handle(source, datagram, true);
+    }
+}
+
+/// The `Proxy` of the `proxy` target.
+pub fn proxy(algorithm: Algorithm) -> Proxy {
+    Proxy::new(
+        Scanner::new(Limits::default()),
+        LocalAddress::new(PROXY_HOST, PROXY_PORT),
+        BACKENDS.iter().map(|b| b.parse().unwrap()).collect(),
+        algorithm,
+    )
+}
+
+/// The counters as an array in declaration order. Destructured, so that a
+/// new counter fails to compile here until the accounting below knows it.
+fn counter_array(c: &Counters) -> [u64; 11] {
+    let Counters {
+        requests_forwarded,
+        responses_forwarded,
+        replies,
+        loops_detected,
+        dropped_malformed,
+        dropped_unanswerable,
+        dropped_response_not_ours,
+        dropped_response_for_us,
+        dropped_unresolved,
+        dropped_buffer_full,
+        dropped_no_backend,
+    } = *c;
+    [
+        requests_forwarded,
+        responses_forwarded,
+        replies,
+        loops_detected,
+        dropped_malformed,
+        dropped_unanswerable,
+        dropped_response_not_ours,
+        dropped_response_for_us,
+        dropped_unresolved,
+        dropped_buffer_full,
+        dropped_no_backend,
+    ]
+}
+
+const REQUESTS_FORWARDED: usize = 0;
+const RESPONSES_FORWARDED: usize = 1;
+const REPLIES: usize = 2;
+/// Not an outcome of its own: a 482 is also counted in `replies`.
+const LOOPS_DETECTED: usize = 3;
+
+/// The counter an action increments (besides `loops_detected`).
+fn outcome_counter(action: &Action, input_is_request: Option<bool>) -> usize {
+    match action {
+        Action::Forward { .. } => match input_is_request {
+            Some(true) => REQUESTS_FORWARDED,
+            Some(false) => RESPONSES_FORWARDED,
+            None => panic!("forwarded a datagram that does not scan: {action:?}"),
+        },
+        Action::Reply { .. } => REPLIES,
+        Action::Drop(reason) => match reason {
+            DropReason::Malformed(_) => 4,
+            DropReason::Unanswerable => 5,
+            DropReason::ResponseNotOurs => 6,
+            DropReason::ResponseForUs => 7,
+            DropReason::UnresolvedNextHop => 8,
+            DropReason::BufferFull => 9,
+            DropReason::NoBackend => 10,
+        },
+    }
+}
+
+/// Where an accepted request must go, computed from the message alone.
+#[derive(Debug, PartialEq, Eq)]
+enum Hop {
+    /// Our Route was on top: the next Route's address, else the
+    /// Request-URI's (`None` when that host is not an IP literal).
+    Uri(Option<SocketAddr>),
+    /// No Route of ours on top: one of `BACKENDS`.
+    Pool,
+}
+
+fn names_us(addr: &NameAddr<'_>) -> bool {
+    addr.uri().is_ok_and(|u| {
+        matches!(u.scheme, Scheme::Sip | Scheme::Sips)
+            && u.host.eq_ignore_ascii_case(PROXY_HOST.as_bytes())
+            && u.port_or_default() == PROXY_PORT
+    })
+}
+
+fn uri_address(uri: &Uri<'_>) -> Option<SocketAddr> {
+    let host = std::str::from_utf8(uri.maddr().unwrap_or(uri.host)).ok()?;
+    Some(SocketAddr::new(host_ip(host)?, uri.port_or_default()))
+}
+
+/// Whether the top Route names us, and where the request goes then.
+fn expected_hop(m: &Message<'_>) -> (bool, Hop) {
+    let mut routes = m.routes();
+    if !matches!(routes.next(), Some(Ok(top)) if names_us(&top)) {
+        return (false, Hop::Pool);
+    }
+    let to = match routes.next() {
+        Some(Ok(next)) => next.uri().ok().as_ref().and_then(uri_address),
+        Some(Err(_)) => None,
+        None => m.request_uri().and_then(uri_address),
+    };
+    (true, Hop::Uri(to))
+}
+
+/// Whether any Via is ours with a `<transaction>.<loop>` branch: what loop
+/// detection needs before it can answer 482.
+fn has_our_branch(m: &Message<'_>) -> bool {
+    m.vias().any(|v| {
+        v.host.eq_ignore_ascii_case(PROXY_HOST.as_bytes())
+            && v.port.unwrap_or(5060) == PROXY_PORT
+            && v.branch
+                .and_then(|b| b.strip_prefix(b"z9hG4bK"))
+                .is_some_and(|b| b.len() >= 17 && b[b.len() - 17] == b'.')
+    })
+}
+
+/// Where a response we forward goes: the second Via's `received` (else its
+/// sent-by when that is an IP literal), at its `rport` (else its port).
+fn expected_response_address(via: &Via<'_>) -> Option<SocketAddr> {
+    let host = std::str::from_utf8(via.received.unwrap_or(via.host)).ok()?;
+    let port = match via.rport {
+        Some(Some(port)) => port,
+        _ => via.port.unwrap_or(5060),
+    };
+    Some(SocketAddr::new(host_ip(host)?, port))
+}
+
+fn route_list(m: &Message<'_>) -> Vec<Result<Vec<u8>, AddrError>> {
+    m.routes().map(|r| r.map(|a| a.value.to_vec())).collect()
+}
+
+fn record_route_list(m: &Message<'_>) -> Vec<Result<Vec<u8>, AddrError>> {
+    m.record_routes()
+        .map(|r| r.map(|a| a.value.to_vec()))
+        .collect()
+}
+
+fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
+}
+
+/// Faults a rejection reply may carry over from the request it answers: it
+/// echoes the request's Vias (one per line), From, To, Call-ID and CSeq as
+/// they are (RFC 4475 insuf still gets its 400), so a broken or missing one
+/// of those, or more Via values than a message may hold, is broken or
+/// missing in the reply too.
+fn inherited_fault(fault: Fault) -> bool {
+    matches!(
+        fault,
+        Fault::Via(_)
+            | Fault::TooManyVia
+            | Fault::TooManyHeaders
+            | Fault::TooLarge
+            | Fault::From(_)
+            | Fault::To(_)
+            | Fault::CallId
+            | Fault::CSeq
+            | Fault::Missing(HeaderName::From | HeaderName::To | HeaderName::CallId)
+            | Fault::Missing(HeaderName::CSeq)
+    )
+}
+
+/// One `Proxy` and what the checks remember between datagrams.
+pub struct ProxyRun {
+    proxy: Proxy,
+    algorithm: Algorithm,
+    backends: [SocketAddr; 2],
+    out: Vec<u8>,
+    /// Datagrams handed to `Proxy::handle`.
+    handled: u64,
+    counters: [u64; 11],
+    /// The backend of the last round-robin pick: the next must differ.
+    last_round_robin: Option<SocketAddr>,
+    /// The backend each Call-ID hashed to.
+    hashed: HashMap<Vec<u8>, SocketAddr>,
+}
+
+impl ProxyRun {
+    pub fn new(algorithm: Algorithm) -> ProxyRun {
+        ProxyRun {
+            proxy: proxy(algorithm),
+            algorithm,
+            backends: [BACKENDS[0].parse().unwrap(), BACKENDS[1].parse().unwrap()],
+            out: vec![0u8; OUT_BYTES],
+            handled: 0,
+            counters: [0; 11],
+            last_round_robin: None,
+            hashed: HashMap::new(),
+        }
+    }
+
+    /// Hands one datagram to the proxy and checks the action, what it
+    /// wrote and the counters. A request forwarded to a backend is fed back
+    /// from that backend when `feed_back`: if it scans, that is a loop.
+    pub fn handle(&mut self, source: SocketAddr, datagram: &[u8], feed_back: bool) -> Action {
+        check_find_call_id(datagram);
+        let action = self.proxy.handle(source, datagram, &mut self.out);
+        self.handled += 1;
+
+        let mut scanner = Scanner::new(Limits::default());
+        let input = scanner.scan(datagram);
+        let input_is_request = input.as_ref().ok().map(|m| m.is_request());
+        self.check_counters(&action, input_is_request);
+
+        let written = match action {
+            Action::Forward { len, .. } | Action::Reply { len, .. } => {
+                assert!(len <= self.out.len(), "{action:?} past the buffer");
+                self.out[..len].to_vec()
+            }
+            Action::Drop(_) => Vec::new(),
+        };
+        let written = &written[..];
+        let mut loop_back = None;
+        match (&input, action) {
+            (Ok(m), Action::Forward { to, .. }) if m.is_request() => {
+                let pool = self.check_forwarded_request(m, source, to, written);
+                if pool && feed_back {
+                    loop_back = Some((to, written.to_vec()));
+                }
+            }
+            (Ok(m), Action::Forward { to, .. }) => check_forwarded_response(m, to, written),
+            (Ok(m), Action::Reply { to, .. }) => check_loop_reply(m, source, to, written),
+            (Err(e), Action::Reply { to, .. }) => check_rejection_reply(e, source, to, written),
+            (Ok(m), Action::Drop(reason)) => check_drop(m, reason),
+            (Err(e), Action::Drop(reason)) => match reason {
+                DropReason::Malformed(fault) => {
+                    assert_eq!(fault, e.fault);
+                    assert_eq!(e.answer(), Answer::Drop, "{e}: dropped unanswered");
+                }
+                // No Via, a framing error, or a reply larger than the buffer.
+                DropReason::Unanswerable => {
+                    assert!(matches!(e.answer(), Answer::Reply { .. }), "{e}")
+                }
+                _ => panic!("{e}: dropped as {reason:?}"),
+            },
+            (Err(e), Action::Forward { .. }) => panic!("{e}: forwarded anyway"),
+        }
+
+        if let Some((backend, request)) = loop_back {
+            let loops = self.counters[LOOPS_DETECTED];
+            let scans = Scanner::new(Limits::default()).scan(&request).is_ok();
+            let again = self.handle(backend, &request, false);
+            if scans {
+                // Same Request-URI, tags, Call-ID and CSeq, and our Via with
+                // its loop hash: RFC 3261 §16.3 step 4.
+                assert!(
+                    matches!(again, Action::Reply { .. }),
+                    "a request that came back unchanged was not a loop: {again:?}\n{}",
+                    text(&request)
+                );
+                assert!(self.out.starts_with(b"SIP/2.0 482 Loop Detected\r\n"));
+                assert_eq!(self.counters[LOOPS_DETECTED], loops + 1);
+            }
+        }
+        action
+    }
+
+    /// Counters never decrease; each datagram adds one to exactly the
+    /// counter of its outcome (a 482 to `loops_detected` as well), so the
+    /// outcome counters (all but `loops_detected`) add up to the datagrams
+    /// handled.
+    fn check_counters(&mut self, action: &Action, input_is_request: Option<bool>) {
+        let now = counter_array(self.proxy.counters());
+        let mut expected = self.counters;
+        expected[outcome_counter(action, input_is_request)] += 1;
+        if matches!(action, Action::Reply { .. }) && input_is_request == Some(true) {
+            expected[LOOPS_DETECTED] += 1;
+        }
+        for (i, (&before, &after)) in self.counters.iter().zip(&now).enumerate() {
+            assert!(
+                after >= before,
+                "counter {i} went down: {before} -> {after}"
+            );
+        }
+        assert_eq!(now, expected, "counters after {action:?}");
+        let outcomes: u64 = now
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != LOOPS_DETECTED)
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(outcomes, self.handled);
+        assert!(now[LOOPS_DETECTED] <= now[REPLIES]);
+        self.counters = now;
+    }
+
+    /// A forwarded request: scans (allowing for what a hop adds), our Via
+    /// on top with a `<transaction>.<loop>` branch, everything we do not own
+    /// unchanged, our Route popped when it was on top, Record-Route when it
+    /// creates a dialog, and sent where routing says. Returns whether it
+    /// went to the pool.
+    fn check_forwarded_request(
+        &mut self,
+        m: &Message<'_>,
+        source: SocketAddr,
+        to: SocketAddr,
+        written: &[u8],
+    ) -> bool {
+        let (ours_on_top, hop) = expected_hop(m);
+        let mut rescanner = Scanner::new(relaxed());
+        match rescanner.scan(written) {
+            Ok(f) => {
+                check_accessors(&f);
+                assert!(f.is_request());
+                assert_eq!(f.start_line(), m.start_line());
+                assert_eq!(f.via_count(), m.via_count() + 1);
+                let top = f.top_via();
+                assert_eq!(top.host, PROXY_HOST.as_bytes());
+                assert_eq!(top.port, Some(PROXY_PORT));
+                let branch = top.branch.expect("our Via has a branch");
+                let key = branch.strip_prefix(b"z9hG4bK").expect("magic cookie");
+                assert_eq!(key.len(), 33, "{}", text(branch));
+                assert_eq!(key[16], b'.');
+                assert!(key[..16]
+                    .iter()
+                    .chain(&key[17..])
+                    .all(u8::is_ascii_hexdigit));
+                assert_eq!(via_values(&f)[2..], via_values(m)[1..]);
+                assert_eq!(unowned_headers(&f), unowned_headers(m));
+                assert_eq!(f.call_id(), m.call_id());
+                assert_eq!(f.cseq(), m.cseq());
+                assert_eq!(f.body(), m.body());
+                assert_eq!(
+                    f.max_forwards(),
+                    Some(m.max_forwards().map_or(70, |h| h - 1))
+                );
+                // RFC 3581: a bare rport is filled in with the source port,
+                // and received says where the packet came from.
+                let client = f.vias().nth(1).expect("the sender's Via");
+                if m.top_via().rport == Some(None) {
+                    assert_eq!(client.rport, Some(Some(source.port())));
+                    let received = client.received.map(text);
+                    assert_eq!(
+                        received.as_deref().and_then(host_ip),
+                        Some(source.ip()),
+                        "{}",
+                        text(client.value)
+                    );
+                }
+                let mut routes = route_list(m);
+                if ours_on_top {
+                    let _popped = routes.remove(0);
+                }
+                assert_eq!(route_list(&f), routes, "our Route popped, no other");
+                let method = m.method().unwrap_or(Method::Other);
+                let mut record_routes = record_route_list(m);
+                if m.to().tag.is_none() && method.creates_dialog() {
+                    let ours = format!("<sip:{PROXY_HOST}:{PROXY_PORT};lr>").into_bytes();
+                    record_routes.insert(0, Ok(ours));
+                }
+                assert_eq!(record_route_list(&f), record_routes);
+            }
+            // The next hop answers 483; the request itself was fine.
+            Err(e) if m.max_forwards() == Some(1) => {
+                assert_eq!(e.fault, Fault::MaxForwardsZero)
+            }
+            Err(e) => panic!("forwarded request does not scan: {e}\n{}", text(written)),
+        }
+        match hop {
+            Hop::Uri(address) => {
+                assert_eq!(Some(to), address, "loose routing");
+                false
+            }
+            Hop::Pool => {
+                assert!(self.backends.contains(&to), "{to} is not a backend");
+                let method = m.method().unwrap_or(Method::Other);
+                let sticky = m.to().tag.is_some() || matches!(method, Method::Ack | Method::Cancel);
+                if sticky || self.algorithm == Algorithm::CallIdHash {
+                    let first = *self.hashed.entry(m.call_id().to_vec()).or_insert(to);
+                    assert_eq!(first, to, "a Call-ID sticks to its backend");
+                } else {
+                    assert_ne!(self.last_round_robin, Some(to), "round robin alternates");
+                    self.last_round_robin = Some(to);
+                }
+                true
+            }
+        }
+    }
+}
+
+/// `find_call_id` never panics, and agrees with the scanner on every
+/// accepted datagram whose Call-ID value is on one line.
+pub fn check_find_call_id(datagram: &[u8]) {
+    let found = find_call_id(datagram);
+    let mut scanner = Scanner::new(Limits::default());
+    if let Ok(m) = scanner.scan(datagram) {
+        if !m.call_id().iter().any(|&b| b == b'\r' || b == b'\n') {
+            assert_eq!(
+                found.map(text),
+                Some(text(m.call_id())),
+                "find_call_id disagrees with the scanner on\n{:?}",
+                text(datagram)
+            );
+        }
+    }
+}
+
+/// A forwarded response: our Via off the top, nothing else changed, sent
+/// to the next Via's received/rport address.
+fn check_forwarded_response(m: &Message<'_>, to: SocketAddr, written: &[u8]) {
+    let top = m.top_via();
+    assert!(top.host.eq_ignore_ascii_case(PROXY_HOST.as_bytes()));
+    assert_eq!(top.port.unwrap_or(5060), PROXY_PORT);
+    let mut rescanner = Scanner::new(relaxed());
+    let f = rescanner
+        .scan(written)
+        .unwrap_or_else(|e| panic!("forwarded response does not scan: {e}\n{}", text(written)));
+    check_accessors(&f);
+    assert_eq!(f.start_line(), m.start_line());
+    assert_eq!(f.via_count() + 1, m.via_count(), "one Via fewer");
+    assert_eq!(via_values(&f)[..], via_values(m)[1..]);
+    assert_eq!(unowned_headers(&f), unowned_headers(m));
+    assert_eq!(route_list(&f), route_list(m));
+    assert_eq!(record_route_list(&f), record_route_list(m));
+    assert_eq!(f.body(), m.body());
+    let next = m.vias().nth(1).expect("a second Via");
+    assert_eq!(Some(to), expected_response_address(&next));
+}
+
+/// A reply to an accepted request can only be the 482 of a loop.
+fn check_loop_reply(m: &Message<'_>, source: SocketAddr, to: SocketAddr, written: &[u8]) {
+    assert!(m.is_request(), "a response was answered");
+    assert!(has_our_branch(m), "482 without a Via of ours");
+    assert!(written.starts_with(b"SIP/2.0 482 Loop Detected\r\n"));
+    let mut rescanner = Scanner::new(relaxed());
+    let r = rescanner
+        .scan(written)
+        .unwrap_or_else(|e| panic!("482 does not scan: {e}\n{}", text(written)));
+    check_accessors(&r);
+    assert_eq!(r.status_code(), Some(482));
+    assert_eq!(r.via_count(), m.via_count());
+    assert_eq!(r.call_id(), m.call_id());
+    assert_eq!(r.cseq(), m.cseq());
+    assert_eq!(r.from().value, m.from().value);
+    assert!(r.to().tag.is_some());
+    let via = m.top_via();
+    let expected = if via.rport.is_some() {
+        source
+    } else {
+        SocketAddr::new(source.ip(), via.port.unwrap_or(5060))
+    };
+    assert_eq!(to, expected, "RFC 3261 §18.2.2, RFC 3581");
+}
+
+/// The answer to a rejected request goes back to the packet's source with
+/// the code the error asks for; it scans unless it echoes a header that is
+/// broken in the request as well.
+fn check_rejection_reply(e: &ScanError, source: SocketAddr, to: SocketAddr, written: &[u8]) {
+    let Answer::Reply { code, .. } = e.answer() else {
+        panic!("{e}: answered, but it asks for silence");
+    };
+    assert_eq!(to, source);
+    assert!(written.starts_with(format!("SIP/2.0 {code} ").as_bytes()));
+    assert!(written.ends_with(b"Content-Length: 0\r\n\r\n"));
+    let mut rescanner = Scanner::new(relaxed());
+    match rescanner.scan(written) {
+        Ok(r) => {
+            check_accessors(&r);
+            assert_eq!(r.status_code(), Some(code));
+        }
+        Err(re) => assert!(
+            inherited_fault(re.fault),
+            "{e}: the reply does not scan: {re}\n{}",
+            text(written)
+        ),
+    }
+}
+
+/// Why an accepted message may be dropped.
+fn check_drop(m: &Message<'_>, reason: DropReason) {
+    if m.is_request() {
+        // Two backends and a buffer larger than any forward: only a next
+        // hop that is a host name stops a request.
+        assert_eq!(
+            reason,
+            DropReason::UnresolvedNextHop,
+            "{}",
+            text(m.datagram())
+        );
+        assert_eq!(expected_hop(m), (true, Hop::Uri(None)));
+        return;
+    }
+    let top = m.top_via();
+    let ours = top.host.eq_ignore_ascii_case(PROXY_HOST.as_bytes())
+        && top.port.unwrap_or(5060) == PROXY_PORT
+        && top.branch.is_some_and(|b| b.starts_with(b"z9hG4bK"));
+    match reason {
+        DropReason::ResponseNotOurs => assert!(!ours),
+        DropReason::ResponseForUs => assert!(ours && m.via_count() == 1),
+        DropReason::UnresolvedNextHop => {
+            assert!(ours);
+            let next = m.vias().nth(1).expect("a second Via");
+            assert_eq!(expected_response_address(&next), None);
+        }
+        _ => panic!("response dropped as {reason:?}"),
+    }
 }

@@ -356,14 +356,14 @@ pub(crate) fn received_edits<'a>(
         let at = offset_in(datagram, name) + name.len();
         edits.push(at, at, Insert::RportValue(source.port()));
     }
-    if sent_by_is_source && !wants_rport {
-        return;
-    }
     match via.received {
+        // A `received` the client wrote itself (or a stale one) would send
+        // the response elsewhere: it always becomes the packet's source.
         Some(value) => {
             let at = offset_in(datagram, value);
             edits.push(at, at + value.len(), Insert::ReceivedValue(source.ip()));
         }
+        None if sent_by_is_source && !wants_rport => {}
         None => {
             let at = offset_in(datagram, via.value) + via.value.len();
             edits.push(at, at, Insert::Received(source.ip()));

@@ -92,11 +92,10 @@ pub fn write_rejection(
     let Answer::Reply { code, reason } = error.answer() else {
         return Err(ResponseError::NoAnswer);
     };
-    // Framing succeeded for every error that has an answer, so the header
-    // slots can be found again; this path is rare and may rescan.
-    scanner
-        .frame(datagram)
-        .map_err(|_| ResponseError::Unanswerable)?;
+    // Frame again to find the header fields; this path is rare. When
+    // framing itself failed (a line without a colon, too many headers),
+    // the fields before the failure are still in the slots and serve.
+    let _ = scanner.frame(datagram);
     let slots = scanner.slots();
     let echo = Echo::find(datagram, slots).ok_or(ResponseError::Unanswerable)?;
     let mut unsupported = [&[][..]; 8];

@@ -559,12 +559,19 @@ fn supports(supported: &[Box<[u8]>], tag: &[u8]) -> bool {
 /// no Call-ID before the end of the headers (the receiving shard then
 /// handles the datagram itself, and the scanner rejects it).
 pub fn find_call_id(datagram: &[u8]) -> Option<&[u8]> {
-    let mut pos = memchr::memchr(b'\n', datagram)? + 1;
+    // Keep-alive CRLFs before the start line are skipped, as scanning does.
+    let start = datagram.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    let mut pos = memchr::memchr(b'\n', &datagram[start..])? + start + 1;
     while pos < datagram.len() {
-        let end = memchr::memchr(b'\n', &datagram[pos..]).map_or(datagram.len(), |e| pos + e);
+        let mut end = memchr::memchr(b'\n', &datagram[pos..]).map_or(datagram.len(), |e| pos + e);
         let line = &datagram[pos..strip_cr(datagram, pos, end)];
         if line.is_empty() {
             return None;
+        }
+        // The field runs on over folded continuation lines.
+        while matches!(datagram.get(end + 1), Some(b' ' | b'\t')) {
+            end =
+                memchr::memchr(b'\n', &datagram[end + 1..]).map_or(datagram.len(), |e| end + 1 + e);
         }
         if let Some(colon) = memchr::memchr(b':', line) {
             let mut name_end = colon;
@@ -572,7 +579,7 @@ pub fn find_call_id(datagram: &[u8]) -> Option<&[u8]> {
                 name_end -= 1;
             }
             if HeaderName::classify(&line[..name_end]) == HeaderName::CallId {
-                let value = trim_lws(&line[colon + 1..]);
+                let value = trim_lws(&datagram[pos + colon + 1..end.min(datagram.len())]);
                 return (!value.is_empty()).then_some(value);
             }
         }
@@ -992,6 +999,18 @@ v=0\r\n";
             None
         );
         assert_eq!(find_call_id(b"garbage"), None);
+        assert_eq!(
+            find_call_id(b"\r\n\r\nBYE sip:a@b SIP/2.0\r\nCall-ID: k\r\n\r\n"),
+            Some(&b"k"[..])
+        );
+        assert_eq!(
+            find_call_id(b"BYE sip:a@b SIP/2.0\r\nCall-ID:\r\n k\r\nVia: x\r\n\r\n"),
+            Some(&b"k"[..])
+        );
+        assert_eq!(
+            find_call_id(b"BYE sip:a@b SIP/2.0\r\nX: a\r\n b: c\r\ni: z\r\n\r\n"),
+            Some(&b"z"[..])
+        );
         let mut scanner = Scanner::new(Limits::default());
         assert_eq!(
             Some(scanner.scan(INVITE).unwrap().call_id()),
