@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use crate::proxy::Algorithm;
 use crate::shard;
-use crate::sip::{Limits, Uri};
+use crate::sip::{host_ip, Limits, Uri};
 
 /// The file as written. Unknown keys are errors: a misspelt key silently
 /// ignored is a setting the operator believes in and does not have.
@@ -245,10 +245,11 @@ pub fn backend_address(text: &str) -> Result<SocketAddr, String> {
         return Ok(address);
     }
     let uri = Uri::parse(text.as_bytes()).map_err(|e| format!("not a SIP URI ({e:?})"))?;
-    let host = std::str::from_utf8(uri.host).map_err(|_| "the host is not text".to_string())?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let ip = host.parse().map_err(|_| {
-        format!("the host {host:?} is not an IP address (names are not resolved yet)")
+    let ip = host_ip(uri.host).ok_or_else(|| {
+        format!(
+            "the host {:?} is not an IP address (names are not resolved yet)",
+            String::from_utf8_lossy(uri.host)
+        )
     })?;
     Ok(SocketAddr::new(ip, uri.port_or_default()))
 }

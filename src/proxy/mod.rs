@@ -8,8 +8,9 @@
 //! runtime feeds it datagrams and sends what it writes. Transactions
 //! (retransmissions, timers, CANCEL, failover) are the next layer up.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
+use crate::sip::host_ip;
 use crate::sip::lex::{fnv1a, hex16};
 use crate::sip::{
     write_rejection, write_response, Answer, EditError, Editor, Fault, Forward, LocalAddress,
@@ -310,16 +311,7 @@ fn names_us(local: &LocalAddress, addr: &NameAddr<'_>) -> bool {
 /// A URI's socket address when its host is an IP literal (maddr wins).
 fn uri_address(uri: &crate::sip::Uri<'_>) -> Option<SocketAddr> {
     let host = uri.maddr().unwrap_or(uri.host);
-    Some(SocketAddr::new(parse_ip(host)?, uri.port_or_default()))
-}
-
-fn parse_ip(host: &[u8]) -> Option<IpAddr> {
-    let host = std::str::from_utf8(host).ok()?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    host.parse().ok()
+    Some(SocketAddr::new(host_ip(host)?, uri.port_or_default()))
 }
 
 fn reply(
@@ -353,8 +345,8 @@ pub fn reply_address(via: &Via<'_>, source: SocketAddr) -> SocketAddr {
 /// sent-by when that is an IP address.
 pub fn response_address(via: &Via<'_>) -> Option<SocketAddr> {
     let ip = match via.received {
-        Some(received) => parse_ip(received)?,
-        None => parse_ip(via.host)?,
+        Some(received) => host_ip(received)?,
+        None => host_ip(via.host)?,
     };
     let port = match via.rport {
         Some(Some(port)) => port,

@@ -350,7 +350,7 @@ pub(crate) fn received_edits<'a>(
     via: &Via<'_>,
     source: Source,
 ) {
-    let sent_by_is_source = parse_host_ip(via.host) == Some(source.ip());
+    let sent_by_is_source = super::uri::host_ip(via.host) == Some(source.ip());
     let wants_rport = via.rport == Some(None);
     if let Some(name) = via.rport_name.filter(|_| wants_rport) {
         let at = offset_in(datagram, name) + name.len();
@@ -369,16 +369,6 @@ pub(crate) fn received_edits<'a>(
             edits.push(at, at, Insert::Received(source.ip()));
         }
     }
-}
-
-/// A Via sent-by host as an IP address, if it is one (IPv6 in brackets).
-fn parse_host_ip(host: &[u8]) -> Option<IpAddr> {
-    let host = std::str::from_utf8(host).ok()?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    host.parse().ok()
 }
 
 /// The byte range that removes the first value of a comma-list header

@@ -27,5 +27,5 @@ pub use response::{write_rejection, write_response, LocalResponse, ResponseError
 pub use scan::{
     find_call_id, CSeq, Contact, Header, LimitError, Limits, Message, Scanner, StartLine,
 };
-pub use uri::{Scheme, Uri, UriError};
+pub use uri::{host_ip, Scheme, Uri, UriError};
 pub use via::{Via, ViaError, MAGIC_COOKIE};

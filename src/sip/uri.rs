@@ -253,6 +253,17 @@ pub(crate) fn has_scheme(s: &[u8]) -> bool {
     scheme_end(s).is_some()
 }
 
+/// A host as SIP writes it (IPv4, or IPv6 in brackets) as an IP address;
+/// `None` for a host name.
+pub fn host_ip(host: &[u8]) -> Option<std::net::IpAddr> {
+    let host = std::str::from_utf8(host).ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.parse().ok()
+}
+
 /// A hostname, IPv4 address or bracketed IPv6 reference, by character class.
 pub(crate) fn is_host(h: &[u8]) -> bool {
     match h {
