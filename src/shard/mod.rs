@@ -121,11 +121,11 @@ impl Runtime {
         let use_uring = match config.io {
             Io::Epoll => false,
             Io::Uring => {
-                io_uring::IoUring::new(8)?;
+                probe_uring()?;
                 true
             }
-            Io::Auto => match io_uring::IoUring::new(8) {
-                Ok(_) => true,
+            Io::Auto => match probe_uring() {
+                Ok(()) => true,
                 Err(error) => {
                     tracing::warn!(%error, "io_uring is not available (old kernel, seccomp or kernel.io_uring_disabled); using epoll");
                     false
@@ -194,6 +194,16 @@ impl Runtime {
             doorbell.ring();
         }
     }
+}
+
+/// Sets up, on a throwaway socket, everything a shard's io_uring loop
+/// needs (the ring, the provided-buffer ring, multishot receive), so that
+/// a kernel that lacks any of it is found before the shards start.
+fn probe_uring() -> io::Result<()> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    let doorbell = Doorbell::new()?;
+    Uring::new(socket.as_raw_fd(), doorbell.raw()).map(drop)
 }
 
 fn host_text(address: SocketAddr) -> String {
