@@ -14,7 +14,7 @@ use crate::sip::host_ip;
 use crate::sip::lex::{fnv1a, hex16};
 use crate::sip::{
     write_rejection, write_response, Answer, EditError, Editor, Fault, Forward, LocalAddress,
-    LocalResponse, Message, Method, NameAddr, Scanner, Scheme, Via, MAGIC_COOKIE,
+    LocalResponse, Message, Method, Scanner, Via, MAGIC_COOKIE,
 };
 
 /// How an initial request picks its backend.
@@ -288,7 +288,7 @@ enum Hop {
 fn next_hop(editor: &Editor, message: &Message<'_>) -> Hop {
     let mut routes = message.routes();
     let ours = match routes.next() {
-        Some(Ok(top)) => names_us(editor.local(), &top),
+        Some(Ok(top)) => editor.local().is_named_by(&top),
         _ => false,
     };
     if !ours {
@@ -299,13 +299,6 @@ fn next_hop(editor: &Editor, message: &Message<'_>) -> Hop {
         Some(Err(_)) => Hop::Uri(None),
         None => Hop::Uri(message.request_uri().and_then(uri_address)),
     }
-}
-
-fn names_us(local: &LocalAddress, addr: &NameAddr<'_>) -> bool {
-    addr.uri().is_ok_and(|u| {
-        matches!(u.scheme, Scheme::Sip | Scheme::Sips)
-            && local.is_local(u.host, u.port_or_default())
-    })
 }
 
 /// A URI's socket address when its host is an IP literal (maddr wins).

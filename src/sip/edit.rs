@@ -64,6 +64,15 @@ impl LocalAddress {
                 .any(|(h, p)| *p == port && host.eq_ignore_ascii_case(h))
     }
 
+    /// Whether an address (a Route value) names this proxy: a `sip:` or
+    /// `sips:` URI whose host and port are ours.
+    pub fn is_named_by(&self, address: &super::NameAddr<'_>) -> bool {
+        address.uri().is_ok_and(|uri| {
+            matches!(uri.scheme, Scheme::Sip | Scheme::Sips)
+                && self.is_local(uri.host, uri.port_or_default())
+        })
+    }
+
     pub fn record_route_line(&self) -> &[u8] {
         &self.record_route
     }
@@ -328,16 +337,10 @@ impl Editor {
 
     /// Whether the first value of a Route header field names us.
     fn names_us(&self, route_value: &[u8]) -> bool {
-        let Some(first) = CommaSplit::new(route_value).next() else {
-            return false;
-        };
-        let Ok(uri) =
-            super::NameAddr::parse(first).and_then(|a| a.uri().map_err(super::AddrError::Uri))
-        else {
-            return false;
-        };
-        matches!(uri.scheme, Scheme::Sip | Scheme::Sips)
-            && self.local.is_local(uri.host, uri.port_or_default())
+        CommaSplit::new(route_value)
+            .next()
+            .and_then(|first| super::NameAddr::parse(first).ok())
+            .is_some_and(|address| self.local.is_named_by(&address))
     }
 }
 
