@@ -246,8 +246,6 @@ struct Shard {
     index: usize,
     shared: Arc<Shared>,
     recv: RecvBatch,
-    /// Shards whose inbox got datagrams during this turn.
-    to_ring: Vec<bool>,
     reported: usize,
     output: Output,
 }
@@ -259,6 +257,8 @@ struct Output {
     socket: Socket,
     proxy: Proxy,
     send: SendBatch,
+    /// Shards whose inbox got datagrams during this turn.
+    to_ring: Vec<bool>,
     counters: ShardCounters,
     /// Receive times of the datagrams whose output sits in `send`.
     in_flight: Vec<Instant>,
@@ -274,12 +274,12 @@ impl Shard {
             index,
             shared,
             recv: RecvBatch::new(),
-            to_ring: vec![false; shards],
             reported: 0,
             output: Output {
                 socket,
                 proxy,
                 send: SendBatch::new(),
+                to_ring: vec![false; shards],
                 counters: ShardCounters::default(),
                 in_flight: Vec::with_capacity(sys::BATCH),
                 latency_ns: Histogram::new_with_bounds(100, LATENCY_NS_MAX, 3)
@@ -334,7 +334,6 @@ impl Shard {
     /// timeout.
     fn run_uring(&mut self, mut uring: Uring) -> io::Result<()> {
         let mut ready = Vec::with_capacity(sys::BATCH);
-        let shards = self.shared.inboxes.len() as u64;
         let idle = std::time::Duration::from_millis(IDLE_WAIT_MS as u64);
         while !self.shared.stop.load(Ordering::Relaxed) {
             let flushed = uring.wait(idle, &mut ready)?;
@@ -343,12 +342,9 @@ impl Shard {
             for &r in &ready {
                 self.output.counters.received += 1;
                 match uring.datagram(r) {
-                    Some((source, datagram)) => dispatch(
+                    Some((source, datagram)) => self.output.dispatch(
                         self.index,
-                        shards,
                         &self.shared,
-                        &mut self.to_ring,
-                        &mut self.output,
                         source,
                         datagram,
                         received_at,
@@ -357,7 +353,7 @@ impl Shard {
                 }
             }
             uring.recycle(&ready);
-            self.ring_owners();
+            self.output.ring_owners(&self.shared);
             self.drain_inbox();
             if !self.output.send.is_empty() {
                 uring.queue_sends(&self.output.send)?;
@@ -385,7 +381,6 @@ impl Shard {
 
     /// Reads the socket dry, batch by batch.
     fn receive(&mut self) -> io::Result<()> {
-        let shards = self.shared.inboxes.len() as u64;
         loop {
             let count = self.recv.recv(self.output.socket.as_raw_fd())?;
             let received_at = Instant::now();
@@ -395,28 +390,12 @@ impl Shard {
                     self.output.counters.truncated += 1;
                     continue;
                 };
-                dispatch(
-                    self.index,
-                    shards,
-                    &self.shared,
-                    &mut self.to_ring,
-                    &mut self.output,
-                    source,
-                    datagram,
-                    received_at,
-                );
+                self.output
+                    .dispatch(self.index, &self.shared, source, datagram, received_at);
             }
-            self.ring_owners();
+            self.output.ring_owners(&self.shared);
             if count < sys::BATCH {
                 return Ok(());
-            }
-        }
-    }
-
-    fn ring_owners(&mut self) {
-        for (owner, ring) in self.to_ring.iter_mut().enumerate() {
-            if std::mem::take(ring) {
-                self.shared.doorbells[owner].ring();
             }
         }
     }
@@ -468,39 +447,46 @@ impl Shard {
     }
 }
 
-/// Handles a received datagram here when this shard owns its call, else
-/// hands it to the owner's inbox and marks the owner to be rung.
-#[allow(clippy::too_many_arguments)]
-fn dispatch(
-    index: usize,
-    shards: u64,
-    shared: &Shared,
-    to_ring: &mut [bool],
-    output: &mut Output,
-    source: SocketAddr,
-    datagram: &[u8],
-    received_at: Instant,
-) {
-    let owner = find_call_id(datagram).map_or(index, |id| (fnv1a(&[id]) % shards) as usize);
-    if owner == index {
-        output.handle(source, datagram, received_at);
-        return;
-    }
-    let handoff = Handoff {
-        source,
-        datagram: datagram.to_vec(),
-        received_at,
-    };
-    match shared.inboxes[owner].push(handoff) {
-        Ok(()) => {
-            output.counters.handed_off += 1;
-            to_ring[owner] = true;
-        }
-        Err(_) => output.counters.handoff_dropped += 1,
-    }
-}
-
 impl Output {
+    /// Handles a received datagram here when this shard owns its call, else
+    /// hands it to the owner's inbox and marks the owner to be rung.
+    fn dispatch(
+        &mut self,
+        index: usize,
+        shared: &Shared,
+        source: SocketAddr,
+        datagram: &[u8],
+        received_at: Instant,
+    ) {
+        let shards = shared.inboxes.len() as u64;
+        let owner = find_call_id(datagram).map_or(index, |id| (fnv1a(&[id]) % shards) as usize);
+        if owner == index {
+            self.handle(source, datagram, received_at);
+            return;
+        }
+        let handoff = Handoff {
+            source,
+            datagram: datagram.to_vec(),
+            received_at,
+        };
+        match shared.inboxes[owner].push(handoff) {
+            Ok(()) => {
+                self.counters.handed_off += 1;
+                self.to_ring[owner] = true;
+            }
+            Err(_) => self.counters.handoff_dropped += 1,
+        }
+    }
+
+    /// Rings the doorbell of every shard handed datagrams since the last call.
+    fn ring_owners(&mut self, shared: &Shared) {
+        for (owner, ring) in self.to_ring.iter_mut().enumerate() {
+            if std::mem::take(ring) {
+                shared.doorbells[owner].ring();
+            }
+        }
+    }
+
     /// The send batch was queued on the ring: its latency is measured now.
     fn ring_queued(&mut self) {
         self.record_latency();
