@@ -4,25 +4,20 @@
 //! backend (and nothing back to the client), answered with that status code
 //! (and nothing to the backend), or dropped (nothing anywhere).
 
+mod support;
+
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use support::Running;
 
 use sipshard::sip::{Limits, Scanner};
 
 const GATEWAY: &str = "127.0.0.1:15160";
 const BACKEND: &str = "127.0.0.1:15180";
 const CLIENT: &str = "127.0.0.1:15170";
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/rfc4475")

@@ -7,10 +7,14 @@
 //! Needs `sipp` (Debian `sip-tester`), which `.ci/run` installs. The runs
 //! share ports, so they take a lock and go one at a time.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use support::Running;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -24,16 +28,6 @@ fn scenario(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("loadtest/scenarios")
         .join(name)
-}
-
-/// A child process killed when the test ends, pass or fail.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn sipp() -> Command {
