@@ -1,15 +1,18 @@
-//! sipshard: a transaction-stateful SIP load balancer for carriers.
+//! sipshard: a SIP load balancer for carriers.
 //!
-//! This crate is the sans-I/O core: it takes datagrams (and, later, time)
-//! and gives back views and bytes to send. It never opens a socket or reads
-//! a clock; the per-core shard runtime around it does that.
+//! `sip` and `proxy` are the sans-I/O core: they take datagrams and give
+//! back views, decisions and bytes to send, and never open a socket or
+//! read a clock. `shard` is the per-core runtime around them (sockets,
+//! io_uring or epoll, Call-ID handoff); `config` reads the configuration
+//! file, off the packet path.
 //!
 //! ```text
-//!   datagram ──► sip::Scanner::scan ──► Message (ranges into the datagram)
-//!                    │ Err(ScanError) ──► answer(): Reply(400/416/420/483/505) | Drop
-//!                    ▼
-//!            sip::Editor::forward_request / forward_response ──► bytes for the next hop
-//!            sip::write_response / write_rejection            ──► bytes for the sender
+//!   datagram ──► proxy::Proxy::handle(source, datagram, out) ──► Action
+//!                  │ sip::Scanner::scan ──► Message (ranges into the datagram)
+//!                  │   Err(ScanError) ──► answer(): 400/416/420/483/505 ──► sip::write_rejection
+//!                  ▼
+//!                sip::Editor::forward_request / forward_response ──► bytes for the next hop
+//!                sip::write_response (482, ...)                   ──► bytes for the sender
 //! ```
 #![deny(unsafe_code)]
 
