@@ -1,5 +1,5 @@
 //! The TOML configuration file: what it holds, and the checks that turn
-//! it into a runtime [`shard::Config`](crate::shard::Config). Control plane
+//! it into a runtime [`shard::Config`]. Control plane
 //! only: read at start-up (and by `--check-config`), never on the packet
 //! path.
 //!
