@@ -14,6 +14,7 @@ use toml::Spanned;
 use crate::proxy::Algorithm;
 use crate::shard;
 use crate::sip::{host_ip, Limits, Uri};
+use crate::txn::{TimerConfig, TxnConfig};
 
 /// The file as written. Unknown keys are errors: a misspelt key silently
 /// ignored is a setting the operator believes in and does not have.
@@ -36,6 +37,8 @@ pub struct File {
     pub socket: Socket,
     #[serde(default)]
     pub limits: LimitsFile,
+    #[serde(default)]
+    pub transactions: TransactionsFile,
     /// The backend pool.
     pub backends: Backends,
 }
@@ -54,6 +57,22 @@ pub struct LimitsFile {
     pub headers_max: Option<usize>,
     pub header_line_bytes_max: Option<usize>,
     pub via_values_max: Option<usize>,
+}
+
+/// Transaction timers (RFC 3261 table 4), failover and the table bound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionsFile {
+    pub t1_ms: Option<Spanned<u32>>,
+    pub t2_ms: Option<Spanned<u32>>,
+    pub t4_ms: Option<Spanned<u32>>,
+    pub timer_c_ms: Option<Spanned<u32>>,
+    pub timer_d_ms: Option<Spanned<u32>>,
+    pub try_ms: Option<Spanned<u32>>,
+    pub failover_codes: Option<Spanned<Vec<u16>>>,
+    pub failover_after_provisional: Option<bool>,
+    pub max_per_shard: Option<Spanned<usize>>,
+    pub retry_after_s: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,6 +240,7 @@ pub fn parse(text: &str) -> Result<shard::Config, Vec<Problem>> {
             "set it within the range given",
         );
     }
+    let txn = transactions(&file.transactions, &mut problem);
     match (listen, problems.is_empty()) {
         (Some(listen), true) => Ok(shard::Config {
             listen,
@@ -229,12 +249,98 @@ pub fn parse(text: &str) -> Result<shard::Config, Vec<Problem>> {
             shards,
             cpus: file.cpus,
             limits,
+            txn,
             handoff_queue_len,
             socket_receive_buffer_bytes: file.socket.receive_buffer_bytes,
             socket_send_buffer_bytes: file.socket.send_buffer_bytes,
             io,
         }),
         _ => Err(problems),
+    }
+}
+
+/// The `[transactions]` table, each value checked against its range.
+fn transactions(
+    file: &TransactionsFile,
+    problem: &mut impl FnMut(std::ops::Range<usize>, String, &str),
+) -> TxnConfig {
+    let defaults = TxnConfig::default();
+    let mut ms = |value: &Option<Spanned<u32>>,
+                  name: &str,
+                  range: std::ops::RangeInclusive<u32>,
+                  default: u32| match value {
+        Some(v) if !range.contains(v.get_ref()) => {
+            problem(
+                v.span(),
+                format!("{name} = {} is out of range", v.get_ref()),
+                &format!(
+                    "use {}..={} (default {default})",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            default
+        }
+        Some(v) => *v.get_ref(),
+        None => default,
+    };
+    let t = defaults.timers;
+    let timers = TimerConfig {
+        t1_ms: ms(&file.t1_ms, "t1_ms", 10..=10_000, t.t1_ms),
+        t2_ms: ms(&file.t2_ms, "t2_ms", 10..=60_000, t.t2_ms),
+        t4_ms: ms(&file.t4_ms, "t4_ms", 10..=60_000, t.t4_ms),
+        timer_c_ms: ms(
+            &file.timer_c_ms,
+            "timer_c_ms",
+            1_000..=3_600_000,
+            t.timer_c_ms,
+        ),
+        timer_d_ms: ms(&file.timer_d_ms, "timer_d_ms", 0..=300_000, t.timer_d_ms),
+        try_ms: ms(&file.try_ms, "try_ms", 10..=300_000, t.try_ms),
+    };
+    let retry_after_s = ms(
+        &file.retry_after_s,
+        "retry_after_s",
+        1..=3600,
+        defaults.retry_after_s,
+    );
+    let failover_codes = match &file.failover_codes {
+        Some(codes)
+            if codes
+                .get_ref()
+                .iter()
+                .any(|c| !(300..=699).contains(c) || (600..=699).contains(c)) =>
+        {
+            problem(
+                codes.span(),
+                format!("failover_codes = {:?} holds a code that cannot fail over", codes.get_ref()),
+                "list final codes 300..=599 (a 2xx or 6xx never fails over); default [500, 502, 503, 504]",
+            );
+            defaults.failover_codes.clone()
+        }
+        Some(codes) => codes.get_ref().clone(),
+        None => defaults.failover_codes.clone(),
+    };
+    let max_transactions = match &file.max_per_shard {
+        Some(m) if *m.get_ref() == 0 || *m.get_ref() > 1 << 24 => {
+            problem(
+                m.span(),
+                format!("max_per_shard = {} is out of range", m.get_ref()),
+                "use 1..=16777216 (default 65536)",
+            );
+            defaults.max_transactions
+        }
+        Some(m) => *m.get_ref(),
+        None => defaults.max_transactions,
+    };
+    TxnConfig {
+        timers,
+        failover_codes,
+        failover_after_provisional: file
+            .failover_after_provisional
+            .unwrap_or(defaults.failover_after_provisional),
+        max_transactions,
+        retry_after_s,
     }
 }
 

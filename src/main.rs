@@ -163,6 +163,7 @@ fn run(args: RunArgs) -> ExitCode {
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpus: Vec::new(),
             limits: Limits::default(),
+            txn: sipshard::txn::TxnConfig::default(),
             handoff_queue_len: 8192,
             socket_receive_buffer_bytes: None,
             socket_send_buffer_bytes: None,

@@ -1,8 +1,9 @@
 //! RFC 4475 over the wire: every torture message is sent by UDP to the real
 //! `sipshard` binary from a client socket, with a plain UDP socket as the
 //! only backend, and must get the verdict `INDEX.md` names: forwarded to the
-//! backend (and nothing back to the client), answered with that status code
-//! (and nothing to the backend), or dropped (nothing anywhere).
+//! backend (which answers 404, ending the transaction, so nothing is
+//! retransmitted), answered with that status code (and nothing to the
+//! backend), or dropped (nothing anywhere).
 
 mod support;
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use support::Running;
 
-use sipshard::sip::{Limits, Scanner};
+use sipshard::sip::{HeaderName, Limits, Scanner};
 
 const GATEWAY: &str = "127.0.0.1:15160";
 const BACKEND: &str = "127.0.0.1:15180";
@@ -46,6 +47,51 @@ fn receive(socket: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
     }
 }
 
+/// The next datagram that is not the gateway's ACK for a 404 (hop by hop).
+fn backend_receive(socket: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
+    loop {
+        let datagram = receive(socket, wait)?;
+        if !datagram.starts_with(b"ACK ") {
+            return Some(datagram);
+        }
+    }
+}
+
+/// The next datagram that is not a 100 Trying.
+fn client_receive(socket: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
+    loop {
+        let datagram = receive(socket, wait)?;
+        if !datagram.starts_with(b"SIP/2.0 100 ") {
+            return Some(datagram);
+        }
+    }
+}
+
+/// The backend's answer to a forwarded request: 404, with the Vias, From,
+/// To (tagged), Call-ID and CSeq copied, so that the transaction ends.
+fn not_found(request: &sipshard::sip::Message<'_>) -> Vec<u8> {
+    let mut out = b"SIP/2.0 404 Not Found\r\n".to_vec();
+    for header in request.headers() {
+        let name: &[u8] = match header.name {
+            HeaderName::Via => b"Via",
+            HeaderName::From => b"From",
+            HeaderName::To => b"To",
+            HeaderName::CallId => b"Call-ID",
+            HeaderName::CSeq => b"CSeq",
+            _ => continue,
+        };
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(header.value);
+        if header.name == HeaderName::To && request.to().tag.is_none() {
+            out.extend_from_slice(b";tag=nf");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    out
+}
+
 #[test]
 fn every_torture_message_gets_its_verdict_over_udp() {
     let backend = UdpSocket::bind(BACKEND).unwrap();
@@ -75,7 +121,7 @@ fn every_torture_message_gets_its_verdict_over_udp() {
         client.send_to(&datagram, GATEWAY).unwrap();
         let outcome = match verdict.as_str() {
             // "either" cases are forwarded (README); "parse" rows are dropped responses.
-            "forward" | "either" => match receive(&backend, Duration::from_secs(2)) {
+            "forward" | "either" => match backend_receive(&backend, Duration::from_secs(2)) {
                 Some(forwarded) => {
                     let mut scanner = Scanner::new(Limits::default());
                     match scanner.scan(&forwarded) {
@@ -83,8 +129,13 @@ fn every_torture_message_gets_its_verdict_over_udp() {
                             if m.top_via().host == b"127.0.0.1"
                                 && m.top_via().port == Some(15160) =>
                         {
-                            receive(&client, quiet)
-                                .map(|_| "the client also got an answer".to_string())
+                            backend.send_to(&not_found(&m), GATEWAY).unwrap();
+                            // Its answers go where its Via says (RFC 3261
+                            // §18.2.2): this socket hears at most the 404
+                            // (when the Via asks for rport), never another.
+                            client_receive(&client, quiet)
+                                .filter(|answer| !answer.starts_with(b"SIP/2.0 404 "))
+                                .map(|_| "the client socket got another answer".to_string())
                         }
                         other => Some(format!("forwarded something odd: {other:?}")),
                     }
@@ -93,15 +144,16 @@ fn every_torture_message_gets_its_verdict_over_udp() {
             },
             "drop" | "parse" => {
                 let mut problem =
-                    receive(&backend, quiet).map(|_| "reached the backend".to_string());
-                if receive(&client, quiet).is_some() {
+                    backend_receive(&backend, quiet).map(|_| "reached the backend".to_string());
+                if client_receive(&client, quiet).is_some() {
                     problem = Some("the client got an answer".to_string());
                 }
                 problem
             }
-            code => match receive(&client, Duration::from_secs(2)) {
+            code => match client_receive(&client, Duration::from_secs(2)) {
                 Some(reply) if reply.starts_with(format!("SIP/2.0 {code} ").as_bytes()) => {
-                    receive(&backend, quiet).map(|_| "it also reached the backend".to_string())
+                    backend_receive(&backend, quiet)
+                        .map(|_| "it also reached the backend".to_string())
                 }
                 Some(reply) => Some(format!(
                     "answered {:?}",

@@ -1691,7 +1691,7 @@ fn fuzz_seed_corpus_replays() {
 /// request as the proxy forwarded it (our branch is a hash), so each call
 /// is run through a `Proxy` to build its answers.
 fn proxy_seeds() -> Vec<(String, Vec<u8>)> {
-    use sipshard::proxy::{Action, Algorithm};
+    use sipshard::proxy::{Algorithm, Outbox, Outcome};
     const CLIENT: u8 = 0;
     const BACKEND_A: u8 = 1;
     const CLIENT_V6: u8 = 3;
@@ -1713,11 +1713,12 @@ fn proxy_seeds() -> Vec<(String, Vec<u8>)> {
     // forwarded request's Via lines instead of its own.
     let answer = |algorithm, peer: u8, request: &[u8], response: &[u8]| -> (u8, Vec<u8>) {
         let mut proxy = common::proxy(algorithm);
-        let mut out = vec![0u8; OUT_BYTES];
+        let mut outbox = Outbox::default();
         let source = PEERS[usize::from(peer)].parse().unwrap();
-        let Action::Forward { to, len } = proxy.handle(source, request, &mut out) else {
-            panic!("the seed request is forwarded");
-        };
+        let outcome = proxy.handle(0, source, request, &mut outbox);
+        assert_eq!(outcome, Outcome::Forwarded, "the seed request is forwarded");
+        let (to, out) = outbox.sent.pop().unwrap();
+        let len = out.len();
         let backend = PEERS.iter().position(|p| p.parse() == Ok(to)).unwrap() as u8;
         let vias: Vec<String> = lines(&out[..len])
             .into_iter()

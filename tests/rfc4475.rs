@@ -8,11 +8,12 @@
 
 use std::path::PathBuf;
 
-use sipshard::proxy::{Action, Algorithm, DropReason, Proxy};
+use sipshard::proxy::{Algorithm, DropReason, Outbox, Outcome, Proxy};
 use sipshard::sip::{
     write_rejection, AddrError, Answer, Fault, HeaderName, Limits, LocalAddress, Message, Method,
     ScanError, Scanner, StartLine, UriError, ViaError,
 };
+use sipshard::txn::TxnConfig;
 
 const PROXY_HOST: &str = "192.0.2.250";
 const PROXY_PORT: u16 = 5060;
@@ -61,11 +62,27 @@ fn verdict(datagram: &[u8]) -> (Verdict, Option<ScanError>) {
         LocalAddress::new(PROXY_HOST, PROXY_PORT),
         vec![backend()],
         Algorithm::RoundRobin,
+        TxnConfig::default(),
+        0,
+        7,
     );
     let error = Scanner::new(Limits::default()).scan(datagram).err();
-    let mut out = vec![0u8; 70_000];
-    match proxy.handle(source(), datagram, &mut out) {
-        Action::Forward { to, len } => {
+    let mut outbox = Outbox::default();
+    let outcome = proxy.handle(0, source(), datagram, &mut outbox);
+    // An INVITE's 100 Trying goes first; the verdict is what follows it.
+    let mut sent = outbox.sent.into_iter().peekable();
+    if outcome == Outcome::Forwarded
+        && sent
+            .peek()
+            .is_some_and(|(_, bytes)| bytes.starts_with(b"SIP/2.0 100 "))
+    {
+        sent.next();
+    }
+    let last = sent.next();
+    assert!(sent.next().is_none(), "one datagram per verdict");
+    match (outcome, last) {
+        (Outcome::Forwarded, Some((to, out))) => {
+            let len = out.len();
             assert_eq!(to, backend(), "an initial request goes to the pool");
             let mut scanner = Scanner::new(Limits::default());
             let original = scanner.scan(datagram).expect("forwarded, so it scanned");
@@ -84,7 +101,8 @@ fn verdict(datagram: &[u8]) -> (Verdict, Option<ScanError>) {
             assert!(via.has_magic_cookie());
             (Verdict::Forward, None)
         }
-        Action::Reply { to, len } => {
+        (Outcome::Replied, Some((to, out))) => {
+            let len = out.len();
             assert_eq!(
                 to,
                 source(),
@@ -109,7 +127,7 @@ fn verdict(datagram: &[u8]) -> (Verdict, Option<ScanError>) {
             );
             (Verdict::Reply(code), error)
         }
-        Action::Drop(reason) => {
+        (Outcome::Dropped(reason), None) => {
             if error.is_none() {
                 assert_eq!(
                     reason,
@@ -119,6 +137,7 @@ fn verdict(datagram: &[u8]) -> (Verdict, Option<ScanError>) {
             }
             (Verdict::Drop, error)
         }
+        (outcome, sent) => panic!("{outcome:?} with {sent:?}"),
     }
 }
 

@@ -7,12 +7,13 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use sipshard::proxy::{Action, Algorithm, Counters, DropReason, Proxy};
+use sipshard::proxy::{Algorithm, Counters, DropReason, Outbox, Outcome, Proxy};
 use sipshard::sip::{
     find_call_id, write_rejection, write_response, AddrError, Answer, Contact, EditError, Editor,
     Fault, Forward, HeaderName, Limits, LocalAddress, LocalResponse, Message, Method, NameAddr,
     ResponseError, ScanError, Scanner, Scheme, StartKind, StartLine, Uri, Via,
 };
+use sipshard::txn::TxnConfig;
 
 pub const PROXY_HOST: &str = "192.0.2.250";
 pub const PROXY_PORT: u16 = 5060;
@@ -481,12 +482,27 @@ pub fn proxy(algorithm: Algorithm) -> Proxy {
         LocalAddress::new(PROXY_HOST, PROXY_PORT),
         BACKENDS.iter().map(|b| b.parse().unwrap()).collect(),
         algorithm,
+        TxnConfig::default(),
+        0,
+        1,
     )
+}
+
+/// What the proxy sent for one datagram, in the shape these checks were
+/// written for: the last datagram sent (a 100 Trying before it is checked
+/// apart), or the reason nothing was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Forward { to: SocketAddr, len: usize },
+    Reply { to: SocketAddr, len: usize },
+    Drop(DropReason),
 }
 
 /// The counters as an array in declaration order. Destructured, so that a
 /// new counter fails to compile here until the accounting below knows it.
 fn counter_array(c: &Counters) -> [u64; 11] {
+    // Transaction counters (tries, timers, CANCEL) are not outcomes of a
+    // datagram: each datagram here meets an empty transaction table.
     let Counters {
         requests_forwarded,
         responses_forwarded,
@@ -499,6 +515,19 @@ fn counter_array(c: &Counters) -> [u64; 11] {
         dropped_unresolved,
         dropped_buffer_full,
         dropped_no_backend,
+        requests_sent: _,
+        transactions_started: _,
+        retransmissions_absorbed: _,
+        retransmissions_sent: _,
+        absorbed: _,
+        cancels: _,
+        failovers: _,
+        timeouts: _,
+        try_timeouts: _,
+        timer_c_fired: _,
+        ack_timeouts: _,
+        unreachable: _,
+        overload_rejected: _,
     } = *c;
     [
         requests_forwarded,
@@ -640,11 +669,16 @@ fn inherited_fault(fault: Fault) -> bool {
 /// One `Proxy` and what the checks remember between datagrams.
 pub struct ProxyRun {
     proxy: Proxy,
+    /// The fake clock: each datagram comes an hour after the last, once
+    /// every timer of the one before has run, so each meets an empty table.
+    now: u64,
     algorithm: Algorithm,
     backends: [SocketAddr; 2],
     out: Vec<u8>,
     /// Datagrams handed to `Proxy::handle`.
     handled: u64,
+    /// Outcome counts the timers added between datagrams.
+    timer_outcomes: u64,
     counters: [u64; 11],
     /// The backend of the last round-robin pick: the next must differ.
     last_round_robin: Option<SocketAddr>,
@@ -656,10 +690,12 @@ impl ProxyRun {
     pub fn new(algorithm: Algorithm) -> ProxyRun {
         ProxyRun {
             proxy: proxy(algorithm),
+            now: 0,
             algorithm,
             backends: [BACKENDS[0].parse().unwrap(), BACKENDS[1].parse().unwrap()],
             out: vec![0u8; OUT_BYTES],
             handled: 0,
+            timer_outcomes: 0,
             counters: [0; 11],
             last_round_robin: None,
             hashed: HashMap::new(),
@@ -671,7 +707,59 @@ impl ProxyRun {
     /// from that backend when `feed_back`: if it scans, that is a loop.
     pub fn handle(&mut self, source: SocketAddr, datagram: &[u8], feed_back: bool) -> Action {
         check_find_call_id(datagram);
-        let action = self.proxy.handle(source, datagram, &mut self.out);
+        self.now += 3_600_000;
+        while let Some(deadline) = self.proxy.next_deadline().filter(|&d| d <= self.now) {
+            self.proxy.on_timers(deadline, &mut Outbox::default());
+        }
+        assert_eq!(self.proxy.transactions(), (0, 0), "every transaction ended");
+        // Timers retransmit, fail over and answer: not this datagram's doing.
+        let after_timers = counter_array(self.proxy.counters());
+        let outcomes = |c: &[u64; 11]| -> u64 {
+            c.iter()
+                .enumerate()
+                .filter(|&(i, _)| i != LOOPS_DETECTED)
+                .map(|(_, n)| n)
+                .sum()
+        };
+        self.timer_outcomes += outcomes(&after_timers) - outcomes(&self.counters);
+        self.counters = after_timers;
+        let mut outbox = Outbox::default();
+        let outcome = self.proxy.handle(self.now, source, datagram, &mut outbox);
+        let mut sent = outbox.sent;
+        if outcome == Outcome::Forwarded
+            && sent.len() == 2
+            && sent[0].1.starts_with(b"SIP/2.0 100 Trying\r\n")
+        {
+            // An INVITE's 100 goes back where its answers go.
+            let (trying_to, _) = sent.remove(0);
+            let m = Scanner::new(Limits::default());
+            let mut m = m;
+            let request = m.scan(datagram).expect("an INVITE that went on scanned");
+            assert_eq!(request.method(), Some(Method::Invite));
+            assert_eq!(
+                trying_to,
+                sipshard::proxy::reply_address(request.top_via(), source)
+            );
+        }
+        assert!(sent.len() <= 1, "{outcome:?} sent {}", sent.len());
+        let action = match (outcome, sent.pop()) {
+            (Outcome::Forwarded, Some((to, bytes))) => {
+                self.out[..bytes.len()].copy_from_slice(&bytes);
+                Action::Forward {
+                    to,
+                    len: bytes.len(),
+                }
+            }
+            (Outcome::Replied, Some((to, bytes))) => {
+                self.out[..bytes.len()].copy_from_slice(&bytes);
+                Action::Reply {
+                    to,
+                    len: bytes.len(),
+                }
+            }
+            (Outcome::Dropped(reason), None) => Action::Drop(reason),
+            (outcome, sent) => panic!("{outcome:?} with {sent:?}"),
+        };
         self.handled += 1;
 
         let mut scanner = Scanner::new(Limits::default());
@@ -756,7 +844,7 @@ impl ProxyRun {
             .filter(|&(i, _)| i != LOOPS_DETECTED)
             .map(|(_, n)| n)
             .sum();
-        assert_eq!(outcomes, self.handled);
+        assert_eq!(outcomes, self.handled + self.timer_outcomes);
         assert!(now[LOOPS_DETECTED] <= now[REPLIES]);
         self.counters = now;
     }

@@ -1,20 +1,28 @@
-//! The stateless proxy core: one datagram and its source in, one
-//! [`Action`] out (forward these bytes there, answer the sender, or drop).
+//! The proxy core of one shard, transaction-stateful (RFC 3261 §16, §17):
+//! datagrams, timer expiries and ICMP errors in, datagrams out through a
+//! [`Transmit`].
 //!
-//! It decides where a message goes (RFC 3261 §16 without transaction
-//! state): initial requests to the backend set, in-dialog requests along
-//! their Route set or to their Request-URI, responses back along their Via
-//! (§18.2.2, RFC 3581). It never touches a socket or a clock; the shard
-//! runtime feeds it datagrams and sends what it writes. Transactions
-//! (retransmissions, timers, CANCEL, failover) are the next layer up.
+//! A request opens a server transaction (an INVITE gets 100 at once) and
+//! a client transaction towards its next hop: the pool for an initial
+//! request, the Route set or Request-URI for an in-dialog one. Responses
+//! come back through the client transaction, and failures (timeout, ICMP,
+//! a failover code) move on to the next backend not tried yet (serial
+//! forking, §16.7). ACK for 2xx, CANCEL with no INVITE here, and
+//! responses with no transaction pass statelessly (§16.7 step 3, §16.10).
+//! Nothing here touches a socket or a clock: time is given in
+//! milliseconds, so every path is tested with a fake clock.
 
 use std::net::SocketAddr;
 
 use crate::sip::host_ip;
 use crate::sip::lex::{fnv1a, hex16};
 use crate::sip::{
-    write_rejection, write_response, Answer, EditError, Editor, Fault, Forward, LocalAddress,
-    LocalResponse, Message, Method, Scanner, Via, MAGIC_COOKIE,
+    find_call_id, write_rejection, write_response, Answer, EditError, Editor, Fault, Forward,
+    HopMethod, LocalAddress, LocalResponse, Message, Method, Scanner, Via, MAGIC_COOKIE,
+};
+use crate::txn::{
+    CancelState, Client, ClientState, Millis, Server, ServerState, Slot, Target, Timer,
+    Transactions, TxnConfig,
 };
 
 /// How an initial request picks its backend.
@@ -26,9 +34,9 @@ pub enum Algorithm {
     CallIdHash,
 }
 
-/// What to do with a datagram. Bytes to send are in the caller's buffer.
+/// What the stateless path does with a datagram; bytes are in the buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
+enum Action {
     /// Send `out[..len]` to `to` (a request to the next hop, or a response
     /// back along its Via).
     Forward { to: SocketAddr, len: usize },
@@ -64,6 +72,25 @@ pub struct Counters {
     pub responses_forwarded: u64,
     pub replies: u64,
     pub loops_detected: u64,
+    /// Requests the proxy made itself: CANCEL, ACK for non-2xx.
+    pub requests_sent: u64,
+    pub transactions_started: u64,
+    pub retransmissions_absorbed: u64,
+    pub retransmissions_sent: u64,
+    pub absorbed: u64,
+    pub cancels: u64,
+    pub failovers: u64,
+    /// Timers B and F.
+    pub timeouts: u64,
+    /// Per-try timers that moved an INVITE on.
+    pub try_timeouts: u64,
+    pub timer_c_fired: u64,
+    /// Timer H: our non-2xx final was never ACKed.
+    pub ack_timeouts: u64,
+    /// ICMP errors that failed a try.
+    pub unreachable: u64,
+    /// New requests answered 503 because the table was full.
+    pub overload_rejected: u64,
     pub dropped_malformed: u64,
     pub dropped_unanswerable: u64,
     pub dropped_response_not_ours: u64,
@@ -73,89 +100,185 @@ pub struct Counters {
     pub dropped_no_backend: u64,
 }
 
-/// The stateless proxy of one shard. Holds its scanner (header slots) and
-/// round-robin position; everything else is configuration.
+/// Where the proxy core writes what it sends: a buffer for the next
+/// datagram, then its length and destination. The shard's send batch is
+/// one; tests collect into a vector.
+pub trait Transmit {
+    /// Room for one datagram (64 KiB in the shard).
+    fn buffer(&mut self) -> &mut [u8];
+    /// Sends the first `len` bytes of the last [`Transmit::buffer`].
+    fn send(&mut self, to: SocketAddr, len: usize);
+}
+
+/// A [`Transmit`] that keeps what is sent, for tests, fuzzing and
+/// benches.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    buffer: Vec<u8>,
+    pub sent: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl Transmit for Outbox {
+    fn buffer(&mut self) -> &mut [u8] {
+        self.buffer.resize(1 << 16, 0);
+        &mut self.buffer
+    }
+
+    fn send(&mut self, to: SocketAddr, len: usize) {
+        self.sent.push((to, self.buffer[..len].to_vec()));
+    }
+}
+
+/// What became of one datagram, for counting and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sent on: a request to its next hop, a response upstream.
+    Forwarded,
+    /// Answered by the proxy itself (100 aside: an INVITE that got 100 and
+    /// went on is `Forwarded`).
+    Replied,
+    /// A retransmission or ACK a transaction took in.
+    Absorbed,
+    /// Nothing sent; the reason is counted.
+    Dropped(DropReason),
+}
+
+/// The proxy core of one shard: its scanner (header slots) and the rest.
 #[derive(Debug)]
 pub struct Proxy {
     scanner: Scanner,
+    core: Core,
+}
+
+/// Everything but the scanner, so that a scanned message (which borrows
+/// the scanner) and the state can be used at once.
+#[derive(Debug)]
+struct Core {
+    /// Scans requests stored in transactions (local answers, new tries).
+    rescanner: Scanner,
     editor: Editor,
     backends: Vec<SocketAddr>,
     algorithm: Algorithm,
     next_backend: usize,
+    txns: Transactions,
     counters: Counters,
 }
 
+/// Marks the key of a CANCEL we sent apart from the key of the INVITE
+/// it cancels: both carry the same branch.
+const CANCEL_KEY: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Pool members a transaction can tell apart when failing over.
+pub const BACKENDS_MAX: usize = 64;
+
 impl Proxy {
+    /// `seed` keys the transaction hashes (pick it at random); `now` is the
+    /// shell's clock at start.
     pub fn new(
         scanner: Scanner,
         local: LocalAddress,
         backends: Vec<SocketAddr>,
         algorithm: Algorithm,
+        txn: TxnConfig,
+        now: Millis,
+        seed: u64,
     ) -> Proxy {
+        let mut backends = backends;
+        backends.truncate(BACKENDS_MAX);
         Proxy {
+            core: Core {
+                rescanner: Scanner::new(scanner.limits().clone()),
+                editor: Editor::new(local),
+                backends,
+                algorithm,
+                next_backend: 0,
+                txns: Transactions::new(txn, now, seed),
+                counters: Counters::default(),
+            },
             scanner,
-            editor: Editor::new(local),
-            backends,
-            algorithm,
-            next_backend: 0,
-            counters: Counters::default(),
         }
     }
 
     pub fn counters(&self) -> &Counters {
-        &self.counters
+        &self.core.counters
     }
 
-    /// Handles one datagram from `source`, writing what is to be sent into
-    /// `out`.
-    pub fn handle(&mut self, source: SocketAddr, datagram: &[u8], out: &mut [u8]) -> Action {
-        let action = match self.scanner.scan(datagram) {
+    /// Server and client transactions alive now.
+    pub fn transactions(&self) -> (usize, usize) {
+        (self.core.txns.servers.len(), self.core.txns.clients.len())
+    }
+
+    /// When [`Proxy::on_timers`] next has work: the I/O loop sleeps until then.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.core.txns.wheel.next_deadline()
+    }
+
+    /// Handles one datagram from `source` at `now`.
+    pub fn handle(
+        &mut self,
+        now: Millis,
+        source: SocketAddr,
+        datagram: &[u8],
+        tx: &mut impl Transmit,
+    ) -> Outcome {
+        let outcome = match self.scanner.scan(datagram) {
             Ok(message) if message.is_request() => {
-                let action = route_request(
-                    &self.editor,
-                    &self.backends,
-                    self.algorithm,
-                    &mut self.next_backend,
-                    &message,
-                    source,
-                    out,
-                );
-                match action {
-                    Action::Forward { .. } => self.counters.requests_forwarded += 1,
-                    Action::Reply { .. } => self.counters.loops_detected += 1,
-                    Action::Drop(_) => {}
-                }
-                action
+                self.core.on_request(now, source, &message, datagram, tx)
             }
-            Ok(message) => {
-                let action = route_response(&self.editor, &message, out);
-                if let Action::Forward { .. } = action {
-                    self.counters.responses_forwarded += 1;
-                }
-                action
-            }
+            Ok(message) => self.core.on_response(now, &message, tx),
             Err(error) => match error.answer() {
-                Answer::Drop => Action::Drop(DropReason::Malformed(error.fault)),
+                Answer::Drop => Outcome::Dropped(DropReason::Malformed(error.fault)),
                 // A malformed request's Via cannot be trusted: the answer
                 // goes back to where the packet came from.
                 Answer::Reply { .. } => {
-                    match write_rejection(&mut self.scanner, datagram, &error, source, out) {
-                        Ok(len) => Action::Reply { to: source, len },
-                        Err(_) => Action::Drop(DropReason::Unanswerable),
+                    match write_rejection(&mut self.scanner, datagram, &error, source, tx.buffer())
+                    {
+                        Ok(len) => {
+                            tx.send(source, len);
+                            Outcome::Replied
+                        }
+                        Err(_) => Outcome::Dropped(DropReason::Unanswerable),
                     }
                 }
             },
         };
-        self.count(&action);
-        action
+        self.core.count(outcome);
+        outcome
     }
 
-    fn count(&mut self, action: &Action) {
+    /// Runs every timer due at `now`.
+    pub fn on_timers(&mut self, now: Millis, tx: &mut impl Transmit) {
+        while let Some((_, timer)) = self.core.txns.wheel.expire(now) {
+            self.core.on_timer(now, timer, tx);
+        }
+    }
+
+    /// The network said `to` cannot be reached (ICMP port or host
+    /// unreachable): every try still waiting on it fails over now.
+    pub fn on_unreachable(&mut self, now: Millis, to: SocketAddr, tx: &mut impl Transmit) {
+        let waiting: Vec<Slot> = self
+            .core
+            .txns
+            .clients
+            .iter()
+            .filter(|(_, c)| c.to == to && c.state == ClientState::Calling && !c.abandoned)
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in waiting {
+            self.core.counters.unreachable += 1;
+            self.core.try_failed(now, slot, tx);
+        }
+    }
+}
+
+impl Core {
+    fn count(&mut self, outcome: Outcome) {
         let c = &mut self.counters;
-        match action {
-            Action::Forward { .. } => {}
-            Action::Reply { .. } => c.replies += 1,
-            Action::Drop(reason) => {
+        match outcome {
+            Outcome::Forwarded => {}
+            Outcome::Replied => c.replies += 1,
+            Outcome::Absorbed => c.absorbed += 1,
+            Outcome::Dropped(reason) => {
                 *match reason {
                     DropReason::Malformed(_) => &mut c.dropped_malformed,
                     DropReason::Unanswerable => &mut c.dropped_unanswerable,
@@ -167,6 +290,963 @@ impl Proxy {
                 } += 1;
             }
         }
+    }
+
+    /// The §17.2.3 key of the server transaction a request belongs to.
+    /// ACK and CANCEL find their INVITE's with `as_invite`.
+    fn server_key(&self, message: &Message<'_>, as_invite: bool) -> u64 {
+        let via = message.top_via();
+        let port = via.port.unwrap_or(5060).to_be_bytes();
+        let method: &[u8] = if as_invite {
+            b"INVITE"
+        } else {
+            message.cseq().method_text
+        };
+        match via.branch.filter(|_| via.has_magic_cookie()) {
+            Some(branch) => fnv1a(&[&self.txns.seed, branch, via.host, &port, method]),
+            // RFC 2543 matching: the ACK's To tag is the response's, so
+            // it stays out of an INVITE-class key.
+            None => fnv1a(&[
+                &self.txns.seed,
+                message.request_uri().map_or(&[][..], |u| u.opaque),
+                if as_invite {
+                    &[][..]
+                } else {
+                    message.to().tag.unwrap_or_default()
+                },
+                message.from().tag.unwrap_or_default(),
+                message.call_id(),
+                &message.cseq().number.to_be_bytes(),
+                via.value,
+                method,
+            ]),
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        now: Millis,
+        source: SocketAddr,
+        message: &Message<'_>,
+        datagram: &[u8],
+        tx: &mut impl Transmit,
+    ) -> Outcome {
+        let method = message.method().unwrap_or(Method::Other);
+        let invite_key = self.server_key(message, true);
+        match method {
+            Method::Ack => {
+                if let Some(&slot) = self.txns.server_keys.get(&invite_key) {
+                    if self.server_ack(now, slot) {
+                        return Outcome::Absorbed;
+                    }
+                }
+                return self.stateless(message, source, tx);
+            }
+            Method::Cancel => {
+                if let Some(&slot) = self.txns.server_keys.get(&invite_key) {
+                    return self.caller_cancel(now, slot, message, source, tx);
+                }
+                // §16.10: no transaction to cancel: forward it statelessly.
+                return self.stateless(message, source, tx);
+            }
+            _ => {}
+        }
+        let key = match method {
+            Method::Invite => invite_key,
+            _ => self.server_key(message, false),
+        };
+        if let Some(&slot) = self.txns.server_keys.get(&key) {
+            return self.retransmitted_request(slot, tx);
+        }
+        let branch_key = branch_key(message);
+        if is_loop(self.editor.local(), message, &branch_key[17..]) {
+            self.counters.loops_detected += 1;
+            return reply(message, source, &LocalResponse::LOOP_DETECTED, tx);
+        }
+        let target = match next_hop(&self.editor, message) {
+            Hop::Uri(Some(addr)) => Target::Fixed(addr),
+            Hop::Uri(None) => return Outcome::Dropped(DropReason::UnresolvedNextHop),
+            Hop::Backend if self.backends.is_empty() => {
+                return Outcome::Dropped(DropReason::NoBackend)
+            }
+            Hop::Backend => Target::Pool { tried: 0 },
+        };
+        if self.txns.servers.is_full() {
+            self.counters.overload_rejected += 1;
+            let busy = LocalResponse::service_unavailable(self.txns.config.retry_after_s);
+            return reply(message, source, &busy, tx);
+        }
+        let invite = method == Method::Invite;
+        let reply_to = reply_address(message.top_via(), source);
+        let mut response = Vec::new();
+        if invite {
+            // §16.2: an INVITE gets 100 at once, so the caller stops
+            // retransmitting while the backend thinks.
+            if let Ok(len) = write_response(message, source, &LocalResponse::TRYING, tx.buffer()) {
+                response.extend_from_slice(&tx.buffer()[..len]);
+                tx.send(reply_to, len);
+            }
+        }
+        let server = Server {
+            key,
+            invite,
+            state: ServerState::Proceeding,
+            request: datagram.to_vec(),
+            source,
+            reply_to,
+            response,
+            target,
+            client: None,
+            tries: 0,
+            cancelled: false,
+            best: None,
+            interval_ms: self.txns.config.timers.t1_ms,
+            timers: [None; 2],
+        };
+        let Some(slot) = self.txns.servers.insert(server) else {
+            return Outcome::Dropped(DropReason::BufferFull);
+        };
+        self.txns.server_keys.insert(key, slot);
+        self.counters.transactions_started += 1;
+        if self.try_next(now, slot, tx) {
+            Outcome::Forwarded
+        } else {
+            // Not even a first try could be written (the forwarded request
+            // would not fit): nothing to keep.
+            self.txns.remove_server(slot);
+            Outcome::Dropped(DropReason::BufferFull)
+        }
+    }
+
+    /// A request the pre-transaction layer passes on as it is: an ACK for
+    /// a 2xx, a CANCEL with no INVITE here.
+    fn stateless(
+        &mut self,
+        message: &Message<'_>,
+        source: SocketAddr,
+        tx: &mut impl Transmit,
+    ) -> Outcome {
+        let action = route_request(
+            &self.editor,
+            &self.backends,
+            self.algorithm,
+            &mut self.next_backend,
+            message,
+            source,
+            tx.buffer(),
+        );
+        match action {
+            Action::Forward { to, len } => {
+                tx.send(to, len);
+                self.counters.requests_forwarded += 1;
+                Outcome::Forwarded
+            }
+            Action::Reply { to, len } => {
+                tx.send(to, len);
+                self.counters.loops_detected += 1;
+                Outcome::Replied
+            }
+            Action::Drop(reason) => Outcome::Dropped(reason),
+        }
+    }
+
+    /// A request whose server transaction exists: send its last response
+    /// again, or take it in silently (§17.2.1, §17.2.2).
+    fn retransmitted_request(&mut self, slot: Slot, tx: &mut impl Transmit) -> Outcome {
+        let Some(server) = self.txns.servers.get(slot) else {
+            return Outcome::Absorbed;
+        };
+        let resend = match server.state {
+            ServerState::Proceeding | ServerState::Completed => !server.response.is_empty(),
+            ServerState::Accepted | ServerState::Confirmed => false,
+        };
+        if resend {
+            emit(tx, server.reply_to, &server.response, &mut self.counters);
+        }
+        self.counters.retransmissions_absorbed += 1;
+        Outcome::Absorbed
+    }
+
+    /// An ACK with the INVITE's branch: it acknowledges our non-2xx final.
+    /// Returns false when it is not ours to absorb.
+    fn server_ack(&mut self, now: Millis, slot: Slot) -> bool {
+        let t4 = self.txns.config.timers.t4_ms;
+        let Some(server) = self.txns.servers.get_mut(slot) else {
+            return false;
+        };
+        match server.state {
+            ServerState::Completed => {
+                server.state = ServerState::Confirmed;
+                let mut timers = std::mem::take(&mut server.timers);
+                self.txns.disarm(&mut timers);
+                let id = self.txns.arm(now, t4, Timer::ServerLinger(slot));
+                if let Some(server) = self.txns.servers.get_mut(slot) {
+                    server.timers[0] = id;
+                }
+                true
+            }
+            ServerState::Confirmed => true,
+            ServerState::Proceeding | ServerState::Accepted => false,
+        }
+    }
+
+    /// §16.10: answer the CANCEL with 200 and cancel the pending try.
+    fn caller_cancel(
+        &mut self,
+        now: Millis,
+        slot: Slot,
+        message: &Message<'_>,
+        source: SocketAddr,
+        tx: &mut impl Transmit,
+    ) -> Outcome {
+        reply(message, source, &LocalResponse::new(200, "OK"), tx);
+        self.counters.cancels += 1;
+        let Some(server) = self.txns.servers.get_mut(slot) else {
+            return Outcome::Replied;
+        };
+        if server.state != ServerState::Proceeding || server.cancelled {
+            return Outcome::Replied;
+        }
+        server.cancelled = true;
+        if let Some(client) = server.client {
+            self.cancel_client(now, client, tx);
+        }
+        Outcome::Replied
+    }
+
+    /// Sends a CANCEL for a client transaction, or marks it owed when no
+    /// provisional has come yet (§9.1).
+    fn cancel_client(&mut self, now: Millis, slot: Slot, tx: &mut impl Transmit) {
+        let Some(client) = self.txns.clients.get_mut(slot) else {
+            return;
+        };
+        match (client.state, client.cancel) {
+            (ClientState::Proceeding, CancelState::None | CancelState::Pending) => {}
+            (ClientState::Calling, CancelState::None) => {
+                client.cancel = CancelState::Pending;
+                return;
+            }
+            _ => return,
+        }
+        client.cancel = CancelState::Sent;
+        let (server, to, branch_key, key) =
+            (client.server, client.to, client.branch_key, client.key);
+        let Some(server) = self.txns.servers.get_mut(server) else {
+            return;
+        };
+        let request = std::mem::take(&mut server.request);
+        let written = match self.rescanner.scan(&request) {
+            Ok(original) => self
+                .editor
+                .write_hop_request(
+                    &original,
+                    HopMethod::Cancel,
+                    original.to().value,
+                    &branch_key,
+                    tx.buffer(),
+                )
+                .ok(),
+            Err(_) => None,
+        };
+        if let Some(server) = self.txns.servers.get_mut(client_server(&self.txns, slot)) {
+            server.request = request;
+        }
+        let Some(len) = written else { return };
+        let cancel = Client {
+            key: key ^ CANCEL_KEY,
+            server: client_server(&self.txns, slot),
+            invite: false,
+            is_cancel: true,
+            state: ClientState::Calling,
+            to,
+            backend: None,
+            request: tx.buffer()[..len].to_vec(),
+            ack: Vec::new(),
+            branch_key,
+            provisional: false,
+            cancel: CancelState::None,
+            abandoned: false,
+            interval_ms: self.txns.config.timers.t1_ms,
+            timers: [None; 3],
+        };
+        tx.send(to, len);
+        self.counters.requests_sent += 1;
+        // §9.1: with no final 64·T1 after the CANCEL, the INVITE is over.
+        let timeout = self.txns.config.timers.timeout_ms();
+        let id = self.txns.arm(now, timeout, Timer::ClientTimeout(slot));
+        if let Some(client) = self.txns.clients.get_mut(slot) {
+            if let Some(old) = std::mem::replace(&mut client.timers[1], id) {
+                self.txns.wheel.cancel(old);
+            }
+        }
+        if let Some(cancel_slot) = self.txns.clients.insert(cancel) {
+            self.txns.client_keys.insert(key ^ CANCEL_KEY, cancel_slot);
+            self.arm_client_request_timers(now, cancel_slot);
+        }
+    }
+
+    /// Starts the next try of a server transaction: picks a destination
+    /// not tried yet, forwards the request there with a new branch, arms
+    /// the client timers. False when nothing is left to try.
+    fn try_next(&mut self, now: Millis, slot: Slot, tx: &mut impl Transmit) -> bool {
+        let Some(server) = self.txns.servers.get_mut(slot) else {
+            return false;
+        };
+        if server.cancelled || self.txns.clients.is_full() {
+            return false;
+        }
+        let (to, backend) = match &mut server.target {
+            Target::Fixed(addr) if server.tries == 0 => (*addr, None),
+            Target::Fixed(_) => return false,
+            Target::Pool { tried } => {
+                let n = self.backends.len();
+                let first = if *tried != 0 {
+                    None
+                } else if self.algorithm == Algorithm::CallIdHash {
+                    find_call_id(&server.request).map(|id| (fnv1a(&[id]) % n as u64) as usize)
+                } else {
+                    self.next_backend = (self.next_backend + 1) % n;
+                    Some(self.next_backend)
+                };
+                let last = server
+                    .client
+                    .and_then(|c| self.txns.clients.get(c)?.backend);
+                let start = first.or(last.map(|l| l + 1)).unwrap_or(0);
+                let Some(index) = (0..n)
+                    .map(|i| (start + i) % n)
+                    .find(|&i| *tried & (1 << i) == 0)
+                else {
+                    return false;
+                };
+                *tried |= 1 << index;
+                (self.backends[index], Some(index))
+            }
+        };
+        server.tries += 1;
+        let tries = server.tries;
+        let invite = server.invite;
+        let source = server.source;
+        let request = std::mem::take(&mut server.request);
+        self.txns.next_id = self.txns.next_id.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let id = self.txns.next_id;
+        let written = match self.rescanner.scan(&request) {
+            Ok(original) => {
+                let mut branch_key = branch_key(&original);
+                branch_key[..16].copy_from_slice(&hex16(id));
+                let method = original.method().unwrap_or(Method::Other);
+                let forward = Forward {
+                    source,
+                    branch_key: &branch_key,
+                    record_route: original.to().tag.is_none() && method.creates_dialog(),
+                };
+                self.editor
+                    .forward_request(&original, &forward, tx.buffer())
+                    .ok()
+                    .map(|len| (len, branch_key))
+            }
+            Err(_) => None,
+        };
+        if let Some(server) = self.txns.servers.get_mut(slot) {
+            server.request = request;
+        }
+        let Some((len, branch_key)) = written else {
+            return false;
+        };
+        let client = Client {
+            key: id,
+            server: slot,
+            invite,
+            is_cancel: false,
+            state: ClientState::Calling,
+            to,
+            backend,
+            request: tx.buffer()[..len].to_vec(),
+            ack: Vec::new(),
+            branch_key,
+            provisional: false,
+            cancel: CancelState::None,
+            abandoned: false,
+            interval_ms: self.txns.config.timers.t1_ms,
+            timers: [None; 3],
+        };
+        tx.send(to, len);
+        self.counters.requests_forwarded += 1;
+        if tries > 1 {
+            self.counters.failovers += 1;
+        }
+        let Some(client_slot) = self.txns.clients.insert(client) else {
+            return false;
+        };
+        self.txns.client_keys.insert(id, client_slot);
+        if let Some(server) = self.txns.servers.get_mut(slot) {
+            server.client = Some(client_slot);
+        }
+        self.arm_client_request_timers(now, client_slot);
+        if invite {
+            let try_ms = self.txns.config.timers.try_ms;
+            let id = self.txns.arm(now, try_ms, Timer::ClientTry(client_slot));
+            if let Some(client) = self.txns.clients.get_mut(client_slot) {
+                client.timers[2] = id;
+            }
+        }
+        true
+    }
+
+    /// Timer A or E, and Timer B or F.
+    fn arm_client_request_timers(&mut self, now: Millis, slot: Slot) {
+        let timers = self.txns.config.timers;
+        let first = self
+            .txns
+            .arm(now, timers.t1_ms, Timer::ClientRetransmit(slot));
+        let timeout = self
+            .txns
+            .arm(now, timers.timeout_ms(), Timer::ClientTimeout(slot));
+        if let Some(client) = self.txns.clients.get_mut(slot) {
+            client.timers[0] = first;
+            client.timers[1] = timeout;
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        now: Millis,
+        message: &Message<'_>,
+        tx: &mut impl Transmit,
+    ) -> Outcome {
+        let Some(id) = our_branch_id(self.editor.local(), message) else {
+            return self.stateless_response(message, tx);
+        };
+        let key = match message.cseq().method {
+            Method::Cancel => id ^ CANCEL_KEY,
+            _ => id,
+        };
+        let Some(&slot) = self.txns.client_keys.get(&key) else {
+            // No transaction (a 2xx retransmitted after ours ended, or an
+            // answer to a stateless forward): §16.7 forwards it as it is.
+            return self.stateless_response(message, tx);
+        };
+        let code = message.status_code().unwrap_or(0);
+        let timers = self.txns.config.timers;
+        let Some(client) = self.txns.clients.get_mut(slot) else {
+            return Outcome::Absorbed;
+        };
+        if client.is_cancel {
+            if code >= 200 {
+                client.state = ClientState::Completed;
+                let mut ids = std::mem::take(&mut client.timers);
+                self.txns.disarm(&mut ids);
+                let id = self.txns.arm(now, timers.t4_ms, Timer::ClientLinger(slot));
+                if let Some(client) = self.txns.clients.get_mut(slot) {
+                    client.timers[0] = id;
+                }
+            }
+            return Outcome::Absorbed;
+        }
+        match (client.state, code) {
+            (ClientState::Completed, _) => {
+                if client.invite && code >= 300 {
+                    let (to, ack) = (client.to, client.ack.clone());
+                    emit(tx, to, &ack, &mut self.counters);
+                }
+                self.counters.retransmissions_absorbed += 1;
+                Outcome::Absorbed
+            }
+            (ClientState::Accepted, 200..=299) => self.forward_upstream(slot, message, tx),
+            (ClientState::Accepted, _) => Outcome::Absorbed,
+            (ClientState::Calling | ClientState::Proceeding, 100..=199) => {
+                self.provisional(now, slot, code, message, tx)
+            }
+            (ClientState::Calling | ClientState::Proceeding, 200..=299) => {
+                let invite = client.invite;
+                let mut ids = std::mem::take(&mut client.timers);
+                let (state, linger) = match invite {
+                    true => (ClientState::Accepted, timers.timeout_ms()),
+                    false => (ClientState::Completed, timers.t4_ms),
+                };
+                client.state = state;
+                let server = client.server;
+                self.txns.disarm(&mut ids);
+                let id = self.txns.arm(now, linger, Timer::ClientLinger(slot));
+                if let Some(client) = self.txns.clients.get_mut(slot) {
+                    client.timers[0] = id;
+                }
+                let outcome = self.forward_upstream(slot, message, tx);
+                self.server_final(now, server, code, invite, tx);
+                outcome
+            }
+            (ClientState::Calling | ClientState::Proceeding, _) => {
+                self.client_final(now, slot, code, message, tx)
+            }
+        }
+    }
+
+    /// A 1xx on a live try.
+    fn provisional(
+        &mut self,
+        now: Millis,
+        slot: Slot,
+        code: u16,
+        message: &Message<'_>,
+        tx: &mut impl Transmit,
+    ) -> Outcome {
+        let timers = self.txns.config.timers;
+        let Some(client) = self.txns.clients.get_mut(slot) else {
+            return Outcome::Absorbed;
+        };
+        client.state = ClientState::Proceeding;
+        let invite = client.invite;
+        let mut stop = [None; 2];
+        if invite {
+            // Timer A stops; Timer B and the per-try timer give way to C.
+            stop = [client.timers[0].take(), client.timers[1].take()];
+            if code > 100 || client.timers[2].is_some() {
+                if let Some(id) = client.timers[2].take() {
+                    self.txns.wheel.cancel(id);
+                }
+                let c = self.txns.arm(now, timers.timer_c_ms, Timer::ClientC(slot));
+                if let Some(client) = self.txns.clients.get_mut(slot) {
+                    client.timers[2] = c;
+                }
+            }
+        } else {
+            // Timer E goes on at T2 (figure 6).
+            client.interval_ms = timers.t2_ms;
+        }
+        self.txns.disarm(&mut stop);
+        let Some(client) = self.txns.clients.get_mut(slot) else {
+            return Outcome::Absorbed;
+        };
+        if code > 100 {
+            client.provisional = true;
+        }
+        let cancel_owed = client.cancel == CancelState::Pending || client.abandoned;
+        let abandoned = client.abandoned;
+        if cancel_owed && client.cancel != CancelState::Sent {
+            self.cancel_client(now, slot, tx);
+        }
+        if abandoned || code == 100 {
+            // §16.7 step 3: a 100 is not forwarded; a try given up on
+            // speaks no more to the caller.
+            return Outcome::Absorbed;
+        }
+        self.forward_upstream(slot, message, tx)
+    }
+
+    /// A final response of 300 or more on a live try: ACK it (INVITE),
+    /// then fail over or answer the caller.
+    fn client_final(
+        &mut self,
+        now: Millis,
+        slot: Slot,
+        code: u16,
+        message: &Message<'_>,
+        tx: &mut impl Transmit,
+    ) -> Outcome {
+        let timers = self.txns.config.timers;
+        let Some(client) = self.txns.clients.get_mut(slot) else {
+            return Outcome::Absorbed;
+        };
+        client.state = ClientState::Completed;
+        let mut ids = std::mem::take(&mut client.timers);
+        let (invite, server_slot, to, branch_key) =
+            (client.invite, client.server, client.to, client.branch_key);
+        self.txns.disarm(&mut ids);
+        let linger = if invite {
+            timers.timer_d_ms
+        } else {
+            timers.t4_ms
+        };
+        let id = self.txns.arm(now, linger, Timer::ClientLinger(slot));
+        if invite {
+            // §17.1.1.3: the ACK for a non-2xx final is ours to send.
+            let ack = self.write_ack(server_slot, message, &branch_key, tx);
+            if let Some(len) = ack {
+                let bytes = tx.buffer()[..len].to_vec();
+                tx.send(to, len);
+                self.counters.requests_sent += 1;
+                if let Some(client) = self.txns.clients.get_mut(slot) {
+                    client.ack = bytes;
+                }
+            }
+        }
+        let Some(client) = self.txns.clients.get_mut(slot) else {
+            return Outcome::Absorbed;
+        };
+        client.timers[0] = id;
+        if client.abandoned {
+            return Outcome::Absorbed;
+        }
+        let provisional = client.provisional;
+        let edited = match self.editor.forward_response(message, tx.buffer()) {
+            Ok(len) => Some(tx.buffer()[..len].to_vec()),
+            Err(_) => None,
+        };
+        let failover_code = self.txns.config.failover_codes.contains(&code)
+            && (!provisional || self.txns.config.failover_after_provisional);
+        if let Some(server) = self.txns.servers.get_mut(server_slot) {
+            if let Some(bytes) = edited {
+                if better(code, server.best.as_ref().map(|b| b.0)) {
+                    server.best = Some((code, bytes));
+                }
+            }
+        }
+        if failover_code && self.try_next(now, server_slot, tx) {
+            return Outcome::Absorbed;
+        }
+        self.answer_final(now, server_slot, tx);
+        Outcome::Forwarded
+    }
+
+    /// Writes the ACK for `response` into the transmit buffer.
+    fn write_ack(
+        &mut self,
+        server_slot: Slot,
+        response: &Message<'_>,
+        branch_key: &[u8],
+        tx: &mut impl Transmit,
+    ) -> Option<usize> {
+        let server = self.txns.servers.get(server_slot)?;
+        let original = self.rescanner.scan(&server.request).ok()?;
+        self.editor
+            .write_hop_request(
+                &original,
+                HopMethod::Ack,
+                response.to().value,
+                branch_key,
+                tx.buffer(),
+            )
+            .ok()
+    }
+
+    /// This try failed without a final response (timeout, ICMP, per-try
+    /// timer): stop it and try the next, or answer the caller.
+    fn try_failed(&mut self, now: Millis, slot: Slot, tx: &mut impl Transmit) {
+        let Some(client) = self.txns.clients.get_mut(slot) else {
+            return;
+        };
+        client.abandoned = true;
+        // Stop retransmitting; Timer B stays to bound the entry's life.
+        let retransmit = client.timers[0].take();
+        let server = client.server;
+        let cancelled = client.cancel == CancelState::Sent;
+        self.txns.disarm(&mut [retransmit]);
+        let live = self
+            .txns
+            .servers
+            .get(server)
+            .is_some_and(|s| s.state == ServerState::Proceeding && s.client == Some(slot));
+        if !live {
+            return;
+        }
+        // A try we cancelled (Timer C) is not a backend failure.
+        if cancelled || !self.try_next(now, server, tx) {
+            self.answer_final(now, server, tx);
+        }
+    }
+
+    /// Sends the caller the final answer of a server transaction whose
+    /// tries are over (§16.7 step 6: the best final, else 487 after a
+    /// CANCEL, else 408), and starts its wait.
+    fn answer_final(&mut self, now: Millis, slot: Slot, tx: &mut impl Transmit) {
+        let Some(server) = self.txns.servers.get_mut(slot) else {
+            return;
+        };
+        if server.state != ServerState::Proceeding {
+            return;
+        }
+        let (code, bytes) = match server.best.take() {
+            Some(best) => best,
+            None => {
+                let local = match server.cancelled {
+                    true => LocalResponse::new(487, "Request Terminated"),
+                    false => LocalResponse::REQUEST_TIMEOUT,
+                };
+                let request = std::mem::take(&mut server.request);
+                let source = server.source;
+                let written = match self.rescanner.scan(&request) {
+                    Ok(original) => write_response(&original, source, &local, tx.buffer()).ok(),
+                    Err(_) => None,
+                };
+                let bytes = written.map_or_else(Vec::new, |len| tx.buffer()[..len].to_vec());
+                if let Some(server) = self.txns.servers.get_mut(slot) {
+                    server.request = request;
+                }
+                (local.code, bytes)
+            }
+        };
+        let Some(server) = self.txns.servers.get_mut(slot) else {
+            return;
+        };
+        if !bytes.is_empty() {
+            emit(tx, server.reply_to, &bytes, &mut self.counters);
+            self.counters.responses_forwarded += 1;
+        }
+        server.response = bytes;
+        let invite = server.invite;
+        self.server_final(now, slot, code, invite, tx);
+    }
+
+    /// Moves a server transaction to its state after a final response
+    /// went upstream, with that state's timers.
+    fn server_final(
+        &mut self,
+        now: Millis,
+        slot: Slot,
+        code: u16,
+        invite: bool,
+        _tx: &mut impl Transmit,
+    ) {
+        let timers = self.txns.config.timers;
+        let Some(server) = self.txns.servers.get_mut(slot) else {
+            return;
+        };
+        if server.state != ServerState::Proceeding {
+            return;
+        }
+        let mut ids = std::mem::take(&mut server.timers);
+        let (state, first, second) = match (invite, code) {
+            (true, 200..=299) => (
+                ServerState::Accepted,
+                Some((timers.timeout_ms(), Timer::ServerLinger(slot))),
+                None,
+            ),
+            (true, _) => (
+                ServerState::Completed,
+                Some((timers.t1_ms, Timer::ServerRetransmit(slot))),
+                Some((timers.timeout_ms(), Timer::ServerTimeout(slot))),
+            ),
+            (false, _) => (
+                ServerState::Completed,
+                Some((timers.timeout_ms(), Timer::ServerLinger(slot))),
+                None,
+            ),
+        };
+        server.state = state;
+        server.interval_ms = timers.t1_ms;
+        self.txns.disarm(&mut ids);
+        let first = first.and_then(|(after, t)| self.txns.arm(now, after, t));
+        let second = second.and_then(|(after, t)| self.txns.arm(now, after, t));
+        if let Some(server) = self.txns.servers.get_mut(slot) {
+            server.timers = [first, second];
+        }
+    }
+
+    /// Sends a response of a client transaction upstream, to its server
+    /// transaction's caller (or along the Via when that is gone), and
+    /// keeps it for retransmitted requests.
+    fn forward_upstream(
+        &mut self,
+        slot: Slot,
+        message: &Message<'_>,
+        tx: &mut impl Transmit,
+    ) -> Outcome {
+        let server = self.txns.clients.get(slot).map(|c| c.server);
+        let server = server.and_then(|s| self.txns.servers.get_mut(s));
+        let Some(server) = server else {
+            return self.stateless_response(message, tx);
+        };
+        let len = match self.editor.forward_response(message, tx.buffer()) {
+            Ok(len) => len,
+            Err(_) => return Outcome::Dropped(DropReason::BufferFull),
+        };
+        server.response.clear();
+        server.response.extend_from_slice(&tx.buffer()[..len]);
+        tx.send(server.reply_to, len);
+        self.counters.responses_forwarded += 1;
+        Outcome::Forwarded
+    }
+
+    fn stateless_response(&mut self, message: &Message<'_>, tx: &mut impl Transmit) -> Outcome {
+        match route_response(&self.editor, message, tx.buffer()) {
+            Action::Forward { to, len } => {
+                tx.send(to, len);
+                self.counters.responses_forwarded += 1;
+                Outcome::Forwarded
+            }
+            Action::Reply { to, len } => {
+                tx.send(to, len);
+                Outcome::Replied
+            }
+            Action::Drop(reason) => Outcome::Dropped(reason),
+        }
+    }
+
+    fn on_timer(&mut self, now: Millis, timer: Timer, tx: &mut impl Transmit) {
+        let timers = self.txns.config.timers;
+        match timer {
+            Timer::ClientRetransmit(slot) => {
+                let Some(client) = self.txns.clients.get_mut(slot) else {
+                    return;
+                };
+                client.timers[0] = None;
+                let retransmit = match client.state {
+                    ClientState::Calling => true,
+                    ClientState::Proceeding => !client.invite,
+                    _ => false,
+                };
+                if !retransmit || client.abandoned {
+                    return;
+                }
+                let interval = match (client.invite, client.state) {
+                    (true, _) => client.interval_ms.saturating_mul(2),
+                    (false, ClientState::Proceeding) => timers.t2_ms,
+                    (false, _) => client.interval_ms.saturating_mul(2).min(timers.t2_ms),
+                };
+                client.interval_ms = interval;
+                emit(tx, client.to, &client.request, &mut self.counters);
+                self.counters.retransmissions_sent += 1;
+                let id = self.txns.arm(now, interval, Timer::ClientRetransmit(slot));
+                if let Some(client) = self.txns.clients.get_mut(slot) {
+                    client.timers[0] = id;
+                }
+            }
+            Timer::ClientTimeout(slot) => {
+                let Some(client) = self.txns.clients.get_mut(slot) else {
+                    return;
+                };
+                client.timers[1] = None;
+                let pending =
+                    matches!(client.state, ClientState::Calling | ClientState::Proceeding);
+                let abandoned = client.abandoned;
+                if pending && !abandoned && !client.is_cancel {
+                    self.counters.timeouts += 1;
+                    self.try_failed(now, slot, tx);
+                }
+                self.txns.remove_client(slot);
+            }
+            Timer::ClientTry(slot) => {
+                let Some(client) = self.txns.clients.get_mut(slot) else {
+                    return;
+                };
+                client.timers[2] = None;
+                if client.state != ClientState::Calling || client.abandoned {
+                    return;
+                }
+                let server = client.server;
+                let untried = self.txns.servers.get(server).is_some_and(|s| {
+                    !s.cancelled
+                        && match s.target {
+                            Target::Pool { tried } => {
+                                (tried.count_ones() as usize) < self.backends.len()
+                            }
+                            Target::Fixed(_) => false,
+                        }
+                });
+                if untried {
+                    self.counters.try_timeouts += 1;
+                    self.try_failed(now, slot, tx);
+                }
+            }
+            Timer::ClientC(slot) => {
+                let Some(client) = self.txns.clients.get_mut(slot) else {
+                    return;
+                };
+                client.timers[2] = None;
+                if client.state != ClientState::Proceeding {
+                    return;
+                }
+                self.counters.timer_c_fired += 1;
+                // §16.8: a branch that rang is cancelled; its 487 answers.
+                self.cancel_client(now, slot, tx);
+            }
+            Timer::ClientLinger(slot) => {
+                self.txns.remove_client(slot);
+            }
+            Timer::ServerRetransmit(slot) => {
+                let Some(server) = self.txns.servers.get_mut(slot) else {
+                    return;
+                };
+                server.timers[0] = None;
+                if server.state != ServerState::Completed {
+                    return;
+                }
+                server.interval_ms = server.interval_ms.saturating_mul(2).min(timers.t2_ms);
+                let interval = server.interval_ms;
+                emit(tx, server.reply_to, &server.response, &mut self.counters);
+                self.counters.retransmissions_sent += 1;
+                let id = self.txns.arm(now, interval, Timer::ServerRetransmit(slot));
+                if let Some(server) = self.txns.servers.get_mut(slot) {
+                    server.timers[0] = id;
+                }
+            }
+            Timer::ServerTimeout(slot) => {
+                if self
+                    .txns
+                    .servers
+                    .get(slot)
+                    .is_some_and(|s| s.state == ServerState::Completed)
+                {
+                    self.counters.ack_timeouts += 1;
+                }
+                self.txns.remove_server(slot);
+            }
+            Timer::ServerLinger(slot) => {
+                self.txns.remove_server(slot);
+            }
+        }
+    }
+}
+
+/// Copies stored bytes into the transmit buffer and sends them.
+fn emit(tx: &mut impl Transmit, to: SocketAddr, bytes: &[u8], counters: &mut Counters) {
+    let buffer = tx.buffer();
+    match buffer.get_mut(..bytes.len()) {
+        Some(room) => {
+            room.copy_from_slice(bytes);
+            tx.send(to, bytes.len());
+        }
+        None => counters.dropped_buffer_full += 1,
+    }
+}
+
+/// The server transaction a client transaction belongs to.
+fn client_server(txns: &Transactions, slot: Slot) -> Slot {
+    txns.clients.get(slot).map_or(
+        Slot {
+            index: u32::MAX,
+            generation: 0,
+        },
+        |c| c.server,
+    )
+}
+
+/// Whether a final response `code` is better for the caller than `than`
+/// (§16.7 step 6: 6xx first, then the lowest class; the earliest wins a
+/// tie).
+fn better(code: u16, than: Option<u16>) -> bool {
+    let rank = |c: u16| if c >= 600 { 0 } else { c / 100 };
+    than.map_or(true, |than| rank(code) < rank(than))
+}
+
+/// The client transaction id in our branch on a response's top Via:
+/// `z9hG4bK<16 hex id>.<16 hex loop>`.
+fn our_branch_id(local: &LocalAddress, message: &Message<'_>) -> Option<u64> {
+    let via = message.top_via();
+    if !local.is_local(via.host, via.port.unwrap_or(5060)) {
+        return None;
+    }
+    let key = via.branch?.strip_prefix(MAGIC_COOKIE)?;
+    if key.len() != 33 || key[16] != b'.' {
+        return None;
+    }
+    key[..16].iter().try_fold(0u64, |n, &b| {
+        let digit = (b as char).to_digit(16)?;
+        Some(n << 4 | u64::from(digit))
+    })
+}
+
+fn reply(
+    message: &Message<'_>,
+    source: SocketAddr,
+    response: &LocalResponse<'_>,
+    tx: &mut impl Transmit,
+) -> Outcome {
+    match write_response(message, source, response, tx.buffer()) {
+        Ok(len) => {
+            tx.send(reply_address(message.top_via(), source), len);
+            Outcome::Replied
+        }
+        Err(_) => Outcome::Dropped(DropReason::BufferFull),
     }
 }
 
@@ -235,7 +1315,13 @@ fn route_request(
 ) -> Action {
     let key = branch_key(message);
     if is_loop(editor.local(), message, &key[17..]) {
-        return reply(message, source, &LocalResponse::LOOP_DETECTED, out);
+        return match write_response(message, source, &LocalResponse::LOOP_DETECTED, out) {
+            Ok(len) => Action::Reply {
+                to: reply_address(message.top_via(), source),
+                len,
+            },
+            Err(_) => Action::Drop(DropReason::BufferFull),
+        };
     }
     let method = message.method().unwrap_or(Method::Other);
     let in_dialog = message.to().tag.is_some();
@@ -307,21 +1393,6 @@ fn uri_address(uri: &crate::sip::Uri<'_>) -> Option<SocketAddr> {
     Some(SocketAddr::new(host_ip(host)?, uri.port_or_default()))
 }
 
-fn reply(
-    message: &Message<'_>,
-    source: SocketAddr,
-    response: &LocalResponse<'_>,
-    out: &mut [u8],
-) -> Action {
-    match write_response(message, source, response, out) {
-        Ok(len) => Action::Reply {
-            to: reply_address(message.top_via(), source),
-            len,
-        },
-        Err(_) => Action::Drop(DropReason::BufferFull),
-    }
-}
-
 /// Where a response to a request received over UDP goes (RFC 3261 §18.2.2
 /// with §18.2.1, RFC 3581 §4): the packet's source address, since that is
 /// what `received` holds; its source port when the client asked with
@@ -360,5 +1431,7 @@ fn route_response(editor: &Editor, message: &Message<'_>, out: &mut [u8]) -> Act
     }
 }
 
+#[cfg(test)]
+pub(crate) mod lab;
 #[cfg(test)]
 mod tests;

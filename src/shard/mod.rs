@@ -29,9 +29,10 @@ use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::proxy::{Action, Algorithm, Counters, DropReason, Proxy};
+use crate::proxy::{Algorithm, Counters, Outcome, Proxy, Transmit};
 use crate::sip::lex::fnv1a;
 use crate::sip::{find_call_id, Limits, LocalAddress, Scanner};
+use crate::txn::{Millis, TxnConfig};
 use sys::{Doorbell, Poller, RecvBatch, SendBatch};
 use uring::Uring;
 
@@ -46,6 +47,8 @@ pub struct Config {
     /// `shards` CPUs the process may use.
     pub cpus: Vec<usize>,
     pub limits: Limits,
+    /// Transaction timers, failover policy and the table bound.
+    pub txn: TxnConfig,
     /// Slots in each shard's inbox.
     pub handoff_queue_len: usize,
     pub socket_receive_buffer_bytes: Option<usize>,
@@ -87,8 +90,6 @@ struct Shared {
 #[derive(Clone, Copy, Debug, Default)]
 struct ShardCounters {
     received: u64,
-    sent: u64,
-    send_failed: u64,
     handed_off: u64,
     handoff_dropped: u64,
     truncated: u64,
@@ -148,6 +149,9 @@ impl Runtime {
                 local.clone(),
                 config.backends.clone(),
                 config.algorithm,
+                config.txn.clone(),
+                0,
+                random_seed(),
             );
             let shared = shared.clone();
             let thread = std::thread::Builder::new()
@@ -206,6 +210,15 @@ fn probe_uring() -> io::Result<()> {
     Uring::new(socket.as_raw_fd(), doorbell.raw()).map(drop)
 }
 
+/// A per-shard key for the transaction hashes, from the standard
+/// library's per-process random hasher keys.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    hasher.finish()
+}
+
 fn host_text(address: SocketAddr) -> String {
     match address {
         SocketAddr::V4(v4) => v4.ip().to_string(),
@@ -236,7 +249,7 @@ const TOKEN_DOORBELL: u64 = 1;
 
 /// How long a shard sleeps with nothing to do before it looks at the stop
 /// and report flags again (the doorbell wakes it sooner).
-const IDLE_WAIT_MS: i32 = 250;
+const IDLE_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The latency histogram's range, in nanoseconds: anything past 10 s is a
 /// stall and is clamped to the top.
@@ -251,20 +264,33 @@ struct Shard {
 }
 
 /// Everything that turns a datagram into bytes on the wire: the proxy
-/// core, the send batch and what is measured about them. Apart from the
-/// receive batch so that a received datagram can be handled in place.
+/// core and the wire it writes to. Apart from the receive batch so that a
+/// received datagram can be handled in place.
 struct Output {
-    socket: Socket,
     proxy: Proxy,
-    send: SendBatch,
+    wire: Wire,
     /// Shards whose inbox got datagrams during this turn.
     to_ring: Vec<bool>,
     counters: ShardCounters,
+    /// The shard's clock for the proxy core: milliseconds since start.
+    epoch: Instant,
+}
+
+/// The socket and the batch of datagrams waiting to go out on it: what
+/// the proxy core transmits into.
+struct Wire {
+    socket: Socket,
+    send: SendBatch,
+    /// When the datagram being handled was received; what it causes is
+    /// measured from there.
+    received_at: Instant,
     /// Receive times of the datagrams whose output sits in `send`.
     in_flight: Vec<Instant>,
     /// Gateway latency per datagram sent, from the batch that received it
     /// to the `sendmmsg` that sent what it caused.
     latency_ns: Histogram<u64>,
+    sent: u64,
+    send_failed: u64,
 }
 
 impl Shard {
@@ -276,14 +302,20 @@ impl Shard {
             recv: RecvBatch::new(),
             reported: 0,
             output: Output {
-                socket,
                 proxy,
-                send: SendBatch::new(),
+                wire: Wire {
+                    socket,
+                    send: SendBatch::new(),
+                    received_at: Instant::now(),
+                    in_flight: Vec::with_capacity(sys::BATCH),
+                    latency_ns: Histogram::new_with_bounds(100, LATENCY_NS_MAX, 3)
+                        .expect("constant histogram bounds are valid"),
+                    sent: 0,
+                    send_failed: 0,
+                },
                 to_ring: vec![false; shards],
                 counters: ShardCounters::default(),
-                in_flight: Vec::with_capacity(sys::BATCH),
-                latency_ns: Histogram::new_with_bounds(100, LATENCY_NS_MAX, 3)
-                    .expect("constant histogram bounds are valid"),
+                epoch: Instant::now(),
             },
         }
     }
@@ -291,7 +323,7 @@ impl Shard {
     fn run(&mut self, use_uring: bool) -> io::Result<()> {
         if use_uring {
             match Uring::new(
-                self.output.socket.as_raw_fd(),
+                self.output.wire.socket.as_raw_fd(),
                 self.shared.doorbells[self.index].raw(),
             ) {
                 Ok(uring) => return self.run_uring(uring),
@@ -305,11 +337,12 @@ impl Shard {
 
     fn run_epoll(&mut self) -> io::Result<()> {
         let mut poller = Poller::new()?;
-        poller.add(self.output.socket.as_raw_fd(), TOKEN_SOCKET)?;
+        poller.add(self.output.wire.socket.as_raw_fd(), TOKEN_SOCKET)?;
         poller.add(self.shared.doorbells[self.index].raw(), TOKEN_DOORBELL)?;
         while !self.shared.stop.load(Ordering::Relaxed) {
             let mut socket_ready = false;
-            for token in poller.wait(IDLE_WAIT_MS)? {
+            let wait = self.output.wait_for(IDLE_WAIT);
+            for token in poller.wait(wait.as_millis() as i32)? {
                 match token {
                     TOKEN_SOCKET => socket_ready = true,
                     _ => self.shared.doorbells[self.index].clear(),
@@ -319,6 +352,7 @@ impl Shard {
                 self.receive()?;
             }
             self.drain_inbox();
+            self.output.timers();
             self.output.flush();
             self.report_if_asked();
         }
@@ -334,9 +368,8 @@ impl Shard {
     /// timeout.
     fn run_uring(&mut self, mut uring: Uring) -> io::Result<()> {
         let mut ready = Vec::with_capacity(sys::BATCH);
-        let idle = std::time::Duration::from_millis(IDLE_WAIT_MS as u64);
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let flushed = uring.wait(idle, &mut ready)?;
+            let flushed = uring.wait(self.output.wait_for(IDLE_WAIT), &mut ready)?;
             self.output.ring_sent(flushed);
             let received_at = Instant::now();
             for &r in &ready {
@@ -355,9 +388,10 @@ impl Shard {
             uring.recycle(&ready);
             self.output.ring_owners(&self.shared);
             self.drain_inbox();
-            if !self.output.send.is_empty() {
-                uring.queue_sends(&self.output.send)?;
-                self.output.ring_queued();
+            self.output.timers();
+            if !self.output.wire.send.is_empty() {
+                uring.queue_sends(&self.output.wire.send)?;
+                self.output.wire.record_latency();
             }
             self.report_if_asked();
         }
@@ -382,7 +416,7 @@ impl Shard {
     /// Reads the socket dry, batch by batch.
     fn receive(&mut self) -> io::Result<()> {
         loop {
-            let count = self.recv.recv(self.output.socket.as_raw_fd())?;
+            let count = self.recv.recv(self.output.wire.socket.as_raw_fd())?;
             let received_at = Instant::now();
             for i in 0..count {
                 self.output.counters.received += 1;
@@ -413,13 +447,13 @@ impl Shard {
         tracing::info!(
             shard = self.index,
             received = c.received,
-            sent = c.sent,
+            sent = self.output.wire.sent,
             handed_off = c.handed_off,
             requests_forwarded = p.requests_forwarded,
             responses_forwarded = p.responses_forwarded,
             replies = p.replies,
             dropped_handoff_queue_full = c.handoff_dropped,
-            dropped_send_failed = c.send_failed,
+            dropped_send_failed = self.output.wire.send_failed,
             dropped_truncated = c.truncated,
             dropped_malformed = p.dropped_malformed,
             dropped_unanswerable = p.dropped_unanswerable,
@@ -431,7 +465,7 @@ impl Shard {
             loops_detected = p.loops_detected,
             "shard counters"
         );
-        let h = &self.output.latency_ns;
+        let h = &self.output.wire.latency_ns;
         if !h.is_empty() {
             let us = |ns: u64| ns as f64 / 1000.0;
             tracing::info!(
@@ -487,21 +521,62 @@ impl Output {
         }
     }
 
-    /// The send batch was queued on the ring: its latency is measured now.
-    fn ring_queued(&mut self) {
-        self.record_latency();
-    }
-
     /// The ring reports the last batch sent: count it, reuse the batch.
     fn ring_sent(&mut self, flushed: sys::Flushed) {
-        self.counters.sent += flushed.sent;
-        self.counters.send_failed += flushed.failed;
-        if !self.in_flight.is_empty() {
-            self.record_latency();
+        let wire = &mut self.wire;
+        wire.sent += flushed.sent;
+        wire.send_failed += flushed.failed;
+        if !wire.in_flight.is_empty() {
+            wire.record_latency();
         }
-        self.send.clear();
+        wire.send.clear();
     }
 
+    fn now(&self) -> Millis {
+        self.epoch.elapsed().as_millis() as Millis
+    }
+
+    /// Runs the proxy core's due timers (retransmissions, timeouts).
+    fn timers(&mut self) {
+        let now = self.now();
+        if self.proxy.next_deadline().is_some_and(|d| d <= now) {
+            self.wire.received_at = Instant::now();
+            self.proxy.on_timers(now, &mut self.wire);
+        }
+    }
+
+    /// How long the loop may sleep: until the next timer, at most `idle`.
+    fn wait_for(&self, idle: std::time::Duration) -> std::time::Duration {
+        match self.proxy.next_deadline() {
+            Some(deadline) => {
+                let ms = deadline.saturating_sub(self.now());
+                idle.min(std::time::Duration::from_millis(ms))
+            }
+            None => idle,
+        }
+    }
+
+    /// Runs one datagram through the proxy core; what it sends is queued.
+    fn handle(&mut self, source: SocketAddr, datagram: &[u8], received_at: Instant) {
+        self.wire.received_at = received_at;
+        let now = self.now();
+        let outcome = self.proxy.handle(now, source, datagram, &mut self.wire);
+        if let Outcome::Dropped(reason) = outcome {
+            if !matches!(
+                reason,
+                crate::proxy::DropReason::Malformed(crate::sip::Fault::Empty)
+            ) {
+                tracing::debug!(%source, ?reason, "dropped a datagram");
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        self.wire.flush();
+    }
+}
+
+impl Wire {
     fn record_latency(&mut self) {
         let now = Instant::now();
         for received_at in self.in_flight.drain(..) {
@@ -512,37 +587,27 @@ impl Output {
         }
     }
 
-    /// Runs one datagram through the proxy core and queues what it sends.
-    fn handle(&mut self, source: SocketAddr, datagram: &[u8], received_at: Instant) {
-        if !self.send.has_room() {
-            self.flush();
-        }
-        match self.proxy.handle(source, datagram, self.send.space()) {
-            Action::Forward { to, len } | Action::Reply { to, len } => {
-                self.send.push(to, len);
-                self.in_flight.push(received_at);
-            }
-            Action::Drop(reason) => {
-                if !matches!(reason, DropReason::Malformed(crate::sip::Fault::Empty)) {
-                    tracing::debug!(%source, ?reason, "dropped a datagram");
-                }
-            }
-        }
-    }
-
     fn flush(&mut self) {
         if self.send.is_empty() {
             return;
         }
         let flushed = self.send.flush(self.socket.as_raw_fd());
-        self.counters.sent += flushed.sent;
-        self.counters.send_failed += flushed.failed;
-        let now = Instant::now();
-        for received_at in self.in_flight.drain(..) {
-            let ns = (now - received_at)
-                .as_nanos()
-                .min(u128::from(LATENCY_NS_MAX)) as u64;
-            self.latency_ns.saturating_record(ns);
+        self.sent += flushed.sent;
+        self.send_failed += flushed.failed;
+        self.record_latency();
+    }
+}
+
+impl Transmit for Wire {
+    fn buffer(&mut self) -> &mut [u8] {
+        if !self.send.has_room() {
+            self.flush();
         }
+        self.send.space()
+    }
+
+    fn send(&mut self, to: SocketAddr, len: usize) {
+        self.send.push(to, len);
+        self.in_flight.push(self.received_at);
     }
 }

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::lex::{offset_in, CommaSplit};
 use super::out::{BufferFull, Out};
-use super::scan::{HeaderSlot, Message};
+use super::scan::{HeaderSlot, Message, StartLine};
 use super::uri::Scheme;
 use super::via::{Via, MAGIC_COOKIE};
 use super::HeaderName;
@@ -219,6 +219,13 @@ impl<'a> Edits<'a> {
     }
 }
 
+/// The requests [`Editor::write_hop_request`] makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HopMethod {
+    Cancel,
+    Ack,
+}
+
 /// Writes forwarded requests and responses. Holds only our own address, so
 /// one per shard is enough and it is never mutated on the packet path.
 #[derive(Clone, Debug)]
@@ -333,6 +340,61 @@ impl Editor {
         let mut writer = Out::new(out);
         edits.apply(message, &mut writer)?;
         Ok(writer.len())
+    }
+
+    /// Writes a request the proxy makes itself for one client transaction
+    /// (RFC 3261 §9.1 CANCEL, §17.1.1.3 ACK for a non-2xx final response):
+    /// the forwarded request's Request-URI, Call-ID, From and CSeq number,
+    /// the Route set as forwarded (ours popped), and our Via alone with the
+    /// branch of the transaction it belongs to, so the next hop matches it.
+    /// `to` is the To value: the request's for CANCEL, the response's (with
+    /// its tag) for ACK.
+    pub fn write_hop_request(
+        &self,
+        request: &Message<'_>,
+        method: HopMethod,
+        to: &[u8],
+        branch_key: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, EditError> {
+        let StartLine::Request { uri_text, .. } = request.start_line() else {
+            return Err(EditError::WrongKind);
+        };
+        let name: &[u8] = match method {
+            HopMethod::Cancel => b"CANCEL",
+            HopMethod::Ack => b"ACK",
+        };
+        let mut out = Out::new(out);
+        out.put(name)?;
+        out.put(b" ")?;
+        out.put(uri_text)?;
+        out.put(b" SIP/2.0\r\n")?;
+        out.put(&self.local.via_prefix)?;
+        out.put(branch_key)?;
+        out.put(b"\r\n")?;
+        let mut routes = request.routes().peekable();
+        if let Some(Ok(top)) = routes.peek() {
+            if self.local.is_named_by(top) {
+                routes.next();
+            }
+        }
+        for route in routes.flatten() {
+            out.put(b"Route: ")?;
+            out.put(route.value)?;
+            out.put(b"\r\n")?;
+        }
+        out.put(b"Max-Forwards: 70\r\nFrom: ")?;
+        out.put(request.from().value)?;
+        out.put(b"\r\nTo: ")?;
+        out.put(to)?;
+        out.put(b"\r\nCall-ID: ")?;
+        out.put(request.call_id())?;
+        out.put(b"\r\nCSeq: ")?;
+        out.put_decimal(u64::from(request.cseq().number))?;
+        out.put(b" ")?;
+        out.put(name)?;
+        out.put(b"\r\nContent-Length: 0\r\n\r\n")?;
+        Ok(out.len())
     }
 
     /// Whether the first value of a Route header field names us.

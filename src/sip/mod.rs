@@ -17,7 +17,7 @@ mod uri;
 mod via;
 
 pub use addr::{AddrError, NameAddr};
-pub use edit::{EditError, Editor, Forward, LocalAddress, Source};
+pub use edit::{EditError, Editor, Forward, HopMethod, LocalAddress, Source};
 pub use error::{Answer, Fault, ScanError, StartKind};
 pub use header::HeaderName;
 pub use method::Method;

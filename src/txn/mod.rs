@@ -1,0 +1,449 @@
+//! Transaction state of one shard (RFC 3261 §17, as a proxy uses it in
+//! §16): server transactions facing the caller, client transactions facing
+//! the next hop, the timers that drive both, and the bounds on all three.
+//!
+//! This module holds the state and its storage; the proxy core
+//! (`crate::proxy`) moves it from state to state as datagrams, timers and
+//! ICMP errors arrive. Everything is shard-local: no locks, no clock (time
+//! comes in as milliseconds), no sockets.
+
+pub mod wheel;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::SocketAddr;
+
+use wheel::{TimerId, Wheel};
+
+/// Milliseconds since an epoch the shell picks (its start).
+pub type Millis = u64;
+
+/// The RFC 3261 timer values (§17.1.1.1, table 4) and the proxy's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerConfig {
+    /// RTT estimate: the first retransmission interval (Timers A, E, G).
+    pub t1_ms: u32,
+    /// The longest retransmission interval for non-INVITE requests and
+    /// INVITE responses.
+    pub t2_ms: u32,
+    /// How long the network may hold a message: Timers I and K.
+    pub t4_ms: u32,
+    /// Timer C: how long a proxied INVITE may stay without a final answer
+    /// after its last provisional (§16.6 step 11).
+    pub timer_c_ms: u32,
+    /// How long an INVITE waits for any response from one backend before
+    /// the next is tried, so a dead backend costs this, not Timer B.
+    pub try_ms: u32,
+    /// Timer D: how long a completed INVITE client transaction absorbs
+    /// retransmitted final responses (at least 32 s over UDP).
+    pub timer_d_ms: u32,
+}
+
+impl Default for TimerConfig {
+    fn default() -> Self {
+        TimerConfig {
+            t1_ms: 500,
+            t2_ms: 4_000,
+            t4_ms: 5_000,
+            timer_c_ms: 180_000,
+            try_ms: 2_000,
+            timer_d_ms: 32_000,
+        }
+    }
+}
+
+impl TimerConfig {
+    /// Timers B, F, H, J, L and M: 64·T1.
+    pub fn timeout_ms(&self) -> u32 {
+        self.t1_ms.saturating_mul(64)
+    }
+}
+
+/// Failover policy and the bounds of the transaction table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnConfig {
+    pub timers: TimerConfig,
+    /// Final responses after which the next backend is tried (besides a
+    /// timeout and an ICMP error).
+    pub failover_codes: Vec<u16>,
+    /// Whether a failover code still fails over after a provisional
+    /// response above 100 (the backend had started ringing).
+    pub failover_after_provisional: bool,
+    /// Server transactions per shard; past it, new requests get 503.
+    pub max_transactions: usize,
+    /// The `Retry-After` of that 503, in seconds.
+    pub retry_after_s: u32,
+}
+
+impl Default for TxnConfig {
+    fn default() -> Self {
+        TxnConfig {
+            timers: TimerConfig::default(),
+            failover_codes: vec![500, 502, 503, 504],
+            failover_after_provisional: false,
+            max_transactions: 65_536,
+            retry_after_s: 5,
+        }
+    }
+}
+
+/// Server transaction states (RFC 3261 figures 7 and 8, with RFC 6026's
+/// Accepted for an INVITE answered with 2xx).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    /// No final response yet (Proceeding for INVITE; Trying or Proceeding
+    /// for the rest: which one only changes what a retransmission gets).
+    Proceeding,
+    /// A 2xx went upstream; retransmitted INVITEs are absorbed, 2xx
+    /// retransmissions pass through (Timer L).
+    Accepted,
+    /// A non-2xx final went upstream: retransmitted with Timer G (INVITE)
+    /// until the ACK or Timer H; non-INVITE waits out Timer J.
+    Completed,
+    /// The ACK came: absorb more ACKs for Timer I.
+    Confirmed,
+}
+
+/// Client transaction states (RFC 3261 figures 5 and 6, RFC 6026).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientState {
+    /// Sent, no response yet (Calling / Trying): retransmit with A or E.
+    Calling,
+    /// A provisional came.
+    Proceeding,
+    /// A 2xx came to an INVITE: more 2xx pass through (Timer M).
+    Accepted,
+    /// A final came (INVITE non-2xx: ACKed, Timer D; others: Timer K).
+    Completed,
+}
+
+/// Whether a CANCEL is owed to a client transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelState {
+    None,
+    /// Asked for before any provisional: sent when one comes (§9.1).
+    Pending,
+    Sent,
+}
+
+/// Which timer fired, and for whom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// A or E: retransmit the request.
+    ClientRetransmit(Slot),
+    /// B or F: no final response.
+    ClientTimeout(Slot),
+    /// The per-try timer of an INVITE: no response at all yet.
+    ClientTry(Slot),
+    /// Timer C.
+    ClientC(Slot),
+    /// D, K or M: the wait after a final response is over.
+    ClientLinger(Slot),
+    /// G: retransmit the final response.
+    ServerRetransmit(Slot),
+    /// H: no ACK came.
+    ServerTimeout(Slot),
+    /// I, J or L: the wait is over.
+    ServerLinger(Slot),
+}
+
+/// A slab index with the generation it was taken at, so a timer or a
+/// link that outlives its entry finds nothing instead of a stranger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Slot {
+    pub index: u32,
+    pub generation: u32,
+}
+
+/// Which backends a server transaction may still try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The pool: bit i of `tried` set when backend i was tried.
+    Pool { tried: u64 },
+    /// One address (a Route or Request-URI): no alternatives.
+    Fixed(SocketAddr),
+}
+
+/// One server transaction: the caller's request and what was answered.
+#[derive(Debug)]
+pub struct Server {
+    pub key: u64,
+    pub invite: bool,
+    pub state: ServerState,
+    /// The request as received: local responses, new tries, CANCEL and
+    /// ACK are all written from it.
+    pub request: Vec<u8>,
+    pub source: SocketAddr,
+    /// Where every response goes (RFC 3261 §18.2.2, RFC 3581).
+    pub reply_to: SocketAddr,
+    /// The last response sent upstream, for retransmitted requests and
+    /// Timer G.
+    pub response: Vec<u8>,
+    pub target: Target,
+    /// The client transaction of the current try.
+    pub client: Option<Slot>,
+    pub tries: u32,
+    pub cancelled: bool,
+    /// The best final response of a failed try so far (§16.7 step 6),
+    /// as it would go upstream.
+    pub best: Option<(u16, Vec<u8>)>,
+    /// Timer G's current interval.
+    pub interval_ms: u32,
+    pub timers: [Option<TimerId>; 2],
+}
+
+/// One client transaction: one try of a request towards one next hop, or
+/// a CANCEL of one.
+#[derive(Debug)]
+pub struct Client {
+    pub key: u64,
+    pub server: Slot,
+    pub invite: bool,
+    /// A CANCEL we made: its answers are absorbed.
+    pub is_cancel: bool,
+    pub state: ClientState,
+    pub to: SocketAddr,
+    /// Pool index of `to`, when it came from the pool.
+    pub backend: Option<usize>,
+    /// The request as sent, for retransmission.
+    pub request: Vec<u8>,
+    /// The ACK sent for a non-2xx final, sent again for its retransmissions.
+    pub ack: Vec<u8>,
+    /// The branch key after the magic cookie (`<id>.<loop>`).
+    pub branch_key: [u8; 33],
+    pub provisional: bool,
+    pub cancel: CancelState,
+    /// Given up on by its server transaction (failover moved on): late
+    /// answers are cancelled or absorbed, 2xx still pass.
+    pub abandoned: bool,
+    pub interval_ms: u32,
+    pub timers: [Option<TimerId>; 3],
+}
+
+/// A fixed-capacity store with reusable slots; full is an answer, not a
+/// reallocation.
+#[derive(Debug)]
+pub struct Slab<T> {
+    entries: Vec<(u32, Option<T>)>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl<T> Slab<T> {
+    pub fn with_capacity(capacity: usize) -> Slab<T> {
+        let capacity = capacity.min(u32::MAX as usize);
+        Slab {
+            entries: Vec::with_capacity(capacity),
+            free: Vec::with_capacity(capacity),
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len >= self.entries.capacity()
+    }
+
+    pub fn insert(&mut self, value: T) -> Option<Slot> {
+        if self.is_full() {
+            return None;
+        }
+        self.len += 1;
+        match self.free.pop() {
+            Some(index) => {
+                let entry = &mut self.entries[index as usize];
+                entry.0 = entry.0.wrapping_add(1);
+                entry.1 = Some(value);
+                Some(Slot {
+                    index,
+                    generation: entry.0,
+                })
+            }
+            None => {
+                let index = self.entries.len() as u32;
+                self.entries.push((0, Some(value)));
+                Some(Slot {
+                    index,
+                    generation: 0,
+                })
+            }
+        }
+    }
+
+    pub fn get(&self, slot: Slot) -> Option<&T> {
+        match self.entries.get(slot.index as usize) {
+            Some((generation, Some(value))) if *generation == slot.generation => Some(value),
+            _ => None,
+        }
+    }
+
+    pub fn get_mut(&mut self, slot: Slot) -> Option<&mut T> {
+        match self.entries.get_mut(slot.index as usize) {
+            Some((generation, Some(value))) if *generation == slot.generation => Some(value),
+            _ => None,
+        }
+    }
+
+    pub fn remove(&mut self, slot: Slot) -> Option<T> {
+        let entry = self.entries.get_mut(slot.index as usize)?;
+        if entry.0 != slot.generation {
+            return None;
+        }
+        let value = entry.1.take()?;
+        self.free.push(slot.index);
+        self.len -= 1;
+        Some(value)
+    }
+
+    /// Live entries with their slots (the rare path: ICMP errors).
+    pub fn iter(&self) -> impl Iterator<Item = (Slot, &T)> {
+        self.entries.iter().enumerate().filter_map(|(i, (g, v))| {
+            v.as_ref().map(|v| {
+                (
+                    Slot {
+                        index: i as u32,
+                        generation: *g,
+                    },
+                    v,
+                )
+            })
+        })
+    }
+}
+
+/// The keys are already keyed hashes: hashing them again buys nothing.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+pub type KeyMap = HashMap<u64, Slot, BuildHasherDefault<KeyHasher>>;
+
+/// Every transaction of one shard and their timers.
+pub struct Transactions {
+    pub config: TxnConfig,
+    pub servers: Slab<Server>,
+    pub clients: Slab<Client>,
+    pub server_keys: KeyMap,
+    pub client_keys: KeyMap,
+    pub wheel: Wheel<Timer>,
+    /// Mixed into every key, so that a sender cannot aim requests at one
+    /// hash bucket.
+    pub seed: [u8; 8],
+    /// Counts client transactions made, so each branch is new.
+    pub next_id: u64,
+}
+
+impl std::fmt::Debug for Transactions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transactions")
+            .field("servers", &self.servers.len())
+            .field("clients", &self.clients.len())
+            .field("timers", &self.wheel.len())
+            .finish()
+    }
+}
+
+/// Client transactions a server transaction may need at once: tries and
+/// the CANCELs of them, bounded by this factor of the server bound.
+const CLIENTS_PER_SERVER: usize = 3;
+/// Timers one transaction may hold at once.
+const TIMERS_PER_TRANSACTION: usize = 3;
+
+impl Transactions {
+    pub fn new(config: TxnConfig, now: Millis, seed: u64) -> Transactions {
+        let servers = config.max_transactions.max(1);
+        let clients = servers.saturating_mul(CLIENTS_PER_SERVER);
+        let timers = (servers + clients).saturating_mul(TIMERS_PER_TRANSACTION);
+        Transactions {
+            config,
+            servers: Slab::with_capacity(servers),
+            clients: Slab::with_capacity(clients),
+            server_keys: KeyMap::with_capacity_and_hasher(servers, Default::default()),
+            client_keys: KeyMap::with_capacity_and_hasher(clients, Default::default()),
+            wheel: Wheel::with_capacity(now, timers),
+            seed: seed.to_le_bytes(),
+            next_id: seed.rotate_left(17),
+        }
+    }
+
+    /// Arms `timer` at `now + after_ms`; `None` only if the wheel is full,
+    /// which its sizing rules out.
+    pub fn arm(&mut self, now: Millis, after_ms: u32, timer: Timer) -> Option<TimerId> {
+        self.wheel
+            .insert(now.saturating_add(u64::from(after_ms)), timer)
+            .ok()
+    }
+
+    pub fn disarm(&mut self, ids: &mut [Option<TimerId>]) {
+        for id in ids.iter_mut() {
+            if let Some(id) = id.take() {
+                self.wheel.cancel(id);
+            }
+        }
+    }
+
+    /// Removes a server transaction, its key and its timers.
+    pub fn remove_server(&mut self, slot: Slot) -> Option<Server> {
+        let mut server = self.servers.remove(slot)?;
+        if self.server_keys.get(&server.key) == Some(&slot) {
+            self.server_keys.remove(&server.key);
+        }
+        self.disarm(&mut server.timers);
+        Some(server)
+    }
+
+    /// Removes a client transaction, its key and its timers.
+    pub fn remove_client(&mut self, slot: Slot) -> Option<Client> {
+        let mut client = self.clients.remove(slot)?;
+        if self.client_keys.get(&client.key) == Some(&slot) {
+            self.client_keys.remove(&client.key);
+        }
+        self.disarm(&mut client.timers);
+        Some(client)
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod slab_tests {
+    use super::*;
+
+    #[test]
+    fn slab_reuses_slots_with_new_generations() {
+        let mut slab = Slab::with_capacity(2);
+        let a = slab.insert("a").unwrap();
+        let b = slab.insert("b").unwrap();
+        assert!(slab.insert("c").is_none(), "capacity is the bound");
+        assert_eq!(slab.remove(a), Some("a"));
+        assert_eq!(slab.remove(a), None, "a stale slot removes nothing");
+        let c = slab.insert("c").unwrap();
+        assert_eq!(c.index, a.index);
+        assert_ne!(c.generation, a.generation);
+        assert_eq!(slab.get(a), None);
+        assert_eq!(slab.get(c), Some(&"c"));
+        assert_eq!(slab.get(b), Some(&"b"));
+        assert_eq!(slab.iter().count(), 2);
+    }
+}
