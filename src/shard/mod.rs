@@ -241,6 +241,7 @@ fn bind(config: &Config) -> io::Result<Socket> {
         socket.set_send_buffer_size(bytes)?;
     }
     socket.bind(&config.listen.into())?;
+    sys::enable_icmp_errors(socket.as_raw_fd(), config.listen.is_ipv6())?;
     Ok(socket)
 }
 
@@ -291,6 +292,8 @@ struct Wire {
     latency_ns: Histogram<u64>,
     sent: u64,
     send_failed: u64,
+    /// A `sendmmsg` reported an ICMP error: read the error queue.
+    icmp_pending: bool,
 }
 
 impl Shard {
@@ -312,6 +315,7 @@ impl Shard {
                         .expect("constant histogram bounds are valid"),
                     sent: 0,
                     send_failed: 0,
+                    icmp_pending: false,
                 },
                 to_ring: vec![false; shards],
                 counters: ShardCounters::default(),
@@ -352,6 +356,11 @@ impl Shard {
                 self.receive()?;
             }
             self.drain_inbox();
+            if std::mem::take(&mut self.recv.icmp_pending)
+                | std::mem::take(&mut self.output.wire.icmp_pending)
+            {
+                self.output.icmp_errors();
+            }
             self.output.timers();
             self.output.flush();
             self.report_if_asked();
@@ -370,6 +379,7 @@ impl Shard {
         let mut ready = Vec::with_capacity(sys::BATCH);
         while !self.shared.stop.load(Ordering::Relaxed) {
             let flushed = uring.wait(self.output.wait_for(IDLE_WAIT), &mut ready)?;
+            let icmp = flushed.icmp_pending;
             self.output.ring_sent(flushed);
             let received_at = Instant::now();
             for &r in &ready {
@@ -388,6 +398,9 @@ impl Shard {
             uring.recycle(&ready);
             self.output.ring_owners(&self.shared);
             self.drain_inbox();
+            if icmp | std::mem::take(&mut self.output.wire.icmp_pending) {
+                self.output.icmp_errors();
+            }
             self.output.timers();
             if !self.output.wire.send.is_empty() {
                 uring.queue_sends(&self.output.wire.send)?;
@@ -536,6 +549,19 @@ impl Output {
         self.epoch.elapsed().as_millis() as Millis
     }
 
+    /// Reads the ICMP errors the socket queued and fails over every try
+    /// still waiting on a destination they name.
+    fn icmp_errors(&mut self) {
+        let mut unreachable = Vec::new();
+        sys::read_icmp_errors(self.wire.socket.as_raw_fd(), &mut unreachable);
+        let now = self.now();
+        for to in unreachable {
+            tracing::debug!(%to, "ICMP: unreachable");
+            self.wire.received_at = Instant::now();
+            self.proxy.on_unreachable(now, to, &mut self.wire);
+        }
+    }
+
     /// Runs the proxy core's due timers (retransmissions, timeouts).
     fn timers(&mut self) {
         let now = self.now();
@@ -592,6 +618,7 @@ impl Wire {
             return;
         }
         let flushed = self.send.flush(self.socket.as_raw_fd());
+        self.icmp_pending |= flushed.icmp_pending;
         self.sent += flushed.sent;
         self.send_failed += flushed.failed;
         self.record_latency();

@@ -24,6 +24,8 @@ pub(crate) struct RecvBatch {
     iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
     received: usize,
+    /// A receive reported an ICMP error: the error queue has its details.
+    pub(crate) icmp_pending: bool,
 }
 
 impl RecvBatch {
@@ -36,6 +38,7 @@ impl RecvBatch {
             iovecs: vec![unsafe { zeroed() }; BATCH],
             headers: vec![unsafe { zeroed() }; BATCH],
             received: 0,
+            icmp_pending: false,
         }
     }
 
@@ -71,6 +74,12 @@ impl RecvBatch {
         if n < 0 {
             let error = io::Error::last_os_error();
             self.received = 0;
+            if error.raw_os_error().is_some_and(is_icmp_error) {
+                // IP_RECVERR hands an ICMP error to the next call; the
+                // datagrams behind it are still queued.
+                self.icmp_pending = true;
+                return Ok(0);
+            }
             return match error.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
                 _ => Err(error),
@@ -115,6 +124,101 @@ pub(crate) struct Flushed {
     pub(crate) sent: u64,
     /// Datagrams the kernel refused (send buffer full, unreachable).
     pub(crate) failed: u64,
+    /// A send reported an ICMP error: the error queue has its details.
+    pub(crate) icmp_pending: bool,
+}
+
+/// The errors IP_RECVERR reports for an ICMP message about a datagram we
+/// sent (port or host unreachable).
+pub(crate) fn is_icmp_error(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN
+    )
+}
+
+/// Asks the kernel to queue ICMP errors about our datagrams on the socket
+/// (ip(7) IP_RECVERR), so that a dead backend is known at once.
+pub(crate) fn enable_icmp_errors(fd: RawFd, ipv6: bool) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    let (level, name) = match ipv6 {
+        false => (libc::SOL_IP, libc::IP_RECVERR),
+        true => (libc::SOL_IPV6, libc::IPV6_RECVERR),
+    };
+    // SAFETY: passes a pointer to a live c_int and its size.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match result {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// ICMP errors read from the socket's error queue per call, at most.
+const ICMP_ERRORS_MAX: usize = 64;
+
+/// Reads the socket's error queue: the destinations that ICMP said were
+/// unreachable (port, host or network), in order.
+pub(crate) fn read_icmp_errors(fd: RawFd, unreachable: &mut Vec<SocketAddr>) {
+    for _ in 0..ICMP_ERRORS_MAX {
+        // SAFETY: plain C structs; zero is valid.
+        let mut name: libc::sockaddr_storage = unsafe { zeroed() };
+        let mut control = [0u64; 64];
+        let mut payload = [0u8; 8];
+        let mut iovec = libc::iovec {
+            iov_base: payload.as_mut_ptr().cast(),
+            iov_len: payload.len(),
+        };
+        // SAFETY: plain C struct; zero is valid.
+        let mut header: libc::msghdr = unsafe { zeroed() };
+        header.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+        header.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        header.msg_iov = &mut iovec;
+        header.msg_iovlen = 1;
+        header.msg_control = control.as_mut_ptr().cast();
+        header.msg_controllen = size_of::<[u64; 64]>();
+        // SAFETY: every pointer in `header` is to a live local of the size
+        // given; the kernel writes within those sizes.
+        let n = unsafe { libc::recvmsg(fd, &mut header, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return;
+        }
+        let mut refused = false;
+        // SAFETY: the CMSG macros walk the control buffer the kernel
+        // filled, bounded by msg_controllen.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&header);
+            while !cmsg.is_null() {
+                let level = (*cmsg).cmsg_level;
+                let kind = (*cmsg).cmsg_type;
+                if (level == libc::SOL_IP && kind == libc::IP_RECVERR)
+                    || (level == libc::SOL_IPV6 && kind == libc::IPV6_RECVERR)
+                {
+                    let error: libc::sock_extended_err =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    let icmp = error.ee_origin == libc::SO_EE_ORIGIN_ICMP
+                        || error.ee_origin == libc::SO_EE_ORIGIN_ICMP6;
+                    refused |= icmp && is_icmp_error(error.ee_errno as i32);
+                }
+                cmsg = libc::CMSG_NXTHDR(&header, cmsg);
+            }
+        }
+        if !refused {
+            continue;
+        }
+        // SAFETY: the kernel wrote a socket address of msg_namelen bytes.
+        let address = unsafe { SockAddr::new(name, header.msg_namelen) };
+        if let Some(address) = address.as_socket() {
+            unreachable.push(address);
+        }
+    }
 }
 
 impl SendBatch {
@@ -194,6 +298,7 @@ impl SendBatch {
             messages[i].msg_hdr = headers[i];
         }
         let mut offset = 0;
+        let mut retried = usize::MAX;
         while offset < count {
             // SAFETY: messages[offset..count] point at `addresses`, `iovecs`
             // and the arena, all alive and unchanged until we return.
@@ -208,6 +313,14 @@ impl SendBatch {
             if n <= 0 {
                 let error = io::Error::last_os_error();
                 if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // An earlier datagram's ICMP error surfaced on this send
+                // and was consumed by it: this datagram was not the cause,
+                // so it goes again, once.
+                if error.raw_os_error().is_some_and(is_icmp_error) && retried != offset {
+                    flushed.icmp_pending = true;
+                    retried = offset;
                     continue;
                 }
                 // Skip the datagram that failed and go on with the rest.

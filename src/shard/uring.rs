@@ -20,7 +20,7 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::SockAddr;
 
-use super::sys::{Flushed, SendBatch, BATCH, DATAGRAM_BYTES_MAX};
+use super::sys::{is_icmp_error, Flushed, SendBatch, BATCH, DATAGRAM_BYTES_MAX};
 
 /// Provided buffers in the ring: each holds the recvmsg header, a source
 /// address and the largest datagram. Buffers go back to the ring as soon
@@ -31,7 +31,9 @@ const BUFFER_GROUP: u16 = 0;
 
 const USER_RECV: u64 = 1;
 const USER_DOORBELL: u64 = 2;
-const USER_SEND: u64 = 3;
+/// Sends carry `USER_SEND + index in the batch`, so a send that must go
+/// again can be found.
+const USER_SEND: u64 = 1 << 32;
 
 /// The ring of provided buffers: a page-aligned array of entries the kernel
 /// reads, and the buffers themselves.
@@ -127,6 +129,10 @@ pub(crate) struct Uring {
     /// Completions of sends not yet reaped.
     sends_in_flight: usize,
     send_result: Flushed,
+    /// Sends to submit again (an ICMP error of another surfaced on them).
+    resend: Vec<usize>,
+    /// Which sends of this batch went again already.
+    resent: [bool; BATCH],
 }
 
 impl Uring {
@@ -164,6 +170,8 @@ impl Uring {
             recv_armed: false,
             sends_in_flight: 0,
             send_result: Flushed::default(),
+            resend: Vec::with_capacity(BATCH),
+            resent: [false; BATCH],
         };
         uring.arm_recv()?;
         uring.arm_doorbell()?;
@@ -224,10 +232,22 @@ impl Uring {
             Err(e) => return Err(e),
         }
         self.reap(ready)?;
-        while self.sends_in_flight > 0 {
+        loop {
+            for index in std::mem::take(&mut self.resend) {
+                let header: *const libc::msghdr = &self.sends.headers[index];
+                let entry = opcode::SendMsg::new(types::Fd(self.socket), header)
+                    .build()
+                    .user_data(USER_SEND + index as u64);
+                self.push(&entry)?;
+                self.sends_in_flight += 1;
+            }
+            if self.sends_in_flight == 0 {
+                break;
+            }
             self.ring.submit_and_wait(1)?;
             self.reap(ready)?;
         }
+        self.resent = [false; BATCH];
         Ok(std::mem::take(&mut self.send_result))
     }
 
@@ -256,6 +276,9 @@ impl Uring {
                             len: len as usize,
                         }),
                         (_, Some(bid)) => self.buffers.give_back(bid),
+                        (error, None) if is_icmp_error(-error) => {
+                            self.send_result.icmp_pending = true;
+                        }
                         (error, None) if error < 0 && error != -libc::ENOBUFS => {
                             tracing::debug!(error, "multishot receive ended");
                         }
@@ -263,12 +286,19 @@ impl Uring {
                     }
                 }
                 USER_DOORBELL => rearm_doorbell = true,
-                _ => {
+                user_data => {
                     self.sends_in_flight = self.sends_in_flight.saturating_sub(1);
-                    if result < 0 {
-                        self.send_result.failed += 1;
-                    } else {
+                    let index = user_data.wrapping_sub(USER_SEND) as usize;
+                    if result >= 0 {
                         self.send_result.sent += 1;
+                    } else if is_icmp_error(-result) && index < BATCH && !self.resent[index] {
+                        // An earlier datagram's ICMP error surfaced here:
+                        // this one goes again, once.
+                        self.send_result.icmp_pending = true;
+                        self.resent[index] = true;
+                        self.resend.push(index);
+                    } else {
+                        self.send_result.failed += 1;
                     }
                 }
             }
@@ -329,7 +359,7 @@ impl Uring {
             let header: *const libc::msghdr = &self.sends.headers[i];
             let entry = opcode::SendMsg::new(types::Fd(self.socket), header)
                 .build()
-                .user_data(USER_SEND);
+                .user_data(USER_SEND + i as u64);
             self.push(&entry)?;
         }
         self.sends_in_flight += count;
