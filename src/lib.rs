@@ -20,3 +20,4 @@ pub mod config;
 pub mod proxy;
 pub mod shard;
 pub mod sip;
+pub mod txn;
