@@ -67,13 +67,20 @@ pub enum Io {
     Epoll,
 }
 
-/// A datagram on its way to the shard that owns its call.
-struct Handoff {
-    source: SocketAddr,
-    datagram: Vec<u8>,
-    /// When the receiving shard got it, so the owner's latency includes
-    /// the time in the queue.
-    received_at: Instant,
+/// What one shard hands another.
+enum Handoff {
+    /// A datagram on its way to the shard that owns its call.
+    Datagram {
+        source: SocketAddr,
+        datagram: Vec<u8>,
+        /// When the receiving shard got it, so the owner's latency
+        /// includes the time in the queue.
+        received_at: Instant,
+    },
+    /// ICMP said this destination is unreachable. The kernel gives the
+    /// error to one socket of the `SO_REUSEPORT` group, not always the
+    /// sender's, so the shard that reads it tells the others.
+    Unreachable(SocketAddr),
 }
 
 /// What every shard shares: the inboxes and doorbells of all shards, and
@@ -359,7 +366,7 @@ impl Shard {
             if std::mem::take(&mut self.recv.icmp_pending)
                 | std::mem::take(&mut self.output.wire.icmp_pending)
             {
-                self.output.icmp_errors();
+                self.output.icmp_errors(self.index, &self.shared);
             }
             self.output.timers();
             self.output.flush();
@@ -399,7 +406,7 @@ impl Shard {
             self.output.ring_owners(&self.shared);
             self.drain_inbox();
             if icmp | std::mem::take(&mut self.output.wire.icmp_pending) {
-                self.output.icmp_errors();
+                self.output.icmp_errors(self.index, &self.shared);
             }
             self.output.timers();
             if !self.output.wire.send.is_empty() {
@@ -449,8 +456,14 @@ impl Shard {
 
     fn drain_inbox(&mut self) {
         while let Some(handoff) = self.shared.inboxes[self.index].pop() {
-            self.output
-                .handle(handoff.source, &handoff.datagram, handoff.received_at);
+            match handoff {
+                Handoff::Datagram {
+                    source,
+                    datagram,
+                    received_at,
+                } => self.output.handle(source, &datagram, received_at),
+                Handoff::Unreachable(to) => self.output.unreachable(to),
+            }
         }
     }
 
@@ -477,6 +490,25 @@ impl Shard {
             dropped_no_backend = p.dropped_no_backend,
             loops_detected = p.loops_detected,
             "shard counters"
+        );
+        let (servers, clients) = self.output.proxy.transactions();
+        tracing::info!(
+            shard = self.index,
+            server_transactions = servers,
+            client_transactions = clients,
+            transactions_started = p.transactions_started,
+            requests_sent = p.requests_sent,
+            retransmissions_absorbed = p.retransmissions_absorbed,
+            retransmissions_sent = p.retransmissions_sent,
+            cancels = p.cancels,
+            failovers = p.failovers,
+            timeouts = p.timeouts,
+            try_timeouts = p.try_timeouts,
+            timer_c_fired = p.timer_c_fired,
+            ack_timeouts = p.ack_timeouts,
+            unreachable = p.unreachable,
+            overload_rejected = p.overload_rejected,
+            "shard transactions"
         );
         let h = &self.output.wire.latency_ns;
         if !h.is_empty() {
@@ -511,7 +543,7 @@ impl Output {
             self.handle(source, datagram, received_at);
             return;
         }
-        let handoff = Handoff {
+        let handoff = Handoff::Datagram {
             source,
             datagram: datagram.to_vec(),
             received_at,
@@ -549,17 +581,28 @@ impl Output {
         self.epoch.elapsed().as_millis() as Millis
     }
 
-    /// Reads the ICMP errors the socket queued and fails over every try
-    /// still waiting on a destination they name.
-    fn icmp_errors(&mut self) {
+    /// Reads the ICMP errors the socket queued; every shard (this one
+    /// and, through their inboxes, the others) fails over each try still
+    /// waiting on a destination they name.
+    fn icmp_errors(&mut self, index: usize, shared: &Shared) {
         let mut unreachable = Vec::new();
         sys::read_icmp_errors(self.wire.socket.as_raw_fd(), &mut unreachable);
-        let now = self.now();
         for to in unreachable {
-            tracing::debug!(%to, "ICMP: unreachable");
-            self.wire.received_at = Instant::now();
-            self.proxy.on_unreachable(now, to, &mut self.wire);
+            tracing::debug!(%to, "ICMP: destination unreachable");
+            self.unreachable(to);
+            for (other, inbox) in shared.inboxes.iter().enumerate() {
+                if other != index && inbox.push(Handoff::Unreachable(to)).is_ok() {
+                    self.to_ring[other] = true;
+                }
+            }
         }
+        self.ring_owners(shared);
+    }
+
+    fn unreachable(&mut self, to: SocketAddr) {
+        let now = self.now();
+        self.wire.received_at = Instant::now();
+        self.proxy.on_unreachable(now, to, &mut self.wire);
     }
 
     /// Runs the proxy core's due timers (retransmissions, timeouts).
