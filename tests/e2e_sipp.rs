@@ -1,8 +1,11 @@
 //! End to end: the real `sipshard` binary between real SIPp processes on
 //! 127.0.0.1. Two SIPp backends answer behind the gateway; one SIPp caller
 //! (one 4-tuple, so the gateway's shards must share its calls by Call-ID)
-//! drives 2,000 calls at 200 per second. Every call must succeed, on both
-//! I/O paths (io_uring and epoll) and with 1 and 2 shards.
+//! drives 2,000 calls at 200 per second. Every call must succeed: on both
+//! I/O paths (io_uring and epoll) and with 1 and 2 shards; with 10% of
+//! the packets lost at the caller and at both backends; with a CANCEL
+//! after the 180; with one backend answering 503 to everything; with one
+//! backend address where nothing listens (each call set up within 3 s).
 //!
 //! Needs `sipp` (Debian `sip-tester`), which `.ci/run` installs. The runs
 //! share ports, so they take a lock and go one at a time.
@@ -36,7 +39,15 @@ fn sipp() -> Command {
     command
 }
 
-fn start_backend(address: &str, scenario_file: &str, dir: &Path) -> Running {
+/// SIPp's `-lost`: the percentage of packets it drops, sent and received.
+fn lost_args(lost: u32) -> Vec<String> {
+    match lost {
+        0 => Vec::new(),
+        n => vec!["-lost".to_string(), n.to_string()],
+    }
+}
+
+fn start_backend(address: &str, scenario_file: &str, lost: u32, dir: &Path) -> Running {
     let (ip, port) = address.split_once(':').unwrap();
     let child = sipp()
         .args([
@@ -48,6 +59,7 @@ fn start_backend(address: &str, scenario_file: &str, dir: &Path) -> Running {
             port,
             "-nostdin",
         ])
+        .args(lost_args(lost))
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -84,9 +96,12 @@ struct Outcome {
     successful: u32,
     failed: u32,
     exit_ok: bool,
+    /// SIPp's per-message table (sent, retransmitted, timed out,
+    /// unexpected, lost), to tell what failed.
+    table: String,
 }
 
-fn run_caller(scenario_file: &str, dir: &Path) -> Outcome {
+fn run_caller(scenario_file: &str, lost: u32, dir: &Path) -> Outcome {
     let (ip, _) = GATEWAY.split_once(':').unwrap();
     let output = sipp()
         .args([
@@ -108,6 +123,7 @@ fn run_caller(scenario_file: &str, dir: &Path) -> Outcome {
             "-timeout_error",
             "-nostdin",
         ])
+        .args(lost_args(lost))
         .current_dir(dir)
         .output()
         .expect("sipp runs");
@@ -120,35 +136,71 @@ fn run_caller(scenario_file: &str, dir: &Path) -> Outcome {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no '{label}' in SIPp's output:\n{screen}"))
     };
+    let table = screen
+        .lines()
+        .skip_while(|l| !l.contains("Messages  Retrans"))
+        .take_while(|l| !l.contains("Test Terminated"))
+        .collect::<Vec<_>>()
+        .join("\n");
     Outcome {
         successful: count("Successful call"),
         failed: count("Failed call"),
         exit_ok: output.status.success(),
+        table,
     }
 }
 
-fn calls_through_gateway(io: &str, shards: usize, caller: &str, backend: &str) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempdir(&format!("{caller}-{io}-{shards}"));
-    let _backends: Vec<Running> = BACKENDS
-        .iter()
-        .map(|b| start_backend(b, backend, &dir))
-        .collect();
-    let _gateway = start_gateway(shards, io);
-    // Give the processes time to bind before the first INVITE.
-    std::thread::sleep(Duration::from_millis(500));
-    let started = Instant::now();
-    let outcome = run_caller(caller, &dir);
-    assert_eq!(outcome.failed, 0, "{outcome:?}");
-    assert_eq!(outcome.successful, CALLS, "{outcome:?}");
-    assert!(outcome.exit_ok, "{outcome:?}");
-    // At 200 calls per second, 2,000 calls take about ten seconds; far
-    // longer would mean retransmissions were carrying the run.
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "took {:?}",
-        started.elapsed()
-    );
+/// One end-to-end run: the gateway, a backend scenario per backend address
+/// (`None`: nothing listens there), and the caller.
+struct Run<'a> {
+    io: &'a str,
+    shards: usize,
+    caller: &'a str,
+    backends: [Option<&'a str>; 2],
+    /// SIPp `-lost` percentage, at the caller and at every backend.
+    lost: u32,
+}
+
+impl Run<'_> {
+    fn plain<'a>(io: &'a str, shards: usize, caller: &'a str, backend: &'a str) -> Run<'a> {
+        Run {
+            io,
+            shards,
+            caller,
+            backends: [Some(backend), Some(backend)],
+            lost: 0,
+        }
+    }
+
+    fn calls_all_succeed(&self) {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempdir(&format!(
+            "{}-{}-{}-{}",
+            self.caller, self.io, self.shards, self.lost
+        ));
+        let _backends: Vec<Running> = BACKENDS
+            .iter()
+            .zip(self.backends)
+            .filter_map(|(address, backend)| {
+                backend.map(|b| start_backend(address, b, self.lost, &dir))
+            })
+            .collect();
+        let _gateway = start_gateway(self.shards, self.io);
+        // Give the processes time to bind before the first INVITE.
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        let outcome = run_caller(self.caller, self.lost, &dir);
+        assert_eq!(outcome.failed, 0, "{outcome:?}\n{}", outcome.table);
+        assert_eq!(outcome.successful, CALLS, "{outcome:?}\n{}", outcome.table);
+        assert!(outcome.exit_ok, "{outcome:?}\n{}", outcome.table);
+        // At 200 calls per second, 2,000 calls take about ten seconds; far
+        // longer would mean retransmissions were carrying the run.
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
 }
 
 fn tempdir(name: &str) -> PathBuf {
@@ -161,24 +213,59 @@ fn tempdir(name: &str) -> PathBuf {
 
 #[test]
 fn invite_ack_bye_io_uring() {
-    calls_through_gateway("uring", 1, "uac.xml", "uas.xml");
-    calls_through_gateway("uring", 2, "uac.xml", "uas.xml");
+    Run::plain("uring", 1, "uac.xml", "uas.xml").calls_all_succeed();
+    Run::plain("uring", 2, "uac.xml", "uas.xml").calls_all_succeed();
 }
 
 #[test]
 fn invite_ack_bye_epoll() {
-    calls_through_gateway("epoll", 1, "uac.xml", "uas.xml");
-    calls_through_gateway("epoll", 2, "uac.xml", "uas.xml");
+    Run::plain("epoll", 1, "uac.xml", "uas.xml").calls_all_succeed();
+    Run::plain("epoll", 2, "uac.xml", "uas.xml").calls_all_succeed();
 }
 
 #[test]
 fn register_io_uring() {
-    calls_through_gateway("uring", 1, "register_uac.xml", "register_uas.xml");
-    calls_through_gateway("uring", 2, "register_uac.xml", "register_uas.xml");
+    Run::plain("uring", 1, "register_uac.xml", "register_uas.xml").calls_all_succeed();
+    Run::plain("uring", 2, "register_uac.xml", "register_uas.xml").calls_all_succeed();
 }
 
 #[test]
 fn register_epoll() {
-    calls_through_gateway("epoll", 1, "register_uac.xml", "register_uas.xml");
-    calls_through_gateway("epoll", 2, "register_uac.xml", "register_uas.xml");
+    Run::plain("epoll", 1, "register_uac.xml", "register_uas.xml").calls_all_succeed();
+    Run::plain("epoll", 2, "register_uac.xml", "register_uas.xml").calls_all_succeed();
+}
+
+// Transactions: retransmission, CANCEL and failover.
+
+#[test]
+fn ten_percent_loss_at_the_caller_and_both_backends() {
+    Run {
+        lost: 10,
+        ..Run::plain("auto", 2, "uac.xml", "uas.xml")
+    }
+    .calls_all_succeed();
+}
+
+#[test]
+fn cancel_after_180() {
+    Run::plain("auto", 2, "uac_cancel.xml", "uas_cancel.xml").calls_all_succeed();
+}
+
+#[test]
+fn one_backend_answers_503_to_everything() {
+    Run {
+        backends: [Some("uas.xml"), Some("uas_503.xml")],
+        ..Run::plain("auto", 2, "uac.xml", "uas.xml")
+    }
+    .calls_all_succeed();
+}
+
+#[test]
+fn one_backend_address_where_nothing_listens() {
+    // uac_setup_3s.xml fails any call not set up within about 3 s.
+    Run {
+        backends: [Some("uas.xml"), None],
+        ..Run::plain("auto", 2, "uac_setup_3s.xml", "uas.xml")
+    }
+    .calls_all_succeed();
 }

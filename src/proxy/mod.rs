@@ -592,7 +592,10 @@ impl Core {
         let Some(server) = self.txns.servers.get_mut(slot) else {
             return false;
         };
-        if server.cancelled || self.txns.clients.is_full() {
+        if server.cancelled
+            || server.state != ServerState::Proceeding
+            || self.txns.clients.is_full()
+        {
             return false;
         }
         let (to, backend) = match &mut server.target {
@@ -771,6 +774,15 @@ impl Core {
                     client.timers[0] = id;
                 }
                 let outcome = self.forward_upstream(slot, message, tx);
+                // §16.7 step 10: the call is answered; a try still pending
+                // elsewhere (a 2xx on a try given up on) is cancelled.
+                let pending = self.txns.servers.get(server).and_then(|s| s.client);
+                if let Some(other) = pending.filter(|&c| c != slot) {
+                    if let Some(server) = self.txns.servers.get_mut(server) {
+                        server.cancelled = true;
+                    }
+                    self.cancel_client(now, other, tx);
+                }
                 self.server_final(now, server, code, invite, tx);
                 outcome
             }
@@ -821,10 +833,17 @@ impl Core {
         }
         let cancel_owed = client.cancel == CancelState::Pending || client.abandoned;
         let abandoned = client.abandoned;
+        let server = client.server;
         if cancel_owed && client.cancel != CancelState::Sent {
             self.cancel_client(now, slot, tx);
         }
-        if abandoned || code == 100 {
+        // §16.7 step 5: provisionals go upstream only until a final has.
+        let answered = self
+            .txns
+            .servers
+            .get(server)
+            .is_none_or(|s| s.state != ServerState::Proceeding);
+        if abandoned || answered || code == 100 {
             // §16.7 step 3: a 100 is not forwarded; a try given up on
             // speaks no more to the caller.
             return Outcome::Absorbed;

@@ -270,14 +270,8 @@ impl Editor {
         let mut edits = Edits::new();
         let first_via = &message.slots[usize::from(message.top_via_slot)];
 
-        edits.push(
-            first_via.line.start as usize,
-            first_via.line.start as usize,
-            Insert::OurVia {
-                prefix: &self.local.via_prefix,
-                branch_key: forward.branch_key,
-            },
-        );
+        // Record-Route first: when it goes where the Vias start, it must
+        // come before our Via, so that the Via rows stay together.
         if forward.record_route {
             let at = message
                 .slots
@@ -286,6 +280,14 @@ impl Editor {
                 .map_or(first_via.line.start, |s| s.line.start) as usize;
             edits.push(at, at, Insert::Bytes(&self.local.record_route));
         }
+        edits.push(
+            first_via.line.start as usize,
+            first_via.line.start as usize,
+            Insert::OurVia {
+                prefix: &self.local.via_prefix,
+                branch_key: forward.branch_key,
+            },
+        );
         received_edits(&mut edits, datagram, message.top_via(), forward.source);
         match message.max_forwards_slot {
             Some(slot) => {

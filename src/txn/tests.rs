@@ -614,3 +614,32 @@ fn timers_leave_nothing_behind() {
     assert_eq!(lab.proxy.transactions(), (0, 0));
     assert_eq!(lab.proxy.next_deadline(), None, "no timer left");
 }
+
+#[test]
+fn a_2xx_from_a_try_given_up_on_wins_and_cancels_the_current_try() {
+    let mut lab = Lab::new(Algorithm::RoundRobin);
+    let first = start_invite(&mut lab, "f8");
+    let second = sends_until(&mut lab, 2_000)
+        .into_iter()
+        .map(|(_, s)| s)
+        .find(|s| s.to != first.to)
+        .unwrap();
+    // The first backend's 200 was only late: it is forwarded (§16.7).
+    assert_eq!(
+        lab.recv(&first.to(), &first.answer(200, Some("a"))),
+        Outcome::Forwarded
+    );
+    let ok = lab.one();
+    assert_eq!((ok.code(), ok.to().as_str()), (200, CALLER));
+    // The second rings after the call was answered: not forwarded, and
+    // cancelled now that it has a provisional.
+    lab.recv(&second.to(), &second.answer(180, Some("b")));
+    let sent = lab.one();
+    assert_eq!((sent.method(), sent.to), ("CANCEL", second.to));
+    lab.recv(&second.to(), &second.answer(487, Some("b")));
+    let sent = lab.take();
+    assert!(
+        sent.iter().all(|s| s.to != CALLER.parse().unwrap()),
+        "{sent:#?}"
+    );
+}
