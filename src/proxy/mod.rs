@@ -842,7 +842,7 @@ impl Core {
             .txns
             .servers
             .get(server)
-            .is_none_or(|s| s.state != ServerState::Proceeding);
+            .map_or(true, |s| s.state != ServerState::Proceeding);
         if abandoned || answered || code == 100 {
             // §16.7 step 3: a 100 is not forwarded; a try given up on
             // speaks no more to the caller.
