@@ -477,6 +477,7 @@ impl Core {
         match server.state {
             ServerState::Completed => {
                 server.state = ServerState::Confirmed;
+                server.response = Vec::new();
                 let mut timers = std::mem::take(&mut server.timers);
                 self.txns.disarm(&mut timers);
                 let id = self.txns.arm(now, t4, Timer::ServerLinger(slot));
@@ -531,30 +532,29 @@ impl Core {
         client.cancel = CancelState::Sent;
         let (server, to, branch_key, key) =
             (client.server, client.to, client.branch_key, client.key);
-        let Some(server) = self.txns.servers.get_mut(server) else {
-            return;
-        };
-        let request = std::mem::take(&mut server.request);
+        // Written from the request as this try sent it: same Request-URI,
+        // Route set, From, To, Call-ID and CSeq number (§9.1).
+        let request = std::mem::take(&mut client.request);
         let written = match self.rescanner.scan(&request) {
-            Ok(original) => self
+            Ok(sent) => self
                 .editor
                 .write_hop_request(
-                    &original,
+                    &sent,
                     HopMethod::Cancel,
-                    original.to().value,
+                    sent.to().value,
                     &branch_key,
                     tx.buffer(),
                 )
                 .ok(),
             Err(_) => None,
         };
-        if let Some(server) = self.txns.servers.get_mut(client_server(&self.txns, slot)) {
-            server.request = request;
+        if let Some(client) = self.txns.clients.get_mut(slot) {
+            client.request = request;
         }
         let Some(len) = written else { return };
         let cancel = Client {
             key: key ^ CANCEL_KEY,
-            server: client_server(&self.txns, slot),
+            server,
             invite: false,
             is_cancel: true,
             state: ClientState::Calling,
@@ -767,6 +767,7 @@ impl Core {
                     false => (ClientState::Completed, timers.t4_ms),
                 };
                 client.state = state;
+                client.request = Vec::new();
                 let server = client.server;
                 self.txns.disarm(&mut ids);
                 let id = self.txns.arm(now, linger, Timer::ClientLinger(slot));
@@ -867,8 +868,7 @@ impl Core {
         };
         client.state = ClientState::Completed;
         let mut ids = std::mem::take(&mut client.timers);
-        let (invite, server_slot, to, branch_key) =
-            (client.invite, client.server, client.to, client.branch_key);
+        let (invite, server_slot, to) = (client.invite, client.server, client.to);
         self.txns.disarm(&mut ids);
         let linger = if invite {
             timers.timer_d_ms
@@ -878,7 +878,7 @@ impl Core {
         let id = self.txns.arm(now, linger, Timer::ClientLinger(slot));
         if invite {
             // §17.1.1.3: the ACK for a non-2xx final is ours to send.
-            let ack = self.write_ack(server_slot, message, &branch_key, tx);
+            let ack = self.write_ack(slot, message, tx);
             if let Some(len) = ack {
                 let bytes = tx.buffer()[..len].to_vec();
                 tx.send(to, len);
@@ -892,6 +892,8 @@ impl Core {
             return Outcome::Absorbed;
         };
         client.timers[0] = id;
+        // Completed: nothing will be sent again but the ACK.
+        client.request = Vec::new();
         if client.abandoned {
             return Outcome::Absorbed;
         }
@@ -916,22 +918,22 @@ impl Core {
         Outcome::Forwarded
     }
 
-    /// Writes the ACK for `response` into the transmit buffer.
+    /// Writes the ACK for `response` to client transaction `slot`'s
+    /// request into the transmit buffer.
     fn write_ack(
         &mut self,
-        server_slot: Slot,
+        slot: Slot,
         response: &Message<'_>,
-        branch_key: &[u8],
         tx: &mut impl Transmit,
     ) -> Option<usize> {
-        let server = self.txns.servers.get(server_slot)?;
-        let original = self.rescanner.scan(&server.request).ok()?;
+        let client = self.txns.clients.get(slot)?;
+        let sent = self.rescanner.scan(&client.request).ok()?;
         self.editor
             .write_hop_request(
-                &original,
+                &sent,
                 HopMethod::Ack,
                 response.to().value,
-                branch_key,
+                &client.branch_key,
                 tx.buffer(),
             )
             .ok()
@@ -1042,6 +1044,11 @@ impl Core {
         };
         server.state = state;
         server.interval_ms = timers.t1_ms;
+        // Only Completed still sends anything: its final response.
+        server.request = Vec::new();
+        if state == ServerState::Accepted {
+            server.response = Vec::new();
+        }
         self.txns.disarm(&mut ids);
         let first = first.and_then(|(after, t)| self.txns.arm(now, after, t));
         let second = second.and_then(|(after, t)| self.txns.arm(now, after, t));
@@ -1216,17 +1223,6 @@ fn emit(tx: &mut impl Transmit, to: SocketAddr, bytes: &[u8], counters: &mut Cou
         }
         None => counters.dropped_buffer_full += 1,
     }
-}
-
-/// The server transaction a client transaction belongs to.
-fn client_server(txns: &Transactions, slot: Slot) -> Slot {
-    txns.clients.get(slot).map_or(
-        Slot {
-            index: u32::MAX,
-            generation: 0,
-        },
-        |c| c.server,
-    )
 }
 
 /// Whether a final response `code` is better for the caller than `than`

@@ -488,9 +488,10 @@ Content-Length: 0\r\n\
     #[test]
     fn request_forward() {
         let got = forward(INVITE, "192.0.2.7:6000", true);
+        // Record-Route goes before the Vias, which stay together.
         let want = "INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
-Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKabc\r\n\
 Record-Route: <sip:10.0.0.1:5060;lr>\r\n\
+Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKabc\r\n\
 Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds;rport=6000;received=192.0.2.7\r\n\
 Max-Forwards: 69\r\n\
 Route: <sip:core.example.com;lr>\r\n\

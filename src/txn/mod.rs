@@ -170,14 +170,14 @@ pub struct Server {
     pub key: u64,
     pub invite: bool,
     pub state: ServerState,
-    /// The request as received: local responses, new tries, CANCEL and
-    /// ACK are all written from it.
+    /// The request as received, for local responses and new tries; let go
+    /// once a final response has gone upstream.
     pub request: Vec<u8>,
     pub source: SocketAddr,
     /// Where every response goes (RFC 3261 §18.2.2, RFC 3581).
     pub reply_to: SocketAddr,
     /// The last response sent upstream, for retransmitted requests and
-    /// Timer G.
+    /// Timer G; let go in Accepted and Confirmed, which send nothing.
     pub response: Vec<u8>,
     pub target: Target,
     /// The client transaction of the current try.
@@ -205,7 +205,8 @@ pub struct Client {
     pub to: SocketAddr,
     /// Pool index of `to`, when it came from the pool.
     pub backend: Option<usize>,
-    /// The request as sent, for retransmission.
+    /// The request as sent: retransmissions, and the CANCEL and ACK
+    /// written from it. Let go once a final response has come.
     pub request: Vec<u8>,
     /// The ACK sent for a non-2xx final, sent again for its retransmissions.
     pub ack: Vec<u8>,
