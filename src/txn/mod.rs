@@ -364,17 +364,21 @@ impl std::fmt::Debug for Transactions {
     }
 }
 
-/// Client transactions a server transaction may need at once: tries and
-/// the CANCELs of them, bounded by this factor of the server bound.
-const CLIENTS_PER_SERVER: usize = 3;
-/// Timers one transaction may hold at once.
-const TIMERS_PER_TRANSACTION: usize = 3;
+/// Client transactions per server transaction, on average over a full
+/// table: a try, now and then a CANCEL or a failover's second try.
+const CLIENTS_PER_SERVER: usize = 2;
+/// Timers a server transaction holds at most (G and H).
+const TIMERS_PER_SERVER: usize = 2;
+/// Timers a client transaction holds at most (A, B and the per-try timer).
+const TIMERS_PER_CLIENT: usize = 3;
 
 impl Transactions {
     pub fn new(config: TxnConfig, now: Millis, seed: u64) -> Transactions {
         let servers = config.max_transactions.max(1);
         let clients = servers.saturating_mul(CLIENTS_PER_SERVER);
-        let timers = (servers + clients).saturating_mul(TIMERS_PER_TRANSACTION);
+        let timers = servers
+            .saturating_mul(TIMERS_PER_SERVER)
+            .saturating_add(clients.saturating_mul(TIMERS_PER_CLIENT));
         Transactions {
             config,
             servers: Slab::with_capacity(servers),
