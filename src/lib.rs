@@ -1,18 +1,20 @@
 //! sipshard: a SIP load balancer for carriers.
 //!
-//! `sip` and `proxy` are the sans-I/O core: they take datagrams and give
-//! back views, decisions and bytes to send, and never open a socket or
-//! read a clock. `shard` is the per-core runtime around them (sockets,
-//! io_uring or epoll, Call-ID handoff); `config` reads the configuration
-//! file, off the packet path.
+//! `sip`, `txn` and `proxy` are the sans-I/O core: they take datagrams and
+//! time (milliseconds) and give back views, decisions and bytes to send,
+//! and never open a socket or read a clock. `shard` is the per-core runtime
+//! around them (sockets, io_uring or epoll, Call-ID handoff, the clock);
+//! `config` reads the configuration file, off the packet path.
 //!
 //! ```text
-//!   datagram ──► proxy::Proxy::handle(source, datagram, out) ──► Action
+//!   datagram ──► proxy::Proxy::handle(now, source, datagram, tx: impl Transmit)
 //!                  │ sip::Scanner::scan ──► Message (ranges into the datagram)
 //!                  │   Err(ScanError) ──► answer(): 400/416/420/483/505 ──► sip::write_rejection
 //!                  ▼
+//!                txn::Transactions: server and client transactions, timer wheel
 //!                sip::Editor::forward_request / forward_response ──► bytes for the next hop
-//!                sip::write_response (482, ...)                   ──► bytes for the sender
+//!                sip::write_response (100, 408, 482, 487, 503, ...)  ──► bytes for the sender
+//!   time ──────► proxy::Proxy::on_timers(now, tx): retransmissions, timeouts, failover
 //! ```
 #![deny(unsafe_code)]
 
