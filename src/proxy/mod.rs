@@ -480,7 +480,7 @@ impl Core {
                 server.response = Vec::new();
                 let mut timers = std::mem::take(&mut server.timers);
                 self.txns.disarm(&mut timers);
-                let id = self.txns.arm(now, t4, Timer::ServerLinger(slot));
+                let id = self.txns.arm_linger(now, t4, Timer::ServerLinger(slot));
                 if let Some(server) = self.txns.servers.get_mut(slot) {
                     server.timers[0] = id;
                 }
@@ -738,7 +738,9 @@ impl Core {
                 client.state = ClientState::Completed;
                 let mut ids = std::mem::take(&mut client.timers);
                 self.txns.disarm(&mut ids);
-                let id = self.txns.arm(now, timers.t4_ms, Timer::ClientLinger(slot));
+                let id = self
+                    .txns
+                    .arm_linger(now, timers.t4_ms, Timer::ClientLinger(slot));
                 if let Some(client) = self.txns.clients.get_mut(slot) {
                     client.timers[0] = id;
                 }
@@ -770,7 +772,7 @@ impl Core {
                 client.request = Vec::new();
                 let server = client.server;
                 self.txns.disarm(&mut ids);
-                let id = self.txns.arm(now, linger, Timer::ClientLinger(slot));
+                let id = self.txns.arm_linger(now, linger, Timer::ClientLinger(slot));
                 if let Some(client) = self.txns.clients.get_mut(slot) {
                     client.timers[0] = id;
                 }
@@ -875,7 +877,7 @@ impl Core {
         } else {
             timers.t4_ms
         };
-        let id = self.txns.arm(now, linger, Timer::ClientLinger(slot));
+        let id = self.txns.arm_linger(now, linger, Timer::ClientLinger(slot));
         if invite {
             // §17.1.1.3: the ACK for a non-2xx final is ours to send.
             let ack = self.write_ack(slot, message, tx);
@@ -1050,8 +1052,12 @@ impl Core {
             server.response = Vec::new();
         }
         self.txns.disarm(&mut ids);
-        let first = first.and_then(|(after, t)| self.txns.arm(now, after, t));
-        let second = second.and_then(|(after, t)| self.txns.arm(now, after, t));
+        let arm = |txns: &mut Transactions, (after, timer)| match timer {
+            Timer::ServerLinger(_) => txns.arm_linger(now, after, timer),
+            _ => txns.arm(now, after, timer),
+        };
+        let first = first.and_then(|t| arm(&mut self.txns, t));
+        let second = second.and_then(|t| arm(&mut self.txns, t));
         if let Some(server) = self.txns.servers.get_mut(slot) {
             server.timers = [first, second];
         }

@@ -97,6 +97,10 @@ struct Shared {
 #[derive(Clone, Copy, Debug, Default)]
 struct ShardCounters {
     received: u64,
+    /// Turns of the event loop: each one a wake-up.
+    turns: u64,
+    /// Turns that ran due timers.
+    timer_turns: u64,
     handed_off: u64,
     handoff_dropped: u64,
     truncated: u64,
@@ -353,6 +357,7 @@ impl Shard {
         while !self.shared.stop.load(Ordering::Relaxed) {
             let mut socket_ready = false;
             let wait = self.output.wait_for(IDLE_WAIT);
+            self.output.counters.turns += 1;
             for token in poller.wait(wait.as_millis() as i32)? {
                 match token {
                     TOKEN_SOCKET => socket_ready = true,
@@ -386,6 +391,7 @@ impl Shard {
         let mut ready = Vec::with_capacity(sys::BATCH);
         while !self.shared.stop.load(Ordering::Relaxed) {
             let flushed = uring.wait(self.output.wait_for(IDLE_WAIT), &mut ready)?;
+            self.output.counters.turns += 1;
             let icmp = flushed.icmp_pending;
             self.output.ring_sent(flushed);
             let received_at = Instant::now();
@@ -473,6 +479,8 @@ impl Shard {
         tracing::info!(
             shard = self.index,
             received = c.received,
+            turns = c.turns,
+            timer_turns = c.timer_turns,
             sent = self.output.wire.sent,
             handed_off = c.handed_off,
             requests_forwarded = p.requests_forwarded,
@@ -609,6 +617,7 @@ impl Output {
     fn timers(&mut self) {
         let now = self.now();
         if self.proxy.next_deadline().is_some_and(|d| d <= now) {
+            self.counters.timer_turns += 1;
             self.wire.received_at = Instant::now();
             self.proxy.on_timers(now, &mut self.wire);
         }
