@@ -48,6 +48,9 @@ pub struct File {
 pub struct Socket {
     pub receive_buffer_bytes: Option<usize>,
     pub send_buffer_bytes: Option<usize>,
+    /// Shard `i` sends its requests from, and takes their responses on,
+    /// this port plus `i` (default: ports the kernel picks).
+    pub shard_port_base: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -253,6 +256,7 @@ pub fn parse(text: &str) -> Result<shard::Config, Vec<Problem>> {
             handoff_queue_len,
             socket_receive_buffer_bytes: file.socket.receive_buffer_bytes,
             socket_send_buffer_bytes: file.socket.send_buffer_bytes,
+            shard_port_base: file.socket.shard_port_base,
             io,
         }),
         _ => Err(problems),

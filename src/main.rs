@@ -167,6 +167,7 @@ fn run(args: RunArgs) -> ExitCode {
             handoff_queue_len: 8192,
             socket_receive_buffer_bytes: None,
             socket_send_buffer_bytes: None,
+            shard_port_base: None,
             io: Io::Auto,
         },
     };

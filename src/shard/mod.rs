@@ -53,6 +53,8 @@ pub struct Config {
     pub handoff_queue_len: usize,
     pub socket_receive_buffer_bytes: Option<usize>,
     pub socket_send_buffer_bytes: Option<usize>,
+    /// Shard `i`'s own port is this plus `i`; `None`: the kernel picks.
+    pub shard_port_base: Option<u16>,
     pub io: Io,
 }
 
@@ -118,8 +120,31 @@ impl Runtime {
     pub fn start(config: Config) -> io::Result<Runtime> {
         let shards = config.shards.max(1);
         let sockets = (0..shards)
-            .map(|_| bind(&config))
+            .map(|_| bind(&config, config.listen, true))
             .collect::<io::Result<Vec<_>>>()?;
+        // Each shard's own port: our Via names it, so a backend's responses
+        // come back to the shard that holds their transaction, not to
+        // whichever socket the 4-tuple hash picks.
+        let own_sockets = (0..shards)
+            .map(|i| {
+                let port = match config.shard_port_base {
+                    Some(base) => base.checked_add(i as u16).ok_or_else(|| {
+                        io::Error::other("shard_port_base + shards is past port 65535")
+                    })?,
+                    None => 0,
+                };
+                bind(&config, SocketAddr::new(config.listen.ip(), port), false)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let own_ports = own_sockets
+            .iter()
+            .map(|s| {
+                s.local_addr()?
+                    .as_socket()
+                    .map(|a| a.port())
+                    .ok_or_else(|| io::Error::other("a shard socket without an address"))
+            })
+            .collect::<io::Result<Vec<u16>>>()?;
         let shared = Arc::new(Shared {
             inboxes: (0..shards)
                 .map(|_| ArrayQueue::new(config.handoff_queue_len.max(1)))
@@ -145,9 +170,13 @@ impl Runtime {
             },
         };
         let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let local = LocalAddress::new(&host_text(config.listen), config.listen.port());
+        let host = host_text(config.listen);
+        let mut local = LocalAddress::new(&host, config.listen.port());
+        for &port in &own_ports {
+            local = local.with_alias(&host, port);
+        }
         let mut threads = Vec::with_capacity(shards);
-        for (index, socket) in sockets.into_iter().enumerate() {
+        for (index, (socket, own_socket)) in sockets.into_iter().zip(own_sockets).enumerate() {
             let core = match config.cpus.is_empty() {
                 true => cores.get(index % cores.len().max(1)).copied(),
                 false => cores
@@ -157,7 +186,7 @@ impl Runtime {
             };
             let proxy = Proxy::new(
                 Scanner::new(config.limits.clone()),
-                local.clone(),
+                local.clone().with_via_port(own_ports[index]),
                 config.backends.clone(),
                 config.algorithm,
                 config.txn.clone(),
@@ -177,7 +206,7 @@ impl Runtime {
                             );
                         }
                     }
-                    let mut shard = Shard::new(index, socket, proxy, shared);
+                    let mut shard = Shard::new(index, socket, own_socket, proxy, shared);
                     if let Err(error) = shard.run(use_uring) {
                         tracing::error!(shard = index, %error, "shard stopped on an I/O error");
                     }
@@ -185,7 +214,7 @@ impl Runtime {
             threads.push(thread);
         }
         let io = if use_uring { "io_uring" } else { "epoll" };
-        tracing::info!(listen = %config.listen, shards, io, backends = config.backends.len(), "sipshard is running");
+        tracing::info!(listen = %config.listen, shards, io, backends = config.backends.len(), ?own_ports, "sipshard is running");
         Ok(Runtime { shared, threads })
     }
 
@@ -218,7 +247,9 @@ fn probe_uring() -> io::Result<()> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
     let doorbell = Doorbell::new()?;
-    Uring::new(socket.as_raw_fd(), doorbell.raw()).map(drop)
+    let own = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    own.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    Uring::new(socket.as_raw_fd(), own.as_raw_fd(), doorbell.raw()).map(drop)
 }
 
 /// A per-shard key for the transaction hashes, from the standard
@@ -237,13 +268,15 @@ fn host_text(address: SocketAddr) -> String {
     }
 }
 
-fn bind(config: &Config) -> io::Result<Socket> {
+/// Binds a UDP socket: the listen address shared through SO_REUSEPORT
+/// (`reuse_port`), or a shard's own port on the listen IP.
+fn bind(config: &Config, address: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     let socket = Socket::new(
-        Domain::for_address(config.listen),
+        Domain::for_address(address),
         Type::DGRAM,
         Some(Protocol::UDP),
     )?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(reuse_port)?;
     socket.set_nonblocking(true)?;
     if let Some(bytes) = config.socket_receive_buffer_bytes {
         socket.set_recv_buffer_size(bytes)?;
@@ -251,13 +284,14 @@ fn bind(config: &Config) -> io::Result<Socket> {
     if let Some(bytes) = config.socket_send_buffer_bytes {
         socket.set_send_buffer_size(bytes)?;
     }
-    socket.bind(&config.listen.into())?;
-    sys::enable_icmp_errors(socket.as_raw_fd(), config.listen.is_ipv6())?;
+    socket.bind(&address.into())?;
+    sys::enable_icmp_errors(socket.as_raw_fd(), address.is_ipv6())?;
     Ok(socket)
 }
 
 const TOKEN_SOCKET: u64 = 0;
 const TOKEN_DOORBELL: u64 = 1;
+const TOKEN_OWN_SOCKET: u64 = 2;
 
 /// How long a shard sleeps with nothing to do before it looks at the stop
 /// and report flags again (the doorbell wakes it sooner).
@@ -291,7 +325,12 @@ struct Output {
 /// The socket and the batch of datagrams waiting to go out on it: what
 /// the proxy core transmits into.
 struct Wire {
+    /// The listen socket: requests arrive on it, responses leave from it
+    /// (RFC 3581: from where the request came in).
     socket: Socket,
+    /// The shard's own socket: the requests we send leave from it, and
+    /// their responses come back to it.
+    own_socket: Socket,
     send: SendBatch,
     /// When the datagram being handled was received; what it causes is
     /// measured from there.
@@ -308,7 +347,13 @@ struct Wire {
 }
 
 impl Shard {
-    fn new(index: usize, socket: Socket, proxy: Proxy, shared: Arc<Shared>) -> Shard {
+    fn new(
+        index: usize,
+        socket: Socket,
+        own_socket: Socket,
+        proxy: Proxy,
+        shared: Arc<Shared>,
+    ) -> Shard {
         let shards = shared.inboxes.len();
         Shard {
             index,
@@ -319,6 +364,7 @@ impl Shard {
                 proxy,
                 wire: Wire {
                     socket,
+                    own_socket,
                     send: SendBatch::new(),
                     received_at: Instant::now(),
                     in_flight: Vec::with_capacity(sys::BATCH),
@@ -339,6 +385,7 @@ impl Shard {
         if use_uring {
             match Uring::new(
                 self.output.wire.socket.as_raw_fd(),
+                self.output.wire.own_socket.as_raw_fd(),
                 self.shared.doorbells[self.index].raw(),
             ) {
                 Ok(uring) => return self.run_uring(uring),
@@ -353,19 +400,25 @@ impl Shard {
     fn run_epoll(&mut self) -> io::Result<()> {
         let mut poller = Poller::new()?;
         poller.add(self.output.wire.socket.as_raw_fd(), TOKEN_SOCKET)?;
+        poller.add(self.output.wire.own_socket.as_raw_fd(), TOKEN_OWN_SOCKET)?;
         poller.add(self.shared.doorbells[self.index].raw(), TOKEN_DOORBELL)?;
         while !self.shared.stop.load(Ordering::Relaxed) {
             let mut socket_ready = false;
+            let mut own_ready = false;
             let wait = self.output.wait_for(IDLE_WAIT);
             self.output.counters.turns += 1;
             for token in poller.wait(wait.as_millis() as i32)? {
                 match token {
                     TOKEN_SOCKET => socket_ready = true,
+                    TOKEN_OWN_SOCKET => own_ready = true,
                     _ => self.shared.doorbells[self.index].clear(),
                 }
             }
             if socket_ready {
-                self.receive()?;
+                self.receive(self.output.wire.socket.as_raw_fd())?;
+            }
+            if own_ready {
+                self.receive(self.output.wire.own_socket.as_raw_fd())?;
             }
             self.drain_inbox();
             if std::mem::take(&mut self.recv.icmp_pending)
@@ -439,10 +492,10 @@ impl Shard {
         }
     }
 
-    /// Reads the socket dry, batch by batch.
-    fn receive(&mut self) -> io::Result<()> {
+    /// Reads a socket dry, batch by batch.
+    fn receive(&mut self, fd: std::os::fd::RawFd) -> io::Result<()> {
         loop {
-            let count = self.recv.recv(self.output.wire.socket.as_raw_fd())?;
+            let count = self.recv.recv(fd)?;
             let received_at = Instant::now();
             for i in 0..count {
                 self.output.counters.received += 1;
@@ -595,6 +648,7 @@ impl Output {
     fn icmp_errors(&mut self, index: usize, shared: &Shared) {
         let mut unreachable = Vec::new();
         sys::read_icmp_errors(self.wire.socket.as_raw_fd(), &mut unreachable);
+        sys::read_icmp_errors(self.wire.own_socket.as_raw_fd(), &mut unreachable);
         for to in unreachable {
             tracing::debug!(%to, "ICMP: destination unreachable");
             self.unreachable(to);
@@ -669,7 +723,9 @@ impl Wire {
         if self.send.is_empty() {
             return;
         }
-        let flushed = self.send.flush(self.socket.as_raw_fd());
+        let flushed = self
+            .send
+            .flush(self.socket.as_raw_fd(), self.own_socket.as_raw_fd());
         self.icmp_pending |= flushed.icmp_pending;
         self.sent += flushed.sent;
         self.send_failed += flushed.failed;
@@ -685,8 +741,12 @@ impl Transmit for Wire {
         self.send.space()
     }
 
+    /// Requests leave from the shard's own socket, responses from the
+    /// listen socket; the proxy core writes whole messages, so the first
+    /// bytes tell which.
     fn send(&mut self, to: SocketAddr, len: usize) {
-        self.send.push(to, len);
+        let response = self.send.space().starts_with(b"SIP/2.0 ");
+        self.send.push(to, len, !response);
         self.in_flight.push(self.received_at);
     }
 }

@@ -115,7 +115,9 @@ impl RecvBatch {
 pub(crate) struct SendBatch {
     arena: Vec<u8>,
     used: usize,
-    pending: Vec<(SockAddr, usize, usize)>,
+    /// Destination, offset and length in the arena, and whether it leaves
+    /// from the shard's own socket (requests) or the listen socket.
+    pending: Vec<(SockAddr, usize, usize, bool)>,
 }
 
 /// What one flush did.
@@ -240,9 +242,11 @@ impl SendBatch {
         &mut self.arena[self.used..self.used + DATAGRAM_BYTES_MAX]
     }
 
-    pub(crate) fn push(&mut self, to: SocketAddr, len: usize) {
+    /// Commits the datagram just written in [`SendBatch::space`]; `own`:
+    /// send it from the shard's own socket.
+    pub(crate) fn push(&mut self, to: SocketAddr, len: usize, own: bool) {
         debug_assert!(len <= DATAGRAM_BYTES_MAX);
-        self.pending.push((SockAddr::from(to), self.used, len));
+        self.pending.push((SockAddr::from(to), self.used, len, own));
         self.used += len;
     }
 
@@ -260,8 +264,8 @@ impl SendBatch {
         addresses: &mut Vec<SockAddr>,
     ) -> usize {
         addresses.clear();
-        addresses.extend(self.pending.iter().map(|(address, _, _)| address.clone()));
-        for (i, (_, start, len)) in self.pending.iter().enumerate() {
+        addresses.extend(self.pending.iter().map(|(address, ..)| address.clone()));
+        for (i, (_, start, len, _)) in self.pending.iter().enumerate() {
             iovecs[i] = libc::iovec {
                 iov_base: self.arena[*start..].as_ptr() as *mut libc::c_void,
                 iov_len: *len,
@@ -276,6 +280,11 @@ impl SendBatch {
         self.pending.len()
     }
 
+    /// Whether pending datagram `i` leaves from the shard's own socket.
+    pub(crate) fn is_own(&self, i: usize) -> bool {
+        self.pending.get(i).is_some_and(|p| p.3)
+    }
+
     /// Forgets the pending datagrams once they are sent.
     pub(crate) fn clear(&mut self) {
         self.pending.clear();
@@ -285,7 +294,7 @@ impl SendBatch {
     /// Sends everything pending with `sendmmsg`. A datagram the kernel
     /// refuses is counted and dropped: UDP promises no more, and retrying
     /// would stall the shard.
-    pub(crate) fn flush(&mut self, fd: RawFd) -> Flushed {
+    pub(crate) fn flush(&mut self, listen_fd: RawFd, own_fd: RawFd) -> Flushed {
         let mut flushed = Flushed::default();
         // SAFETY: plain C structs; zero is valid.
         let mut headers: [libc::msghdr; BATCH] = unsafe { zeroed() };
@@ -300,13 +309,19 @@ impl SendBatch {
         let mut offset = 0;
         let mut retried = usize::MAX;
         while offset < count {
-            // SAFETY: messages[offset..count] point at `addresses`, `iovecs`
+            // One sendmmsg per run of datagrams leaving the same socket.
+            let own = self.is_own(offset);
+            let end = (offset..count)
+                .find(|&i| self.is_own(i) != own)
+                .unwrap_or(count);
+            let fd = if own { own_fd } else { listen_fd };
+            // SAFETY: messages[offset..end] point at `addresses`, `iovecs`
             // and the arena, all alive and unchanged until we return.
             let n = unsafe {
                 libc::sendmmsg(
                     fd,
                     messages[offset..].as_mut_ptr(),
-                    (count - offset) as libc::c_uint,
+                    (end - offset) as libc::c_uint,
                     libc::MSG_DONTWAIT,
                 )
             };

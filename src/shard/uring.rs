@@ -30,6 +30,8 @@ const BUFFER_BYTES: usize = DATAGRAM_BYTES_MAX + 256;
 const BUFFER_GROUP: u16 = 0;
 
 const USER_RECV: u64 = 1;
+/// The multishot receive on the shard's own socket.
+const USER_RECV_OWN: u64 = 4;
 const USER_DOORBELL: u64 = 2;
 /// Sends carry `USER_SEND + index in the batch`, so a send that must go
 /// again can be found.
@@ -123,7 +125,13 @@ pub(crate) struct Uring {
     recv_msghdr: Box<libc::msghdr>,
     doorbell_word: Box<u64>,
     sends: Box<SendHeaders>,
+    /// The listen socket (shared by the shards through SO_REUSEPORT).
     socket: RawFd,
+    /// The shard's own socket: requests go out from it, their responses
+    /// come back to it.
+    own_socket: RawFd,
+    /// The socket each send of the batch leaves from, for a resend.
+    send_fds: [RawFd; BATCH],
     doorbell: RawFd,
     recv_armed: bool,
     /// Completions of sends not yet reaped.
@@ -138,7 +146,7 @@ pub(crate) struct Uring {
 impl Uring {
     /// Sets up a ring for one shard's socket and doorbell; fails where
     /// io_uring is missing or forbidden, and the shard uses epoll instead.
-    pub(crate) fn new(socket: RawFd, doorbell: RawFd) -> io::Result<Uring> {
+    pub(crate) fn new(socket: RawFd, own_socket: RawFd, doorbell: RawFd) -> io::Result<Uring> {
         let ring = IoUring::builder().build(256)?;
         let buffers = ProvidedBuffers::new()?;
         // SAFETY: the ring entries live in `buffers`, which outlives the
@@ -166,6 +174,8 @@ impl Uring {
                 addresses: Vec::with_capacity(BATCH),
             }),
             socket,
+            own_socket,
+            send_fds: [socket; BATCH],
             doorbell,
             recv_armed: false,
             sends_in_flight: 0,
@@ -173,7 +183,8 @@ impl Uring {
             resend: Vec::with_capacity(BATCH),
             resent: [false; BATCH],
         };
-        uring.arm_recv()?;
+        uring.arm_recv(USER_RECV)?;
+        uring.arm_recv(USER_RECV_OWN)?;
         uring.arm_doorbell()?;
         uring.ring.submit()?;
         Ok(uring)
@@ -191,11 +202,16 @@ impl Uring {
         Ok(())
     }
 
-    fn arm_recv(&mut self) -> io::Result<()> {
-        let entry =
-            opcode::RecvMsgMulti::new(types::Fd(self.socket), &*self.recv_msghdr, BUFFER_GROUP)
-                .build()
-                .user_data(USER_RECV);
+    /// Arms the multishot receive of the listen socket (`USER_RECV`) or
+    /// of the shard's own (`USER_RECV_OWN`).
+    fn arm_recv(&mut self, which: u64) -> io::Result<()> {
+        let fd = match which {
+            USER_RECV_OWN => self.own_socket,
+            _ => self.socket,
+        };
+        let entry = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_msghdr, BUFFER_GROUP)
+            .build()
+            .user_data(which);
         self.push(&entry)?;
         self.recv_armed = true;
         Ok(())
@@ -235,7 +251,7 @@ impl Uring {
         loop {
             for index in std::mem::take(&mut self.resend) {
                 let header: *const libc::msghdr = &self.sends.headers[index];
-                let entry = opcode::SendMsg::new(types::Fd(self.socket), header)
+                let entry = opcode::SendMsg::new(types::Fd(self.send_fds[index]), header)
                     .build()
                     .user_data(USER_SEND + index as u64);
                 self.push(&entry)?;
@@ -255,6 +271,7 @@ impl Uring {
     /// BATCH), doorbell and send results handled here.
     fn reap(&mut self, ready: &mut Vec<Ready>) -> io::Result<()> {
         let mut rearm_recv = false;
+        let mut rearm_recv_own = false;
         let mut rearm_doorbell = false;
         let mut completion = self.ring.completion();
         loop {
@@ -266,9 +283,12 @@ impl Uring {
             let Some(cqe) = completion.next() else { break };
             let (result, flags) = (cqe.result(), cqe.flags());
             match cqe.user_data() {
-                USER_RECV => {
+                which @ (USER_RECV | USER_RECV_OWN) => {
                     if !cqueue::more(flags) {
-                        rearm_recv = true;
+                        match which {
+                            USER_RECV => rearm_recv = true,
+                            _ => rearm_recv_own = true,
+                        }
                     }
                     match (result, cqueue::buffer_select(flags)) {
                         (len, Some(bid)) if len >= 0 => ready.push(Ready {
@@ -305,7 +325,10 @@ impl Uring {
         }
         drop(completion);
         if rearm_recv {
-            self.arm_recv()?;
+            self.arm_recv(USER_RECV)?;
+        }
+        if rearm_recv_own {
+            self.arm_recv(USER_RECV_OWN)?;
         }
         if rearm_doorbell {
             self.arm_doorbell()?;
@@ -357,7 +380,13 @@ impl Uring {
         let count = batch.prepare(&mut sends.headers, &mut sends.iovecs, &mut sends.addresses);
         for i in 0..count {
             let header: *const libc::msghdr = &self.sends.headers[i];
-            let entry = opcode::SendMsg::new(types::Fd(self.socket), header)
+            let fd = if batch.is_own(i) {
+                self.own_socket
+            } else {
+                self.socket
+            };
+            self.send_fds[i] = fd;
+            let entry = opcode::SendMsg::new(types::Fd(fd), header)
                 .build()
                 .user_data(USER_SEND + i as u64);
             self.push(&entry)?;

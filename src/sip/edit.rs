@@ -48,6 +48,19 @@ impl LocalAddress {
         }
     }
 
+    /// Sends requests with `port` in our Via instead of the listen port: a
+    /// shard's own socket, so that responses come back to the shard that
+    /// holds their transaction. Record-Route keeps the listen port; `port`
+    /// is recognised as ours.
+    pub fn with_via_port(mut self, port: u16) -> LocalAddress {
+        let host = String::from_utf8_lossy(&self.host).into_owned();
+        self.via_prefix = format!("Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK")
+            .into_bytes()
+            .into();
+        self.aliases.push((self.host.clone(), port));
+        self
+    }
+
     /// Another name and port that Route values and Vias may use for us.
     pub fn with_alias(mut self, host: &str, port: u16) -> LocalAddress {
         self.aliases.push((host.as_bytes().into(), port));
