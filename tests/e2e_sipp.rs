@@ -40,10 +40,22 @@ fn sipp() -> Command {
 }
 
 /// SIPp's `-lost`: the percentage of packets it drops, sent and received.
+/// With loss, SIPp retransmits as RFC 3261 does, not fewer times: six
+/// INVITE retransmissions fit in Timer B (its default is five), ten
+/// non-INVITE ones in Timer F (its default is seven).
 fn lost_args(lost: u32) -> Vec<String> {
     match lost {
         0 => Vec::new(),
-        n => vec!["-lost".to_string(), n.to_string()],
+        n => [
+            "-lost",
+            &n.to_string(),
+            "-max_invite_retrans",
+            "6",
+            "-max_non_invite_retrans",
+            "10",
+        ]
+        .map(str::to_string)
+        .to_vec(),
     }
 }
 
