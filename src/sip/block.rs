@@ -70,8 +70,9 @@ impl<'d> BlockCursor<'d> {
     pub(crate) fn new(datagram: &'d [u8]) -> Self {
         BlockCursor {
             datagram,
-            // An empty window: the first query loads.
-            base: usize::MAX,
+            // A window no position falls in (`at - base` wraps to at least
+            // 64), so the first query loads.
+            base: usize::MAX & !63,
             masks: Masks::default(),
         }
     }
@@ -110,7 +111,7 @@ impl<'d> BlockCursor<'d> {
         let end = until.min(self.datagram.len());
         let mut at = from;
         while at < end {
-            if at < self.base || at - self.base >= 64 {
+            if at.wrapping_sub(self.base) >= 64 {
                 self.load(at);
             }
             let offset = at - self.base;

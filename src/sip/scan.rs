@@ -12,7 +12,7 @@ use super::addr::NameAddr;
 use super::block::BlockCursor;
 use super::error::{Fault, ScanError, StartKind};
 use super::header::HeaderName;
-use super::lex::{is_token, is_token_str, parse_decimal, trim_lws, CommaSplit};
+use super::lex::{is_lws, is_token, is_token_str, parse_decimal, trim_lws, CommaSplit};
 use super::method::Method;
 use super::uri::{Scheme, Uri};
 use super::via::Via;
@@ -321,73 +321,82 @@ impl Scanner {
             if self.slots.len() == self.limits.headers_max {
                 return Err(fail(Fault::TooManyHeaders));
             }
-            let slot = self.frame_field(datagram, pos, &mut cursor).map_err(fail)?;
+            let slot = frame_field(
+                datagram,
+                pos,
+                self.limits.header_line_bytes_max,
+                &mut cursor,
+            )
+            .map_err(fail)?;
             pos = slot.line.end as usize;
             self.slots.push(slot);
         }
     }
+}
 
-    /// Frames the header field starting at `start`: its name, its value and
-    /// its continuation lines.
-    fn frame_field(
-        &self,
-        datagram: &[u8],
-        start: usize,
-        cursor: &mut BlockCursor<'_>,
-    ) -> Result<HeaderSlot, Fault> {
-        // One field, folds included, may not run past this.
-        let until = start
-            .saturating_add(self.limits.header_line_bytes_max)
-            .saturating_add(1);
-        let too_long_or_truncated = || {
-            if datagram.len() > until {
-                Fault::HeaderLineTooLong
-            } else {
-                Fault::Truncated
-            }
-        };
-        // The name is a token, then HCOLON = *( SP / HTAB ) ":" SWS.
-        // Colon first, then the line end after it: the cursor then only
-        // moves forward. A colon past the line end means the line has none.
-        let colon = cursor.colon(start, until);
-        let first_nl = cursor
-            .newline(colon.unwrap_or(start), until)
-            .ok_or_else(too_long_or_truncated)?;
-        let colon = match colon {
-            Some(c) if c < first_nl => c,
-            _ => {
-                let line_end = cursor
-                    .newline(start, until)
-                    .ok_or_else(too_long_or_truncated)?;
-                debug_assert!(line_end <= first_nl);
-                return Err(Fault::HeaderName);
-            }
-        };
-        let mut name_end = colon;
-        while name_end > start && matches!(datagram[name_end - 1], b' ' | b'\t') {
-            name_end -= 1;
+/// Frames the header field starting at `start`: its name, its value and
+/// its continuation lines. Runs once per header line, so it works on
+/// indices and mask bits rather than sub-slices.
+#[inline(always)]
+fn frame_field(
+    datagram: &[u8],
+    start: usize,
+    line_max: usize,
+    cursor: &mut BlockCursor<'_>,
+) -> Result<HeaderSlot, Fault> {
+    // One field, folds included, may not run past this. Limits are clamped
+    // to 16 MiB, so the sum cannot overflow.
+    let until = start + line_max + 1;
+    let too_long_or_truncated = || {
+        if datagram.len() > until {
+            Fault::HeaderLineTooLong
+        } else {
+            Fault::Truncated
         }
-        let name = &datagram[start..name_end];
-        if !is_token_str(name) {
-            return Err(Fault::HeaderName);
-        }
-        // Follow folds: a line that starts with SP or HT continues this one.
-        let mut nl = first_nl;
-        while matches!(datagram.get(nl + 1), Some(b' ' | b'\t')) {
-            nl = cursor
-                .newline(nl + 1, until)
-                .ok_or_else(too_long_or_truncated)?;
-        }
-        let value_end = strip_cr(datagram, start, nl);
-        let value = trim_lws(&datagram[colon + 1..value_end]);
-        let value_start = super::lex::offset_in(datagram, value);
-        Ok(HeaderSlot {
-            name: HeaderName::classify(name),
-            name_span: Span::new(start, name_end),
-            value: Span::new(value_start, value_start + value.len()),
-            line: Span::new(start, nl + 1),
-        })
+    };
+    // The name is a token, then HCOLON = *( SP / HTAB ) ":" SWS. Colon
+    // first, then the line end after it: the cursor only moves forward.
+    // A line end before the colon leaves a non-token byte in the name.
+    let Some(colon) = cursor.colon(start, until) else {
+        return Err(match cursor.newline(start, until) {
+            Some(_) => Fault::HeaderName,
+            None => too_long_or_truncated(),
+        });
+    };
+    let first_nl = cursor
+        .newline(colon, until)
+        .ok_or_else(too_long_or_truncated)?;
+    let mut name_end = colon;
+    while name_end > start && matches!(datagram[name_end - 1], b' ' | b'\t') {
+        name_end -= 1;
     }
+    let name = &datagram[start..name_end];
+    // A known name is a token by construction; only others are checked.
+    let header = HeaderName::classify(name);
+    if header == HeaderName::Other && !is_token_str(name) {
+        return Err(Fault::HeaderName);
+    }
+    // Follow folds: a line that starts with SP or HT continues this one.
+    let mut nl = first_nl;
+    while matches!(datagram.get(nl + 1), Some(b' ' | b'\t')) {
+        nl = cursor
+            .newline(nl + 1, until)
+            .ok_or_else(too_long_or_truncated)?;
+    }
+    let mut value_end = strip_cr(datagram, start, nl);
+    let mut value_start = colon + 1;
+    while value_start < value_end && is_lws(datagram[value_start]) {
+        value_start += 1;
+    }
+    while value_end > value_start && is_lws(datagram[value_end - 1]) {
+        value_end -= 1;
+    }
+    Ok(HeaderSlot {
+        name: header,
+        name_span: Span::new(start, name_end),
+        value: Span::new(value_start, value_end),
+        line: Span::new(start, nl + 1),
+    })
 }
 
 fn framed(start_line: Span, headers_end: usize, body_start: usize, kind: StartKind) -> Frame {
