@@ -7,39 +7,82 @@
 //! inside a value is part of a fold, which is what lets [`skip_lws`] treat
 //! them all alike.
 
-/// RFC 3261 `token` characters: alphanum and `-.!%*_+` `` ` `` `'~`.
-const TOKEN: [bool; 256] = {
-    let mut table = [false; 256];
+/// Character classes, one bit each in [`CLASS`]: one table load answers
+/// any of them, where `matches!` over several ranges costs a compare each.
+pub(crate) const TOKEN: u8 = 1;
+/// `alphanum` `-` `.`: a host name or IPv4 address.
+pub(crate) const HOST: u8 = 2;
+/// A token, or `:` `[` `]` (a generic parameter value that is a host).
+pub(crate) const GEN_VALUE: u8 = 4;
+/// SP, HT, CR, LF: inside a value, a fold is LWS too (see the module doc).
+pub(crate) const LWS: u8 = 8;
+/// `alphanum` `+` `-` `.`: RFC 3986 scheme characters after the first.
+pub(crate) const SCHEME: u8 = 16;
+
+/// RFC 3261 `token` characters are alphanum and `-.!%*_+` `` ` `` `'~`.
+pub(crate) const CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
     let mut c = 0;
     while c < 256 {
         let b = c as u8;
-        table[c] = b.is_ascii_alphanumeric()
+        let alnum = b.is_ascii_alphanumeric();
+        let token = alnum
             || matches!(
                 b,
                 b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
             );
+        let mut class = 0;
+        if token {
+            class |= TOKEN | GEN_VALUE;
+        }
+        if matches!(b, b':' | b'[' | b']') {
+            class |= GEN_VALUE;
+        }
+        if alnum || b == b'-' || b == b'.' {
+            class |= HOST;
+        }
+        if alnum || matches!(b, b'+' | b'-' | b'.') {
+            class |= SCHEME;
+        }
+        if matches!(b, b' ' | b'\t' | b'\r' | b'\n') {
+            class |= LWS;
+        }
+        table[c] = class;
         c += 1;
     }
     table
 };
 
+/// Whether `b` is in any of the classes `mask`.
+#[inline(always)]
+pub(crate) fn is(b: u8, mask: u8) -> bool {
+    CLASS[b as usize] & mask != 0
+}
+
 #[inline]
 pub(crate) fn is_token(b: u8) -> bool {
-    TOKEN[b as usize]
+    is(b, TOKEN)
 }
 
 #[inline]
 pub(crate) fn is_lws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+    is(b, LWS)
+}
+
+/// Index of the first byte at or after `at` not in the classes `mask`
+/// (`s.len()` if none).
+#[inline]
+pub(crate) fn class_end(s: &[u8], mut at: usize, mask: u8) -> usize {
+    while at < s.len() && is(s[at], mask) {
+        at += 1;
+    }
+    at
 }
 
 /// Index of the first byte at or after `at` that is not LWS.
 #[inline]
-pub(crate) fn skip_lws(s: &[u8], mut at: usize) -> usize {
-    while at < s.len() && is_lws(s[at]) {
-        at += 1;
-    }
-    at
+pub(crate) fn skip_lws(s: &[u8], at: usize) -> usize {
+    class_end(s, at, LWS)
 }
 
 /// `s` without leading and trailing LWS.
@@ -55,11 +98,8 @@ pub(crate) fn trim_lws(s: &[u8]) -> &[u8] {
 
 /// Index one past the end of the token starting at `at` (== `at` if none).
 #[inline]
-pub(crate) fn token_end(s: &[u8], mut at: usize) -> usize {
-    while at < s.len() && is_token(s[at]) {
-        at += 1;
-    }
-    at
+pub(crate) fn token_end(s: &[u8], at: usize) -> usize {
+    class_end(s, at, TOKEN)
 }
 
 /// Whether `s` is a non-empty token.

@@ -485,7 +485,7 @@ fn validate<'m>(
     if call_id.is_empty() || super::uri::has_illegal_byte(call_id) {
         return Err(Fault::CallId);
     }
-    let cseq = parse_cseq(value(cseq_slot))?;
+    let cseq = parse_cseq(value(cseq_slot), &start_line)?;
     let from = NameAddr::parse(value(from_slot)).map_err(Fault::From)?;
     let to = NameAddr::parse(value(to_slot)).map_err(Fault::To)?;
     let max_forwards = match known.max_forwards {
@@ -633,10 +633,11 @@ fn parse_request_line(line: &[u8]) -> Result<StartLine<'_>, Fault> {
     let method_text = &line[..first_sp];
     let uri_text = &line[first_sp + 1..last_sp];
     let version = &line[last_sp + 1..];
-    if !is_token_str(method_text)
-        || uri_text.is_empty()
-        || uri_text.iter().any(|&b| b == b' ' || b == b'\t')
-    {
+    // Branch-free, so that it vectorises over the whole Request-URI.
+    let has_lws = uri_text
+        .iter()
+        .fold(false, |lws, &b| lws | (b == b' ') | (b == b'\t'));
+    if !is_token_str(method_text) || uri_text.is_empty() || has_lws {
         return Err(Fault::StartLine);
     }
     check_version(version)?;
@@ -687,8 +688,9 @@ fn check_version(version: &[u8]) -> Result<(), Fault> {
     })
 }
 
-/// `CSeq: 1*DIGIT LWS Method`, the number a u32.
-fn parse_cseq(value: &[u8]) -> Result<CSeq<'_>, Fault> {
+/// `CSeq: 1*DIGIT LWS Method`, the number a u32. A request's CSeq names
+/// its own method, already recognised on the start line.
+fn parse_cseq<'m>(value: &'m [u8], start_line: &StartLine<'m>) -> Result<CSeq<'m>, Fault> {
     let digits = value
         .iter()
         .position(|b| !b.is_ascii_digit())
@@ -702,9 +704,17 @@ fn parse_cseq(value: &[u8]) -> Result<CSeq<'_>, Fault> {
     if !method_text.iter().all(|&b| is_token(b)) || method_text.is_empty() {
         return Err(Fault::CSeq);
     }
+    let method = match *start_line {
+        StartLine::Request {
+            method,
+            method_text: text,
+            ..
+        } if text == method_text => method,
+        _ => Method::from_token(method_text),
+    };
     Ok(CSeq {
         number,
-        method: Method::from_token(method_text),
+        method,
         method_text,
     })
 }

@@ -1,6 +1,6 @@
 //! Via values (RFC 3261 §20.42, §18.2.1; RFC 3581 rport).
 
-use super::lex::{parse_decimal, skip_lws, token_end};
+use super::lex::{class_end, parse_decimal, skip_lws, token_end, HOST};
 use super::params::HeaderParams;
 use super::uri::is_host;
 
@@ -138,18 +138,20 @@ fn expect_slash(s: &[u8], at: usize) -> Result<usize, ViaError> {
 /// `host [ COLON port ]` starting at `at`; returns the index after it.
 fn parse_sent_by(s: &[u8], at: usize) -> Result<(&[u8], Option<u16>, usize), ViaError> {
     let host_end = if s.get(at) == Some(&b'[') {
-        memchr::memchr(b']', &s[at..]).ok_or(ViaError::SentBy)? + at + 1
-    } else {
-        let mut e = at;
-        while e < s.len() && (s[e].is_ascii_alphanumeric() || s[e] == b'-' || s[e] == b'.') {
-            e += 1;
+        let end = memchr::memchr(b']', &s[at..]).ok_or(ViaError::SentBy)? + at + 1;
+        if !is_host(&s[at..end]) {
+            return Err(ViaError::SentBy);
         }
-        e
+        end
+    } else {
+        // The pass that finds the end of a name is its check.
+        let end = class_end(s, at, HOST);
+        if end == at {
+            return Err(ViaError::SentBy);
+        }
+        end
     };
     let host = &s[at..host_end];
-    if !is_host(host) {
-        return Err(ViaError::SentBy);
-    }
     let colon = skip_lws(s, host_end);
     if s.get(colon) != Some(&b':') {
         return Ok((host, None, host_end));
