@@ -94,6 +94,26 @@ impl<'d> BlockCursor<'d> {
         };
     }
 
+    /// The first `:` and the first `\n` at or after `from`, when both are
+    /// in the block already loaded: one look where a header line would
+    /// otherwise take two queries.
+    #[inline]
+    pub(crate) fn colon_and_newline_here(&self, from: usize) -> Option<(usize, usize)> {
+        let offset = from.wrapping_sub(self.base);
+        if offset >= 64 {
+            return None;
+        }
+        let colon = self.masks.colon >> offset;
+        let newline = self.masks.newline >> offset;
+        if colon == 0 || newline == 0 {
+            return None;
+        }
+        Some((
+            from + colon.trailing_zeros() as usize,
+            from + newline.trailing_zeros() as usize,
+        ))
+    }
+
     /// The first `\n` at or after `from`, looking no further than `until`.
     #[inline]
     pub(crate) fn newline(&mut self, from: usize, until: usize) -> Option<usize> {

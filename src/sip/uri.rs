@@ -3,7 +3,7 @@
 //! Every field is a slice of the datagram; escapes (`%41`) are left as they
 //! are, because a proxy compares and forwards URIs, it does not display them.
 
-use super::lex::{class_end, is, parse_decimal, HOST, SCHEME};
+use super::lex::{class_end, is, long_class_end, parse_decimal, HOST, SCHEME};
 
 /// The URI schemes sipshard routes. Anything else in a Request-URI is
 /// answered 416 (RFC 3261 §8.2.2.1); in other headers it is carried opaque.
@@ -118,7 +118,7 @@ impl<'m> Uri<'m> {
             memchr::memchr(b']', rest).ok_or(UriError::Host)? + 1
         } else {
             // One pass: host characters, then one of `:` `;` `?` or the end.
-            let end = class_end(rest, 0, HOST);
+            let end = long_class_end(rest, 0, HOST);
             if end == 0 || !matches!(rest.get(end), None | Some(b':' | b';' | b'?')) {
                 return Err(UriError::Host);
             }

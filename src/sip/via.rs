@@ -1,6 +1,6 @@
 //! Via values (RFC 3261 §20.42, §18.2.1; RFC 3581 rport).
 
-use super::lex::{class_end, parse_decimal, skip_lws, token_end, HOST};
+use super::lex::{long_class_end, parse_decimal, skip_lws, token_end, HOST};
 use super::params::HeaderParams;
 use super::uri::is_host;
 
@@ -145,7 +145,7 @@ fn parse_sent_by(s: &[u8], at: usize) -> Result<(&[u8], Option<u16>, usize), Via
         end
     } else {
         // The pass that finds the end of a name is its check.
-        let end = class_end(s, at, HOST);
+        let end = long_class_end(s, at, HOST);
         if end == at {
             return Err(ViaError::SentBy);
         }
