@@ -141,7 +141,7 @@ pub enum HeaderName {
 impl HeaderName {
     /// Recognises a header name, long or compact, in any letter case. A
     /// name other than [`HeaderName::Other`] is a valid token.
-    #[inline]
+    #[inline(always)]
     pub fn classify(name: &[u8]) -> HeaderName {
         use HeaderName::*;
         if name.len() == 1 {

@@ -12,7 +12,9 @@ use super::addr::NameAddr;
 use super::block::BlockCursor;
 use super::error::{Fault, ScanError, StartKind};
 use super::header::HeaderName;
-use super::lex::{is_lws, is_token, is_token_str, parse_decimal, trim_lws, CommaSplit};
+use super::lex::{
+    any_byte, bytes_equal, is_lws, is_token, is_token_str, parse_decimal, trim_lws, CommaSplit,
+};
 use super::method::Method;
 use super::uri::{Scheme, Uri};
 use super::via::Via;
@@ -501,8 +503,9 @@ fn validate<'m>(
         return Err(Fault::CallId);
     }
     let cseq = parse_cseq(value(cseq_slot), &start_line)?;
-    let from = NameAddr::parse(value(from_slot)).map_err(Fault::From)?;
-    let to = NameAddr::parse(value(to_slot)).map_err(Fault::To)?;
+    let (mut from, mut to) = (NameAddr::EMPTY, NameAddr::EMPTY);
+    NameAddr::parse_into(value(from_slot), &mut from).map_err(Fault::From)?;
+    NameAddr::parse_into(value(to_slot), &mut to).map_err(Fault::To)?;
     let max_forwards = match known.max_forwards {
         Some(index) => Some(parse_decimal(value(index), 255).ok_or(Fault::MaxForwards)? as u8),
         None => None,
@@ -648,10 +651,11 @@ fn parse_request_line(line: &[u8]) -> Result<StartLine<'_>, Fault> {
     let method_text = &line[..first_sp];
     let uri_text = &line[first_sp + 1..last_sp];
     let version = &line[last_sp + 1..];
-    // Branch-free, so that it vectorises over the whole Request-URI.
-    let has_lws = uri_text
-        .iter()
-        .fold(false, |lws, &b| lws | (b == b' ') | (b == b'\t'));
+    let has_lws = any_byte(
+        uri_text,
+        |w| bytes_equal(w, b' ') | bytes_equal(w, b'\t'),
+        |b| b == b' ' || b == b'\t',
+    );
     if !is_token_str(method_text) || uri_text.is_empty() || has_lws {
         return Err(Fault::StartLine);
     }

@@ -3,7 +3,9 @@
 //! Every field is a slice of the datagram; escapes (`%41`) are left as they
 //! are, because a proxy compares and forwards URIs, it does not display them.
 
-use super::lex::{class_end, is, long_class_end, parse_decimal, HOST, SCHEME};
+use super::lex::{
+    any_byte, bytes_below, bytes_equal, class_end, is, long_class_end, parse_decimal, HOST, SCHEME,
+};
 
 /// The URI schemes sipshard routes. Anything else in a Request-URI is
 /// answered 416 (RFC 3261 §8.2.2.1); in other headers it is carried opaque.
@@ -227,11 +229,14 @@ fn scheme_end(s: &[u8]) -> Option<usize> {
 }
 
 /// Whether `s` holds white space or a control character, none of which a
-/// URI may carry unescaped. Branch-free so that it vectorises.
+/// URI may carry unescaped.
 #[inline]
 pub(crate) fn has_illegal_byte(s: &[u8]) -> bool {
-    s.iter()
-        .fold(false, |bad, &b| bad | (b <= b' ') | (b == 0x7f))
+    any_byte(
+        s,
+        |w| bytes_below(w, 0x21) | bytes_equal(w, 0x7f),
+        |b| b <= b' ' || b == 0x7f,
+    )
 }
 
 /// Whether a `;`-separated parameter list (after its first `;`) has a
@@ -345,6 +350,21 @@ mod tests {
         assert_eq!(Uri::parse(b"sip:a@b;lr;").unwrap_err(), UriError::Parameter);
         assert_eq!(Uri::parse(b"sip:a@b c"), Err(UriError::IllegalCharacter));
         assert_eq!(Uri::parse(b"sip:a@b_c"), Err(UriError::Host));
+    }
+
+    #[test]
+    fn illegal_bytes_by_word_match_the_definition() {
+        for len in 0..20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut s = vec![b'a'; len];
+                    s[at] = b;
+                    let want = b <= b' ' || b == 0x7f;
+                    assert_eq!(has_illegal_byte(&s), want, "{s:?}");
+                }
+            }
+        }
+        assert!(!has_illegal_byte(b"\x80\xff\x21~\x7e\xa0\x81\x80\xfe"));
     }
 
     #[test]
