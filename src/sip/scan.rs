@@ -451,10 +451,14 @@ fn validate<'m>(
     limits: &Limits,
     proxy_require_supported: &[Box<[u8]>],
 ) -> Result<Message<'m>, Fault> {
-    let start_line = parse_start_line(frame.start_line.of(datagram), frame.kind)?;
+    let mut start_line = StartLine::Response {
+        code: 0,
+        reason: &[],
+    };
+    parse_start_line(frame.start_line.of(datagram), frame.kind, &mut start_line)?;
     let mut known = Known::default();
     let mut via_count = 0usize;
-    let mut top_via = None;
+    let (mut top_via, mut lower_via) = (Via::EMPTY, Via::EMPTY);
     for (index, slot) in slots.iter().enumerate() {
         let index = index as u16;
         let cell = match slot.name {
@@ -465,8 +469,12 @@ fn validate<'m>(
                     if via_count > limits.via_values_max {
                         return Err(Fault::TooManyVia);
                     }
-                    let via = Via::parse(value).map_err(Fault::Via)?;
-                    top_via.get_or_insert(via);
+                    let into = if via_count == 1 {
+                        &mut top_via
+                    } else {
+                        &mut lower_via
+                    };
+                    Via::parse_into(value, into).map_err(Fault::Via)?;
                 }
                 continue;
             }
@@ -493,7 +501,9 @@ fn validate<'m>(
     }
     let value = |index: u16| value(datagram, slots, index);
     let required = |cell: Option<u16>, name| cell.ok_or(Fault::Missing(name));
-    let top_via = top_via.ok_or(Fault::Missing(HeaderName::Via))?;
+    if via_count == 0 {
+        return Err(Fault::Missing(HeaderName::Via));
+    }
     let from_slot = required(known.from, HeaderName::From)?;
     let to_slot = required(known.to, HeaderName::To)?;
     let call_id = value(required(known.call_id, HeaderName::CallId)?);
@@ -627,17 +637,26 @@ pub(crate) fn proxy_require_tags<'m>(
         .filter(|tag| !tag.is_empty())
 }
 
-fn parse_start_line(line: &[u8], kind: StartKind) -> Result<StartLine<'_>, Fault> {
+/// Parses the start line into `out`, where the message keeps it (see
+/// `NameAddr::parse_into` for why not a returned `Result`).
+fn parse_start_line<'m>(
+    line: &'m [u8],
+    kind: StartKind,
+    out: &mut StartLine<'m>,
+) -> Result<(), Fault> {
     match kind {
-        StartKind::Response => parse_status_line(line),
-        _ => parse_request_line(line),
+        StartKind::Response => {
+            *out = parse_status_line(line)?;
+            Ok(())
+        }
+        _ => parse_request_line(line, out),
     }
 }
 
 /// `Method SP Request-URI SP SIP-Version`. Trailing white space is
 /// tolerated (RFC 4475 trws allows either answer; forwarding is kinder);
 /// any other extra white space makes the line malformed (lwsstart, lwsruri).
-fn parse_request_line(line: &[u8]) -> Result<StartLine<'_>, Fault> {
+fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(), Fault> {
     let mut end = line.len();
     while end > 0 && matches!(line[end - 1], b' ' | b'\t') {
         end -= 1;
@@ -660,13 +679,16 @@ fn parse_request_line(line: &[u8]) -> Result<StartLine<'_>, Fault> {
         return Err(Fault::StartLine);
     }
     check_version(version)?;
-    let uri = Uri::parse(uri_text).map_err(Fault::RequestUri)?;
-    Ok(StartLine::Request {
+    *out = StartLine::Request {
         method: Method::from_token(method_text),
         method_text,
-        uri,
+        uri: Uri::EMPTY,
         uri_text,
-    })
+    };
+    if let StartLine::Request { uri, .. } = out {
+        Uri::parse_into(uri_text, uri).map_err(Fault::RequestUri)?;
+    }
+    Ok(())
 }
 
 /// `SIP-Version SP Status-Code SP Reason-Phrase`.

@@ -54,8 +54,27 @@ pub struct Uri<'m> {
 }
 
 impl<'m> Uri<'m> {
+    pub(crate) const EMPTY: Uri<'static> = Uri {
+        scheme: Scheme::Other,
+        scheme_name: &[],
+        opaque: &[],
+        user: None,
+        host: &[],
+        port: None,
+        params: &[],
+        headers: None,
+    };
+
     /// Parses `s`, which must already be trimmed of LWS.
     pub fn parse(s: &'m [u8]) -> Result<Uri<'m>, UriError> {
+        let mut uri = Uri::EMPTY;
+        Self::parse_into(s, &mut uri)?;
+        Ok(uri)
+    }
+
+    /// [`Uri::parse`] writing into the caller's `out`, for the scanner (see
+    /// `NameAddr::parse_into`).
+    pub(crate) fn parse_into(s: &'m [u8], out: &mut Uri<'m>) -> Result<(), UriError> {
         let colon = scheme_end(s).ok_or(UriError::Scheme)?;
         let scheme_name = &s[..colon];
         let opaque = &s[colon + 1..];
@@ -68,7 +87,7 @@ impl<'m> Uri<'m> {
         } else {
             Scheme::Other
         };
-        let mut uri = Uri {
+        *out = Uri {
             scheme,
             scheme_name,
             opaque,
@@ -78,6 +97,7 @@ impl<'m> Uri<'m> {
             params: &[],
             headers: None,
         };
+        let uri = out;
         match scheme {
             Scheme::Sip | Scheme::Sips => uri.parse_sip_body()?,
             Scheme::Tel | Scheme::Other => {
@@ -96,7 +116,7 @@ impl<'m> Uri<'m> {
             uri.user = Some(&opaque[..end]);
             uri.params = opaque.get(end + 1..).unwrap_or(&[]);
         }
-        Ok(uri)
+        Ok(())
     }
 
     fn parse_sip_body(&mut self) -> Result<(), UriError> {

@@ -43,8 +43,29 @@ pub enum ViaError {
 }
 
 impl<'m> Via<'m> {
+    pub(crate) const EMPTY: Via<'static> = Via {
+        value: &[],
+        transport: &[],
+        host: &[],
+        port: None,
+        branch: None,
+        received: None,
+        rport: None,
+        rport_name: None,
+        maddr: None,
+        ttl: None,
+    };
+
     /// Parses one Via value, already split from its neighbours and trimmed.
     pub fn parse(value: &'m [u8]) -> Result<Via<'m>, ViaError> {
+        let mut via = Via::EMPTY;
+        Self::parse_into(value, &mut via)?;
+        Ok(via)
+    }
+
+    /// [`Via::parse`] writing into the caller's `out`, for the scanner (see
+    /// `NameAddr::parse_into`).
+    pub(crate) fn parse_into(value: &'m [u8], out: &mut Via<'m>) -> Result<(), ViaError> {
         if value.is_empty() {
             return Err(ViaError::Empty);
         }
@@ -69,7 +90,7 @@ impl<'m> Via<'m> {
             return Err(ViaError::Protocol);
         }
         let (host, port, after) = parse_sent_by(value, host_start)?;
-        let mut via = Via {
+        *out = Via {
             value,
             transport,
             host,
@@ -81,6 +102,7 @@ impl<'m> Via<'m> {
             maddr: None,
             ttl: None,
         };
+        let via = out;
         for param in HeaderParams::new(value, after) {
             let param = param.map_err(|_| ViaError::Parameter)?;
             let name = param.name;
@@ -104,7 +126,7 @@ impl<'m> Via<'m> {
                 via.ttl = Some(parse_decimal(v, 255).ok_or(ViaError::Parameter)? as u8);
             }
         }
-        Ok(via)
+        Ok(())
     }
 
     /// Whether the branch carries the RFC 3261 magic cookie.
