@@ -265,7 +265,7 @@ pub(crate) fn find_first(s: &[u8], marks: impl Fn(u64) -> u64) -> Option<usize> 
 /// Parses an unsigned decimal number that must fit `max`. Leading zeros are
 /// allowed (`Max-Forwards: 0068`); an empty string, a sign or an overflow
 /// is `None`.
-#[inline]
+#[inline(always)]
 pub(crate) fn parse_decimal(s: &[u8], max: u64) -> Option<u64> {
     if s.is_empty() {
         return None;

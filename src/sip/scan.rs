@@ -495,34 +495,35 @@ fn validate<'m>(
             return Err(Fault::Duplicate(slot.name));
         }
     }
-    #[inline(always)]
-    fn value<'m>(datagram: &'m [u8], slots: &[HeaderSlot], index: u16) -> &'m [u8] {
-        slots[usize::from(index)].value.of(datagram)
+    // A macro, not a closure: the closure was not inlined.
+    macro_rules! value {
+        ($index:expr) => {
+            slots[usize::from($index)].value.of(datagram)
+        };
     }
-    let value = |index: u16| value(datagram, slots, index);
     let required = |cell: Option<u16>, name| cell.ok_or(Fault::Missing(name));
     if via_count == 0 {
         return Err(Fault::Missing(HeaderName::Via));
     }
     let from_slot = required(known.from, HeaderName::From)?;
     let to_slot = required(known.to, HeaderName::To)?;
-    let call_id = value(required(known.call_id, HeaderName::CallId)?);
+    let call_id = value!(required(known.call_id, HeaderName::CallId)?);
     let cseq_slot = required(known.cseq, HeaderName::CSeq)?;
 
     if call_id.is_empty() || super::uri::has_illegal_byte(call_id) {
         return Err(Fault::CallId);
     }
-    let cseq = parse_cseq(value(cseq_slot), &start_line)?;
+    let cseq = parse_cseq(value!(cseq_slot), &start_line)?;
     let (mut from, mut to) = (NameAddr::EMPTY, NameAddr::EMPTY);
-    NameAddr::parse_into(value(from_slot), &mut from).map_err(Fault::From)?;
-    NameAddr::parse_into(value(to_slot), &mut to).map_err(Fault::To)?;
+    NameAddr::parse_into(value!(from_slot), &mut from).map_err(Fault::From)?;
+    NameAddr::parse_into(value!(to_slot), &mut to).map_err(Fault::To)?;
     let max_forwards = match known.max_forwards {
-        Some(index) => Some(parse_decimal(value(index), 255).ok_or(Fault::MaxForwards)? as u8),
+        Some(index) => Some(parse_decimal(value!(index), 255).ok_or(Fault::MaxForwards)? as u8),
         None => None,
     };
     let content_length = match known.content_length {
         Some(index) => Some(
-            parse_decimal(value(index), u64::from(u32::MAX)).ok_or(Fault::ContentLength)? as u32,
+            parse_decimal(value!(index), u64::from(u32::MAX)).ok_or(Fault::ContentLength)? as u32,
         ),
         None => None,
     };
