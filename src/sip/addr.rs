@@ -38,8 +38,25 @@ pub enum AddrError {
 }
 
 impl<'m> NameAddr<'m> {
+    pub(crate) const EMPTY: NameAddr<'static> = NameAddr {
+        value: &[],
+        display_name: None,
+        uri_text: &[],
+        params: &[],
+        tag: None,
+    };
+
     /// Parses one address value, already split and trimmed of LWS.
     pub fn parse(value: &'m [u8]) -> Result<NameAddr<'m>, AddrError> {
+        let mut addr = NameAddr::EMPTY;
+        Self::parse_into(value, &mut addr)?;
+        Ok(addr)
+    }
+
+    /// [`NameAddr::parse`] writing into the caller's `out`: a returned
+    /// `Result` of this size is copied out of its slot right after the
+    /// call, with loads wider than the stores that wrote it, which stalls.
+    pub(crate) fn parse_into(value: &'m [u8], out: &mut NameAddr<'m>) -> Result<(), AddrError> {
         if value.is_empty() {
             return Err(AddrError::Empty);
         }
@@ -55,13 +72,14 @@ impl<'m> NameAddr<'m> {
                 tag = Some(v.ok_or(AddrError::Parameter)?);
             }
         }
-        Ok(NameAddr {
+        *out = NameAddr {
             value,
             display_name,
             uri_text,
             params: &value[params_start..],
             tag,
-        })
+        };
+        Ok(())
     }
 }
 

@@ -70,8 +70,9 @@ impl<'d> BlockCursor<'d> {
     pub(crate) fn new(datagram: &'d [u8]) -> Self {
         BlockCursor {
             datagram,
-            // An empty window: the first query loads.
-            base: usize::MAX,
+            // A window no position falls in (`at - base` wraps to at least
+            // 64), so the first query loads.
+            base: usize::MAX & !63,
             masks: Masks::default(),
         }
     }
@@ -93,6 +94,26 @@ impl<'d> BlockCursor<'d> {
         };
     }
 
+    /// The first `:` and the first `\n` at or after `from`, when both are
+    /// in the block already loaded: one look where a header line would
+    /// otherwise take two queries.
+    #[inline]
+    pub(crate) fn colon_and_newline_here(&self, from: usize) -> Option<(usize, usize)> {
+        let offset = from.wrapping_sub(self.base);
+        if offset >= 64 {
+            return None;
+        }
+        let colon = self.masks.colon >> offset;
+        let newline = self.masks.newline >> offset;
+        if colon == 0 || newline == 0 {
+            return None;
+        }
+        Some((
+            from + colon.trailing_zeros() as usize,
+            from + newline.trailing_zeros() as usize,
+        ))
+    }
+
     /// The first `\n` at or after `from`, looking no further than `until`.
     #[inline]
     pub(crate) fn newline(&mut self, from: usize, until: usize) -> Option<usize> {
@@ -110,7 +131,7 @@ impl<'d> BlockCursor<'d> {
         let end = until.min(self.datagram.len());
         let mut at = from;
         while at < end {
-            if at < self.base || at - self.base >= 64 {
+            if at.wrapping_sub(self.base) >= 64 {
                 self.load(at);
             }
             let offset = at - self.base;

@@ -7,39 +7,97 @@
 //! inside a value is part of a fold, which is what lets [`skip_lws`] treat
 //! them all alike.
 
-/// RFC 3261 `token` characters: alphanum and `-.!%*_+` `` ` `` `'~`.
-const TOKEN: [bool; 256] = {
-    let mut table = [false; 256];
+/// Character classes, one bit each in [`CLASS`]: one table load answers
+/// any of them, where `matches!` over several ranges costs a compare each.
+pub(crate) const TOKEN: u8 = 1;
+/// `alphanum` `-` `.`: a host name or IPv4 address.
+pub(crate) const HOST: u8 = 2;
+/// A token, or `:` `[` `]` (a generic parameter value that is a host).
+pub(crate) const GEN_VALUE: u8 = 4;
+/// SP, HT, CR, LF: inside a value, a fold is LWS too (see the module doc).
+pub(crate) const LWS: u8 = 8;
+/// `alphanum` `+` `-` `.`: RFC 3986 scheme characters after the first.
+pub(crate) const SCHEME: u8 = 16;
+
+/// RFC 3261 `token` characters are alphanum and `-.!%*_+` `` ` `` `'~`.
+pub(crate) const CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
     let mut c = 0;
     while c < 256 {
         let b = c as u8;
-        table[c] = b.is_ascii_alphanumeric()
+        let alnum = b.is_ascii_alphanumeric();
+        let token = alnum
             || matches!(
                 b,
                 b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
             );
+        let mut class = 0;
+        if token {
+            class |= TOKEN | GEN_VALUE;
+        }
+        if matches!(b, b':' | b'[' | b']') {
+            class |= GEN_VALUE;
+        }
+        if alnum || b == b'-' || b == b'.' {
+            class |= HOST;
+        }
+        if alnum || matches!(b, b'+' | b'-' | b'.') {
+            class |= SCHEME;
+        }
+        if matches!(b, b' ' | b'\t' | b'\r' | b'\n') {
+            class |= LWS;
+        }
+        table[c] = class;
         c += 1;
     }
     table
 };
 
+/// Whether `b` is in any of the classes `mask`.
+#[inline(always)]
+pub(crate) fn is(b: u8, mask: u8) -> bool {
+    CLASS[b as usize] & mask != 0
+}
+
 #[inline]
 pub(crate) fn is_token(b: u8) -> bool {
-    TOKEN[b as usize]
+    is(b, TOKEN)
 }
 
 #[inline]
 pub(crate) fn is_lws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+    is(b, LWS)
+}
+
+/// Index of the first byte at or after `at` not in the classes `mask`
+/// (`s.len()` if none).
+#[inline]
+pub(crate) fn class_end(s: &[u8], mut at: usize, mask: u8) -> usize {
+    while at < s.len() && is(s[at], mask) {
+        at += 1;
+    }
+    at
+}
+
+/// [`class_end`] for runs that are usually long (host names, parameter
+/// values): four bytes per test while they all belong, one branch where
+/// the byte loop takes four.
+#[inline]
+pub(crate) fn long_class_end(s: &[u8], mut at: usize, mask: u8) -> usize {
+    while let Some(&[a, b, c, d]) = s.get(at..at + 4) {
+        let all = CLASS[a as usize] & CLASS[b as usize] & CLASS[c as usize] & CLASS[d as usize];
+        if all & mask == 0 {
+            break;
+        }
+        at += 4;
+    }
+    class_end(s, at, mask)
 }
 
 /// Index of the first byte at or after `at` that is not LWS.
 #[inline]
-pub(crate) fn skip_lws(s: &[u8], mut at: usize) -> usize {
-    while at < s.len() && is_lws(s[at]) {
-        at += 1;
-    }
-    at
+pub(crate) fn skip_lws(s: &[u8], at: usize) -> usize {
+    class_end(s, at, LWS)
 }
 
 /// `s` without leading and trailing LWS.
@@ -55,11 +113,8 @@ pub(crate) fn trim_lws(s: &[u8]) -> &[u8] {
 
 /// Index one past the end of the token starting at `at` (== `at` if none).
 #[inline]
-pub(crate) fn token_end(s: &[u8], mut at: usize) -> usize {
-    while at < s.len() && is_token(s[at]) {
-        at += 1;
-    }
-    at
+pub(crate) fn token_end(s: &[u8], at: usize) -> usize {
+    class_end(s, at, TOKEN)
 }
 
 /// Whether `s` is a non-empty token.
@@ -73,20 +128,17 @@ pub(crate) fn is_token_str(s: &[u8]) -> bool {
 pub(crate) fn quoted_string_end(s: &[u8], at: usize) -> Option<usize> {
     debug_assert_eq!(s.get(at), Some(&b'"'));
     let mut i = at + 1;
-    while i < s.len() {
-        match s[i] {
-            b'"' => return Some(i + 1),
-            // quoted-pair: `\` then any octet but CR and LF.
-            b'\\' => {
-                if matches!(s.get(i + 1), None | Some(b'\r') | Some(b'\n')) {
-                    return None;
-                }
-                i += 2;
-            }
-            _ => i += 1,
+    loop {
+        i += find_first(&s[i..], |w| bytes_equal(w, b'"') | bytes_equal(w, b'\\'))?;
+        if s[i] == b'"' {
+            return Some(i + 1);
         }
+        // quoted-pair: `\` then any octet but CR and LF.
+        if matches!(s.get(i + 1), None | Some(b'\r') | Some(b'\n')) {
+            return None;
+        }
+        i += 2;
     }
-    None
 }
 
 /// Splits a comma-separated header value (Via, Route, Record-Route, Contact)
@@ -137,9 +189,83 @@ impl<'a> Iterator for CommaSplit<'a> {
     }
 }
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// In a word of eight bytes, the high bit of each byte equal to `b`. A
+/// borrow can mark a byte above one truly marked, never a byte alone, so a
+/// test for "any" is exact.
+#[inline(always)]
+pub(crate) fn bytes_equal(word: u64, b: u8) -> u64 {
+    let x = word ^ (LO * u64::from(b));
+    x.wrapping_sub(LO) & !x & HI
+}
+
+/// The high bit of each byte below `n` (`n` at most 0x80; bytes of 0x80 and
+/// above are never marked), with the same borrow caveat.
+#[inline(always)]
+pub(crate) fn bytes_below(word: u64, n: u8) -> u64 {
+    word.wrapping_sub(LO * u64::from(n)) & !word & HI
+}
+
+/// Whether `marks` flags any of the bytes of `s`, eight at a time: byte
+/// folds over the ~45-byte values a scan checks spend most of their time on
+/// the tail after the vector loop, one byte at a time. `s` shorter than
+/// eight goes byte by byte through `byte`.
+#[inline(always)]
+pub(crate) fn any_byte(s: &[u8], marks: impl Fn(u64) -> u64, byte: impl Fn(u8) -> bool) -> bool {
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    if s.len() < 8 {
+        return s.iter().any(|&b| byte(b));
+    }
+    let mut at = 0;
+    while at + 8 <= s.len() {
+        if marks(word(at)) != 0 {
+            return true;
+        }
+        at += 8;
+    }
+    // The last eight bytes again, overlapping some already checked.
+    at != s.len() && marks(word(s.len() - 8)) != 0
+}
+
+/// The index of the first byte of `s` that `marks` flags, eight bytes per
+/// step: one branch per word where a byte loop takes one per byte, and
+/// mispredicts where it stops. Only the lowest mark of a word is used, so
+/// the borrow caveat of [`bytes_equal`] does not apply.
+#[inline(always)]
+pub(crate) fn find_first(s: &[u8], marks: impl Fn(u64) -> u64) -> Option<usize> {
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let mut at = 0;
+    while at + 8 <= s.len() {
+        let m = marks(word(at));
+        if m != 0 {
+            return Some(at + (m.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    if at == s.len() {
+        return None;
+    }
+    // The tail: padded with zeros, whose marks past the end are ignored.
+    let mut w = [0u8; 8];
+    w[..s.len() - at].copy_from_slice(&s[at..]);
+    let m = marks(u64::from_le_bytes(w)) & (u64::MAX >> (8 * (8 - (s.len() - at))));
+    (m != 0).then(|| at + (m.trailing_zeros() / 8) as usize)
+}
+
 /// Parses an unsigned decimal number that must fit `max`. Leading zeros are
 /// allowed (`Max-Forwards: 0068`); an empty string, a sign or an overflow
 /// is `None`.
+#[inline(always)]
 pub(crate) fn parse_decimal(s: &[u8], max: u64) -> Option<u64> {
     if s.is_empty() {
         return None;
@@ -223,6 +349,57 @@ mod tests {
                 &b""[..]
             ]
         );
+    }
+
+    #[test]
+    fn words_match_bytes() {
+        let alphabet = [
+            0u8, 1, 8, 9, 0x1f, 0x20, 0x21, b'a', 0x7e, 0x7f, 0x80, 0x81, 0xfe, 0xff,
+        ];
+        for len in 0..20 {
+            for at in 0..len {
+                for &b in &alphabet {
+                    for &fill in &alphabet {
+                        let mut s = vec![fill; len];
+                        s[at] = b;
+                        for n in [0x21u8, 0x80] {
+                            let want = s.iter().any(|&c| c < n);
+                            assert_eq!(any_byte(&s, |w| bytes_below(w, n), |c| c < n), want);
+                        }
+                        let want = s.contains(&0x7f);
+                        assert_eq!(any_byte(&s, |w| bytes_equal(w, 0x7f), |c| c == 0x7f), want);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The word search agrees with the byte-by-byte definition.
+    #[test]
+    fn quoted_string_by_words() {
+        fn by_bytes(s: &[u8], at: usize) -> Option<usize> {
+            let mut i = at + 1;
+            while i < s.len() {
+                match s[i] {
+                    b'"' => return Some(i + 1),
+                    b'\\' if matches!(s.get(i + 1), None | Some(b'\r' | b'\n')) => return None,
+                    b'\\' => i += 2,
+                    _ => i += 1,
+                }
+            }
+            None
+        }
+        let alphabet = [b'a', b'"', b'\\', b'\r', b'\n', 0, 0xff, b' '];
+        let mut seed = 1u64;
+        for _ in 0..20_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let len = 1 + (seed >> 59) as usize;
+            let mut s = vec![b'"'];
+            for k in 0..len {
+                s.push(alphabet[((seed >> (3 * (k % 19))) & 7) as usize]);
+            }
+            assert_eq!(quoted_string_end(&s, 0), by_bytes(&s, 0), "{s:?}");
+        }
     }
 
     #[test]

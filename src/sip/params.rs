@@ -1,8 +1,7 @@
 //! Header parameters: `*( SEMI generic-param )` with the LWS RFC 3261 allows
 //! around `;` and `=` (`tag = 98asjd8` is legal).
 
-use super::lex::{quoted_string_end, skip_lws, token_end};
-use super::uri::is_gen_value;
+use super::lex::{long_class_end, quoted_string_end, skip_lws, token_end, GEN_VALUE};
 
 /// One header parameter. `value` keeps its quotes when it was quoted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,11 +50,7 @@ impl<'m> HeaderParams<'m> {
             let value_end = if s.get(i) == Some(&b'"') {
                 quoted_string_end(s, i).ok_or(ParamError)?
             } else {
-                let mut e = i;
-                while e < s.len() && is_gen_value(s[e]) {
-                    e += 1;
-                }
-                e
+                long_class_end(s, i, GEN_VALUE)
             };
             if value_end == i {
                 return Err(ParamError);

@@ -12,7 +12,9 @@ use super::addr::NameAddr;
 use super::block::BlockCursor;
 use super::error::{Fault, ScanError, StartKind};
 use super::header::HeaderName;
-use super::lex::{is_token, is_token_str, parse_decimal, trim_lws, CommaSplit};
+use super::lex::{
+    any_byte, bytes_equal, is_lws, is_token, is_token_str, parse_decimal, trim_lws, CommaSplit,
+};
 use super::method::Method;
 use super::uri::{Scheme, Uri};
 use super::via::Via;
@@ -321,73 +323,93 @@ impl Scanner {
             if self.slots.len() == self.limits.headers_max {
                 return Err(fail(Fault::TooManyHeaders));
             }
-            let slot = self.frame_field(datagram, pos, &mut cursor).map_err(fail)?;
+            let slot = frame_field(
+                datagram,
+                pos,
+                self.limits.header_line_bytes_max,
+                &mut cursor,
+            )
+            .map_err(fail)?;
             pos = slot.line.end as usize;
             self.slots.push(slot);
         }
     }
+}
 
-    /// Frames the header field starting at `start`: its name, its value and
-    /// its continuation lines.
-    fn frame_field(
-        &self,
-        datagram: &[u8],
-        start: usize,
-        cursor: &mut BlockCursor<'_>,
-    ) -> Result<HeaderSlot, Fault> {
-        // One field, folds included, may not run past this.
-        let until = start
-            .saturating_add(self.limits.header_line_bytes_max)
-            .saturating_add(1);
-        let too_long_or_truncated = || {
-            if datagram.len() > until {
-                Fault::HeaderLineTooLong
-            } else {
-                Fault::Truncated
-            }
-        };
-        // The name is a token, then HCOLON = *( SP / HTAB ) ":" SWS.
-        // Colon first, then the line end after it: the cursor then only
-        // moves forward. A colon past the line end means the line has none.
-        let colon = cursor.colon(start, until);
-        let first_nl = cursor
-            .newline(colon.unwrap_or(start), until)
-            .ok_or_else(too_long_or_truncated)?;
-        let colon = match colon {
-            Some(c) if c < first_nl => c,
-            _ => {
-                let line_end = cursor
-                    .newline(start, until)
-                    .ok_or_else(too_long_or_truncated)?;
-                debug_assert!(line_end <= first_nl);
-                return Err(Fault::HeaderName);
-            }
-        };
-        let mut name_end = colon;
-        while name_end > start && matches!(datagram[name_end - 1], b' ' | b'\t') {
-            name_end -= 1;
+/// Frames the header field starting at `start`: its name, its value and
+/// its continuation lines. Runs once per header line, so it works on
+/// indices and mask bits rather than sub-slices.
+#[inline(always)]
+fn frame_field(
+    datagram: &[u8],
+    start: usize,
+    line_max: usize,
+    cursor: &mut BlockCursor<'_>,
+) -> Result<HeaderSlot, Fault> {
+    // One field, folds included, may not run past this. Limits are clamped
+    // to 16 MiB, so the sum cannot overflow.
+    let until = start + line_max + 1;
+    let too_long_or_truncated = || {
+        if datagram.len() > until {
+            Fault::HeaderLineTooLong
+        } else {
+            Fault::Truncated
         }
-        let name = &datagram[start..name_end];
-        if !is_token_str(name) {
-            return Err(Fault::HeaderName);
-        }
-        // Follow folds: a line that starts with SP or HT continues this one.
-        let mut nl = first_nl;
-        while matches!(datagram.get(nl + 1), Some(b' ' | b'\t')) {
-            nl = cursor
-                .newline(nl + 1, until)
+    };
+    // The name is a token, then HCOLON = *( SP / HTAB ) ":" SWS. Colon
+    // first, then the line end after it: the cursor only moves forward.
+    // A line end before the colon leaves a non-token byte in the name.
+    // Most lines fit in the block the cursor holds, which answers both.
+    let (colon, first_nl) = match cursor.colon_and_newline_here(start) {
+        Some((colon, nl)) if colon < nl && nl < until => (colon, nl),
+        _ => {
+            let Some(colon) = cursor.colon(start, until) else {
+                return Err(match cursor.newline(start, until) {
+                    Some(_) => Fault::HeaderName,
+                    None => too_long_or_truncated(),
+                });
+            };
+            let nl = cursor
+                .newline(colon, until)
                 .ok_or_else(too_long_or_truncated)?;
+            (colon, nl)
         }
-        let value_end = strip_cr(datagram, start, nl);
-        let value = trim_lws(&datagram[colon + 1..value_end]);
-        let value_start = super::lex::offset_in(datagram, value);
-        Ok(HeaderSlot {
-            name: HeaderName::classify(name),
-            name_span: Span::new(start, name_end),
-            value: Span::new(value_start, value_start + value.len()),
-            line: Span::new(start, nl + 1),
-        })
+    };
+    let mut name_end = colon;
+    while name_end > start && matches!(datagram[name_end - 1], b' ' | b'\t') {
+        name_end -= 1;
     }
+    let name = &datagram[start..name_end];
+    // A known name is a token by construction; only others are checked.
+    let header = HeaderName::classify(name);
+    if header == HeaderName::Other && !is_token_str(name) {
+        return Err(Fault::HeaderName);
+    }
+    // Follow folds: a line that starts with SP or HT continues this one.
+    let mut nl = first_nl;
+    while matches!(datagram.get(nl + 1), Some(b' ' | b'\t')) {
+        nl = cursor
+            .newline(nl + 1, until)
+            .ok_or_else(too_long_or_truncated)?;
+    }
+    let mut value_end = strip_cr(datagram, start, nl);
+    let mut value_start = colon + 1;
+    // `Name: value` is the usual spelling: skip its one SP without a loop.
+    if value_start + 1 < value_end && datagram[value_start] == b' ' {
+        value_start += 1;
+    }
+    while value_start < value_end && is_lws(datagram[value_start]) {
+        value_start += 1;
+    }
+    while value_end > value_start && is_lws(datagram[value_end - 1]) {
+        value_end -= 1;
+    }
+    Ok(HeaderSlot {
+        name: header,
+        name_span: Span::new(start, name_end),
+        value: Span::new(value_start, value_end),
+        line: Span::new(start, nl + 1),
+    })
 }
 
 fn framed(start_line: Span, headers_end: usize, body_start: usize, kind: StartKind) -> Frame {
@@ -429,10 +451,14 @@ fn validate<'m>(
     limits: &Limits,
     proxy_require_supported: &[Box<[u8]>],
 ) -> Result<Message<'m>, Fault> {
-    let start_line = parse_start_line(frame.start_line.of(datagram), frame.kind)?;
+    let mut start_line = StartLine::Response {
+        code: 0,
+        reason: &[],
+    };
+    parse_start_line(frame.start_line.of(datagram), frame.kind, &mut start_line)?;
     let mut known = Known::default();
     let mut via_count = 0usize;
-    let mut top_via = None;
+    let (mut top_via, mut lower_via) = (Via::EMPTY, Via::EMPTY);
     for (index, slot) in slots.iter().enumerate() {
         let index = index as u16;
         let cell = match slot.name {
@@ -443,8 +469,12 @@ fn validate<'m>(
                     if via_count > limits.via_values_max {
                         return Err(Fault::TooManyVia);
                     }
-                    let via = Via::parse(value).map_err(Fault::Via)?;
-                    top_via.get_or_insert(via);
+                    let into = if via_count == 1 {
+                        &mut top_via
+                    } else {
+                        &mut lower_via
+                    };
+                    Via::parse_into(value, into).map_err(Fault::Via)?;
                 }
                 continue;
             }
@@ -465,27 +495,35 @@ fn validate<'m>(
             return Err(Fault::Duplicate(slot.name));
         }
     }
-    let value = |index: u16| slots[index as usize].value.of(datagram);
+    // A macro, not a closure: the closure was not inlined.
+    macro_rules! value {
+        ($index:expr) => {
+            slots[usize::from($index)].value.of(datagram)
+        };
+    }
     let required = |cell: Option<u16>, name| cell.ok_or(Fault::Missing(name));
-    let top_via = top_via.ok_or(Fault::Missing(HeaderName::Via))?;
+    if via_count == 0 {
+        return Err(Fault::Missing(HeaderName::Via));
+    }
     let from_slot = required(known.from, HeaderName::From)?;
     let to_slot = required(known.to, HeaderName::To)?;
-    let call_id = value(required(known.call_id, HeaderName::CallId)?);
+    let call_id = value!(required(known.call_id, HeaderName::CallId)?);
     let cseq_slot = required(known.cseq, HeaderName::CSeq)?;
 
     if call_id.is_empty() || super::uri::has_illegal_byte(call_id) {
         return Err(Fault::CallId);
     }
-    let cseq = parse_cseq(value(cseq_slot))?;
-    let from = NameAddr::parse(value(from_slot)).map_err(Fault::From)?;
-    let to = NameAddr::parse(value(to_slot)).map_err(Fault::To)?;
+    let cseq = parse_cseq(value!(cseq_slot), &start_line)?;
+    let (mut from, mut to) = (NameAddr::EMPTY, NameAddr::EMPTY);
+    NameAddr::parse_into(value!(from_slot), &mut from).map_err(Fault::From)?;
+    NameAddr::parse_into(value!(to_slot), &mut to).map_err(Fault::To)?;
     let max_forwards = match known.max_forwards {
-        Some(index) => Some(parse_decimal(value(index), 255).ok_or(Fault::MaxForwards)? as u8),
+        Some(index) => Some(parse_decimal(value!(index), 255).ok_or(Fault::MaxForwards)? as u8),
         None => None,
     };
     let content_length = match known.content_length {
         Some(index) => Some(
-            parse_decimal(value(index), u64::from(u32::MAX)).ok_or(Fault::ContentLength)? as u32,
+            parse_decimal(value!(index), u64::from(u32::MAX)).ok_or(Fault::ContentLength)? as u32,
         ),
         None => None,
     };
@@ -600,17 +638,26 @@ pub(crate) fn proxy_require_tags<'m>(
         .filter(|tag| !tag.is_empty())
 }
 
-fn parse_start_line(line: &[u8], kind: StartKind) -> Result<StartLine<'_>, Fault> {
+/// Parses the start line into `out`, where the message keeps it (see
+/// `NameAddr::parse_into` for why not a returned `Result`).
+fn parse_start_line<'m>(
+    line: &'m [u8],
+    kind: StartKind,
+    out: &mut StartLine<'m>,
+) -> Result<(), Fault> {
     match kind {
-        StartKind::Response => parse_status_line(line),
-        _ => parse_request_line(line),
+        StartKind::Response => {
+            *out = parse_status_line(line)?;
+            Ok(())
+        }
+        _ => parse_request_line(line, out),
     }
 }
 
 /// `Method SP Request-URI SP SIP-Version`. Trailing white space is
 /// tolerated (RFC 4475 trws allows either answer; forwarding is kinder);
 /// any other extra white space makes the line malformed (lwsstart, lwsruri).
-fn parse_request_line(line: &[u8]) -> Result<StartLine<'_>, Fault> {
+fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(), Fault> {
     let mut end = line.len();
     while end > 0 && matches!(line[end - 1], b' ' | b'\t') {
         end -= 1;
@@ -624,20 +671,25 @@ fn parse_request_line(line: &[u8]) -> Result<StartLine<'_>, Fault> {
     let method_text = &line[..first_sp];
     let uri_text = &line[first_sp + 1..last_sp];
     let version = &line[last_sp + 1..];
-    if !is_token_str(method_text)
-        || uri_text.is_empty()
-        || uri_text.iter().any(|&b| b == b' ' || b == b'\t')
-    {
+    let has_lws = any_byte(
+        uri_text,
+        |w| bytes_equal(w, b' ') | bytes_equal(w, b'\t'),
+        |b| b == b' ' || b == b'\t',
+    );
+    if !is_token_str(method_text) || uri_text.is_empty() || has_lws {
         return Err(Fault::StartLine);
     }
     check_version(version)?;
-    let uri = Uri::parse(uri_text).map_err(Fault::RequestUri)?;
-    Ok(StartLine::Request {
+    *out = StartLine::Request {
         method: Method::from_token(method_text),
         method_text,
-        uri,
+        uri: Uri::EMPTY,
         uri_text,
-    })
+    };
+    if let StartLine::Request { uri, .. } = out {
+        Uri::parse_into(uri_text, uri).map_err(Fault::RequestUri)?;
+    }
+    Ok(())
 }
 
 /// `SIP-Version SP Status-Code SP Reason-Phrase`.
@@ -662,7 +714,8 @@ fn parse_status_line(line: &[u8]) -> Result<StartLine<'_>, Fault> {
 /// `SIP/2.0` passes; another well-formed version is `Version` (505);
 /// anything else is a malformed start line.
 fn check_version(version: &[u8]) -> Result<(), Fault> {
-    if version.eq_ignore_ascii_case(b"SIP/2.0") {
+    // Nearly every peer writes it in capitals: one 7-byte compare.
+    if version == b"SIP/2.0" || version.eq_ignore_ascii_case(b"SIP/2.0") {
         return Ok(());
     }
     let well_formed = version.len() > 4
@@ -678,8 +731,9 @@ fn check_version(version: &[u8]) -> Result<(), Fault> {
     })
 }
 
-/// `CSeq: 1*DIGIT LWS Method`, the number a u32.
-fn parse_cseq(value: &[u8]) -> Result<CSeq<'_>, Fault> {
+/// `CSeq: 1*DIGIT LWS Method`, the number a u32. A request's CSeq names
+/// its own method, already recognised on the start line.
+fn parse_cseq<'m>(value: &'m [u8], start_line: &StartLine<'m>) -> Result<CSeq<'m>, Fault> {
     let digits = value
         .iter()
         .position(|b| !b.is_ascii_digit())
@@ -693,9 +747,17 @@ fn parse_cseq(value: &[u8]) -> Result<CSeq<'_>, Fault> {
     if !method_text.iter().all(|&b| is_token(b)) || method_text.is_empty() {
         return Err(Fault::CSeq);
     }
+    let method = match *start_line {
+        StartLine::Request {
+            method,
+            method_text: text,
+            ..
+        } if text == method_text => method,
+        _ => Method::from_token(method_text),
+    };
     Ok(CSeq {
         number,
-        method: Method::from_token(method_text),
+        method,
         method_text,
     })
 }

@@ -3,7 +3,9 @@
 //! Every field is a slice of the datagram; escapes (`%41`) are left as they
 //! are, because a proxy compares and forwards URIs, it does not display them.
 
-use super::lex::{is_token, parse_decimal};
+use super::lex::{
+    any_byte, bytes_below, bytes_equal, class_end, is, long_class_end, parse_decimal, HOST, SCHEME,
+};
 
 /// The URI schemes sipshard routes. Anything else in a Request-URI is
 /// answered 416 (RFC 3261 §8.2.2.1); in other headers it is carried opaque.
@@ -52,8 +54,27 @@ pub struct Uri<'m> {
 }
 
 impl<'m> Uri<'m> {
+    pub(crate) const EMPTY: Uri<'static> = Uri {
+        scheme: Scheme::Other,
+        scheme_name: &[],
+        opaque: &[],
+        user: None,
+        host: &[],
+        port: None,
+        params: &[],
+        headers: None,
+    };
+
     /// Parses `s`, which must already be trimmed of LWS.
     pub fn parse(s: &'m [u8]) -> Result<Uri<'m>, UriError> {
+        let mut uri = Uri::EMPTY;
+        Self::parse_into(s, &mut uri)?;
+        Ok(uri)
+    }
+
+    /// [`Uri::parse`] writing into the caller's `out`, for the scanner (see
+    /// `NameAddr::parse_into`).
+    pub(crate) fn parse_into(s: &'m [u8], out: &mut Uri<'m>) -> Result<(), UriError> {
         let colon = scheme_end(s).ok_or(UriError::Scheme)?;
         let scheme_name = &s[..colon];
         let opaque = &s[colon + 1..];
@@ -66,7 +87,7 @@ impl<'m> Uri<'m> {
         } else {
             Scheme::Other
         };
-        let mut uri = Uri {
+        *out = Uri {
             scheme,
             scheme_name,
             opaque,
@@ -76,6 +97,7 @@ impl<'m> Uri<'m> {
             params: &[],
             headers: None,
         };
+        let uri = out;
         match scheme {
             Scheme::Sip | Scheme::Sips => uri.parse_sip_body()?,
             Scheme::Tel | Scheme::Other => {
@@ -94,7 +116,7 @@ impl<'m> Uri<'m> {
             uri.user = Some(&opaque[..end]);
             uri.params = opaque.get(end + 1..).unwrap_or(&[]);
         }
-        Ok(uri)
+        Ok(())
     }
 
     fn parse_sip_body(&mut self) -> Result<(), UriError> {
@@ -118,18 +140,16 @@ impl<'m> Uri<'m> {
             memchr::memchr(b']', rest).ok_or(UriError::Host)? + 1
         } else {
             // One pass: host characters, then one of `:` `;` `?` or the end.
-            let end = rest
-                .iter()
-                .position(|&b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
-                .unwrap_or(rest.len());
-            if !matches!(rest.get(end), None | Some(b':' | b';' | b'?')) {
+            let end = long_class_end(rest, 0, HOST);
+            if end == 0 || !matches!(rest.get(end), None | Some(b':' | b';' | b'?')) {
                 return Err(UriError::Host);
             }
             end
         };
         let after_host = host_end;
         let host = &rest[..host_end];
-        if !is_host(host) {
+        // A name was checked by the pass that found its end.
+        if host[0] == b'[' && !is_host(host) {
             return Err(UriError::Host);
         }
         self.host = host;
@@ -224,28 +244,36 @@ fn scheme_end(s: &[u8]) -> Option<usize> {
     if !s.first()?.is_ascii_alphabetic() {
         return None;
     }
-    let end = s
-        .iter()
-        .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')))?;
-    (s[end] == b':').then_some(end)
+    let end = class_end(s, 1, SCHEME);
+    (s.get(end) == Some(&b':')).then_some(end)
 }
 
 /// Whether `s` holds white space or a control character, none of which a
-/// URI may carry unescaped. Branch-free so that it vectorises.
+/// URI may carry unescaped.
 #[inline]
 pub(crate) fn has_illegal_byte(s: &[u8]) -> bool {
-    s.iter()
-        .fold(false, |bad, &b| bad | (b <= b' ') | (b == 0x7f))
+    any_byte(
+        s,
+        |w| bytes_below(w, 0x21) | bytes_equal(w, 0x7f),
+        |b| b <= b' ' || b == 0x7f,
+    )
 }
 
 /// Whether a `;`-separated parameter list (after its first `;`) has a
-/// parameter without a name: `;;`, `;=v`, a leading `=` or a trailing `;`.
-/// Branch-free over the bytes, as it runs on every Request-URI.
+/// parameter without a name: `;;`, `;=v`, a leading `;` or `=`, or a
+/// trailing `;`. Pairs of neighbours, branch-free, so that it vectorises:
+/// it runs on every Request-URI.
 fn has_empty_param_name(params: &[u8]) -> bool {
-    let (bad, last) = params.iter().fold((false, b';'), |(bad, prev), &b| {
-        (bad | ((prev == b';') & ((b == b';') | (b == b'='))), b)
-    });
-    bad | (last == b';')
+    let (Some(&first), Some(&last)) = (params.first(), params.last()) else {
+        return true;
+    };
+    let pairs = params
+        .iter()
+        .zip(&params[1..])
+        .fold(false, |bad, (&a, &b)| {
+            bad | ((a == b';') & ((b == b';') | (b == b'=')))
+        });
+    pairs | (first == b';') | (first == b'=') | (last == b';')
 }
 
 /// Whether `s` starts with a well-formed `scheme:`.
@@ -274,17 +302,8 @@ pub(crate) fn is_host(h: &[u8]) -> bool {
                     .iter()
                     .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
         }
-        _ => h
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
+        _ => h.iter().all(|&b| is(b, HOST)),
     }
-}
-
-/// Whether `b` may appear in a generic parameter value without quotes
-/// (token, or host with IPv6 brackets and colons).
-#[inline]
-pub(crate) fn is_gen_value(b: u8) -> bool {
-    is_token(b) || matches!(b, b':' | b'[' | b']')
 }
 
 #[cfg(test)]
@@ -351,6 +370,21 @@ mod tests {
         assert_eq!(Uri::parse(b"sip:a@b;lr;").unwrap_err(), UriError::Parameter);
         assert_eq!(Uri::parse(b"sip:a@b c"), Err(UriError::IllegalCharacter));
         assert_eq!(Uri::parse(b"sip:a@b_c"), Err(UriError::Host));
+    }
+
+    #[test]
+    fn illegal_bytes_by_word_match_the_definition() {
+        for len in 0..20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut s = vec![b'a'; len];
+                    s[at] = b;
+                    let want = b <= b' ' || b == 0x7f;
+                    assert_eq!(has_illegal_byte(&s), want, "{s:?}");
+                }
+            }
+        }
+        assert!(!has_illegal_byte(b"\x80\xff\x21~\x7e\xa0\x81\x80\xfe"));
     }
 
     #[test]

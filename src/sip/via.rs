@@ -1,6 +1,6 @@
 //! Via values (RFC 3261 §20.42, §18.2.1; RFC 3581 rport).
 
-use super::lex::{parse_decimal, skip_lws, token_end};
+use super::lex::{long_class_end, parse_decimal, skip_lws, token_end, HOST};
 use super::params::HeaderParams;
 use super::uri::is_host;
 
@@ -43,8 +43,29 @@ pub enum ViaError {
 }
 
 impl<'m> Via<'m> {
+    pub(crate) const EMPTY: Via<'static> = Via {
+        value: &[],
+        transport: &[],
+        host: &[],
+        port: None,
+        branch: None,
+        received: None,
+        rport: None,
+        rport_name: None,
+        maddr: None,
+        ttl: None,
+    };
+
     /// Parses one Via value, already split from its neighbours and trimmed.
     pub fn parse(value: &'m [u8]) -> Result<Via<'m>, ViaError> {
+        let mut via = Via::EMPTY;
+        Self::parse_into(value, &mut via)?;
+        Ok(via)
+    }
+
+    /// [`Via::parse`] writing into the caller's `out`, for the scanner (see
+    /// `NameAddr::parse_into`).
+    pub(crate) fn parse_into(value: &'m [u8], out: &mut Via<'m>) -> Result<(), ViaError> {
         if value.is_empty() {
             return Err(ViaError::Empty);
         }
@@ -69,7 +90,7 @@ impl<'m> Via<'m> {
             return Err(ViaError::Protocol);
         }
         let (host, port, after) = parse_sent_by(value, host_start)?;
-        let mut via = Via {
+        *out = Via {
             value,
             transport,
             host,
@@ -81,6 +102,7 @@ impl<'m> Via<'m> {
             maddr: None,
             ttl: None,
         };
+        let via = out;
         for param in HeaderParams::new(value, after) {
             let param = param.map_err(|_| ViaError::Parameter)?;
             let name = param.name;
@@ -104,7 +126,7 @@ impl<'m> Via<'m> {
                 via.ttl = Some(parse_decimal(v, 255).ok_or(ViaError::Parameter)? as u8);
             }
         }
-        Ok(via)
+        Ok(())
     }
 
     /// Whether the branch carries the RFC 3261 magic cookie.
@@ -138,18 +160,20 @@ fn expect_slash(s: &[u8], at: usize) -> Result<usize, ViaError> {
 /// `host [ COLON port ]` starting at `at`; returns the index after it.
 fn parse_sent_by(s: &[u8], at: usize) -> Result<(&[u8], Option<u16>, usize), ViaError> {
     let host_end = if s.get(at) == Some(&b'[') {
-        memchr::memchr(b']', &s[at..]).ok_or(ViaError::SentBy)? + at + 1
-    } else {
-        let mut e = at;
-        while e < s.len() && (s[e].is_ascii_alphanumeric() || s[e] == b'-' || s[e] == b'.') {
-            e += 1;
+        let end = memchr::memchr(b']', &s[at..]).ok_or(ViaError::SentBy)? + at + 1;
+        if !is_host(&s[at..end]) {
+            return Err(ViaError::SentBy);
         }
-        e
+        end
+    } else {
+        // The pass that finds the end of a name is its check.
+        let end = long_class_end(s, at, HOST);
+        if end == at {
+            return Err(ViaError::SentBy);
+        }
+        end
     };
     let host = &s[at..host_end];
-    if !is_host(host) {
-        return Err(ViaError::SentBy);
-    }
     let colon = skip_lws(s, host_end);
     if s.get(colon) != Some(&b':') {
         return Ok((host, None, host_end));
