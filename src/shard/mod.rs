@@ -14,6 +14,7 @@
 //! turn) and, where io_uring is missing or forbidden, `recvmmsg`/`sendmmsg`
 //! + epoll (`sys.rs`). The choice is made at start-up and logged.
 
+mod steer;
 mod sys;
 mod uring;
 
@@ -112,6 +113,8 @@ struct ShardCounters {
 pub struct Runtime {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    /// The in-kernel steering program, kept loaded while the shards run.
+    _steering: Option<steer::Steering>,
 }
 
 impl Runtime {
@@ -136,6 +139,19 @@ impl Runtime {
                 bind(&config, SocketAddr::new(config.listen.ip(), port), false)
             })
             .collect::<io::Result<Vec<_>>>()?;
+        // Steer each datagram to its owner's socket in the kernel; without
+        // it (no eBPF here) the shards hand datagrams over, as always.
+        let steering = match sockets.len() {
+            1 => None,
+            _ => match steer::attach(&sockets.iter().map(|s| s.as_raw_fd()).collect::<Vec<_>>()) {
+                Ok(steering) => Some(steering),
+                Err(error) => {
+                    tracing::warn!(%error, "no in-kernel steering by Call-ID (eBPF); shards hand datagrams to their owners");
+                    None
+                }
+            },
+        };
+        let steered = steering.is_some();
         let own_ports = own_sockets
             .iter()
             .map(|s| {
@@ -214,8 +230,12 @@ impl Runtime {
             threads.push(thread);
         }
         let io = if use_uring { "io_uring" } else { "epoll" };
-        tracing::info!(listen = %config.listen, shards, io, backends = config.backends.len(), ?own_ports, "sipshard is running");
-        Ok(Runtime { shared, threads })
+        tracing::info!(listen = %config.listen, shards, io, steered, backends = config.backends.len(), ?own_ports, "sipshard is running");
+        Ok(Runtime {
+            shared,
+            threads,
+            _steering: steering,
+        })
     }
 
     /// Asks every shard to log its counters (SIGUSR1).

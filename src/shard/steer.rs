@@ -1,0 +1,488 @@
+//! In-kernel steering: an eBPF `SK_REUSEPORT` program that gives each
+//! datagram to the listen socket of the shard that owns its Call-ID, so
+//! that one caller's datagrams (one 4-tuple, which the kernel would give to
+//! one socket) reach their owners without a handoff and its second
+//! wake-up.
+//!
+//! The program finds the Call-ID header (`Call-ID` in any case, or `i`) in
+//! the first `SCAN_BYTES` of the datagram, hashes its value with the same
+//! FNV-1a as [`crate::sip::lex::fnv1a`], and selects socket `hash % shards`
+//! from a `REUSEPORT_SOCKARRAY` map. It is only an optimisation: when it
+//! finds nothing (or the kernel refuses it) the kernel picks by 4-tuple
+//! and the shard hands the datagram over as before; ownership is always
+//! decided in user space.
+//!
+//! The program is assembled here by hand (no BPF toolchain is needed to
+//! build sipshard) and loaded with the `bpf` system call; this file holds
+//! those calls' `unsafe`.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// How far into a datagram the program looks for the Call-ID line.
+const SCAN_BYTES: i32 = 1536;
+/// The longest Call-ID value it hashes; longer ones fall back.
+const CALL_ID_BYTES: i32 = 256;
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const BPF_MAP_TYPE_REUSEPORT_SOCKARRAY: u32 = 20;
+const BPF_PROG_TYPE_SK_REUSEPORT: u32 = 21;
+const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
+const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
+const HELPER_SK_SELECT_REUSEPORT: i32 = 82;
+const SK_PASS: i32 = 1;
+
+/// The steering program and its socket map, attached to a group.
+pub(crate) struct Steering {
+    _map: OwnedFd,
+    _scratch: OwnedFd,
+    _program: OwnedFd,
+}
+
+/// Loads the program for `sockets` (shard `i`'s listen socket at index
+/// `i`, all bound in one `SO_REUSEPORT` group) and attaches it.
+pub(crate) fn attach(sockets: &[RawFd]) -> io::Result<Steering> {
+    let shards = u32::try_from(sockets.len()).map_err(io::Error::other)?;
+    let map = create_map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 8, shards)?;
+    for (index, &fd) in sockets.iter().enumerate() {
+        update_map(map.as_raw_fd(), index as u32, fd)?;
+    }
+    let scratch = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 1)?;
+    let program = load(&program(map.as_raw_fd(), scratch.as_raw_fd(), shards))?;
+    let fd = program.as_raw_fd();
+    // SAFETY: passes a pointer to a live c_int and its size.
+    let result = unsafe {
+        libc::setsockopt(
+            sockets[0],
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_EBPF,
+            (&fd as *const RawFd).cast(),
+            std::mem::size_of::<RawFd>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Steering {
+        _map: map,
+        _scratch: scratch,
+        _program: program,
+    })
+}
+
+fn bpf(command: libc::c_long, attr: &mut [u8; 128]) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a zero-filled bpf_attr of 128 bytes (more than any
+    // command here reads) whose pointers point at memory alive for the call.
+    let result = unsafe { libc::syscall(libc::SYS_bpf, command, attr.as_mut_ptr(), 128usize) };
+    match result {
+        r if r < 0 => Err(io::Error::last_os_error()),
+        r => Ok(r),
+    }
+}
+
+fn put_u32(attr: &mut [u8; 128], at: usize, value: u32) {
+    attr[at..at + 4].copy_from_slice(&value.to_ne_bytes());
+}
+
+fn put_u64(attr: &mut [u8; 128], at: usize, value: u64) {
+    attr[at..at + 8].copy_from_slice(&value.to_ne_bytes());
+}
+
+fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = RawFd::try_from(fd).map_err(io::Error::other)?;
+    // SAFETY: the kernel just returned this descriptor to us alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A map with u32 keys: the socket array (u64 socket descriptors) or the
+/// one-slot scratch (see [`program`]).
+fn create_map(kind: u32, value_size: u32, entries: u32) -> io::Result<OwnedFd> {
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, kind);
+    put_u32(&mut attr, 4, 4);
+    put_u32(&mut attr, 8, value_size);
+    put_u32(&mut attr, 12, entries);
+    owned(bpf(BPF_MAP_CREATE, &mut attr)?)
+}
+
+fn update_map(map: RawFd, index: u32, socket: RawFd) -> io::Result<()> {
+    let value = socket as u64;
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, map as u32);
+    put_u64(&mut attr, 8, &index as *const u32 as u64);
+    put_u64(&mut attr, 16, &value as *const u64 as u64);
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// Loads the program; on failure, loads it again with the verifier's log
+/// (a log that overflows its buffer would itself fail the load) and
+/// returns the log's end with the error.
+fn load(program: &[Insn]) -> io::Result<OwnedFd> {
+    let license = b"Apache-2.0\0";
+    let attempt = |log: Option<&mut Vec<u8>>| {
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 0, BPF_PROG_TYPE_SK_REUSEPORT);
+        put_u32(&mut attr, 4, program.len() as u32);
+        put_u64(&mut attr, 8, program.as_ptr() as u64);
+        put_u64(&mut attr, 16, license.as_ptr() as u64);
+        if let Some(log) = log {
+            put_u32(&mut attr, 24, 1);
+            put_u32(&mut attr, 28, log.len() as u32);
+            put_u64(&mut attr, 32, log.as_mut_ptr() as u64);
+        }
+        attr[48..56].copy_from_slice(b"sipshard");
+        bpf(BPF_PROG_LOAD, &mut attr)
+    };
+    match attempt(None) {
+        Ok(fd) => owned(fd),
+        Err(error) => {
+            let mut log = vec![0u8; 1 << 22];
+            let _ = attempt(Some(&mut log));
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let tail = String::from_utf8_lossy(&log[end.saturating_sub(600)..end]).into_owned();
+            Err(io::Error::new(
+                error.kind(),
+                format!("{error}; verifier: {tail}"),
+            ))
+        }
+    }
+}
+
+/// One eBPF instruction, as the kernel reads it.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+struct Insn {
+    code: u8,
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+// Instruction classes, operations and sizes (linux/bpf.h).
+const LDX: u8 = 0x01;
+const STX: u8 = 0x03;
+const JMP: u8 = 0x05;
+const ALU64: u8 = 0x07;
+const MEM: u8 = 0x60;
+const K: u8 = 0x00;
+const X: u8 = 0x08;
+const B: u8 = 0x10;
+const W: u8 = 0x00;
+const DW: u8 = 0x18;
+const ADD: u8 = 0x00;
+const MUL: u8 = 0x20;
+const OR: u8 = 0x40;
+const MOD: u8 = 0x90;
+const XOR: u8 = 0xa0;
+const MOV: u8 = 0xb0;
+const JA: u8 = 0x00;
+const JEQ: u8 = 0x10;
+const JGT: u8 = 0x20;
+const JGE: u8 = 0x30;
+const JNE: u8 = 0x50;
+const CALL: u8 = 0x80;
+const EXIT: u8 = 0x90;
+
+/// A small assembler: instructions, with jumps to labels patched at the end.
+struct Asm {
+    code: Vec<Insn>,
+    labels: Vec<Option<usize>>,
+    fixups: Vec<(usize, usize)>,
+}
+
+impl Asm {
+    fn new() -> Asm {
+        Asm {
+            code: Vec::new(),
+            labels: Vec::new(),
+            fixups: Vec::new(),
+        }
+    }
+
+    fn label(&mut self) -> usize {
+        self.labels.push(None);
+        self.labels.len() - 1
+    }
+
+    fn here(&mut self, label: usize) {
+        self.labels[label] = Some(self.code.len());
+    }
+
+    fn emit(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
+        self.code.push(Insn {
+            code,
+            regs: (src << 4) | dst,
+            off,
+            imm,
+        });
+    }
+
+    fn alu_k(&mut self, op: u8, dst: u8, imm: i32) {
+        self.emit(ALU64 | op | K, dst, 0, 0, imm);
+    }
+
+    fn alu_x(&mut self, op: u8, dst: u8, src: u8) {
+        self.emit(ALU64 | op | X, dst, src, 0, 0);
+    }
+
+    fn load(&mut self, size: u8, dst: u8, src: u8, off: i16) {
+        self.emit(LDX | size | MEM, dst, src, off, 0);
+    }
+
+    fn jump_k(&mut self, op: u8, dst: u8, imm: i32, to: usize) {
+        self.fixups.push((self.code.len(), to));
+        self.emit(JMP | op | K, dst, 0, 0, imm);
+    }
+
+    fn jump_x(&mut self, op: u8, dst: u8, src: u8, to: usize) {
+        self.fixups.push((self.code.len(), to));
+        self.emit(JMP | op | X, dst, src, 0, 0);
+    }
+
+    fn goto(&mut self, to: usize) {
+        self.jump_k(JA, 0, 0, to);
+    }
+
+    /// `dst = imm` for a 64-bit constant (two instruction slots); with
+    /// `map`, `imm` is a map descriptor the kernel turns into the map.
+    fn load_imm64(&mut self, dst: u8, imm: u64, map: bool) {
+        let src = if map { 1 } else { 0 };
+        self.emit(0x18, dst, src, 0, imm as u32 as i32);
+        self.emit(0, 0, 0, 0, (imm >> 32) as u32 as i32);
+    }
+
+    fn finish(mut self) -> Vec<Insn> {
+        for (at, label) in std::mem::take(&mut self.fixups) {
+            let target = self.labels[label].expect("every jump target is placed");
+            self.code[at].off = (target as i64 - at as i64 - 1) as i16;
+        }
+        self.code
+    }
+}
+
+/// Loads the byte at `data + r9` into r4, or goes to `fail` when `r9`
+/// reaches `limit` or the byte is past `data_end` (r7 = data, r8 =
+/// data_end; r2 and r3 are scratch).
+fn load_byte_at_index(asm: &mut Asm, limit: i32, fail: usize) {
+    asm.jump_k(JGE, 9, limit, fail);
+    asm.alu_x(MOV, 2, 7);
+    asm.alu_x(ADD, 2, 9);
+    asm.alu_x(MOV, 3, 2);
+    asm.alu_k(ADD, 3, 1);
+    asm.jump_x(JGT, 3, 8, fail);
+    asm.load(B, 4, 2, 0);
+}
+
+/// The steering program for `shards` sockets in map `map`.
+///
+/// The verifier walks every path through the loops with the index as a
+/// known constant, so a search loop followed by a hashing loop would cost
+/// it (bytes searched × bytes hashed) steps and exceed its limit. Once the
+/// Call-ID name is found, the index goes through a one-slot per-CPU map
+/// (`scratch`): read back, it is a bounded unknown to the verifier, and
+/// every match position shares one walk of the rest.
+fn program(map: RawFd, scratch: RawFd, shards: u32) -> Vec<Insn> {
+    let mut a = Asm::new();
+    let pass = a.label();
+    let scan = a.label();
+    let compact = a.label();
+    let name_end = a.label();
+    let colon = a.label();
+    let value = a.label();
+    let hash = a.label();
+    let hash_loop = a.label();
+    let hashed = a.label();
+
+    // r6 = ctx, r7 = data, r8 = data_end, r9 = index into the datagram.
+    a.alu_x(MOV, 6, 1);
+    a.load(DW, 7, 6, 0);
+    a.load(DW, 8, 6, 8);
+    a.alu_k(MOV, 9, 0);
+
+    // Find a line start ("\n") followed by "call-id" or "i" (any case).
+    a.here(scan);
+    a.jump_k(JGE, 9, SCAN_BYTES, pass);
+    a.alu_x(MOV, 2, 7);
+    a.alu_x(ADD, 2, 9);
+    a.alu_x(MOV, 3, 2);
+    a.alu_k(ADD, 3, 9);
+    a.jump_x(JGT, 3, 8, pass);
+    a.load(B, 4, 2, 0);
+    a.alu_k(ADD, 9, 1);
+    // The loop goes on by the fall-through: the verifier keeps one
+    // pending branch per byte (the line start), under its limit of 8,192.
+    let line = a.label();
+    a.jump_k(JEQ, 4, i32::from(b'\n'), line);
+    a.goto(scan);
+    a.here(line);
+    a.load(B, 4, 2, 1);
+    a.alu_k(OR, 4, 0x20);
+    a.jump_k(JEQ, 4, i32::from(b'i'), compact);
+    a.jump_k(JNE, 4, i32::from(b'c'), scan);
+    for (at, letter) in [
+        (2, b'a'),
+        (3, b'l'),
+        (4, b'l'),
+        (5, b'-'),
+        (6, b'i'),
+        (7, b'd'),
+    ] {
+        a.load(B, 4, 2, at);
+        a.alu_k(OR, 4, 0x20);
+        a.jump_k(JNE, 4, i32::from(letter), scan);
+    }
+    // r9 is one past the "\n": the name ends 7 bytes on ("call-id").
+    a.alu_k(ADD, 9, 7);
+    a.goto(name_end);
+    a.here(compact);
+    a.alu_k(ADD, 9, 1);
+
+    // Launder the index through the scratch map (see above).
+    a.here(name_end);
+    a.emit(0x62, 10, 0, -8, 0); // *(u32 *)(r10 - 8) = 0: the key
+    a.load_imm64(1, scratch as u64, true);
+    a.alu_x(MOV, 2, 10);
+    a.alu_k(ADD, 2, -8);
+    a.emit(JMP | CALL, 0, 0, 0, HELPER_MAP_LOOKUP_ELEM);
+    a.jump_k(JEQ, 0, 0, pass);
+    a.emit(STX | W | MEM, 0, 9, 0, 0);
+    a.load(W, 9, 0, 0);
+    a.jump_k(JGT, 9, SCAN_BYTES + 8, pass);
+    // From here r7 points after the name and r9 counts from 0 again, so
+    // the loops below end by a counter the verifier knows.
+    a.alu_x(ADD, 7, 9);
+    a.alu_k(MOV, 9, 0);
+
+    // Then optional blanks and the colon; anything else is another header.
+    a.here(colon);
+    load_byte_at_index(&mut a, 16, pass);
+    a.alu_k(ADD, 9, 1);
+    a.jump_k(JEQ, 4, i32::from(b':'), value);
+    a.jump_k(JEQ, 4, i32::from(b' '), colon);
+    a.jump_k(JEQ, 4, i32::from(b'\t'), colon);
+    // Another header whose name starts like ours ("Call-Info", "i2"): the
+    // search is over; the shard hands the datagram on if need be.
+    a.goto(pass);
+
+    // Skip the blanks before the value.
+    a.here(value);
+    load_byte_at_index(&mut a, 32, pass);
+    a.jump_k(JEQ, 4, i32::from(b' '), hash);
+    a.jump_k(JEQ, 4, i32::from(b'\t'), hash);
+    a.goto(hash_loop);
+    a.here(hash);
+    a.alu_k(ADD, 9, 1);
+    a.goto(value);
+
+    // FNV-1a over the value up to the line end, then over a 0 byte, as
+    // `fnv1a(&[call_id])` does. r0 = hash, r5 = prime, r1 = length.
+    a.here(hash_loop);
+    a.load_imm64(0, 0xcbf2_9ce4_8422_2325, false);
+    a.load_imm64(5, 0x0100_0000_01b3, false);
+    a.alu_k(MOV, 1, 0);
+    let next = a.label();
+    a.here(next);
+    a.jump_k(JGE, 1, CALL_ID_BYTES, pass);
+    load_byte_at_index(&mut a, 32 + CALL_ID_BYTES, pass);
+    a.jump_k(JEQ, 4, i32::from(b'\r'), hashed);
+    a.jump_k(JEQ, 4, i32::from(b'\n'), hashed);
+    a.alu_x(XOR, 0, 4);
+    a.alu_x(MUL, 0, 5);
+    a.alu_k(ADD, 9, 1);
+    a.alu_k(ADD, 1, 1);
+    a.goto(next);
+
+    a.here(hashed);
+    a.jump_k(JEQ, 1, 0, pass);
+    a.alu_x(MUL, 0, 5);
+    a.alu_k(MOD, 0, shards as i32);
+    // key = r0 on the stack; bpf_sk_select_reuseport(ctx, map, &key, 0).
+    a.emit(STX | W | MEM, 10, 0, -4, 0);
+    a.alu_x(MOV, 1, 6);
+    a.load_imm64(2, map as u64, true);
+    a.alu_x(MOV, 3, 10);
+    a.alu_k(ADD, 3, -4);
+    a.alu_k(MOV, 4, 0);
+    a.emit(JMP | CALL, 0, 0, 0, HELPER_SK_SELECT_REUSEPORT);
+
+    a.here(pass);
+    a.alu_k(MOV, 0, SK_PASS);
+    a.emit(JMP | EXIT, 0, 0, 0, 0);
+    a.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::find_call_id;
+    use crate::sip::lex::fnv1a;
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    /// Two sockets in one SO_REUSEPORT group with the program attached;
+    /// datagrams from one client socket (one 4-tuple) must each reach the
+    /// socket of `fnv1a(Call-ID) % 2`, in every header spelling.
+    #[test]
+    fn datagrams_reach_the_socket_of_their_call_id() {
+        let sockets: Vec<Socket> = (0..2)
+            .map(|_| {
+                let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+                s.set_reuse_port(true).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                s
+            })
+            .collect();
+        let first: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        sockets[0].bind(&first.into()).unwrap();
+        let address = sockets[0].local_addr().unwrap().as_socket().unwrap();
+        sockets[1].bind(&address.into()).unwrap();
+        let fds: Vec<RawFd> = sockets.iter().map(|s| s.as_raw_fd()).collect();
+        let _steering = match attach(&fds) {
+            Ok(steering) => steering,
+            // A kernel or sandbox without eBPF: the gateway falls back to
+            // handoffs, and there is nothing to test here.
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => return,
+            Err(error) => panic!("{error}"),
+        };
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut landed = [0; 2];
+        for i in 0..64 {
+            let name = ["Call-ID", "call-id", "i", "CALL-ID ", "i\t"][i % 5];
+            let datagram = format!(
+                "INVITE sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK{i}\r\n\
+                 {name}: {i}-steer@example.com\r\nCSeq: 1 INVITE\r\n\r\n"
+            );
+            let id = find_call_id(datagram.as_bytes()).unwrap();
+            let owner = (fnv1a(&[id]) % 2) as usize;
+            client.send_to(datagram.as_bytes(), address).unwrap();
+            let mut buf = [std::mem::MaybeUninit::new(0u8); 2048];
+            let got = sockets[owner].recv(&mut buf);
+            assert!(
+                got.is_ok(),
+                "datagram {i} ({name}) did not reach socket {owner}"
+            );
+            landed[owner] += 1;
+        }
+        assert!(landed[0] > 0 && landed[1] > 0, "{landed:?}");
+    }
+
+    #[test]
+    fn jumps_land_inside_the_program() {
+        let program = program(3, 4, 2);
+        for (at, insn) in program.iter().enumerate() {
+            if insn.code & 0x07 == JMP && insn.code != JMP | CALL && insn.code != JMP | EXIT {
+                let target = at as i64 + 1 + i64::from(insn.off);
+                assert!(
+                    (0..program.len() as i64).contains(&target),
+                    "{at}: {insn:?}"
+                );
+            }
+        }
+    }
+}
