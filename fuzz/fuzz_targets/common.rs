@@ -482,7 +482,12 @@ pub fn proxy(algorithm: Algorithm) -> Proxy {
         LocalAddress::new(PROXY_HOST, PROXY_PORT),
         BACKENDS.iter().map(|b| b.parse().unwrap()).collect(),
         algorithm,
-        TxnConfig::default(),
+        // A small table: the default reserves 63 MiB per proxy, and the
+        // fuzzer makes one proxy per input.
+        TxnConfig {
+            max_transactions: 256,
+            ..TxnConfig::default()
+        },
         0,
         1,
     )

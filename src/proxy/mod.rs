@@ -396,6 +396,7 @@ impl Core {
             reply_to,
             response,
             target,
+            sticky: message.to().tag.is_some(),
             client: None,
             tries: 0,
             cancelled: false,
@@ -605,7 +606,7 @@ impl Core {
                 let n = self.backends.len();
                 let first = if *tried != 0 {
                     None
-                } else if self.algorithm == Algorithm::CallIdHash {
+                } else if server.sticky || self.algorithm == Algorithm::CallIdHash {
                     find_call_id(&server.request).map(|id| (fnv1a(&[id]) % n as u64) as usize)
                 } else {
                     self.next_backend = (self.next_backend + 1) % n;

@@ -180,6 +180,10 @@ pub struct Server {
     /// Timer G; let go in Accepted and Confirmed, which send nothing.
     pub response: Vec<u8>,
     pub target: Target,
+    /// Goes to the pool by Call-ID hash whatever the algorithm: an
+    /// in-dialog request without our Route must reach the backend that
+    /// holds its dialog.
+    pub sticky: bool,
     /// The client transaction of the current try.
     pub client: Option<Slot>,
     pub tries: u32,

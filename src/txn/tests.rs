@@ -643,3 +643,25 @@ fn a_2xx_from_a_try_given_up_on_wins_and_cancels_the_current_try() {
         "{sent:#?}"
     );
 }
+
+#[test]
+fn an_in_dialog_request_without_our_route_goes_by_call_id_hash() {
+    // Round robin for new calls, but a BYE of a dialog (To tag) that does
+    // not carry our Route must reach the same backend every time.
+    let bye = |branch: &str| {
+        format!(
+            "BYE sip:+15551230001@{LB} SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5070;branch=z9hG4bK{branch}\r\n\
+Max-Forwards: 70\r\nTo: <sip:b@{LB}>;tag=b1\r\nFrom: <sip:a@example.com>;tag=f1\r\n\
+Call-ID: sticky-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let mut lab = Lab::new(Algorithm::RoundRobin);
+    let targets: Vec<_> = (0..4)
+        .map(|i| {
+            lab.recv(CALLER, &bye(&format!("s{i}")));
+            lab.one().to
+        })
+        .collect();
+    assert!(targets.iter().all(|t| *t == targets[0]), "{targets:?}");
+}
