@@ -248,7 +248,11 @@ impl Uring {
         self.send_result = Flushed::default();
         let timespec = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&timespec);
-        match self.ring.submitter().submit_with_args(1, &args) {
+        // The sends queued last turn complete as they are submitted; wait
+        // for one event beyond them, so that their completions alone do
+        // not end the wait and cost a turn of their own.
+        let want = self.sends_in_flight + 1;
+        match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => {}
             Err(e)
                 if matches!(
