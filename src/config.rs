@@ -401,6 +401,22 @@ mod tests {
     }
 
     #[test]
+    fn transaction_values_are_checked_with_their_line() {
+        let config = parse(EXAMPLE).unwrap();
+        assert_eq!(
+            config.txn,
+            TxnConfig::default(),
+            "the example spells out the defaults"
+        );
+        let text = "listen = \"127.0.0.1:5060\"\n[transactions]\nt1_ms = 0\nfailover_codes = [200]\ntry_ms = 700\n[backends]\nmembers = [\"sip:127.0.0.1:5080\"]\n";
+        let problems = parse(text).unwrap_err();
+        let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![3, 4], "{problems:#?}");
+        let good = text.replace("t1_ms = 0\nfailover_codes = [200]\n", "");
+        assert_eq!(parse(&good).unwrap().txn.timers.try_ms, 700);
+    }
+
+    #[test]
     fn backend_forms() {
         assert_eq!(
             backend_address("sip:10.0.0.1"),
