@@ -51,6 +51,9 @@ pub struct Socket {
     /// Shard `i` sends its requests from, and takes their responses on,
     /// this port plus `i` (default: ports the kernel picks).
     pub shard_port_base: Option<u16>,
+    /// Steer each datagram to its shard's socket in the kernel (eBPF);
+    /// default true. Without it the shards hand datagrams to each other.
+    pub steering: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -257,6 +260,7 @@ pub fn parse(text: &str) -> Result<shard::Config, Vec<Problem>> {
             socket_receive_buffer_bytes: file.socket.receive_buffer_bytes,
             socket_send_buffer_bytes: file.socket.send_buffer_bytes,
             shard_port_base: file.socket.shard_port_base,
+            steering: file.socket.steering.unwrap_or(true),
             io,
         }),
         _ => Err(problems),

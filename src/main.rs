@@ -56,6 +56,11 @@ struct RunArgs {
     /// Default: 8192.
     #[arg(long)]
     handoff_queue_len: Option<usize>,
+    /// Do not load the eBPF program that steers each datagram to its
+    /// shard's socket: shards hand datagrams to each other instead (what
+    /// happens anyway where eBPF is not allowed).
+    #[arg(long)]
+    no_steering: bool,
     /// The receive loop: io_uring where the kernel allows it (auto, the
     /// default), io_uring or nothing (uring), or recvmmsg + epoll (epoll).
     #[arg(long, value_enum)]
@@ -168,6 +173,7 @@ fn run(args: RunArgs) -> ExitCode {
             socket_receive_buffer_bytes: None,
             socket_send_buffer_bytes: None,
             shard_port_base: None,
+            steering: true,
             io: Io::Auto,
         },
     };
@@ -204,6 +210,9 @@ fn run(args: RunArgs) -> ExitCode {
     }
     if let Some(len) = args.handoff_queue_len {
         config.handoff_queue_len = len;
+    }
+    if args.no_steering {
+        config.steering = false;
     }
     let listen = config.listen;
     let runtime = match Runtime::start(config) {

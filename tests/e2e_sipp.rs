@@ -5,7 +5,9 @@
 //! I/O paths (io_uring and epoll) and with 1 and 2 shards; with 10% of
 //! the packets lost at the caller and at both backends; with a CANCEL
 //! after the 180; with one backend answering 503 to everything; with one
-//! backend address where nothing listens (each call set up within 3 s).
+//! backend address where nothing listens (each call set up within 3 s);
+//! and with the in-kernel steering off, so that every other datagram is
+//! handed between shards.
 //!
 //! Needs `sipp` (Debian `sip-tester`), which `.ci/run` installs. The runs
 //! share ports, so they take a lock and go one at a time.
@@ -80,7 +82,7 @@ fn start_backend(address: &str, scenario_file: &str, lost: u32, dir: &Path) -> R
     Running(child)
 }
 
-fn start_gateway(shards: usize, io: &str) -> Running {
+fn start_gateway(shards: usize, io: &str, steering: bool) -> Running {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sipshard"));
     command.args([
         "--listen",
@@ -90,6 +92,9 @@ fn start_gateway(shards: usize, io: &str) -> Running {
         "--io",
         io,
     ]);
+    if !steering {
+        command.arg("--no-steering");
+    }
     for backend in BACKENDS {
         command.args(["--backend", &format!("sip:{backend}")]);
     }
@@ -171,6 +176,9 @@ struct Run<'a> {
     backends: [Option<&'a str>; 2],
     /// SIPp `-lost` percentage, at the caller and at every backend.
     lost: u32,
+    /// In-kernel steering by Call-ID; without it every other datagram of
+    /// the one caller is handed between shards.
+    steering: bool,
 }
 
 impl Run<'_> {
@@ -181,6 +189,7 @@ impl Run<'_> {
             caller,
             backends: [Some(backend), Some(backend)],
             lost: 0,
+            steering: true,
         }
     }
 
@@ -197,7 +206,7 @@ impl Run<'_> {
                 backend.map(|b| start_backend(address, b, self.lost, &dir))
             })
             .collect();
-        let _gateway = start_gateway(self.shards, self.io);
+        let _gateway = start_gateway(self.shards, self.io, self.steering);
         // Give the processes time to bind before the first INVITE.
         std::thread::sleep(Duration::from_millis(500));
         let started = Instant::now();
@@ -233,6 +242,19 @@ fn invite_ack_bye_io_uring() {
 fn invite_ack_bye_epoll() {
     Run::plain("epoll", 1, "uac.xml", "uas.xml").calls_all_succeed();
     Run::plain("epoll", 2, "uac.xml", "uas.xml").calls_all_succeed();
+}
+
+/// Where eBPF is not allowed: the shards hand the caller's datagrams to
+/// their owners, on both loops.
+#[test]
+fn invite_ack_bye_handed_off_without_steering() {
+    for io in ["uring", "epoll"] {
+        Run {
+            steering: false,
+            ..Run::plain(io, 2, "uac.xml", "uas.xml")
+        }
+        .calls_all_succeed();
+    }
 }
 
 #[test]

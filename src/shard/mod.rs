@@ -56,6 +56,8 @@ pub struct Config {
     pub socket_send_buffer_bytes: Option<usize>,
     /// Shard `i`'s own port is this plus `i`; `None`: the kernel picks.
     pub shard_port_base: Option<u16>,
+    /// Load the eBPF program that steers datagrams to their owner's socket.
+    pub steering: bool,
     pub io: Io,
 }
 
@@ -142,6 +144,7 @@ impl Runtime {
         // Steer each datagram to its owner's socket in the kernel; without
         // it (no eBPF here) the shards hand datagrams over, as always.
         let steering = match sockets.len() {
+            _ if !config.steering => None,
             1 => None,
             _ => match steer::attach(&sockets.iter().map(|s| s.as_raw_fd()).collect::<Vec<_>>()) {
                 Ok(steering) => Some(steering),
