@@ -737,9 +737,10 @@ impl ProxyRun {
         {
             // An INVITE's 100 goes back where its answers go.
             let (trying_to, _) = sent.remove(0);
-            let m = Scanner::new(Limits::default());
-            let mut m = m;
-            let request = m.scan(datagram).expect("an INVITE that went on scanned");
+            let mut scanner = Scanner::new(Limits::default());
+            let request = scanner
+                .scan(datagram)
+                .expect("an INVITE that went on scanned");
             assert_eq!(request.method(), Some(Method::Invite));
             assert_eq!(
                 trying_to,

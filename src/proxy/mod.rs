@@ -479,12 +479,7 @@ impl Core {
             ServerState::Completed => {
                 server.state = ServerState::Confirmed;
                 server.response = Vec::new();
-                let mut timers = std::mem::take(&mut server.timers);
-                self.txns.disarm(&mut timers);
-                let id = self.txns.arm_linger(now, t4, Timer::ServerLinger(slot));
-                if let Some(server) = self.txns.servers.get_mut(slot) {
-                    server.timers[0] = id;
-                }
+                self.txns.linger_server(now, slot, t4);
                 true
             }
             ServerState::Confirmed => true,
@@ -737,14 +732,7 @@ impl Core {
         if client.is_cancel {
             if code >= 200 {
                 client.state = ClientState::Completed;
-                let mut ids = std::mem::take(&mut client.timers);
-                self.txns.disarm(&mut ids);
-                let id = self
-                    .txns
-                    .arm_linger(now, timers.t4_ms, Timer::ClientLinger(slot));
-                if let Some(client) = self.txns.clients.get_mut(slot) {
-                    client.timers[0] = id;
-                }
+                self.txns.linger_client(now, slot, timers.t4_ms);
             }
             return Outcome::Absorbed;
         }
@@ -764,7 +752,6 @@ impl Core {
             }
             (ClientState::Calling | ClientState::Proceeding, 200..=299) => {
                 let invite = client.invite;
-                let mut ids = std::mem::take(&mut client.timers);
                 let (state, linger) = match invite {
                     true => (ClientState::Accepted, timers.timeout_ms()),
                     false => (ClientState::Completed, timers.t4_ms),
@@ -772,11 +759,7 @@ impl Core {
                 client.state = state;
                 client.request = Vec::new();
                 let server = client.server;
-                self.txns.disarm(&mut ids);
-                let id = self.txns.arm_linger(now, linger, Timer::ClientLinger(slot));
-                if let Some(client) = self.txns.clients.get_mut(slot) {
-                    client.timers[0] = id;
-                }
+                self.txns.linger_client(now, slot, linger);
                 let outcome = self.forward_upstream(slot, message, tx);
                 // §16.7 step 10: the call is answered; a try still pending
                 // elsewhere (a 2xx on a try given up on) is cancelled.
@@ -870,15 +853,13 @@ impl Core {
             return Outcome::Absorbed;
         };
         client.state = ClientState::Completed;
-        let mut ids = std::mem::take(&mut client.timers);
         let (invite, server_slot, to) = (client.invite, client.server, client.to);
-        self.txns.disarm(&mut ids);
         let linger = if invite {
             timers.timer_d_ms
         } else {
             timers.t4_ms
         };
-        let id = self.txns.arm_linger(now, linger, Timer::ClientLinger(slot));
+        self.txns.linger_client(now, slot, linger);
         if invite {
             // §17.1.1.3: the ACK for a non-2xx final is ours to send.
             let ack = self.write_ack(slot, message, tx);
@@ -894,7 +875,6 @@ impl Core {
         let Some(client) = self.txns.clients.get_mut(slot) else {
             return Outcome::Absorbed;
         };
-        client.timers[0] = id;
         // Completed: nothing will be sent again but the ACK.
         client.request = Vec::new();
         if client.abandoned {

@@ -419,6 +419,33 @@ impl Transactions {
         self.wheel.insert(rounded, timer).ok()
     }
 
+    /// Puts a client transaction in its wait state (D, K or M): every
+    /// timer it held stops, and the one that lets it go is armed.
+    pub fn linger_client(&mut self, now: Millis, slot: Slot, after_ms: u32) {
+        let Some(client) = self.clients.get_mut(slot) else {
+            return;
+        };
+        let mut ids = std::mem::take(&mut client.timers);
+        self.disarm(&mut ids);
+        let id = self.arm_linger(now, after_ms, Timer::ClientLinger(slot));
+        if let Some(client) = self.clients.get_mut(slot) {
+            client.timers[0] = id;
+        }
+    }
+
+    /// The same for a server transaction (Timer I).
+    pub fn linger_server(&mut self, now: Millis, slot: Slot, after_ms: u32) {
+        let Some(server) = self.servers.get_mut(slot) else {
+            return;
+        };
+        let mut ids = std::mem::take(&mut server.timers);
+        self.disarm(&mut ids);
+        let id = self.arm_linger(now, after_ms, Timer::ServerLinger(slot));
+        if let Some(server) = self.servers.get_mut(slot) {
+            server.timers[0] = id;
+        }
+    }
+
     pub fn disarm(&mut self, ids: &mut [Option<TimerId>]) {
         for id in ids.iter_mut() {
             if let Some(id) = id.take() {
