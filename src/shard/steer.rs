@@ -264,15 +264,16 @@ impl Asm {
     }
 }
 
-/// Loads the byte at `data + r9` into r4, or goes to `fail` when `r9`
-/// reaches `limit` or the byte is past `data_end` (r7 = data, r8 =
-/// data_end; r2 and r3 are scratch).
-fn load_byte_at_index(asm: &mut Asm, limit: i32, fail: usize) {
+/// Loads the byte at `data + r9` into r4, leaving its address in r2, or
+/// goes to `fail` when `r9` reaches `limit` or fewer than `window` bytes
+/// are left before `data_end` (r7 = data, r8 = data_end; r3 is scratch).
+/// A window above 1 lets the caller read `r2 + 1 .. r2 + window` too.
+fn load_byte_at_index(asm: &mut Asm, limit: i32, window: i32, fail: usize) {
     asm.jump_k(JGE, 9, limit, fail);
     asm.alu_x(MOV, 2, 7);
     asm.alu_x(ADD, 2, 9);
     asm.alu_x(MOV, 3, 2);
-    asm.alu_k(ADD, 3, 1);
+    asm.alu_k(ADD, 3, window);
     asm.jump_x(JGT, 3, 8, fail);
     asm.load(B, 4, 2, 0);
 }
@@ -293,8 +294,8 @@ fn program(map: RawFd, scratch: RawFd, shards: u32) -> Vec<Insn> {
     let name_end = a.label();
     let colon = a.label();
     let value = a.label();
+    let blank = a.label();
     let hash = a.label();
-    let hash_loop = a.label();
     let hashed = a.label();
 
     // r6 = ctx, r7 = data, r8 = data_end, r9 = index into the datagram.
@@ -304,14 +305,9 @@ fn program(map: RawFd, scratch: RawFd, shards: u32) -> Vec<Insn> {
     a.alu_k(MOV, 9, 0);
 
     // Find a line start ("\n") followed by "call-id" or "i" (any case).
+    // The window covers "\ncall-id" and the byte after it.
     a.here(scan);
-    a.jump_k(JGE, 9, SCAN_BYTES, pass);
-    a.alu_x(MOV, 2, 7);
-    a.alu_x(ADD, 2, 9);
-    a.alu_x(MOV, 3, 2);
-    a.alu_k(ADD, 3, 9);
-    a.jump_x(JGT, 3, 8, pass);
-    a.load(B, 4, 2, 0);
+    load_byte_at_index(&mut a, SCAN_BYTES, 9, pass);
     a.alu_k(ADD, 9, 1);
     // The loop goes on by the fall-through: the verifier keeps one
     // pending branch per byte (the line start), under its limit of 8,192.
@@ -359,7 +355,7 @@ fn program(map: RawFd, scratch: RawFd, shards: u32) -> Vec<Insn> {
 
     // Then optional blanks and the colon; anything else is another header.
     a.here(colon);
-    load_byte_at_index(&mut a, 16, pass);
+    load_byte_at_index(&mut a, 16, 1, pass);
     a.alu_k(ADD, 9, 1);
     a.jump_k(JEQ, 4, i32::from(b':'), value);
     a.jump_k(JEQ, 4, i32::from(b' '), colon);
@@ -370,24 +366,24 @@ fn program(map: RawFd, scratch: RawFd, shards: u32) -> Vec<Insn> {
 
     // Skip the blanks before the value.
     a.here(value);
-    load_byte_at_index(&mut a, 32, pass);
-    a.jump_k(JEQ, 4, i32::from(b' '), hash);
-    a.jump_k(JEQ, 4, i32::from(b'\t'), hash);
-    a.goto(hash_loop);
-    a.here(hash);
+    load_byte_at_index(&mut a, 32, 1, pass);
+    a.jump_k(JEQ, 4, i32::from(b' '), blank);
+    a.jump_k(JEQ, 4, i32::from(b'\t'), blank);
+    a.goto(hash);
+    a.here(blank);
     a.alu_k(ADD, 9, 1);
     a.goto(value);
 
     // FNV-1a over the value up to the line end, then over a 0 byte, as
     // `fnv1a(&[call_id])` does. r0 = hash, r5 = prime, r1 = length.
-    a.here(hash_loop);
+    a.here(hash);
     a.load_imm64(0, 0xcbf2_9ce4_8422_2325, false);
     a.load_imm64(5, 0x0100_0000_01b3, false);
     a.alu_k(MOV, 1, 0);
     let next = a.label();
     a.here(next);
     a.jump_k(JGE, 1, CALL_ID_BYTES, pass);
-    load_byte_at_index(&mut a, 32 + CALL_ID_BYTES, pass);
+    load_byte_at_index(&mut a, 32 + CALL_ID_BYTES, 1, pass);
     a.jump_k(JEQ, 4, i32::from(b'\r'), hashed);
     a.jump_k(JEQ, 4, i32::from(b'\n'), hashed);
     a.alu_x(XOR, 0, 4);
