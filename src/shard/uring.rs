@@ -133,7 +133,6 @@ pub(crate) struct Uring {
     /// The socket each send of the batch leaves from, for a resend.
     send_fds: [RawFd; BATCH],
     doorbell: RawFd,
-    recv_armed: bool,
     /// Completions of sends not yet reaped.
     sends_in_flight: usize,
     send_result: Flushed,
@@ -187,7 +186,6 @@ impl Uring {
             own_socket,
             send_fds: [socket; BATCH],
             doorbell,
-            recv_armed: false,
             sends_in_flight: 0,
             send_result: Flushed::default(),
             resend: Vec::with_capacity(BATCH),
@@ -223,7 +221,6 @@ impl Uring {
             .build()
             .user_data(which);
         self.push(&entry)?;
-        self.recv_armed = true;
         Ok(())
     }
 
