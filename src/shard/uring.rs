@@ -133,6 +133,10 @@ pub(crate) struct Uring {
     /// The socket each send of the batch leaves from, for a resend.
     send_fds: [RawFd; BATCH],
     doorbell: RawFd,
+    /// The three descriptors are registered with the ring (indices 0, 1
+    /// and 2, in the order above), so that an operation on them skips the
+    /// kernel's descriptor lookup and reference count.
+    fixed: bool,
     /// Completions of sends not yet reaped.
     sends_in_flight: usize,
     send_result: Flushed,
@@ -186,11 +190,17 @@ impl Uring {
             own_socket,
             send_fds: [socket; BATCH],
             doorbell,
+            fixed: false,
             sends_in_flight: 0,
             send_result: Flushed::default(),
             resend: Vec::with_capacity(BATCH),
             resent: [false; BATCH],
         };
+        uring.fixed = uring
+            .ring
+            .submitter()
+            .register_files(&[socket, own_socket, doorbell])
+            .is_ok();
         uring.arm_recv(USER_RECV)?;
         uring.arm_recv(USER_RECV_OWN)?;
         uring.arm_doorbell()?;
@@ -217,18 +227,44 @@ impl Uring {
             USER_RECV_OWN => self.own_socket,
             _ => self.socket,
         };
-        let entry = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_msghdr, BUFFER_GROUP)
-            .build()
-            .user_data(which);
+        let entry = match self.fixed_index(fd) {
+            Some(i) => {
+                opcode::RecvMsgMulti::new(types::Fixed(i), &*self.recv_msghdr, BUFFER_GROUP).build()
+            }
+            None => {
+                opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_msghdr, BUFFER_GROUP).build()
+            }
+        }
+        .user_data(which);
         self.push(&entry)?;
         Ok(())
     }
 
+    /// The registered index of one of the shard's descriptors.
+    fn fixed_index(&self, fd: RawFd) -> Option<u32> {
+        if !self.fixed {
+            return None;
+        }
+        [self.socket, self.own_socket, self.doorbell]
+            .iter()
+            .position(|&f| f == fd)
+            .map(|i| i as u32)
+    }
+
+    fn send_entry(&self, fd: RawFd, header: *const libc::msghdr) -> io_uring::squeue::Entry {
+        match self.fixed_index(fd) {
+            Some(i) => opcode::SendMsg::new(types::Fixed(i), header).build(),
+            None => opcode::SendMsg::new(types::Fd(fd), header).build(),
+        }
+    }
+
     fn arm_doorbell(&mut self) -> io::Result<()> {
         let word: *mut u64 = &mut *self.doorbell_word;
-        let entry = opcode::Read::new(types::Fd(self.doorbell), word.cast(), 8)
-            .build()
-            .user_data(USER_DOORBELL);
+        let entry = match self.fixed_index(self.doorbell) {
+            Some(i) => opcode::Read::new(types::Fixed(i), word.cast(), 8).build(),
+            None => opcode::Read::new(types::Fd(self.doorbell), word.cast(), 8).build(),
+        }
+        .user_data(USER_DOORBELL);
         self.push(&entry)
     }
 
@@ -262,8 +298,8 @@ impl Uring {
         loop {
             for index in std::mem::take(&mut self.resend) {
                 let header: *const libc::msghdr = &self.sends.headers[index];
-                let entry = opcode::SendMsg::new(types::Fd(self.send_fds[index]), header)
-                    .build()
+                let entry = self
+                    .send_entry(self.send_fds[index], header)
                     .user_data(USER_SEND + index as u64);
                 self.push(&entry)?;
                 self.sends_in_flight += 1;
@@ -397,9 +433,7 @@ impl Uring {
                 self.socket
             };
             self.send_fds[i] = fd;
-            let entry = opcode::SendMsg::new(types::Fd(fd), header)
-                .build()
-                .user_data(USER_SEND + i as u64);
+            let entry = self.send_entry(fd, header).user_data(USER_SEND + i as u64);
             self.push(&entry)?;
         }
         self.sends_in_flight += count;
