@@ -343,6 +343,9 @@ struct Output {
     counters: ShardCounters,
     /// The shard's clock for the proxy core: milliseconds since start.
     epoch: Instant,
+    /// When this turn began (read once a turn): the time of its datagrams
+    /// and of its timers.
+    clock: Instant,
 }
 
 /// The socket and the batch of datagrams waiting to go out on it: what
@@ -400,6 +403,7 @@ impl Shard {
                 to_ring: vec![false; shards],
                 counters: ShardCounters::default(),
                 epoch: Instant::now(),
+                clock: Instant::now(),
             },
         }
     }
@@ -437,6 +441,7 @@ impl Shard {
                     _ => self.shared.doorbells[self.index].clear(),
                 }
             }
+            self.output.tick();
             if socket_ready {
                 self.receive(self.output.wire.socket.as_raw_fd())?;
             }
@@ -470,7 +475,7 @@ impl Shard {
             self.output.counters.turns += 1;
             let icmp = flushed.icmp_pending;
             self.output.ring_sent(flushed);
-            let received_at = Instant::now();
+            let received_at = self.output.tick();
             for &r in &ready {
                 self.output.counters.received += 1;
                 match uring.datagram(r) {
@@ -519,7 +524,7 @@ impl Shard {
     fn receive(&mut self, fd: std::os::fd::RawFd) -> io::Result<()> {
         loop {
             let count = self.recv.recv(fd)?;
-            let received_at = Instant::now();
+            let received_at = self.output.tick();
             for i in 0..count {
                 self.output.counters.received += 1;
                 let Some((source, datagram)) = self.recv.datagram(i) else {
@@ -661,8 +666,16 @@ impl Output {
         wire.send.clear();
     }
 
+    /// Reads the clock for this turn.
+    fn tick(&mut self) -> Instant {
+        self.clock = Instant::now();
+        self.clock
+    }
+
+    /// The proxy core's time: milliseconds since the shard started, as of
+    /// this turn's [`Output::tick`].
     fn now(&self) -> Millis {
-        self.epoch.elapsed().as_millis() as Millis
+        self.clock.saturating_duration_since(self.epoch).as_millis() as Millis
     }
 
     /// Reads the ICMP errors the socket queued; every shard (this one
@@ -686,7 +699,7 @@ impl Output {
 
     fn unreachable(&mut self, to: SocketAddr) {
         let now = self.now();
-        self.wire.received_at = Instant::now();
+        self.wire.received_at = self.clock;
         self.proxy.on_unreachable(now, to, &mut self.wire);
     }
 
@@ -695,7 +708,7 @@ impl Output {
         let now = self.now();
         if self.proxy.next_deadline().is_some_and(|d| d <= now) {
             self.counters.timer_turns += 1;
-            self.wire.received_at = Instant::now();
+            self.wire.received_at = self.clock;
             self.proxy.on_timers(now, &mut self.wire);
         }
     }
@@ -704,7 +717,9 @@ impl Output {
     fn wait_for(&self, idle: std::time::Duration) -> std::time::Duration {
         match self.proxy.next_deadline() {
             Some(deadline) => {
-                let ms = deadline.saturating_sub(self.now());
+                // A fresh reading: the turn's own is as old as its work.
+                let now = self.epoch.elapsed().as_millis() as Millis;
+                let ms = deadline.saturating_sub(now);
                 idle.min(std::time::Duration::from_millis(ms))
             }
             None => idle,
