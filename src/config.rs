@@ -33,6 +33,8 @@ pub struct File {
     pub handoff_queue_len: Option<Spanned<usize>>,
     /// `auto` (io_uring where allowed, else epoll), `uring` or `epoll`.
     pub io: Option<Spanned<String>>,
+    /// The admin HTTP API's address (`/healthz`, `/metrics`); off if absent.
+    pub admin: Option<Spanned<String>>,
     #[serde(default)]
     pub socket: Socket,
     #[serde(default)]
@@ -247,6 +249,20 @@ pub fn parse(text: &str) -> Result<shard::Config, Vec<Problem>> {
         );
     }
     let txn = transactions(&file.transactions, &mut problem);
+    let admin = match &file.admin {
+        None => None,
+        Some(admin) => match admin.get_ref().parse::<SocketAddr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                problem(
+                    admin.span(),
+                    format!("admin = {:?} is not an IP:port address", admin.get_ref()),
+                    "write it as IP:PORT, e.g. admin = \"127.0.0.1:9090\"",
+                );
+                None
+            }
+        },
+    };
     match (listen, problems.is_empty()) {
         (Some(listen), true) => Ok(shard::Config {
             listen,
@@ -262,6 +278,7 @@ pub fn parse(text: &str) -> Result<shard::Config, Vec<Problem>> {
             shard_port_base: file.socket.shard_port_base,
             steering: file.socket.steering.unwrap_or(true),
             io,
+            admin,
         }),
         _ => Err(problems),
     }
@@ -390,6 +407,25 @@ mod tests {
         assert_eq!(lines, vec![1, 2, 4, 5], "{problems:#?}");
         assert!(problems.iter().all(|p| !p.fix.is_empty()));
         assert!(problems[3].to_string().contains("not an IP address"));
+    }
+
+    #[test]
+    fn the_admin_address_is_checked_with_its_line() {
+        let backends = "[backends]\nmembers = [\"sip:10.0.0.1\"]\n";
+        let config = parse(&format!(
+            "listen = \"127.0.0.1:5060\"\nadmin = \"127.0.0.1:9090\"\n{backends}"
+        ))
+        .unwrap();
+        assert_eq!(config.admin, Some("127.0.0.1:9090".parse().unwrap()));
+        let config = parse(&format!("listen = \"127.0.0.1:5060\"\n{backends}")).unwrap();
+        assert_eq!(config.admin, None, "off unless asked for");
+        let problems = parse(&format!(
+            "listen = \"127.0.0.1:5060\"\nadmin = \"localhost\"\n{backends}"
+        ))
+        .unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].line, 2);
+        assert!(problems[0].what.contains("admin"), "{problems:?}");
     }
 
     #[test]

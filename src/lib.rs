@@ -19,6 +19,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod control;
 pub mod proxy;
 pub mod shard;
 pub mod sip;

@@ -65,6 +65,10 @@ struct RunArgs {
     /// default), io_uring or nothing (uring), or recvmmsg + epoll (epoll).
     #[arg(long, value_enum)]
     io: Option<IoArg>,
+    /// Serve the admin HTTP API (`/healthz`, `/metrics`) on this address,
+    /// e.g. 127.0.0.1:9090. Default: off.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     /// A TOML configuration file (see examples/sipshard.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -175,6 +179,7 @@ fn run(args: RunArgs) -> ExitCode {
             shard_port_base: None,
             steering: true,
             io: Io::Auto,
+            admin: None,
         },
     };
     if let Some(io) = args.io {
@@ -214,6 +219,10 @@ fn run(args: RunArgs) -> ExitCode {
     if args.no_steering {
         config.steering = false;
     }
+    if args.admin.is_some() {
+        config.admin = args.admin;
+    }
+    let admin = config.admin;
     let listen = config.listen;
     let runtime = match Runtime::start(config) {
         Ok(runtime) => runtime,
@@ -222,6 +231,16 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(address) = admin {
+        match sipshard::control::admin::start(address, runtime.stats()) {
+            Ok(_) => tracing::info!(%address, "admin API is listening"),
+            Err(error) => {
+                eprintln!("sipshard: cannot serve the admin API on {address}: {error}");
+                runtime.stop();
+                return ExitCode::from(1);
+            }
+        }
+    }
     wait_for_signals(runtime)
 }
 

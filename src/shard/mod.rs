@@ -30,6 +30,7 @@ use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::control::metrics::{self, MessageCounts, ShardStats, Stat};
 use crate::proxy::{Algorithm, Counters, Outcome, Proxy, Transmit};
 use crate::sip::lex::fnv1a;
 use crate::sip::{find_call_id, Limits, LocalAddress, Scanner};
@@ -59,6 +60,9 @@ pub struct Config {
     /// Load the eBPF program that steers datagrams to their owner's socket.
     pub steering: bool,
     pub io: Io,
+    /// Where the admin HTTP API listens (off when `None`). The control
+    /// thread serves it; the shards never see it.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Which receive loop the shards run.
@@ -96,10 +100,12 @@ struct Shared {
     stop: AtomicBool,
     /// Bumped on SIGUSR1; each shard logs its counters when it sees a new value.
     report: AtomicUsize,
+    /// What each shard publishes for the control thread, by shard index.
+    stats: Vec<Arc<ShardStats>>,
 }
 
 /// Counters of one shard, beside the proxy core's own.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct ShardCounters {
     received: u64,
     /// Turns of the event loop: each one a wake-up.
@@ -109,6 +115,10 @@ struct ShardCounters {
     handed_off: u64,
     handoff_dropped: u64,
     truncated: u64,
+    /// Time spent working, from wake-up to the end of each turn.
+    busy_ns: u64,
+    /// Datagrams received, by method and status class.
+    messages: MessageCounts,
 }
 
 /// The running shards.
@@ -173,6 +183,7 @@ impl Runtime {
                 .collect::<io::Result<_>>()?,
             stop: AtomicBool::new(false),
             report: AtomicUsize::new(0),
+            stats: (0..shards).map(|_| Arc::default()).collect(),
         });
         let use_uring = match config.io {
             Io::Epoll => false,
@@ -239,6 +250,11 @@ impl Runtime {
             threads,
             _steering: steering,
         })
+    }
+
+    /// Every shard's published counters, by shard index.
+    pub fn stats(&self) -> Vec<Arc<ShardStats>> {
+        self.shared.stats.clone()
     }
 
     /// Asks every shard to log its counters (SIGUSR1).
@@ -318,6 +334,9 @@ const TOKEN_OWN_SOCKET: u64 = 2;
 
 /// How long a shard sleeps with nothing to do before it looks at the stop
 /// and report flags again (the doorbell wakes it sooner).
+/// How often a shard copies its latency histogram out for `/metrics`.
+const LATENCY_OFFER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 const IDLE_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The latency histogram's range, in nanoseconds: anything past 10 s is a
@@ -329,6 +348,8 @@ struct Shard {
     shared: Arc<Shared>,
     recv: RecvBatch,
     reported: usize,
+    /// When the latency histogram was last offered to the control thread.
+    latency_offered: Instant,
     output: Output,
 }
 
@@ -367,6 +388,8 @@ struct Wire {
     /// to the `sendmmsg` that sent what it caused.
     latency_ns: Histogram<u64>,
     sent: u64,
+    /// Datagrams sent, by method and status class.
+    sent_messages: MessageCounts,
     send_failed: u64,
     /// A `sendmmsg` reported an ICMP error: read the error queue.
     icmp_pending: bool,
@@ -386,6 +409,7 @@ impl Shard {
             shared,
             recv: RecvBatch::new(),
             reported: 0,
+            latency_offered: Instant::now(),
             output: Output {
                 proxy,
                 wire: Wire {
@@ -397,6 +421,7 @@ impl Shard {
                     latency_ns: Histogram::new_with_bounds(100, LATENCY_NS_MAX, 3)
                         .expect("constant histogram bounds are valid"),
                     sent: 0,
+                    sent_messages: MessageCounts::default(),
                     send_failed: 0,
                     icmp_pending: false,
                 },
@@ -456,7 +481,7 @@ impl Shard {
             }
             self.output.timers();
             self.output.flush();
-            self.report_if_asked();
+            self.end_turn(Instant::now());
         }
         // Stop: take what others handed us, send what we hold, then leave.
         self.drain_inbox();
@@ -479,7 +504,7 @@ impl Shard {
             for &r in &ready {
                 self.output.counters.received += 1;
                 match uring.datagram(r) {
-                    Some((source, datagram)) => self.output.dispatch(
+                    Some((source, datagram)) => self.output.dispatch_counted(
                         self.index,
                         &self.shared,
                         source,
@@ -496,11 +521,12 @@ impl Shard {
                 self.output.icmp_errors(self.index, &self.shared);
             }
             self.output.timers();
+            let done = Instant::now();
             if !self.output.wire.send.is_empty() {
                 uring.queue_sends(&self.output.wire.send)?;
-                self.output.wire.record_latency();
+                self.output.wire.record_latency(done);
             }
-            self.report_if_asked();
+            self.end_turn(done);
         }
         // Stop: the queued sends go out with this last wait.
         let flushed = uring.wait(std::time::Duration::ZERO, &mut ready)?;
@@ -510,6 +536,69 @@ impl Shard {
         self.output.flush();
         self.log_counters();
         Ok(())
+    }
+
+    /// Counts the turn's work, publishes the counters, and logs them if
+    /// SIGUSR1 asked.
+    fn end_turn(&mut self, done: Instant) {
+        let c = &mut self.output.counters;
+        c.busy_ns += done.saturating_duration_since(self.output.clock).as_nanos() as u64;
+        self.publish(done);
+        self.report_if_asked();
+    }
+
+    /// Stores this shard's counters where the control thread reads them
+    /// (relaxed stores, one writer each); the latency histogram about once
+    /// a second.
+    fn publish(&mut self, now: Instant) {
+        let stats = &self.shared.stats[self.index];
+        let c = &self.output.counters;
+        let w = &self.output.wire;
+        let p: &Counters = self.output.proxy.counters();
+        let (servers, clients) = self.output.proxy.transactions();
+        for (stat, value) in [
+            (Stat::Received, c.received),
+            (Stat::Sent, w.sent),
+            (Stat::HandedOff, c.handed_off),
+            (Stat::Turns, c.turns),
+            (Stat::TimerTurns, c.timer_turns),
+            (Stat::BusyNs, c.busy_ns),
+            (Stat::RequestsForwarded, p.requests_forwarded),
+            (Stat::ResponsesForwarded, p.responses_forwarded),
+            (Stat::Replies, p.replies),
+            (Stat::RequestsGenerated, p.requests_sent),
+            (Stat::TransactionsStarted, p.transactions_started),
+            (Stat::RetransmissionsAbsorbed, p.retransmissions_absorbed),
+            (Stat::RetransmissionsSent, p.retransmissions_sent),
+            (Stat::Cancels, p.cancels),
+            (Stat::Failovers, p.failovers),
+            (Stat::Timeouts, p.timeouts),
+            (Stat::TryTimeouts, p.try_timeouts),
+            (Stat::TimerC, p.timer_c_fired),
+            (Stat::AckTimeouts, p.ack_timeouts),
+            (Stat::Unreachable, p.unreachable),
+            (Stat::OverloadRejected, p.overload_rejected),
+            (Stat::LoopsDetected, p.loops_detected),
+            (Stat::ServerTransactions, servers as u64),
+            (Stat::ClientTransactions, clients as u64),
+            (Stat::DroppedHandoffQueueFull, c.handoff_dropped),
+            (Stat::DroppedSendFailed, w.send_failed),
+            (Stat::DroppedTruncated, c.truncated),
+            (Stat::DroppedMalformed, p.dropped_malformed),
+            (Stat::DroppedUnanswerable, p.dropped_unanswerable),
+            (Stat::DroppedResponseNotOurs, p.dropped_response_not_ours),
+            (Stat::DroppedResponseForUs, p.dropped_response_for_us),
+            (Stat::DroppedUnresolved, p.dropped_unresolved),
+            (Stat::DroppedBufferFull, p.dropped_buffer_full),
+            (Stat::DroppedNoBackend, p.dropped_no_backend),
+        ] {
+            stats.set(stat, value);
+        }
+        stats.set_messages(&c.messages, &w.sent_messages);
+        if now.saturating_duration_since(self.latency_offered) >= LATENCY_OFFER_EVERY {
+            self.latency_offered = now;
+            stats.offer_latency(&w.latency_ns);
+        }
     }
 
     fn report_if_asked(&mut self) {
@@ -531,8 +620,13 @@ impl Shard {
                     self.output.counters.truncated += 1;
                     continue;
                 };
-                self.output
-                    .dispatch(self.index, &self.shared, source, datagram, received_at);
+                self.output.dispatch_counted(
+                    self.index,
+                    &self.shared,
+                    source,
+                    datagram,
+                    received_at,
+                );
             }
             self.output.ring_owners(&self.shared);
             if count < sys::BATCH {
@@ -616,6 +710,20 @@ impl Shard {
 }
 
 impl Output {
+    /// Counts a received datagram by method or status class, then
+    /// [`Output::dispatch`]es it.
+    fn dispatch_counted(
+        &mut self,
+        index: usize,
+        shared: &Shared,
+        source: SocketAddr,
+        datagram: &[u8],
+        received_at: Instant,
+    ) {
+        self.counters.messages.count(metrics::classify(datagram));
+        self.dispatch(index, shared, source, datagram, received_at);
+    }
+
     /// Handles a received datagram here when this shard owns its call, else
     /// hands it to the owner's inbox and marks the owner to be rung.
     fn dispatch(
@@ -661,7 +769,7 @@ impl Output {
         wire.sent += flushed.sent;
         wire.send_failed += flushed.failed;
         if !wire.in_flight.is_empty() {
-            wire.record_latency();
+            wire.record_latency(Instant::now());
         }
         wire.send.clear();
     }
@@ -747,8 +855,7 @@ impl Output {
 }
 
 impl Wire {
-    fn record_latency(&mut self) {
-        let now = Instant::now();
+    fn record_latency(&mut self, now: Instant) {
         for received_at in self.in_flight.drain(..) {
             let ns = (now - received_at)
                 .as_nanos()
@@ -767,7 +874,7 @@ impl Wire {
         self.icmp_pending |= flushed.icmp_pending;
         self.sent += flushed.sent;
         self.send_failed += flushed.failed;
-        self.record_latency();
+        self.record_latency(Instant::now());
     }
 }
 
@@ -783,7 +890,10 @@ impl Transmit for Wire {
     /// listen socket; the proxy core writes whole messages, so the first
     /// bytes tell which.
     fn send(&mut self, to: SocketAddr, len: usize) {
-        let response = self.send.space().starts_with(b"SIP/2.0 ");
+        let message = self.send.space();
+        let response = message.starts_with(b"SIP/2.0 ");
+        self.sent_messages
+            .count(metrics::classify(&message[..len.min(message.len())]));
         self.send.push(to, len, !response);
         self.in_flight.push(self.received_at);
     }

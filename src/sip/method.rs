@@ -22,6 +22,46 @@ pub enum Method {
 }
 
 impl Method {
+    /// Every variant, in declaration order: `Method::ALL[m as usize] == m`.
+    pub const ALL: [Method; 15] = [
+        Method::Invite,
+        Method::Ack,
+        Method::Bye,
+        Method::Cancel,
+        Method::Register,
+        Method::Options,
+        Method::Prack,
+        Method::Subscribe,
+        Method::Notify,
+        Method::Publish,
+        Method::Info,
+        Method::Refer,
+        Method::Message,
+        Method::Update,
+        Method::Other,
+    ];
+
+    /// The method's token; `other` for extension methods.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Register => "REGISTER",
+            Method::Options => "OPTIONS",
+            Method::Prack => "PRACK",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Notify => "NOTIFY",
+            Method::Publish => "PUBLISH",
+            Method::Info => "INFO",
+            Method::Refer => "REFER",
+            Method::Message => "MESSAGE",
+            Method::Update => "UPDATE",
+            Method::Other => "other",
+        }
+    }
+
     /// Method names are case-sensitive (RFC 3261 §7.1): `invite` is an
     /// extension method, not INVITE.
     pub fn from_token(token: &[u8]) -> Method {
@@ -57,6 +97,16 @@ impl Method {
 #[cfg(test)]
 mod tests {
     use super::Method;
+
+    #[test]
+    fn all_is_in_declaration_order_and_names_round_trip() {
+        for (i, m) in Method::ALL.iter().enumerate() {
+            assert_eq!(*m as usize, i);
+            if *m != Method::Other {
+                assert_eq!(Method::from_token(m.name().as_bytes()), *m);
+            }
+        }
+    }
 
     #[test]
     fn case_sensitive() {

@@ -1,0 +1,577 @@
+//! What each shard publishes for the control thread, and the Prometheus
+//! text the admin API serves from it.
+//!
+//! A shard counts in plain integers on its own thread and, once per turn of
+//! its loop, stores them into its [`ShardStats`] with relaxed atomic
+//! stores: one writer per value, so no read-modify-write and no lock on
+//! the packet path. The control thread reads them whenever it is scraped;
+//! a value may be one turn old, never torn.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+
+use crate::sip::Method;
+
+/// Prometheus metric types used here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One value a shard publishes. Stats of one family are next to each
+/// other in [`Stat::ALL`], so that the family is written once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    Received,
+    Sent,
+    HandedOff,
+    Turns,
+    TimerTurns,
+    /// Nanoseconds of work (from wake-up to the end of the turn).
+    BusyNs,
+    RequestsForwarded,
+    ResponsesForwarded,
+    Replies,
+    RequestsGenerated,
+    TransactionsStarted,
+    RetransmissionsAbsorbed,
+    RetransmissionsSent,
+    Cancels,
+    Failovers,
+    Timeouts,
+    TryTimeouts,
+    TimerC,
+    AckTimeouts,
+    Unreachable,
+    OverloadRejected,
+    LoopsDetected,
+    ServerTransactions,
+    ClientTransactions,
+    DroppedHandoffQueueFull,
+    DroppedSendFailed,
+    DroppedTruncated,
+    DroppedMalformed,
+    DroppedUnanswerable,
+    DroppedResponseNotOurs,
+    DroppedResponseForUs,
+    DroppedUnresolved,
+    DroppedBufferFull,
+    DroppedNoBackend,
+}
+
+/// A stat's family name, help, type and its one distinguishing label.
+struct Meta {
+    family: &'static str,
+    help: &'static str,
+    kind: Kind,
+    label: Option<(&'static str, &'static str)>,
+}
+
+impl Stat {
+    pub const ALL: [Stat; 34] = [
+        Stat::Received,
+        Stat::Sent,
+        Stat::HandedOff,
+        Stat::Turns,
+        Stat::TimerTurns,
+        Stat::BusyNs,
+        Stat::RequestsForwarded,
+        Stat::ResponsesForwarded,
+        Stat::Replies,
+        Stat::RequestsGenerated,
+        Stat::TransactionsStarted,
+        Stat::RetransmissionsAbsorbed,
+        Stat::RetransmissionsSent,
+        Stat::Cancels,
+        Stat::Failovers,
+        Stat::Timeouts,
+        Stat::TryTimeouts,
+        Stat::TimerC,
+        Stat::AckTimeouts,
+        Stat::Unreachable,
+        Stat::OverloadRejected,
+        Stat::LoopsDetected,
+        Stat::ServerTransactions,
+        Stat::ClientTransactions,
+        Stat::DroppedHandoffQueueFull,
+        Stat::DroppedSendFailed,
+        Stat::DroppedTruncated,
+        Stat::DroppedMalformed,
+        Stat::DroppedUnanswerable,
+        Stat::DroppedResponseNotOurs,
+        Stat::DroppedResponseForUs,
+        Stat::DroppedUnresolved,
+        Stat::DroppedBufferFull,
+        Stat::DroppedNoBackend,
+    ];
+
+    fn meta(self) -> Meta {
+        use Kind::{Counter, Gauge};
+        let (family, help, kind, label) = match self {
+            Stat::Received => ("datagrams_received_total", "Datagrams received.", Counter, None),
+            Stat::Sent => ("datagrams_sent_total", "Datagrams sent.", Counter, None),
+            Stat::HandedOff => (
+                "handoffs_total",
+                "Datagrams handed to the shard that owns their Call-ID.",
+                Counter,
+                None,
+            ),
+            Stat::Turns => (
+                "loop_iterations_total",
+                "Turns of the shard's event loop (each one a wake-up).",
+                Counter,
+                None,
+            ),
+            Stat::TimerTurns => (
+                "timer_iterations_total",
+                "Loop turns that ran due transaction timers.",
+                Counter,
+                None,
+            ),
+            Stat::BusyNs => (
+                "busy_seconds_total",
+                "Time the shard spent working, from wake-up to the end of each turn.",
+                Counter,
+                None,
+            ),
+            Stat::RequestsForwarded => ("requests_forwarded_total", "Requests forwarded.", Counter, None),
+            Stat::ResponsesForwarded => ("responses_forwarded_total", "Responses forwarded.", Counter, None),
+            Stat::Replies => (
+                "local_replies_total",
+                "Requests the gateway answered itself instead of forwarding them (rejections; 200 to CANCEL).",
+                Counter,
+                None,
+            ),
+            Stat::RequestsGenerated => (
+                "requests_generated_total",
+                "Requests the gateway wrote itself (CANCEL, ACK for a non-2xx).",
+                Counter,
+                None,
+            ),
+            Stat::TransactionsStarted => ("transactions_started_total", "Server transactions started.", Counter, None),
+            Stat::RetransmissionsAbsorbed => (
+                "retransmissions_absorbed_total",
+                "Retransmitted requests absorbed by their server transaction.",
+                Counter,
+                None,
+            ),
+            Stat::RetransmissionsSent => (
+                "retransmissions_sent_total",
+                "Retransmissions sent by transaction timers (A, E, G).",
+                Counter,
+                None,
+            ),
+            Stat::Cancels => ("cancels_total", "CANCELs received for a pending INVITE.", Counter, None),
+            Stat::Failovers => ("failovers_total", "Requests moved to the next backend.", Counter, None),
+            Stat::Timeouts => ("transaction_timeouts_total", "Client transactions ended by Timer B or F.", Counter, None),
+            Stat::TryTimeouts => (
+                "try_timeouts_total",
+                "INVITE tries given up by the per-try timer before any response.",
+                Counter,
+                None,
+            ),
+            Stat::TimerC => ("timer_c_total", "Proxied INVITEs ended by Timer C.", Counter, None),
+            Stat::AckTimeouts => ("ack_timeouts_total", "Non-2xx finals never ACKed (Timer H).", Counter, None),
+            Stat::Unreachable => (
+                "icmp_unreachable_total",
+                "Tries failed by an ICMP unreachable error.",
+                Counter,
+                None,
+            ),
+            Stat::OverloadRejected => (
+                "overload_rejected_total",
+                "New requests answered 503 because the transaction table was full.",
+                Counter,
+                None,
+            ),
+            Stat::LoopsDetected => ("loops_detected_total", "Requests answered 482 (Loop Detected).", Counter, None),
+            Stat::ServerTransactions => (
+                "transactions_active",
+                "Transactions in the shard's table.",
+                Gauge,
+                Some(("kind", "server")),
+            ),
+            Stat::ClientTransactions => (
+                "transactions_active",
+                "Transactions in the shard's table.",
+                Gauge,
+                Some(("kind", "client")),
+            ),
+            Stat::DroppedHandoffQueueFull => drop("handoff_queue_full"),
+            Stat::DroppedSendFailed => drop("send_failed"),
+            Stat::DroppedTruncated => drop("truncated"),
+            Stat::DroppedMalformed => drop("malformed"),
+            Stat::DroppedUnanswerable => drop("unanswerable"),
+            Stat::DroppedResponseNotOurs => drop("response_not_ours"),
+            Stat::DroppedResponseForUs => drop("response_for_us"),
+            Stat::DroppedUnresolved => drop("unresolved"),
+            Stat::DroppedBufferFull => drop("buffer_full"),
+            Stat::DroppedNoBackend => drop("no_backend"),
+        };
+        Meta {
+            family,
+            help,
+            kind,
+            label,
+        }
+    }
+}
+
+fn drop(
+    reason: &'static str,
+) -> (
+    &'static str,
+    &'static str,
+    Kind,
+    Option<(&'static str, &'static str)>,
+) {
+    (
+        "dropped_total",
+        "Datagrams dropped, by reason.",
+        Kind::Counter,
+        Some(("reason", reason)),
+    )
+}
+
+/// Status classes 1xx to 6xx.
+pub const CLASSES: usize = 6;
+const METHODS: usize = Method::ALL.len();
+
+/// The upper bounds of the latency histogram's buckets, in seconds.
+const LATENCY_BUCKETS_S: [f64; 13] = [
+    10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3,
+];
+
+/// What one datagram is, for the by-method and by-class counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sniffed {
+    Request(Method),
+    /// The status class, 1 to 6.
+    Response(u8),
+    /// Neither: garbage, or cut short.
+    Unknown,
+}
+
+/// Classifies a datagram by its first bytes only (the full scan is the
+/// proxy core's): a response by its class digit, a request by its method.
+pub fn classify(datagram: &[u8]) -> Sniffed {
+    if let Some(rest) = datagram.strip_prefix(b"SIP/2.0 ") {
+        return match rest.first() {
+            Some(&digit @ b'1'..=b'6') => Sniffed::Response(digit - b'0'),
+            _ => Sniffed::Unknown,
+        };
+    }
+    let head = &datagram[..datagram.len().min(12)];
+    match memchr::memchr(b' ', head) {
+        Some(end) if end > 0 => Sniffed::Request(Method::from_token(&head[..end])),
+        _ => Sniffed::Unknown,
+    }
+}
+
+/// Plain per-shard counts of messages by method and class, kept on the
+/// shard's thread and published with the rest.
+#[derive(Clone, Debug, Default)]
+pub struct MessageCounts {
+    pub requests: [u64; METHODS],
+    pub responses: [u64; CLASSES],
+}
+
+impl MessageCounts {
+    pub fn count(&mut self, kind: Sniffed) {
+        match kind {
+            Sniffed::Request(method) => self.requests[method as usize] += 1,
+            Sniffed::Response(class) => {
+                if let Some(n) = self.responses.get_mut(usize::from(class).wrapping_sub(1)) {
+                    *n += 1;
+                }
+            }
+            Sniffed::Unknown => {}
+        }
+    }
+}
+
+struct PublishedCounts {
+    requests: [AtomicU64; METHODS],
+    responses: [AtomicU64; CLASSES],
+}
+
+impl PublishedCounts {
+    fn new() -> PublishedCounts {
+        PublishedCounts {
+            requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            responses: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn store(&self, counts: &MessageCounts) {
+        for (to, from) in self.requests.iter().zip(&counts.requests) {
+            to.store(*from, Ordering::Relaxed);
+        }
+        for (to, from) in self.responses.iter().zip(&counts.responses) {
+            to.store(*from, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One shard's published values.
+pub struct ShardStats {
+    values: [AtomicU64; Stat::ALL.len()],
+    received: PublishedCounts,
+    sent: PublishedCounts,
+    /// The shard's receive-to-send latency, copied in about once a second
+    /// (the shard only ever `try_lock`s it).
+    latency_ns: Mutex<Option<Histogram<u64>>>,
+}
+
+impl Default for ShardStats {
+    fn default() -> Self {
+        ShardStats {
+            values: std::array::from_fn(|_| AtomicU64::new(0)),
+            received: PublishedCounts::new(),
+            sent: PublishedCounts::new(),
+            latency_ns: Mutex::new(None),
+        }
+    }
+}
+
+impl ShardStats {
+    pub fn set(&self, stat: Stat, value: u64) {
+        self.values[stat as usize].store(value, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, stat: Stat) -> u64 {
+        self.values[stat as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn set_messages(&self, received: &MessageCounts, sent: &MessageCounts) {
+        self.received.store(received);
+        self.sent.store(sent);
+    }
+
+    /// Copies the shard's latency histogram in, unless the control thread
+    /// holds the lock right now (then the next second's copy will do).
+    pub fn offer_latency(&self, histogram: &Histogram<u64>) {
+        if let Ok(mut shared) = self.latency_ns.try_lock() {
+            match shared.as_mut() {
+                Some(copy) => {
+                    copy.reset();
+                    // Same bounds, so adding cannot fail; if it did, the
+                    // copy would just be empty until the next offer.
+                    let _ = copy.add(histogram);
+                }
+                None => *shared = Some(histogram.clone()),
+            }
+        }
+    }
+}
+
+/// The Prometheus text format (version 0.0.4) of every shard's stats.
+pub fn render(shards: &[&ShardStats]) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let mut family = "";
+    for stat in Stat::ALL {
+        let meta = stat.meta();
+        if meta.family != family {
+            family = meta.family;
+            header(&mut out, family, meta.help, meta.kind);
+        }
+        for (shard, stats) in shards.iter().enumerate() {
+            let value = stats.get(stat);
+            let _ = write!(out, "sipshard_{family}{{shard=\"{shard}\"");
+            if let Some((name, label)) = meta.label {
+                let _ = write!(out, ",{name}=\"{label}\"");
+            }
+            match stat {
+                Stat::BusyNs => {
+                    let _ = writeln!(out, "}} {}", value as f64 / 1e9);
+                }
+                _ => {
+                    let _ = writeln!(out, "}} {value}");
+                }
+            }
+        }
+    }
+    for (family, help, pick) in [
+        (
+            "requests_received_total",
+            "Requests received, by method.",
+            Pick::ReceivedRequests,
+        ),
+        (
+            "requests_sent_total",
+            "Requests sent (forwarded or generated), by method.",
+            Pick::SentRequests,
+        ),
+        (
+            "responses_received_total",
+            "Responses received, by status class.",
+            Pick::ReceivedResponses,
+        ),
+        (
+            "responses_sent_total",
+            "Responses sent (forwarded or generated), by status class.",
+            Pick::SentResponses,
+        ),
+    ] {
+        header(&mut out, family, help, Kind::Counter);
+        for (shard, stats) in shards.iter().enumerate() {
+            let (counts, requests) = match pick {
+                Pick::ReceivedRequests => (&stats.received, true),
+                Pick::SentRequests => (&stats.sent, true),
+                Pick::ReceivedResponses => (&stats.received, false),
+                Pick::SentResponses => (&stats.sent, false),
+            };
+            if requests {
+                for (method, n) in Method::ALL.iter().zip(&counts.requests) {
+                    let _ = writeln!(
+                        out,
+                        "sipshard_{family}{{shard=\"{shard}\",method=\"{}\"}} {}",
+                        method.name(),
+                        n.load(Ordering::Relaxed)
+                    );
+                }
+            } else {
+                for (class, n) in counts.responses.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "sipshard_{family}{{shard=\"{shard}\",class=\"{}xx\"}} {}",
+                        class + 1,
+                        n.load(Ordering::Relaxed)
+                    );
+                }
+            }
+        }
+    }
+    latency(&mut out, shards);
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Pick {
+    ReceivedRequests,
+    SentRequests,
+    ReceivedResponses,
+    SentResponses,
+}
+
+fn header(out: &mut String, family: &str, help: &str, kind: Kind) {
+    let kind = match kind {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+        Kind::Histogram => "histogram",
+    };
+    let _ = writeln!(out, "# HELP sipshard_{family} {help}");
+    let _ = writeln!(out, "# TYPE sipshard_{family} {kind}");
+}
+
+fn latency(out: &mut String, shards: &[&ShardStats]) {
+    let family = "forward_latency_seconds";
+    header(
+        out,
+        family,
+        "Time from receiving a datagram to sending what it caused (the gateway's added latency).",
+        Kind::Histogram,
+    );
+    for (shard, stats) in shards.iter().enumerate() {
+        let Ok(guard) = stats.latency_ns.lock() else {
+            continue;
+        };
+        let (count, sum_s, buckets) = match guard.as_ref() {
+            Some(h) => (
+                h.len(),
+                h.mean() * h.len() as f64 / 1e9,
+                LATENCY_BUCKETS_S.map(|le| h.count_between(0, (le * 1e9) as u64)),
+            ),
+            None => (0, 0.0, [0; LATENCY_BUCKETS_S.len()]),
+        };
+        for (le, n) in LATENCY_BUCKETS_S.iter().zip(buckets) {
+            let _ = writeln!(
+                out,
+                "sipshard_{family}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {}",
+                n.min(count)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "sipshard_{family}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(out, "sipshard_{family}_sum{{shard=\"{shard}\"}} {sum_s}");
+        let _ = writeln!(out, "sipshard_{family}_count{{shard=\"{shard}\"}} {count}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_reads_the_class_digit_and_the_method() {
+        assert_eq!(classify(b"SIP/2.0 180 Ringing\r\n"), Sniffed::Response(1));
+        assert_eq!(classify(b"SIP/2.0 503 Busy\r\n"), Sniffed::Response(5));
+        assert_eq!(classify(b"SIP/2.0 703 No\r\n"), Sniffed::Unknown);
+        assert_eq!(
+            classify(b"INVITE sip:a@b SIP/2.0\r\n"),
+            Sniffed::Request(Method::Invite)
+        );
+        assert_eq!(
+            classify(b"REGISTER sip:b SIP/2.0\r\n"),
+            Sniffed::Request(Method::Register)
+        );
+        assert_eq!(
+            classify(b"FOO sip:b SIP/2.0\r\n"),
+            Sniffed::Request(Method::Other)
+        );
+        assert_eq!(classify(b""), Sniffed::Unknown);
+        assert_eq!(classify(b" INVITE"), Sniffed::Unknown);
+        assert_eq!(classify(b"\x00\x01\x02"), Sniffed::Unknown);
+    }
+
+    #[test]
+    fn render_writes_each_family_once_with_every_shard() {
+        let a = ShardStats::default();
+        let b = ShardStats::default();
+        a.set(Stat::Received, 7);
+        b.set(Stat::Received, 5);
+        a.set(Stat::DroppedMalformed, 2);
+        a.set(Stat::BusyNs, 1_500_000_000);
+        let mut counts = MessageCounts::default();
+        counts.count(classify(b"INVITE sip:x SIP/2.0\r\n"));
+        counts.count(classify(b"SIP/2.0 200 OK\r\n"));
+        a.set_messages(&counts, &MessageCounts::default());
+        let text = render(&[&a, &b]);
+        assert_eq!(
+            text.matches("# TYPE sipshard_dropped_total counter")
+                .count(),
+            1
+        );
+        assert!(text.contains("sipshard_datagrams_received_total{shard=\"0\"} 7\n"));
+        assert!(text.contains("sipshard_datagrams_received_total{shard=\"1\"} 5\n"));
+        assert!(text.contains("sipshard_dropped_total{shard=\"0\",reason=\"malformed\"} 2\n"));
+        assert!(text.contains("sipshard_busy_seconds_total{shard=\"0\"} 1.5\n"));
+        assert!(
+            text.contains("sipshard_requests_received_total{shard=\"0\",method=\"INVITE\"} 1\n")
+        );
+        assert!(text.contains("sipshard_responses_received_total{shard=\"0\",class=\"2xx\"} 1\n"));
+        assert!(text.contains("# TYPE sipshard_forward_latency_seconds histogram\n"));
+    }
+
+    #[test]
+    fn latency_buckets_are_cumulative() {
+        let stats = ShardStats::default();
+        let mut h = Histogram::<u64>::new_with_bounds(100, 60_000_000_000, 3).unwrap();
+        h.record(20_000).unwrap(); // 20 µs
+        h.record(2_000_000).unwrap(); // 2 ms
+        stats.offer_latency(&h);
+        let text = render(&[&stats]);
+        assert!(text.contains("le=\"0.00001\"} 0\n"), "{text}");
+        assert!(text.contains("le=\"0.000025\"} 1\n"), "{text}");
+        assert!(text.contains("le=\"0.0025\"} 2\n"), "{text}");
+        assert!(text.contains("le=\"+Inf\"} 2\n"), "{text}");
+        assert!(text.contains("sipshard_forward_latency_seconds_count{shard=\"0\"} 2\n"));
+    }
+}

@@ -1,0 +1,233 @@
+//! End to end: the admin API of the real binary. `/metrics` is scraped
+//! while SIPp calls go through the gateway and again after, parsed with a
+//! Prometheus text-format parser, and its counts must agree with what
+//! SIPp itself did. Its own ports (16xxx), apart from e2e_sipp's.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::Running;
+
+const GATEWAY: &str = "127.0.0.1:16060";
+const ADMIN: &str = "127.0.0.1:16090";
+const BACKENDS: [&str; 2] = ["127.0.0.1:16080", "127.0.0.1:16081"];
+const CALLS: u64 = 600;
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("loadtest/scenarios")
+        .join(name)
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sipshard-e2e-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
+}
+
+/// A plain HTTP/1.1 GET; returns the status code and the body.
+fn get(path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(ADMIN).expect("the admin API listens");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {ADMIN}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("the request is written");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("a response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Every sample of `/metrics`, summed over the shards: name plus the
+/// labels other than `shard`, to value.
+fn scrape() -> HashMap<String, f64> {
+    let (status, body) = get("/metrics");
+    assert_eq!(status, 200, "{body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let mut sums = HashMap::new();
+    for sample in scrape.samples {
+        let mut labels: Vec<String> = sample
+            .labels
+            .iter()
+            .filter(|(k, _)| k.as_str() != "shard")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        labels.sort();
+        let key = match labels.is_empty() {
+            true => sample.metric.clone(),
+            false => format!("{}{{{}}}", sample.metric, labels.join(",")),
+        };
+        let value = match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            // A histogram's buckets are cumulative; its +Inf bucket is its count.
+            prometheus_parse::Value::Histogram(buckets) => {
+                let counts: Vec<f64> = buckets.iter().map(|b| b.count).collect();
+                assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+                let total = buckets
+                    .iter()
+                    .find(|b| b.less_than.is_infinite())
+                    .map_or(0.0, |b| b.count);
+                *sums.entry(format!("{key}+Inf")).or_insert(0.0) += total;
+                continue;
+            }
+            prometheus_parse::Value::Summary(_) => continue,
+        };
+        *sums.entry(key).or_insert(0.0) += value;
+    }
+    sums
+}
+
+fn value(sums: &HashMap<String, f64>, key: &str) -> u64 {
+    *sums
+        .get(key)
+        .unwrap_or_else(|| panic!("no {key} in /metrics: {sums:?}")) as u64
+}
+
+#[test]
+fn metrics_agree_with_sipp_and_bad_paths_get_404() {
+    let dir = tempdir();
+    let _backends: Vec<Running> = BACKENDS
+        .iter()
+        .map(|address| {
+            let (ip, port) = address.split_once(':').unwrap();
+            Running(
+                Command::new("sipp")
+                    .args(["-sf", scenario("uas.xml").to_str().unwrap()])
+                    .args(["-i", ip, "-p", port, "-nostdin"])
+                    .current_dir(&dir)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("sipp is installed (Debian package sip-tester)"),
+            )
+        })
+        .collect();
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_sipshard"));
+    gateway.args(["--listen", GATEWAY, "--shards", "2", "--admin", ADMIN]);
+    for backend in BACKENDS {
+        gateway.args(["--backend", &format!("sip:{backend}")]);
+    }
+    let _gateway = Running(
+        gateway
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the sipshard binary"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    assert_eq!(get("/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(get("/no-such-page").0, 404);
+
+    let (ip, _) = GATEWAY.split_once(':').unwrap();
+    let mut caller = Command::new("sipp")
+        .arg(GATEWAY)
+        .args(["-sf", scenario("uac.xml").to_str().unwrap()])
+        .args(["-i", ip, "-p", "16070", "-m", &CALLS.to_string()])
+        .args(["-r", "200", "-l", "1000", "-timeout", "60", "-nostdin"])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp runs");
+    // A scrape in the middle of the run parses too, and counts no more
+    // than the run will.
+    std::thread::sleep(Duration::from_millis(1500));
+    let during = scrape();
+    assert!(value(&during, "sipshard_requests_received_total{method=INVITE}") <= CALLS);
+
+    let mut screen = String::new();
+    caller
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut screen)
+        .expect("SIPp's screen");
+    assert!(caller.wait().expect("sipp ends").success(), "{screen}");
+    let count = |label: &str| -> u64 {
+        screen
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .and_then(|l| l.split('|').nth(2))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no '{label}' in SIPp's output:\n{screen}"))
+    };
+    assert_eq!(count("Successful call"), CALLS, "{screen}");
+    assert_eq!(count("Failed call"), 0, "{screen}");
+
+    // The shards publish every turn; give the last ones a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = scrape();
+    let v = |key: &str| value(&after, key);
+    // What the caller sent, and what the gateway passed to the backends.
+    for method in ["INVITE", "ACK", "BYE"] {
+        assert_eq!(
+            v(&format!(
+                "sipshard_requests_received_total{{method={method}}}"
+            )),
+            CALLS,
+            "{method} received"
+        );
+        assert_eq!(
+            v(&format!("sipshard_requests_sent_total{{method={method}}}")),
+            CALLS,
+            "{method} forwarded"
+        );
+    }
+    // 180 and 200 for each INVITE, 200 for each BYE, from the backends;
+    // the same back to the caller, plus our own 100 Trying per INVITE.
+    assert_eq!(v("sipshard_responses_received_total{class=1xx}"), CALLS);
+    assert_eq!(v("sipshard_responses_received_total{class=2xx}"), 2 * CALLS);
+    assert_eq!(v("sipshard_responses_sent_total{class=1xx}"), 2 * CALLS);
+    assert_eq!(v("sipshard_responses_sent_total{class=2xx}"), 2 * CALLS);
+    assert_eq!(v("sipshard_datagrams_received_total"), 6 * CALLS);
+    assert_eq!(v("sipshard_datagrams_sent_total"), 7 * CALLS);
+    assert_eq!(v("sipshard_local_replies_total"), 0, "nothing was rejected");
+    assert_eq!(v("sipshard_transactions_started_total"), 2 * CALLS);
+    for reason in [
+        "malformed",
+        "response_not_ours",
+        "handoff_queue_full",
+        "send_failed",
+        "no_backend",
+    ] {
+        assert_eq!(
+            v(&format!("sipshard_dropped_total{{reason={reason}}}")),
+            0,
+            "{reason}"
+        );
+    }
+    assert_eq!(v("sipshard_failovers_total"), 0);
+    assert!(v("sipshard_loop_iterations_total") > 0);
+    // The latency histogram is copied out about once a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let later = scrape();
+    assert_eq!(
+        value(&later, "sipshard_forward_latency_seconds+Inf"),
+        7 * CALLS,
+        "one latency sample per datagram sent"
+    );
+}
