@@ -1,16 +1,21 @@
 //! The TOML configuration file: what it holds, and the checks that turn
-//! it into a runtime [`shard::Config`]. Control plane
+//! it into a runtime [`shard::Config`] and a [`Routing`]. Control plane
 //! only: read at start-up (and by `--check-config`), never on the packet
 //! path.
 //!
 //! Every problem is reported with its line and what to write instead, all
 //! of them at once where the file parsed.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::ops::Range;
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::balance::{
+    self, Cidr, MemberSpec, Routing, RoutingError, RoutingSpec, RuleSpec, SetSpec,
+};
 use crate::proxy::Algorithm;
 use crate::shard;
 use crate::sip::{host_ip, Limits, Uri};
@@ -41,8 +46,17 @@ pub struct File {
     pub limits: LimitsFile,
     #[serde(default)]
     pub transactions: TransactionsFile,
-    /// The backend pool.
-    pub backends: Backends,
+    /// The set for requests no route matches; default `"default"` (the
+    /// `[backends]` pool). A top-level key: write it before any table.
+    pub default_set: Option<Spanned<String>>,
+    /// The backend pool of a one-set gateway: the set named "default".
+    pub backends: Option<Backends>,
+    /// Named destination sets.
+    #[serde(default)]
+    pub sets: Vec<SetFile>,
+    /// Routing rules, tried in order: the first that matches picks the set.
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +107,45 @@ pub struct Backends {
     pub members: Vec<Spanned<String>>,
 }
 
+/// A `[[sets]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetFile {
+    pub name: Spanned<String>,
+    /// One of [`balance::Algorithm::NAMES`]; default `round-robin`.
+    pub algorithm: Option<Spanned<String>>,
+    pub members: Spanned<Vec<MemberFile>>,
+}
+
+/// One member of a set: `{ uri = "sip:10.0.0.1:5060", weight = 2 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberFile {
+    pub uri: Spanned<String>,
+    /// Share of new calls, 0..=10000; default 1; 0 takes no new calls.
+    pub weight: Option<Spanned<u32>>,
+    /// Lower is preferred (the `priority` algorithm); default 0.
+    pub priority: Option<u32>,
+    /// Free attributes, for the operator's use.
+    #[serde(default)]
+    pub attrs: BTreeMap<String, String>,
+}
+
+/// A `[[routes]]` table: every condition given must hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Request methods, exactly as on the wire.
+    pub methods: Option<Spanned<Vec<String>>>,
+    /// The Request-URI user starts with this.
+    pub user_prefix: Option<Spanned<String>>,
+    /// The Request-URI host is this (any case).
+    pub domain: Option<Spanned<String>>,
+    /// The datagram came from one of these networks.
+    pub source: Option<Spanned<Vec<Spanned<String>>>>,
+    pub set: Spanned<String>,
+}
+
 fn default_algorithm() -> Spanned<String> {
     Spanned::new(0..0, "round-robin".to_string())
 }
@@ -118,6 +171,16 @@ impl std::fmt::Display for Problem {
 
 /// Parses and checks a configuration file's text.
 pub fn parse(text: &str) -> Result<shard::Config, Vec<Problem>> {
+    parse_with_routing(text, None).map(|(config, _)| config)
+}
+
+/// Parses and checks a configuration file's text, with its destination
+/// sets and routes. Backends that `previous` (the running snapshot) also
+/// has keep their health; see [`Routing::build`].
+pub fn parse_with_routing(
+    text: &str,
+    previous: Option<&Routing>,
+) -> Result<(shard::Config, Routing), Vec<Problem>> {
     let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
     let file: File = toml::from_str(text).map_err(|e| {
         vec![Problem {
@@ -182,18 +245,7 @@ pub fn parse(text: &str) -> Result<shard::Config, Vec<Problem>> {
         Some(q) => *q.get_ref(),
         None => 8192,
     };
-    let algorithm = match file.backends.algorithm.get_ref().as_str() {
-        "round-robin" => Algorithm::RoundRobin,
-        "call-id-hash" => Algorithm::CallIdHash,
-        other => {
-            problem(
-                file.backends.algorithm.span(),
-                format!("algorithm = {other:?} is not known"),
-                "use \"round-robin\" or \"call-id-hash\"",
-            );
-            Algorithm::RoundRobin
-        }
-    };
+    let routing = routing(&file, previous, &mut problem);
     let io = match file.io.as_ref().map(|i| (i.get_ref().as_str(), i.span())) {
         None | Some(("auto", _)) => shard::Io::Auto,
         Some(("uring", _)) => shard::Io::Uring,
@@ -207,24 +259,6 @@ pub fn parse(text: &str) -> Result<shard::Config, Vec<Problem>> {
             shard::Io::Auto
         }
     };
-    let mut backends = Vec::new();
-    for member in &file.backends.members {
-        match backend_address(member.get_ref()) {
-            Ok(address) => backends.push(address),
-            Err(why) => problem(
-                member.span(),
-                format!("backend {:?}: {why}", member.get_ref()),
-                "write it as \"sip:10.0.0.1:5060\"",
-            ),
-        }
-    }
-    if file.backends.members.is_empty() {
-        problem(
-            0..0,
-            "backends.members is empty".to_string(),
-            "list at least one backend, e.g. members = [\"sip:127.0.0.1:5080\"]",
-        );
-    }
     let defaults = Limits::default();
     let limits = Limits {
         datagram_bytes_max: file
@@ -263,25 +297,295 @@ pub fn parse(text: &str) -> Result<shard::Config, Vec<Problem>> {
             }
         },
     };
-    match (listen, problems.is_empty()) {
-        (Some(listen), true) => Ok(shard::Config {
-            listen,
-            backends,
-            algorithm,
-            shards,
-            cpus: file.cpus,
-            limits,
-            txn,
-            handoff_queue_len,
-            socket_receive_buffer_bytes: file.socket.receive_buffer_bytes,
-            socket_send_buffer_bytes: file.socket.send_buffer_bytes,
-            shard_port_base: file.socket.shard_port_base,
-            steering: file.socket.steering.unwrap_or(true),
-            io,
-            admin,
-        }),
+    match (listen, routing, problems.is_empty()) {
+        (Some(listen), Some(routing), true) => {
+            // Until the proxy routes by set, every request goes to the
+            // default set, with the nearer of the two algorithms it has.
+            let default = routing.set(routing.default_set());
+            let config = shard::Config {
+                listen,
+                backends: default.members.iter().map(|m| m.address).collect(),
+                algorithm: match default.algorithm {
+                    balance::Algorithm::CallIdHash => Algorithm::CallIdHash,
+                    _ => Algorithm::RoundRobin,
+                },
+                shards,
+                cpus: file.cpus,
+                limits,
+                txn,
+                handoff_queue_len,
+                socket_receive_buffer_bytes: file.socket.receive_buffer_bytes,
+                socket_send_buffer_bytes: file.socket.send_buffer_bytes,
+                shard_port_base: file.socket.shard_port_base,
+                steering: file.socket.steering.unwrap_or(true),
+                io,
+                admin,
+            };
+            Ok((config, routing))
+        }
         _ => Err(problems),
     }
+}
+
+/// Where each part of the routing spec was written, to give a
+/// [`RoutingError`] its line.
+#[derive(Default)]
+struct Places {
+    sets: Vec<SetPlaces>,
+    rules: Vec<RulePlaces>,
+    default_set: Range<usize>,
+}
+
+#[derive(Default)]
+struct SetPlaces {
+    /// The `[backends]` table, whose form differs from `[[sets]]`.
+    from_backends: bool,
+    name: Range<usize>,
+    members: Range<usize>,
+    uris: Vec<Range<usize>>,
+    weights: Vec<Range<usize>>,
+}
+
+#[derive(Default)]
+struct RulePlaces {
+    set: Range<usize>,
+    methods: Range<usize>,
+    user_prefix: Range<usize>,
+    domain: Range<usize>,
+    source: Range<usize>,
+}
+
+/// `[backends]`, `[[sets]]`, `[[routes]]` and `default_set`, checked field
+/// by field here and as a whole by [`Routing::build`].
+fn routing(
+    file: &File,
+    previous: Option<&Routing>,
+    problem: &mut impl FnMut(Range<usize>, String, &str),
+) -> Option<Routing> {
+    let mut spec = RoutingSpec::default();
+    let mut places = Places::default();
+    if let Some(backends) = &file.backends {
+        let (set, set_places) = backends_set(backends, problem);
+        spec.sets.push(set);
+        places.sets.push(set_places);
+    }
+    for set in &file.sets {
+        let (set, set_places) = set_spec(set, problem);
+        spec.sets.push(set);
+        places.sets.push(set_places);
+    }
+    for route in &file.routes {
+        let (rule, rule_places) = rule_spec(route, problem);
+        spec.rules.push(rule);
+        places.rules.push(rule_places);
+    }
+    spec.default_set = file
+        .default_set
+        .as_ref()
+        .map_or("default".to_string(), |d| d.get_ref().clone());
+    places.default_set = file.default_set.as_ref().map_or(0..0, |d| d.span());
+    match Routing::build(&spec, previous) {
+        Ok(routing) => Some(routing),
+        Err(errors) => {
+            for error in errors {
+                routing_problem(&error, &places, problem);
+            }
+            None
+        }
+    }
+}
+
+fn routing_problem(
+    error: &RoutingError,
+    places: &Places,
+    problem: &mut impl FnMut(Range<usize>, String, &str),
+) {
+    let set = |i: usize| places.sets.get(i);
+    let rule = |i: usize, field: fn(&RulePlaces) -> &Range<usize>| {
+        places.rules.get(i).map_or(0..0, |r| field(r).clone())
+    };
+    let span = match *error {
+        RoutingError::NoSets
+        | RoutingError::TooManySets { .. }
+        | RoutingError::TooManyRules { .. } => 0..0,
+        RoutingError::DuplicateSet { set: i, .. } => set(i).map_or(0..0, |s| s.name.clone()),
+        RoutingError::EmptySet { set: i, .. } => match set(i) {
+            Some(s) if s.from_backends => {
+                return problem(
+                    0..0,
+                    "backends.members is empty".to_string(),
+                    "list at least one backend, e.g. members = [\"sip:127.0.0.1:5080\"]",
+                )
+            }
+            s => s.map_or(0..0, |s| s.members.clone()),
+        },
+        RoutingError::TooManyMembers { set: i, .. } => set(i).map_or(0..0, |s| s.members.clone()),
+        RoutingError::DuplicateMember { set: i, member, .. } => set(i)
+            .and_then(|s| s.uris.get(member).cloned())
+            .unwrap_or(0..0),
+        RoutingError::WeightOutOfRange { set: i, member, .. } => set(i)
+            .and_then(|s| s.weights.get(member).cloned())
+            .unwrap_or(0..0),
+        RoutingError::UnknownSet { rule: i, .. } => rule(i, |r| &r.set),
+        RoutingError::UnknownDefaultSet { .. } => places.default_set.clone(),
+        RoutingError::EmptyMethods { rule: i } | RoutingError::BadMethod { rule: i, .. } => {
+            rule(i, |r| &r.methods)
+        }
+        RoutingError::EmptyUserPrefix { rule: i } => rule(i, |r| &r.user_prefix),
+        RoutingError::EmptyDomain { rule: i } => rule(i, |r| &r.domain),
+        RoutingError::EmptySource { rule: i } => rule(i, |r| &r.source),
+    };
+    problem(span, error.to_string(), &error.fix());
+}
+
+/// `[backends]`: the set "default", round robin or Call-ID hash as before.
+fn backends_set(
+    backends: &Backends,
+    problem: &mut impl FnMut(Range<usize>, String, &str),
+) -> (SetSpec, SetPlaces) {
+    let algorithm = match backends.algorithm.get_ref().as_str() {
+        "round-robin" => balance::Algorithm::RoundRobin,
+        "call-id-hash" => balance::Algorithm::CallIdHash,
+        other => {
+            problem(
+                backends.algorithm.span(),
+                format!("algorithm = {other:?} is not known"),
+                "use \"round-robin\" or \"call-id-hash\" (or a [[sets]] table for the others)",
+            );
+            balance::Algorithm::RoundRobin
+        }
+    };
+    let mut places = SetPlaces {
+        from_backends: true,
+        ..SetPlaces::default()
+    };
+    let members = backends
+        .members
+        .iter()
+        .map(|uri| {
+            places.uris.push(uri.span());
+            places.weights.push(uri.span());
+            MemberSpec::new(uri.get_ref().clone(), member_address(uri, problem))
+        })
+        .collect();
+    let set = SetSpec {
+        name: "default".to_string(),
+        algorithm,
+        members,
+    };
+    (set, places)
+}
+
+/// A member's address; a placeholder after reporting one that is not
+/// `sip:IP:PORT`, so the rest of the set is still checked.
+fn member_address(
+    uri: &Spanned<String>,
+    problem: &mut impl FnMut(Range<usize>, String, &str),
+) -> SocketAddr {
+    backend_address(uri.get_ref()).unwrap_or_else(|why| {
+        problem(
+            uri.span(),
+            format!("backend {:?}: {why}", uri.get_ref()),
+            "write it as \"sip:10.0.0.1:5060\"",
+        );
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    })
+}
+
+fn set_spec(
+    set: &SetFile,
+    problem: &mut impl FnMut(Range<usize>, String, &str),
+) -> (SetSpec, SetPlaces) {
+    let algorithm = match &set.algorithm {
+        None => balance::Algorithm::RoundRobin,
+        Some(name) => balance::Algorithm::from_name(name.get_ref()).unwrap_or_else(|| {
+            problem(
+                name.span(),
+                format!("algorithm = {:?} is not known", name.get_ref()),
+                &format!("use one of {}", balance::Algorithm::NAMES.join(", ")),
+            );
+            balance::Algorithm::RoundRobin
+        }),
+    };
+    let mut places = SetPlaces {
+        from_backends: false,
+        name: set.name.span(),
+        members: set.members.span(),
+        ..SetPlaces::default()
+    };
+    let members = set
+        .members
+        .get_ref()
+        .iter()
+        .map(|member| {
+            places.uris.push(member.uri.span());
+            places.weights.push(
+                member
+                    .weight
+                    .as_ref()
+                    .map_or(member.uri.span(), |w| w.span()),
+            );
+            MemberSpec {
+                weight: member.weight.as_ref().map_or(1, |w| *w.get_ref()),
+                priority: member.priority.unwrap_or(0),
+                attrs: member.attrs.clone(),
+                ..MemberSpec::new(
+                    member.uri.get_ref().clone(),
+                    member_address(&member.uri, problem),
+                )
+            }
+        })
+        .collect();
+    let set = SetSpec {
+        name: set.name.get_ref().clone(),
+        algorithm,
+        members,
+    };
+    (set, places)
+}
+
+fn rule_spec(
+    route: &RouteFile,
+    problem: &mut impl FnMut(Range<usize>, String, &str),
+) -> (RuleSpec, RulePlaces) {
+    let span = |field: Option<Range<usize>>| field.unwrap_or(route.set.span());
+    let places = RulePlaces {
+        set: route.set.span(),
+        methods: span(route.methods.as_ref().map(|m| m.span())),
+        user_prefix: span(route.user_prefix.as_ref().map(|p| p.span())),
+        domain: span(route.domain.as_ref().map(|d| d.span())),
+        source: span(route.source.as_ref().map(|s| s.span())),
+    };
+    let source = route.source.as_ref().map(|networks| {
+        let parsed: Vec<Cidr> = networks
+            .get_ref()
+            .iter()
+            .filter_map(|network| match network.get_ref().parse::<Cidr>() {
+                Ok(cidr) => Some(cidr),
+                Err(why) => {
+                    problem(
+                        network.span(),
+                        format!("source {:?}: {why}", network.get_ref()),
+                        "write a network as \"10.0.0.0/8\" or \"2001:db8::/32\", or one address",
+                    );
+                    None
+                }
+            })
+            .collect();
+        (parsed, networks.get_ref().len())
+    });
+    let rule = RuleSpec {
+        methods: route.methods.as_ref().map(|m| m.get_ref().clone()),
+        user_prefix: route.user_prefix.as_ref().map(|p| p.get_ref().clone()),
+        domain: route.domain.as_ref().map(|d| d.get_ref().clone()),
+        // A list whose every entry was bad is reported already, not again
+        // as an empty one.
+        source: source.and_then(|(parsed, written)| {
+            (parsed.len() == written || !parsed.is_empty()).then_some(parsed)
+        }),
+        set: route.set.get_ref().clone(),
+    };
+    (rule, places)
 }
 
 /// The `[transactions]` table, each value checked against its range.
@@ -454,6 +758,125 @@ mod tests {
         assert_eq!(lines, vec![3, 4], "{problems:#?}");
         let good = text.replace("t1_ms = 0\nfailover_codes = [200]\n", "");
         assert_eq!(parse(&good).unwrap().txn.timers.try_ms, 700);
+    }
+
+    #[test]
+    fn the_example_routes_register_to_its_own_set() {
+        let (config, routing) = parse_with_routing(EXAMPLE, None).unwrap();
+        assert_eq!(routing.sets().len(), 2);
+        let source = "192.0.2.1".parse().unwrap();
+        let register =
+            routing.set(routing.pick_set(b"REGISTER", Some(b"alice"), b"example.com", source));
+        assert_eq!(&*register.name, "registrar");
+        assert_eq!(register.algorithm, balance::Algorithm::RuriUserHash);
+        assert_eq!(
+            register.members[1].attrs.get("zone").map(String::as_str),
+            Some("b")
+        );
+        let invite =
+            routing.set(routing.pick_set(b"INVITE", Some(b"alice"), b"example.com", source));
+        assert_eq!(&*invite.name, "default");
+        let addresses: Vec<SocketAddr> = invite.members.iter().map(|m| m.address).collect();
+        assert_eq!(
+            addresses, config.backends,
+            "[backends] is the set \"default\""
+        );
+    }
+
+    #[test]
+    fn set_and_route_problems_have_their_line_and_a_fix() {
+        let text = r#"listen = "127.0.0.1:5060"
+default_set = "main"
+[[sets]]
+name = "a"
+algorithm = "fastest"
+members = [
+  { uri = "sip:10.0.0.1:5060", weight = 20000 },
+  { uri = "sip:10.0.0.1:5060" },
+  { uri = "sip:pbx.example.com" },
+]
+[[sets]]
+name = "a"
+members = []
+[[routes]]
+methods = ["INVITE"]
+source = ["10.0.0.1/8", "2001:db8::/32"]
+set = "b"
+[[routes]]
+domain = ""
+set = "a"
+"#;
+        let problems = parse(text).unwrap_err();
+        let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+        // Field by field first, then the sets and routes as a whole.
+        assert_eq!(lines, [5, 9, 16, 7, 8, 12, 13, 17, 19, 2], "{problems:#?}");
+        assert!(problems.iter().all(|p| !p.fix.is_empty()));
+        assert!(problems[0].fix.contains("least-calls"), "{}", problems[0]);
+        assert!(problems[2].what.contains("10.0.0.0/8"), "{}", problems[2]);
+        assert!(
+            problems[3].what.contains("weight = 20000"),
+            "{}",
+            problems[3]
+        );
+        assert!(problems[7].what.contains("set \"b\""), "{}", problems[7]);
+    }
+
+    #[test]
+    fn a_set_holds_at_most_64_members() {
+        let members: Vec<String> = (0..65)
+            .map(|i| format!("  {{ uri = \"sip:10.0.0.1:{}\" }},\n", 5000 + i))
+            .collect();
+        let text = format!(
+            "listen = \"127.0.0.1:5060\"\n[[sets]]\nname = \"default\"\nmembers = [\n{}]\n",
+            members.concat()
+        );
+        let problems = parse(&text).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert_eq!(problems[0].line, 4);
+        assert!(problems[0].what.contains("65 members"), "{}", problems[0]);
+        let fits = text.replace("  { uri = \"sip:10.0.0.1:5064\" },\n", "");
+        assert_eq!(parse(&fits).unwrap().backends.len(), 64);
+    }
+
+    #[test]
+    fn sets_without_backends_and_the_default_set() {
+        let text = "listen = \"127.0.0.1:5060\"\ndefault_set = \"pbx\"\n[[sets]]\nname = \"pbx\"\nalgorithm = \"call-id-hash\"\nmembers = [{ uri = \"sip:10.0.0.1\" }, { uri = \"sip:10.0.0.2\", weight = 0 }]\n";
+        let config = parse(text).unwrap();
+        assert_eq!(config.backends.len(), 2);
+        assert_eq!(config.algorithm, Algorithm::CallIdHash);
+        let problems = parse("listen = \"127.0.0.1:5060\"\n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].line, 0);
+        assert!(problems[0].fix.contains("[[sets]]"), "{}", problems[0]);
+        // [backends] is the set "default": a second one is a duplicate.
+        let twice = "listen = \"127.0.0.1:5060\"\n[backends]\nmembers = [\"sip:10.0.0.1\"]\n[[sets]]\nname = \"default\"\nmembers = [{ uri = \"sip:10.0.0.2\" }]\n";
+        let problems = parse(twice).unwrap_err();
+        assert_eq!(
+            problems.iter().map(|p| p.line).collect::<Vec<_>>(),
+            [5],
+            "{problems:#?}"
+        );
+        assert!(problems[0].fix.contains("[backends]"), "{}", problems[0]);
+        let empty = "listen = \"127.0.0.1:5060\"\n[backends]\nmembers = []\n";
+        let problems = parse(empty).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert_eq!(problems[0].what, "backends.members is empty");
+    }
+
+    #[test]
+    fn a_reload_keeps_the_state_of_the_backends_it_keeps() {
+        let (_, running) = parse_with_routing(EXAMPLE, None).unwrap();
+        let kept = running.backend("sip:127.0.0.1:5081").unwrap();
+        kept.set_state(balance::State::Draining);
+        let edited = EXAMPLE.replace(
+            "members = [\"sip:127.0.0.1:5080\", \"sip:127.0.0.1:5081\"]",
+            "members = [\"sip:127.0.0.1:5081\"]",
+        );
+        assert_ne!(edited, EXAMPLE);
+        let (_, reloaded) = parse_with_routing(&edited, Some(&running)).unwrap();
+        let default = reloaded.set(reloaded.default_set());
+        assert_eq!(default.members.len(), 1);
+        assert_eq!(default.members[0].health.state(), balance::State::Draining);
     }
 
     #[test]

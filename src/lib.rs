@@ -4,7 +4,9 @@
 //! time (milliseconds) and give back views, decisions and bytes to send,
 //! and never open a socket or read a clock. `shard` is the per-core runtime
 //! around them (sockets, io_uring or epoll, Call-ID handoff, the clock);
-//! `config` reads the configuration file, off the packet path.
+//! `config` reads the configuration file, off the packet path. `balance`
+//! is the sans-I/O core of destination sets: routing rules, member health
+//! and the balancing algorithms.
 //!
 //! ```text
 //!   datagram ──► proxy::Proxy::handle(now, source, datagram, tx: impl Transmit)
@@ -18,6 +20,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod balance;
 pub mod config;
 pub mod control;
 pub mod proxy;
