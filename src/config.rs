@@ -17,6 +17,8 @@ use crate::balance::{
     self, Cidr, MemberSpec, Routing, RoutingError, RoutingSpec, RuleSpec, SetSpec,
 };
 use crate::proxy::Algorithm;
+use std::sync::Arc;
+
 use crate::shard;
 use crate::sip::{host_ip, Limits, Uri};
 use crate::txn::{TimerConfig, TxnConfig};
@@ -180,7 +182,7 @@ pub fn parse(text: &str) -> Result<shard::Config, Vec<Problem>> {
 pub fn parse_with_routing(
     text: &str,
     previous: Option<&Routing>,
-) -> Result<(shard::Config, Routing), Vec<Problem>> {
+) -> Result<(shard::Config, Arc<Routing>), Vec<Problem>> {
     let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
     let file: File = toml::from_str(text).map_err(|e| {
         vec![Problem {
@@ -299,8 +301,9 @@ pub fn parse_with_routing(
     };
     match (listen, routing, problems.is_empty()) {
         (Some(listen), Some(routing), true) => {
-            // Until the proxy routes by set, every request goes to the
-            // default set, with the nearer of the two algorithms it has.
+            let routing = Arc::new(routing);
+            // The default set, for the start-up log and `--backend`'s
+            // precedence: the shards route by `routing`.
             let default = routing.set(routing.default_set());
             let config = shard::Config {
                 listen,
@@ -320,11 +323,41 @@ pub fn parse_with_routing(
                 steering: file.socket.steering.unwrap_or(true),
                 io,
                 admin,
+                routing: routing.clone(),
             };
             Ok((config, routing))
         }
         _ => Err(problems),
     }
+}
+
+/// The routing of the command line's `--backend`s: one set, "default",
+/// with every member at weight 1. `previous` carries health over, as a
+/// reload does.
+pub fn backends_routing(
+    backends: &[SocketAddr],
+    algorithm: balance::Algorithm,
+    previous: Option<&Routing>,
+) -> Result<Routing, String> {
+    let spec = balance::RoutingSpec {
+        sets: vec![balance::SetSpec {
+            name: "default".to_string(),
+            algorithm,
+            members: backends
+                .iter()
+                .map(|&a| balance::MemberSpec::new(format!("sip:{a}"), a))
+                .collect(),
+        }],
+        rules: Vec::new(),
+        default_set: "default".to_string(),
+    };
+    Routing::build(&spec, previous).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
 
 /// Where each part of the routing spec was written, to give a
@@ -873,7 +906,7 @@ set = "a"
             "members = [\"sip:127.0.0.1:5081\"]",
         );
         assert_ne!(edited, EXAMPLE);
-        let (_, reloaded) = parse_with_routing(&edited, Some(&running)).unwrap();
+        let (_, reloaded) = parse_with_routing(&edited, Some(&*running)).unwrap();
         let default = reloaded.set(reloaded.default_set());
         assert_eq!(default.members.len(), 1);
         assert_eq!(default.members[0].health.state(), balance::State::Draining);

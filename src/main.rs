@@ -180,6 +180,17 @@ fn run(args: RunArgs) -> ExitCode {
             steering: true,
             io: Io::Auto,
             admin: None,
+            routing: std::sync::Arc::new(
+                config::backends_routing(
+                    &[
+                        "127.0.0.1:5080".parse().expect("a literal address"),
+                        "127.0.0.1:5081".parse().expect("a literal address"),
+                    ],
+                    sipshard::balance::Algorithm::RoundRobin,
+                    None,
+                )
+                .expect("two loopback backends make a valid set"),
+            ),
         },
     };
     if let Some(io) = args.io {
@@ -218,6 +229,20 @@ fn run(args: RunArgs) -> ExitCode {
     }
     if args.no_steering {
         config.steering = false;
+    }
+    // `--backend` and `--algorithm` replace the file's routing with one set.
+    if !args.backends.is_empty() || args.algorithm.is_some() {
+        let algorithm = match config.algorithm {
+            Algorithm::RoundRobin => sipshard::balance::Algorithm::RoundRobin,
+            Algorithm::CallIdHash => sipshard::balance::Algorithm::CallIdHash,
+        };
+        match config::backends_routing(&config.backends, algorithm, None) {
+            Ok(routing) => config.routing = std::sync::Arc::new(routing),
+            Err(why) => {
+                eprintln!("sipshard: --backend: {why}");
+                return ExitCode::from(2);
+            }
+        }
     }
     if args.admin.is_some() {
         config.admin = args.admin;

@@ -533,6 +533,7 @@ fn counter_array(c: &Counters) -> [u64; 11] {
         ack_timeouts: _,
         unreachable: _,
         overload_rejected: _,
+        unavailable_rejected: _,
     } = *c;
     [
         requests_forwarded,

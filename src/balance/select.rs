@@ -68,6 +68,37 @@ impl Selector {
         tried: u64,
         new_dialog: bool,
     ) -> Selection {
+        let algorithm = routing.set(set).algorithm;
+        self.pick(routing, set, keys, tried, new_dialog, algorithm)
+    }
+
+    /// Picks the member a request that is not a new dialog, and that has
+    /// no transaction or Route to go by, must reach: an ACK or CANCEL
+    /// passed on statelessly, an in-dialog request without our Route. Only
+    /// a hash of the Call-ID sends it where the rest of its call went,
+    /// whatever the set's own algorithm.
+    pub fn select_by_call_id(
+        &mut self,
+        routing: &Routing,
+        set: SetId,
+        call_id: &[u8],
+    ) -> Selection {
+        let keys = Keys {
+            call_id,
+            ..Keys::default()
+        };
+        self.pick(routing, set, &keys, 0, false, Algorithm::CallIdHash)
+    }
+
+    fn pick(
+        &mut self,
+        routing: &Routing,
+        set: SetId,
+        keys: &Keys<'_>,
+        tried: u64,
+        new_dialog: bool,
+        algorithm: Algorithm,
+    ) -> Selection {
         if self.generation != routing.generation {
             self.refresh(routing);
         }
@@ -91,7 +122,7 @@ impl Selector {
             unit: unit_weights,
         };
         let state = &mut self.sets[set.index()];
-        let index = match destination.algorithm {
+        let index = match algorithm {
             Algorithm::CallIdHash => rendezvous(weights, candidates, keys.call_id),
             Algorithm::FromUserHash => {
                 rendezvous(weights, candidates, keys.from_user.unwrap_or(keys.call_id))

@@ -49,6 +49,7 @@ pub enum Stat {
     AckTimeouts,
     Unreachable,
     OverloadRejected,
+    UnavailableRejected,
     LoopsDetected,
     ServerTransactions,
     ClientTransactions,
@@ -73,7 +74,7 @@ struct Meta {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 34] = [
+    pub const ALL: [Stat; 35] = [
         Stat::Received,
         Stat::Sent,
         Stat::HandedOff,
@@ -95,6 +96,7 @@ impl Stat {
         Stat::AckTimeouts,
         Stat::Unreachable,
         Stat::OverloadRejected,
+        Stat::UnavailableRejected,
         Stat::LoopsDetected,
         Stat::ServerTransactions,
         Stat::ClientTransactions,
@@ -186,6 +188,12 @@ impl Stat {
             Stat::OverloadRejected => (
                 "overload_rejected_total",
                 "New requests answered 503 because the transaction table was full.",
+                Counter,
+                None,
+            ),
+            Stat::UnavailableRejected => (
+                "unavailable_rejected_total",
+                "New requests answered 503 because no member of their set could take them.",
                 Counter,
                 None,
             ),

@@ -15,10 +15,15 @@
 use std::net::SocketAddr;
 
 use crate::sip::host_ip;
+use std::sync::Arc;
+
+use crate::balance::{
+    self, Keys, MemberSpec, Routing, RoutingSpec, Selection, Selector, SetId, SetSpec,
+};
 use crate::sip::lex::{fnv1a, hex16};
 use crate::sip::{
-    find_call_id, write_rejection, write_response, Answer, EditError, Editor, Fault, Forward,
-    HopMethod, LocalAddress, LocalResponse, Message, Method, Scanner, Via, MAGIC_COOKIE,
+    write_rejection, write_response, Answer, EditError, Editor, Fault, Forward, HopMethod,
+    LocalAddress, LocalResponse, Message, Method, Scanner, StartLine, Via, MAGIC_COOKIE,
 };
 use crate::txn::{
     CancelState, Client, ClientState, Millis, Server, ServerState, Slot, Target, Timer,
@@ -98,6 +103,9 @@ pub struct Counters {
     pub dropped_unresolved: u64,
     pub dropped_buffer_full: u64,
     pub dropped_no_backend: u64,
+    /// New requests answered 503 because no member of their set may take
+    /// them (all down, draining or probing).
+    pub unavailable_rejected: u64,
 }
 
 /// Where the proxy core writes what it sends: a buffer for the next
@@ -157,9 +165,10 @@ struct Core {
     /// Scans requests stored in transactions (local answers, new tries).
     rescanner: Scanner,
     editor: Editor,
-    backends: Vec<SocketAddr>,
-    algorithm: Algorithm,
-    next_backend: usize,
+    /// Destination sets and rules; `None`: no backend at all.
+    routing: Option<Arc<Routing>>,
+    /// This shard's picking state (round-robin cursors and the like).
+    selector: Selector,
     txns: Transactions,
     counters: Counters,
 }
@@ -173,7 +182,8 @@ pub const BACKENDS_MAX: usize = 64;
 
 impl Proxy {
     /// `seed` keys the transaction hashes (pick it at random); `now` is the
-    /// shell's clock at start.
+    /// shell's clock at start. One destination set of `backends`, each at
+    /// weight 1, picked by `algorithm`.
     pub fn new(
         scanner: Scanner,
         local: LocalAddress,
@@ -185,18 +195,51 @@ impl Proxy {
     ) -> Proxy {
         let mut backends = backends;
         backends.truncate(BACKENDS_MAX);
+        let spec = RoutingSpec {
+            sets: vec![SetSpec {
+                name: "default".to_string(),
+                algorithm: match algorithm {
+                    Algorithm::RoundRobin => balance::Algorithm::RoundRobin,
+                    Algorithm::CallIdHash => balance::Algorithm::CallIdHash,
+                },
+                members: backends
+                    .iter()
+                    .map(|&a| MemberSpec::new(format!("sip:{a}"), a))
+                    .collect(),
+            }],
+            rules: Vec::new(),
+            default_set: "default".to_string(),
+        };
+        let routing = Routing::build(&spec, None).ok().map(Arc::new);
+        Proxy::with_routing(scanner, local, routing, txn, now, seed)
+    }
+
+    /// A proxy that routes by `routing`'s sets and rules.
+    pub fn with_routing(
+        scanner: Scanner,
+        local: LocalAddress,
+        routing: Option<Arc<Routing>>,
+        txn: TxnConfig,
+        now: Millis,
+        seed: u64,
+    ) -> Proxy {
         Proxy {
             core: Core {
                 rescanner: Scanner::new(scanner.limits().clone()),
                 editor: Editor::new(local),
-                backends,
-                algorithm,
-                next_backend: 0,
+                routing,
+                selector: Selector::new(),
                 txns: Transactions::new(txn, now, seed),
                 counters: Counters::default(),
             },
             scanner,
         }
+    }
+
+    /// A reloaded configuration's routing: new requests use it at once;
+    /// transactions already under way keep the snapshot they began with.
+    pub fn set_routing(&mut self, routing: Arc<Routing>) {
+        self.core.routing = Some(routing);
     }
 
     pub fn counters(&self) -> &Counters {
@@ -363,13 +406,33 @@ impl Core {
             self.counters.loops_detected += 1;
             return reply(message, source, &LocalResponse::LOOP_DETECTED, tx);
         }
+        let new_dialog = message.to().tag.is_none();
         let target = match next_hop(&self.editor, message) {
             Hop::Uri(Some(addr)) => Target::Fixed(addr),
             Hop::Uri(None) => return Outcome::Dropped(DropReason::UnresolvedNextHop),
-            Hop::Backend if self.backends.is_empty() => {
-                return Outcome::Dropped(DropReason::NoBackend)
+            Hop::Backend => {
+                let Some(routing) = &self.routing else {
+                    return Outcome::Dropped(DropReason::NoBackend);
+                };
+                let set = pick_set(routing, message, source);
+                // A set with no member that may take this request answers
+                // at once: waiting for timers would only delay the 503.
+                if !routing
+                    .set(set)
+                    .members
+                    .iter()
+                    .any(|m| m.eligible(new_dialog))
+                {
+                    self.counters.unavailable_rejected += 1;
+                    let busy = LocalResponse::service_unavailable(self.txns.config.retry_after_s);
+                    return reply(message, source, &busy, tx);
+                }
+                Target::Pool {
+                    routing: routing.clone(),
+                    set,
+                    tried: 0,
+                }
             }
-            Hop::Backend => Target::Pool { tried: 0 },
         };
         if self.txns.servers.is_full() {
             self.counters.overload_rejected += 1;
@@ -429,9 +492,8 @@ impl Core {
     ) -> Outcome {
         let action = route_request(
             &self.editor,
-            &self.backends,
-            self.algorithm,
-            &mut self.next_backend,
+            self.routing.as_deref(),
+            &mut self.selector,
             message,
             source,
             tx.buffer(),
@@ -594,57 +656,71 @@ impl Core {
         {
             return false;
         }
-        let (to, backend) = match &mut server.target {
-            Target::Fixed(addr) if server.tries == 0 => (*addr, None),
-            Target::Fixed(_) => return false,
-            Target::Pool { tried } => {
-                let n = self.backends.len();
-                let first = if *tried != 0 {
-                    None
-                } else if server.sticky || self.algorithm == Algorithm::CallIdHash {
-                    find_call_id(&server.request).map(|id| (fnv1a(&[id]) % n as u64) as usize)
+        let sticky = server.sticky;
+        let request = std::mem::take(&mut server.request);
+        let Ok(original) = self.rescanner.scan(&request) else {
+            server.request = request;
+            return false;
+        };
+        let chosen = match &mut server.target {
+            Target::Fixed(addr) if server.tries == 0 => Some((*addr, None)),
+            Target::Pool {
+                routing,
+                set,
+                tried,
+            } => {
+                let selection = if sticky {
+                    // In a dialog, without our Route: where the Call-ID
+                    // hashes, as every other request of the call.
+                    match *tried {
+                        0 => self
+                            .selector
+                            .select_by_call_id(routing, *set, original.call_id()),
+                        _ => Selection::Exhausted,
+                    }
                 } else {
-                    self.next_backend = (self.next_backend + 1) % n;
-                    Some(self.next_backend)
+                    let keys = Keys {
+                        call_id: original.call_id(),
+                        from_user: original.from().uri().ok().and_then(|u| u.user),
+                        ruri_user: original.request_uri().and_then(|u| u.user),
+                    };
+                    self.selector.select(routing, *set, &keys, *tried, true)
                 };
-                let last = server
-                    .client
-                    .and_then(|c| self.txns.clients.get(c)?.backend);
-                let start = first.or(last.map(|l| l + 1)).unwrap_or(0);
-                let Some(index) = (0..n)
-                    .map(|i| (start + i) % n)
-                    .find(|&i| *tried & (1 << i) == 0)
-                else {
-                    return false;
-                };
-                *tried |= 1 << index;
-                (self.backends[index], Some(index))
+                match selection {
+                    Selection::Member(index) => {
+                        *tried |= 1 << index;
+                        Some((routing.set(*set).members[index].address, Some(index)))
+                    }
+                    Selection::AllDown | Selection::Exhausted => None,
+                }
             }
+            Target::Fixed(_) => None,
+        };
+        let Some((to, backend)) = chosen else {
+            server.request = request;
+            return false;
         };
         server.tries += 1;
         let tries = server.tries;
         let invite = server.invite;
         let source = server.source;
-        let request = std::mem::take(&mut server.request);
         self.txns.next_id = self.txns.next_id.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let id = self.txns.next_id;
-        let written = match self.rescanner.scan(&request) {
-            Ok(original) => {
-                let mut branch_key = branch_key(&original);
-                branch_key[..16].copy_from_slice(&hex16(id));
-                let method = original.method().unwrap_or(Method::Other);
-                let forward = Forward {
-                    source,
-                    branch_key: &branch_key,
-                    record_route: original.to().tag.is_none() && method.creates_dialog(),
-                };
-                self.editor
-                    .forward_request(&original, &forward, tx.buffer())
-                    .ok()
-                    .map(|len| (len, branch_key))
-            }
-            Err(_) => None,
+        let written = {
+            let mut branch_key = branch_key(&original);
+            branch_key[..16].copy_from_slice(&hex16(id));
+            let method = original.method().unwrap_or(Method::Other);
+            let forward = Forward {
+                source,
+                branch_key: &branch_key,
+                record_route: original.to().tag.is_none() && method.creates_dialog(),
+            };
+            self.editor
+                .forward_request(&original, &forward, tx.buffer())
+                .ok()
+                .map(|len| (len, branch_key))
         };
+
         if let Some(server) = self.txns.servers.get_mut(slot) {
             server.request = request;
         }
@@ -1138,10 +1214,18 @@ impl Core {
                 let server = client.server;
                 let untried = self.txns.servers.get(server).is_some_and(|s| {
                     !s.cancelled
-                        && match s.target {
-                            Target::Pool { tried } => {
-                                (tried.count_ones() as usize) < self.backends.len()
-                            }
+                        && match &s.target {
+                            // Another member could still take it.
+                            Target::Pool {
+                                routing,
+                                set,
+                                tried,
+                            } => routing
+                                .set(*set)
+                                .members
+                                .iter()
+                                .enumerate()
+                                .any(|(i, m)| tried & (1 << i) == 0 && m.eligible(!s.sticky)),
                             Target::Fixed(_) => false,
                         }
                 });
@@ -1308,9 +1392,8 @@ fn is_loop(local: &LocalAddress, message: &Message<'_>, loop_part: &[u8]) -> boo
 
 fn route_request(
     editor: &Editor,
-    backends: &[SocketAddr],
-    algorithm: Algorithm,
-    next_backend: &mut usize,
+    routing: Option<&Routing>,
+    selector: &mut Selector,
     message: &Message<'_>,
     source: SocketAddr,
     out: &mut [u8],
@@ -1333,19 +1416,18 @@ fn route_request(
             None => return Action::Drop(DropReason::UnresolvedNextHop),
         },
         Hop::Backend => {
-            if backends.is_empty() {
+            let Some(routing) = routing else {
                 return Action::Drop(DropReason::NoBackend);
-            }
+            };
             // Without transaction state, a CANCEL or ACK must reach the
             // backend its INVITE reached: only the Call-ID hash promises that.
-            let sticky = in_dialog || matches!(method, Method::Ack | Method::Cancel);
-            let index = if sticky || algorithm == Algorithm::CallIdHash {
-                (fnv1a(&[message.call_id()]) % backends.len() as u64) as usize
-            } else {
-                *next_backend = (*next_backend + 1) % backends.len();
-                *next_backend
-            };
-            backends[index]
+            let set = pick_set(routing, message, source);
+            match selector.select_by_call_id(routing, set, message.call_id()) {
+                Selection::Member(index) => routing.set(set).members[index].address,
+                Selection::AllDown | Selection::Exhausted => {
+                    return Action::Drop(DropReason::NoBackend)
+                }
+            }
         }
     };
     let forward = Forward {
@@ -1359,6 +1441,24 @@ fn route_request(
             len,
         },
         Err(_) => Action::Drop(DropReason::BufferFull),
+    }
+}
+
+/// The destination set a new request goes to, by the routing rules.
+fn pick_set(routing: &Routing, message: &Message<'_>, source: SocketAddr) -> SetId {
+    routing.pick_set(
+        method_token(message),
+        message.request_uri().and_then(|u| u.user),
+        message.request_uri().map_or(&[][..], |u| u.host),
+        source.ip(),
+    )
+}
+
+/// A request's method as written (extension methods too).
+fn method_token<'m>(message: &Message<'m>) -> &'m [u8] {
+    match message.start_line() {
+        StartLine::Request { method_text, .. } => method_text,
+        StartLine::Response { .. } => &[],
     }
 }
 

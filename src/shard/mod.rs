@@ -30,6 +30,7 @@ use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::balance::Routing;
 use crate::control::metrics::{self, MessageCounts, ShardStats, Stat};
 use crate::proxy::{Algorithm, Counters, Outcome, Proxy, Transmit};
 use crate::sip::lex::fnv1a;
@@ -63,6 +64,9 @@ pub struct Config {
     /// Where the admin HTTP API listens (off when `None`). The control
     /// thread serves it; the shards never see it.
     pub admin: Option<SocketAddr>,
+    /// Destination sets and rules: what the shards route by. `backends`
+    /// and `algorithm` above describe its default set.
+    pub routing: Arc<Routing>,
 }
 
 /// Which receive loop the shards run.
@@ -214,11 +218,10 @@ impl Runtime {
                     .copied()
                     .find(|c| c.id == config.cpus[index % config.cpus.len()]),
             };
-            let proxy = Proxy::new(
+            let proxy = Proxy::with_routing(
                 Scanner::new(config.limits.clone()),
                 local.clone().with_via_port(own_ports[index]),
-                config.backends.clone(),
-                config.algorithm,
+                Some(config.routing.clone()),
                 config.txn.clone(),
                 0,
                 random_seed(),
@@ -578,6 +581,7 @@ impl Shard {
             (Stat::AckTimeouts, p.ack_timeouts),
             (Stat::Unreachable, p.unreachable),
             (Stat::OverloadRejected, p.overload_rejected),
+            (Stat::UnavailableRejected, p.unavailable_rejected),
             (Stat::LoopsDetected, p.loops_detected),
             (Stat::ServerTransactions, servers as u64),
             (Stat::ClientTransactions, clients as u64),

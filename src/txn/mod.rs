@@ -156,10 +156,16 @@ pub struct Slot {
 }
 
 /// Which backends a server transaction may still try.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Target {
-    /// The pool: bit i of `tried` set when backend i was tried.
-    Pool { tried: u64 },
+    /// A destination set of the routing snapshot the transaction began
+    /// with (a reload does not change where its failover goes): bit i of
+    /// `tried` set when member i was tried.
+    Pool {
+        routing: std::sync::Arc<crate::balance::Routing>,
+        set: crate::balance::SetId,
+        tried: u64,
+    },
     /// One address (a Route or Request-URI): no alternatives.
     Fixed(SocketAddr),
 }
