@@ -19,9 +19,10 @@ use crate::balance::{
 use crate::proxy::Algorithm;
 use std::sync::Arc;
 
+use crate::control::probe::ProbeConfig;
 use crate::shard;
 use crate::sip::{host_ip, Limits, Uri};
-use crate::txn::{TimerConfig, TxnConfig};
+use crate::txn::{Millis, TimerConfig, TxnConfig};
 
 /// The file as written. Unknown keys are errors: a misspelt key silently
 /// ignored is a setting the operator believes in and does not have.
@@ -48,6 +49,8 @@ pub struct File {
     pub limits: LimitsFile,
     #[serde(default)]
     pub transactions: TransactionsFile,
+    #[serde(default)]
+    pub probes: ProbesFile,
     /// The set for requests no route matches; default `"default"` (the
     /// `[backends]` pool). A top-level key: write it before any table.
     pub default_set: Option<Spanned<String>>,
@@ -81,6 +84,18 @@ pub struct LimitsFile {
     pub headers_max: Option<usize>,
     pub header_line_bytes_max: Option<usize>,
     pub via_values_max: Option<usize>,
+}
+
+/// Health probes: OPTIONS to every backend (off unless `enabled`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbesFile {
+    pub enabled: Option<bool>,
+    pub interval_ms: Option<Spanned<u32>>,
+    pub timeout_ms: Option<Spanned<u32>>,
+    pub failures: Option<Spanned<u32>>,
+    pub successes: Option<Spanned<u32>>,
+    pub accepted_codes: Option<Spanned<Vec<u16>>>,
 }
 
 /// Transaction timers (RFC 3261 table 4), failover and the table bound.
@@ -285,6 +300,7 @@ pub fn parse_with_routing(
         );
     }
     let txn = transactions(&file.transactions, &mut problem);
+    let probes = probes(&file.probes, &mut problem);
     let admin = match &file.admin {
         None => None,
         Some(admin) => match admin.get_ref().parse::<SocketAddr>() {
@@ -323,6 +339,7 @@ pub fn parse_with_routing(
                 steering: file.socket.steering.unwrap_or(true),
                 io,
                 admin,
+                probes,
                 routing: routing.clone(),
             };
             Ok((config, routing))
@@ -619,6 +636,79 @@ fn rule_spec(
         set: route.set.get_ref().clone(),
     };
     (rule, places)
+}
+
+/// The `[probes]` table, each value checked against its range.
+fn probes(
+    file: &ProbesFile,
+    problem: &mut impl FnMut(std::ops::Range<usize>, String, &str),
+) -> ProbeConfig {
+    let defaults = ProbeConfig::default();
+    let mut value = |v: &Option<Spanned<u32>>,
+                     name: &str,
+                     range: std::ops::RangeInclusive<u32>,
+                     default: u32| match v {
+        Some(v) if !range.contains(v.get_ref()) => {
+            problem(
+                v.span(),
+                format!("probes.{name} = {} is out of range", v.get_ref()),
+                &format!(
+                    "use {}..={} (default {default})",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            default
+        }
+        Some(v) => *v.get_ref(),
+        None => default,
+    };
+    let interval_ms = value(
+        &file.interval_ms,
+        "interval_ms",
+        100..=3_600_000,
+        defaults.interval_ms as u32,
+    );
+    let timeout_ms = value(
+        &file.timeout_ms,
+        "timeout_ms",
+        10..=60_000,
+        defaults.timeout_ms as u32,
+    );
+    let failures = value(&file.failures, "failures", 1..=100, defaults.failures);
+    let successes = value(&file.successes, "successes", 1..=100, defaults.successes);
+    if timeout_ms >= interval_ms {
+        if let Some(t) = &file.timeout_ms {
+            problem(
+                t.span(),
+                format!("probes.timeout_ms = {timeout_ms} is not shorter than interval_ms = {interval_ms}"),
+                "a probe must time out before the next one is due: make timeout_ms smaller",
+            );
+        }
+    }
+    let accepted_codes = match &file.accepted_codes {
+        Some(codes) if codes.get_ref().iter().any(|c| !(200..=699).contains(c)) => {
+            problem(
+                codes.span(),
+                format!(
+                    "probes.accepted_codes = {:?} holds a code that is not final",
+                    codes.get_ref()
+                ),
+                "list final codes 200..=699, or leave it out (any code below 500 but 408)",
+            );
+            Vec::new()
+        }
+        Some(codes) => codes.get_ref().clone(),
+        None => Vec::new(),
+    };
+    ProbeConfig {
+        enabled: file.enabled.unwrap_or(false),
+        interval_ms: Millis::from(interval_ms),
+        timeout_ms: Millis::from(timeout_ms),
+        failures,
+        successes,
+        accepted_codes,
+    }
 }
 
 /// The `[transactions]` table, each value checked against its range.

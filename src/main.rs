@@ -180,6 +180,7 @@ fn run(args: RunArgs) -> ExitCode {
             steering: true,
             io: Io::Auto,
             admin: None,
+            probes: sipshard::control::probe::ProbeConfig::default(),
             routing: std::sync::Arc::new(
                 config::backends_routing(
                     &[
@@ -248,6 +249,7 @@ fn run(args: RunArgs) -> ExitCode {
         config.admin = args.admin;
     }
     let admin = config.admin;
+    let probes = config.probes.clone();
     let listen = config.listen;
     let runtime = match Runtime::start(config) {
         Ok(runtime) => runtime,
@@ -256,8 +258,14 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let control = sipshard::control::Control::new(runtime.handle(), args.config.clone());
+    if let Err(error) = control.start_probes(probes, listen.ip()) {
+        eprintln!("sipshard: cannot start the health probes: {error}");
+        runtime.stop();
+        return ExitCode::from(1);
+    }
     if let Some(address) = admin {
-        match sipshard::control::admin::start(address, runtime.stats()) {
+        match sipshard::control::admin::start(address, control.clone()) {
             Ok(_) => tracing::info!(%address, "admin API is listening"),
             Err(error) => {
                 eprintln!("sipshard: cannot serve the admin API on {address}: {error}");
@@ -266,7 +274,7 @@ fn run(args: RunArgs) -> ExitCode {
             }
         }
     }
-    wait_for_signals(runtime)
+    wait_for_signals(runtime, &control)
 }
 
 /// Reads and checks a configuration file; on failure prints every problem
@@ -284,11 +292,13 @@ fn load(path: &PathBuf) -> Result<Config, ExitCode> {
     })
 }
 
-/// The control thread: SIGUSR1 logs every shard's counters; SIGTERM or
-/// SIGINT stops receiving, flushes what the shards hold, and exits 0.
-fn wait_for_signals(runtime: Runtime) -> ExitCode {
-    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1]) {
+/// The control thread: SIGUSR1 logs every shard's counters, SIGHUP reloads
+/// the configuration file's routing; SIGTERM or SIGINT stops receiving,
+/// flushes what the shards hold, and exits 0.
+fn wait_for_signals(runtime: Runtime, control: &sipshard::control::Control) -> ExitCode {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP])
+    {
         Ok(signals) => signals,
         Err(error) => {
             eprintln!("sipshard: cannot install signal handlers: {error}");
@@ -299,6 +309,15 @@ fn wait_for_signals(runtime: Runtime) -> ExitCode {
     for signal in signals.forever() {
         if signal == SIGUSR1 {
             runtime.report();
+            continue;
+        }
+        if signal == SIGHUP {
+            match control.reload() {
+                Ok(backends) => tracing::info!(backends, "configuration reloaded (SIGHUP)"),
+                Err(error) => {
+                    tracing::warn!(%error, "reload refused; the running configuration stays")
+                }
+            }
             continue;
         }
         tracing::info!(signal, "stopping");

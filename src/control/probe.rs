@@ -20,33 +20,9 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
+use crate::balance::State;
 use crate::sip::{Limits, Scanner};
 use crate::txn::Millis;
-
-/// A member's state, shared with the shards that pick members.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MemberState {
-    /// Takes new dialogs.
-    Up,
-    /// Came back after being down; takes no new dialogs until it has
-    /// answered `successes` probes in a row.
-    Probing,
-    /// Takes nothing.
-    Down,
-    /// Set by the admin: takes no new dialogs, keeps those it has.
-    Draining,
-}
-
-impl MemberState {
-    pub fn name(self) -> &'static str {
-        match self {
-            MemberState::Up => "up",
-            MemberState::Probing => "probing",
-            MemberState::Down => "down",
-            MemberState::Draining => "draining",
-        }
-    }
-}
 
 /// Probe settings (the config's `[probes]` table).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,7 +42,10 @@ pub struct ProbeConfig {
 impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
-            enabled: true,
+            // Off unless configured, as Kamailio's dispatcher and OpenSIPS's
+            // load_balancer: a backend that does not answer OPTIONS would
+            // otherwise be taken down by a gateway upgrade.
+            enabled: false,
             interval_ms: 5_000,
             timeout_ms: 2_000,
             failures: 2,
@@ -91,8 +70,8 @@ pub enum Event {
     /// A member changed state.
     Transition {
         member: usize,
-        from: MemberState,
-        to: MemberState,
+        from: State,
+        to: State,
     },
     /// A final answer came back after `rtt_us` (for the latency EWMA).
     RoundTrip { member: usize, rtt_us: u64 },
@@ -100,7 +79,7 @@ pub enum Event {
 
 struct Member {
     address: SocketAddr,
-    state: MemberState,
+    state: State,
     /// Consecutive failures (while up) or successes (while probing).
     streak: u32,
     /// The outstanding probe: its sequence number and when it left.
@@ -151,7 +130,7 @@ impl Prober {
             .enumerate()
             .map(|(i, &address)| Member {
                 address,
-                state: MemberState::Up,
+                state: State::Up,
                 streak: 0,
                 pending: None,
                 next_probe: now + config.interval_ms * i as Millis / n,
@@ -169,7 +148,7 @@ impl Prober {
         }
     }
 
-    pub fn state(&self, member: usize) -> Option<MemberState> {
+    pub fn state(&self, member: usize) -> Option<State> {
         self.members.get(member).map(|m| m.state)
     }
 
@@ -179,7 +158,7 @@ impl Prober {
 
     /// The admin sets a state: draining, or up or down by hand. Probes then
     /// move it on from there, except from draining.
-    pub fn set_state(&mut self, member: usize, state: MemberState) -> Option<Event> {
+    pub fn set_state(&mut self, member: usize, state: State) -> Option<Event> {
         let m = self.members.get_mut(member)?;
         let from = m.state;
         m.state = state;
@@ -270,35 +249,35 @@ impl Prober {
         let m = &mut self.members[member];
         let from = m.state;
         let to = match (from, alive) {
-            (MemberState::Draining, _) => from,
-            (MemberState::Up, true) => {
+            (State::Draining, _) => from,
+            (State::Up, true) => {
                 m.streak = 0;
                 from
             }
-            (MemberState::Up, false) => {
+            (State::Up, false) => {
                 m.streak += 1;
                 match m.streak >= config.failures {
-                    true => MemberState::Down,
+                    true => State::Down,
                     false => from,
                 }
             }
-            (MemberState::Down, true) => MemberState::Probing,
-            (MemberState::Down, false) => from,
-            (MemberState::Probing, true) => {
+            (State::Down, true) => State::Probing,
+            (State::Down, false) => from,
+            (State::Probing, true) => {
                 m.streak += 1;
                 match m.streak >= config.successes {
-                    true => MemberState::Up,
+                    true => State::Up,
                     false => from,
                 }
             }
-            (MemberState::Probing, false) => MemberState::Down,
+            (State::Probing, false) => State::Down,
         };
         if to != from {
             m.state = to;
             // A member coming back has had one success already.
-            m.streak = u32::from(to == MemberState::Probing);
-            if to == MemberState::Probing && m.streak >= config.successes {
-                m.state = MemberState::Up;
+            m.streak = u32::from(to == State::Probing);
+            if to == State::Probing && m.streak >= config.successes {
+                m.state = State::Up;
                 m.streak = 0;
             }
             events.push(Event::Transition {
@@ -437,48 +416,44 @@ mod tests {
         let mut events = Vec::new();
         p.on_time(0, &mut sent, &mut events);
         p.on_time(2_000, &mut sent, &mut events);
-        assert_eq!(
-            p.state(0),
-            Some(MemberState::Up),
-            "one failure is not enough"
-        );
+        assert_eq!(p.state(0), Some(State::Up), "one failure is not enough");
         assert_eq!(p.last_result(0), Some(ProbeResult::TimedOut));
         p.on_time(5_000, &mut sent, &mut events);
         p.on_time(7_000, &mut sent, &mut events);
-        assert_eq!(p.state(0), Some(MemberState::Down));
+        assert_eq!(p.state(0), Some(State::Down));
         assert_eq!(
             events,
             vec![Event::Transition {
                 member: 0,
-                from: MemberState::Up,
-                to: MemberState::Down
+                from: State::Up,
+                to: State::Down
             }]
         );
         events.clear();
         p.on_time(10_000, &mut sent, &mut events);
         let probe = sent.0.last().unwrap().1.clone();
         p.on_datagram(10_001, &answer(&probe, 200), &mut events);
-        assert_eq!(p.state(0), Some(MemberState::Probing));
+        assert_eq!(p.state(0), Some(State::Probing));
         p.on_time(15_000, &mut sent, &mut events);
         let probe = sent.0.last().unwrap().1.clone();
         p.on_datagram(15_001, &answer(&probe, 404), &mut events);
-        assert_eq!(p.state(0), Some(MemberState::Up), "404 is alive");
+        assert_eq!(p.state(0), Some(State::Up), "404 is alive");
     }
 
     #[test]
     fn a_failure_while_probing_goes_back_down() {
         let mut p = prober(1);
-        p.set_state(0, MemberState::Down);
+        p.set_state(0, State::Down);
         let mut sent = Sent::default();
         let mut events = Vec::new();
         p.on_time(0, &mut sent, &mut events);
         let probe = sent.0.last().unwrap().1.clone();
         p.on_datagram(1, &answer(&probe, 200), &mut events);
-        assert_eq!(p.state(0), Some(MemberState::Probing));
+        assert_eq!(p.state(0), Some(State::Probing));
         p.on_time(5_000, &mut sent, &mut events);
         let probe = sent.0.last().unwrap().1.clone();
         p.on_datagram(5_001, &answer(&probe, 503), &mut events);
-        assert_eq!(p.state(0), Some(MemberState::Down), "503 is not alive");
+        assert_eq!(p.state(0), Some(State::Down), "503 is not alive");
     }
 
     #[test]
@@ -496,13 +471,13 @@ mod tests {
     #[test]
     fn draining_stays_draining_whatever_the_probes_say() {
         let mut p = prober(1);
-        p.set_state(0, MemberState::Draining);
+        p.set_state(0, State::Draining);
         let mut sent = Sent::default();
         let mut events = Vec::new();
         for t in [0, 2_000, 5_000, 7_000, 10_000, 12_000] {
             p.on_time(t, &mut sent, &mut events);
         }
-        assert_eq!(p.state(0), Some(MemberState::Draining));
+        assert_eq!(p.state(0), Some(State::Draining));
         assert!(events.is_empty(), "{events:?}");
     }
 

@@ -64,6 +64,8 @@ pub struct Config {
     /// Where the admin HTTP API listens (off when `None`). The control
     /// thread serves it; the shards never see it.
     pub admin: Option<SocketAddr>,
+    /// Health probes of the backends (the control thread sends them).
+    pub probes: crate::control::probe::ProbeConfig,
     /// Destination sets and rules: what the shards route by. `backends`
     /// and `algorithm` above describe its default set.
     pub routing: Arc<Routing>,
@@ -106,6 +108,11 @@ struct Shared {
     report: AtomicUsize,
     /// What each shard publishes for the control thread, by shard index.
     stats: Vec<Arc<ShardStats>>,
+    /// The routing a reload delivered. A shard takes it when it sees
+    /// `routing_generation` move (one relaxed load a turn; the lock is
+    /// taken once per reload per shard).
+    routing: std::sync::Mutex<Arc<Routing>>,
+    routing_generation: AtomicUsize,
 }
 
 /// Counters of one shard, beside the proxy core's own.
@@ -123,6 +130,42 @@ struct ShardCounters {
     busy_ns: u64,
     /// Datagrams received, by method and status class.
     messages: MessageCounts,
+}
+
+/// A handle on the running shards for the control thread: new routing
+/// in, routing and counters out.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// Every shard's published counters, by shard index.
+    pub fn stats(&self) -> Vec<Arc<ShardStats>> {
+        self.shared.stats.clone()
+    }
+
+    /// Hands every shard a new routing (a reload). New requests use it
+    /// from the shard's next turn; transactions under way keep theirs.
+    pub fn set_routing(&self, routing: Arc<Routing>) {
+        if let Ok(mut current) = self.shared.routing.lock() {
+            *current = routing;
+        }
+        self.shared
+            .routing_generation
+            .fetch_add(1, Ordering::Release);
+        for doorbell in &self.shared.doorbells {
+            doorbell.ring();
+        }
+    }
+
+    /// The routing the shards use now.
+    pub fn routing(&self) -> Arc<Routing> {
+        match self.shared.routing.lock() {
+            Ok(routing) => routing.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }
 
 /// The running shards.
@@ -188,6 +231,8 @@ impl Runtime {
             stop: AtomicBool::new(false),
             report: AtomicUsize::new(0),
             stats: (0..shards).map(|_| Arc::default()).collect(),
+            routing: std::sync::Mutex::new(config.routing.clone()),
+            routing_generation: AtomicUsize::new(0),
         });
         let use_uring = match config.io {
             Io::Epoll => false,
@@ -258,6 +303,13 @@ impl Runtime {
     /// Every shard's published counters, by shard index.
     pub fn stats(&self) -> Vec<Arc<ShardStats>> {
         self.shared.stats.clone()
+    }
+
+    /// What the control thread uses to reach the running shards.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Asks every shard to log its counters (SIGUSR1).
@@ -353,6 +405,8 @@ struct Shard {
     reported: usize,
     /// When the latency histogram was last offered to the control thread.
     latency_offered: Instant,
+    /// The `Shared::routing_generation` this shard's proxy routes by.
+    routing_generation: usize,
     output: Output,
 }
 
@@ -413,6 +467,7 @@ impl Shard {
             recv: RecvBatch::new(),
             reported: 0,
             latency_offered: Instant::now(),
+            routing_generation: 0,
             output: Output {
                 proxy,
                 wire: Wire {
@@ -544,6 +599,13 @@ impl Shard {
     /// Counts the turn's work, publishes the counters, and logs them if
     /// SIGUSR1 asked.
     fn end_turn(&mut self, done: Instant) {
+        let generation = self.shared.routing_generation.load(Ordering::Acquire);
+        if generation != self.routing_generation {
+            self.routing_generation = generation;
+            if let Ok(routing) = self.shared.routing.lock() {
+                self.output.proxy.set_routing(routing.clone());
+            }
+        }
         let c = &mut self.output.counters;
         c.busy_ns += done.saturating_duration_since(self.output.clock).as_nanos() as u64;
         self.publish(done);

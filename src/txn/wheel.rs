@@ -401,7 +401,7 @@ mod tests {
                 let deadline = start + delay;
                 let mut wheel = Wheel::with_capacity(start, 4);
                 wheel.insert(deadline, delay).unwrap();
-                assert_eq!(drain(&mut wheel, deadline - 1), [], "{start} + {delay}");
+                assert_eq!(drain(&mut wheel, deadline - 1), [0u64; 0], "{start} + {delay}");
                 assert_eq!(drain(&mut wheel, deadline), [delay], "{start} + {delay}");
                 assert!(wheel.is_empty());
             }
@@ -441,7 +441,7 @@ mod tests {
                         assert_eq!(fired, [delay]);
                         break;
                     }
-                    assert_eq!(fired, []);
+                    assert_eq!(fired, [0u64; 0]);
                 }
                 // One early wake-up per level above the lowest, at most.
                 let levels = level_for(start, deadline) + 1;
@@ -535,7 +535,7 @@ mod tests {
             assert_eq!(fired, left[..fired.len()]);
             left.drain(..fired.len());
         }
-        assert_eq!(left, []);
+        assert_eq!(left, [0u64; 0]);
     }
 
     #[test]
@@ -567,13 +567,13 @@ mod tests {
     fn time_going_backwards_is_no_advance() {
         let mut wheel = Wheel::with_capacity(1_000, 4);
         wheel.insert(1_001, 1).unwrap();
-        assert_eq!(drain(&mut wheel, 500), []);
+        assert_eq!(drain(&mut wheel, 500), [0u64; 0]);
         assert_eq!(wheel.next_deadline(), Some(1_001));
         // Before the wheel's time: due at the next expire, whatever its now.
         wheel.insert(800, 2).unwrap();
         assert_eq!(wheel.next_deadline(), Some(800));
         assert_eq!(drain(&mut wheel, 0), [2]);
-        assert_eq!(drain(&mut wheel, 1_000), []);
+        assert_eq!(drain(&mut wheel, 1_000), [0u64; 0]);
         assert_eq!(drain(&mut wheel, 1_001), [1]);
     }
 
@@ -582,7 +582,7 @@ mod tests {
         let mut wheel = Wheel::with_capacity(0, 4);
         wheel.insert(u64::MAX, 1).unwrap();
         wheel.insert(u64::MAX - 1, 2).unwrap();
-        assert_eq!(drain(&mut wheel, u64::MAX - 2), []);
+        assert_eq!(drain(&mut wheel, u64::MAX - 2), [0u64; 0]);
         assert_eq!(drain(&mut wheel, u64::MAX - 1), [2]);
         assert_eq!(drain(&mut wheel, u64::MAX), [1]);
         wheel.insert(u64::MAX, 3).unwrap();
