@@ -345,13 +345,11 @@ mod tests {
         let addresses: Vec<SocketAddr> = (0..members)
             .map(|i| format!("127.0.0.1:{}", 5080 + i).parse().unwrap())
             .collect();
-        Prober::new(
-            ProbeConfig::default(),
-            LOCAL.parse().unwrap(),
-            &addresses,
-            0,
-            0xabc,
-        )
+        let config = ProbeConfig {
+            enabled: true,
+            ..ProbeConfig::default()
+        };
+        Prober::new(config, LOCAL.parse().unwrap(), &addresses, 0, 0xabc)
     }
 
     /// The answer a backend gives to a probe, built from the probe itself.
