@@ -158,6 +158,10 @@ fn metrics_agree_with_sipp_and_bad_paths_get_404() {
     std::thread::sleep(Duration::from_millis(1500));
     let during = scrape();
     assert!(value(&during, "sipshard_requests_received_total{method=INVITE}") <= CALLS);
+    assert!(
+        value(&during, "sipshard_dialogs_active") > 0,
+        "calls are in progress mid-run"
+    );
 
     let mut screen = String::new();
     caller
@@ -221,6 +225,26 @@ fn metrics_agree_with_sipp_and_bad_paths_get_404() {
         );
     }
     assert_eq!(v("sipshard_failovers_total"), 0);
+    // Every call ended with its BYE: no dialog is left counted.
+    assert_eq!(v("sipshard_dialogs_active"), 0);
+    for backend in BACKENDS {
+        assert_eq!(
+            v(&format!("sipshard_backend_up{{backend=sip:{backend}}}")),
+            1
+        );
+        assert_eq!(
+            v(&format!(
+                "sipshard_backend_active_calls{{backend=sip:{backend}}}"
+            )),
+            0
+        );
+        assert!(
+            after.contains_key(&format!(
+                "sipshard_backend_latency_seconds{{backend=sip:{backend}}}"
+            )),
+            "round trips to {backend} were measured"
+        );
+    }
     assert!(v("sipshard_loop_iterations_total") > 0);
     // The latency histogram is copied out about once a second.
     std::thread::sleep(Duration::from_millis(1200));

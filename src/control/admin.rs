@@ -74,9 +74,11 @@ async fn healthz() -> &'static str {
 async fn metrics(State(control): State<Arc<Control>>) -> impl IntoResponse {
     let stats = control.shards.stats();
     let shards: Vec<&ShardStats> = stats.iter().map(|s| &**s).collect();
+    let mut text = metrics::render(&shards);
+    metrics::render_backends(&mut text, &control.shards.routing(), &control.transitions());
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        metrics::render(&shards),
+        text,
     )
 }
 
@@ -189,6 +191,9 @@ async fn set_member(
     };
     let from = found.health.state();
     found.health.set_state(state);
+    if from != state {
+        control.transition(state);
+    }
     tracing::warn!(set, backend = %found.uri, from = state_name(from), to = state_name(state), "backend state set by the admin API");
     json_response(
         StatusCode::OK,

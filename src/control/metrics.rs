@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
 
+use crate::balance::{Routing, State};
 use crate::sip::Method;
 
 /// Prometheus metric types used here.
@@ -53,6 +54,7 @@ pub enum Stat {
     LoopsDetected,
     ServerTransactions,
     ClientTransactions,
+    Dialogs,
     DroppedHandoffQueueFull,
     DroppedSendFailed,
     DroppedTruncated,
@@ -74,7 +76,7 @@ struct Meta {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 35] = [
+    pub const ALL: [Stat; 36] = [
         Stat::Received,
         Stat::Sent,
         Stat::HandedOff,
@@ -100,6 +102,7 @@ impl Stat {
         Stat::LoopsDetected,
         Stat::ServerTransactions,
         Stat::ClientTransactions,
+        Stat::Dialogs,
         Stat::DroppedHandoffQueueFull,
         Stat::DroppedSendFailed,
         Stat::DroppedTruncated,
@@ -209,6 +212,12 @@ impl Stat {
                 "Transactions in the shard's table.",
                 Gauge,
                 Some(("kind", "client")),
+            ),
+            Stat::Dialogs => (
+                "dialogs_active",
+                "Dialogs set up through a pool member and not yet ended by a BYE.",
+                Gauge,
+                None,
             ),
             Stat::DroppedHandoffQueueFull => drop("handoff_queue_full"),
             Stat::DroppedSendFailed => drop("send_failed"),
@@ -457,6 +466,79 @@ pub fn render(shards: &[&ShardStats]) -> String {
     }
     latency(&mut out, shards);
     out
+}
+
+/// Each backend's state, active calls and latency, and the state
+/// changes so far (`transitions[state as usize]`: changes into it).
+pub fn render_backends(out: &mut String, routing: &Routing, transitions: &[u64; 4]) {
+    header(
+        out,
+        "backend_up",
+        "1 when the backend takes new calls (state up).",
+        Kind::Gauge,
+    );
+    for (uri, health) in routing.backends() {
+        let up = u8::from(health.state() == State::Up);
+        let _ = writeln!(out, "sipshard_backend_up{{backend=\"{uri}\"}} {up}");
+    }
+    header(
+        out,
+        "backend_state",
+        "The backend's state: 1 for the state it is in (up, probing, down, draining).",
+        Kind::Gauge,
+    );
+    for (uri, health) in routing.backends() {
+        for state in [State::Up, State::Probing, State::Down, State::Draining] {
+            let _ = writeln!(
+                out,
+                "sipshard_backend_state{{backend=\"{uri}\",state=\"{}\"}} {}",
+                super::state_name(state),
+                u8::from(health.state() == state)
+            );
+        }
+    }
+    header(
+        out,
+        "backend_active_calls",
+        "Dialogs in progress on the backend, all shards.",
+        Kind::Gauge,
+    );
+    for (uri, health) in routing.backends() {
+        let _ = writeln!(
+            out,
+            "sipshard_backend_active_calls{{backend=\"{uri}\"}} {}",
+            health.active_dialogs()
+        );
+    }
+    header(
+        out,
+        "backend_latency_seconds",
+        "The EWMA of probe and transaction round trips to the backend.",
+        Kind::Gauge,
+    );
+    for (uri, health) in routing.backends() {
+        if let Some(us) = health.latency_ewma_us() {
+            let _ = writeln!(
+                out,
+                "sipshard_backend_latency_seconds{{backend=\"{uri}\"}} {}",
+                f64::from(us) / 1e6
+            );
+        }
+    }
+    header(
+        out,
+        "backend_transitions_total",
+        "Backend state changes (by probes or the admin API), by the state entered.",
+        Kind::Counter,
+    );
+    for state in [State::Up, State::Probing, State::Down, State::Draining] {
+        let _ = writeln!(
+            out,
+            "sipshard_backend_transitions_total{{to=\"{}\"}} {}",
+            super::state_name(state),
+            transitions[state as usize]
+        );
+    }
 }
 
 #[derive(Clone, Copy)]

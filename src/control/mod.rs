@@ -9,6 +9,7 @@ pub mod probe;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ pub struct Control {
     reloading: Mutex<()>,
     /// The last probe result of each backend, by URI, for the admin API.
     last_probe: Mutex<BTreeMap<String, ProbeResult>>,
+    /// Backend state changes so far, by the state entered.
+    transitions: [AtomicU64; 4],
 }
 
 /// Why a reload was refused; the running configuration stays.
@@ -55,6 +58,7 @@ impl Control {
             config_path,
             reloading: Mutex::new(()),
             last_probe: Mutex::new(BTreeMap::new()),
+            transitions: Default::default(),
         })
     }
 
@@ -74,6 +78,15 @@ impl Control {
         let backends = routing.backends().count();
         self.shards.set_routing(routing);
         Ok(backends)
+    }
+
+    /// Counts a backend's change of state (probes or admin).
+    pub fn transition(&self, to: State) {
+        self.transitions[to as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn transitions(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.transitions[i].load(Ordering::Relaxed))
     }
 
     pub fn last_probe(&self, uri: &str) -> Option<ProbeResult> {
@@ -161,6 +174,7 @@ impl Control {
                 // A state the admin set since this probe left stays.
                 if health.state() == from {
                     health.set_state(to);
+                    self.transition(to);
                     tracing::warn!(backend = %uri, from = ?from, to = ?to, "backend state changed by probes");
                 }
             }

@@ -12,13 +12,15 @@
 //! Nothing here touches a socket or a clock: time is given in
 //! milliseconds, so every path is tested with a fake clock.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-
-use crate::sip::host_ip;
 use std::sync::Arc;
 
+use crate::sip::host_ip;
+
 use crate::balance::{
-    self, Keys, MemberSpec, Routing, RoutingSpec, Selection, Selector, SetId, SetSpec,
+    self, ActiveDialog, Keys, MemberHealth, MemberSpec, Routing, RoutingSpec, Selection, Selector,
+    SetId, SetSpec,
 };
 use crate::sip::lex::{fnv1a, hex16};
 use crate::sip::{
@@ -169,6 +171,10 @@ struct Core {
     routing: Option<Arc<Routing>>,
     /// This shard's picking state (round-robin cursors and the like).
     selector: Selector,
+    /// Dialogs set up through a pool member, by Call-ID hash: each holds
+    /// one count of its member's active calls (least-calls) until its BYE.
+    dialogs: HashMap<u64, Dialog>,
+    next_dialog_sweep: Millis,
     txns: Transactions,
     counters: Counters,
 }
@@ -176,6 +182,19 @@ struct Core {
 /// Marks the key of a CANCEL we sent apart from the key of the INVITE
 /// it cancels: both carry the same branch.
 const CANCEL_KEY: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// A dialog counted on its backend.
+#[derive(Debug)]
+struct Dialog {
+    _active: ActiveDialog,
+    started_ms: Millis,
+}
+
+/// A dialog whose BYE never came (lost, or a caller that vanished) stops
+/// counting against its backend after this long.
+const DIALOG_MAX_AGE_MS: Millis = 6 * 3600 * 1000;
+/// How often dialogs are checked for that age.
+const DIALOG_SWEEP_MS: Millis = 60_000;
 
 /// Pool members a transaction can tell apart when failing over.
 pub const BACKENDS_MAX: usize = 64;
@@ -229,6 +248,8 @@ impl Proxy {
                 editor: Editor::new(local),
                 routing,
                 selector: Selector::new(),
+                dialogs: HashMap::new(),
+                next_dialog_sweep: now + DIALOG_SWEEP_MS,
                 txns: Transactions::new(txn, now, seed),
                 counters: Counters::default(),
             },
@@ -294,6 +315,22 @@ impl Proxy {
         while let Some((_, timer)) = self.core.txns.wheel.expire(now) {
             self.core.on_timer(now, timer, tx);
         }
+        let core = &mut self.core;
+        if now >= core.next_dialog_sweep {
+            core.next_dialog_sweep = now + DIALOG_SWEEP_MS;
+            core.dialogs
+                .retain(|_, d| now.saturating_sub(d.started_ms) < DIALOG_MAX_AGE_MS);
+        }
+    }
+
+    /// The routing new requests use.
+    pub fn routing(&self) -> Option<&Arc<Routing>> {
+        self.core.routing.as_ref()
+    }
+
+    /// Dialogs counted on their backends now.
+    pub fn dialogs(&self) -> usize {
+        self.core.dialogs.len()
     }
 
     /// The network said `to` cannot be reached (ICMP port or host
@@ -393,6 +430,9 @@ impl Core {
                 return self.stateless(message, source, tx);
             }
             _ => {}
+        }
+        if method == Method::Bye {
+            self.dialogs.remove(&fnv1a(&[message.call_id()]));
         }
         let key = match method {
             Method::Invite => invite_key,
@@ -626,6 +666,7 @@ impl Core {
             abandoned: false,
             interval_ms: self.txns.config.timers.t1_ms,
             timers: [None; 3],
+            sent_ms: now,
         };
         tx.send(to, len);
         self.counters.requests_sent += 1;
@@ -743,6 +784,7 @@ impl Core {
             abandoned: false,
             interval_ms: self.txns.config.timers.t1_ms,
             timers: [None; 3],
+            sent_ms: now,
         };
         tx.send(to, len);
         self.counters.requests_forwarded += 1;
@@ -805,6 +847,15 @@ impl Core {
         let Some(client) = self.txns.clients.get_mut(slot) else {
             return Outcome::Absorbed;
         };
+        if client.state == ClientState::Calling && !client.is_cancel {
+            let rtt_ms = now.saturating_sub(client.sent_ms);
+            if let Some(health) = member_health(&self.txns.servers, client.server, client.backend) {
+                health.observe(rtt_ms * 1000);
+            }
+        }
+        let Some(client) = self.txns.clients.get_mut(slot) else {
+            return Outcome::Absorbed;
+        };
         if client.is_cancel {
             if code >= 200 {
                 client.state = ClientState::Completed;
@@ -835,6 +886,10 @@ impl Core {
                 client.state = state;
                 client.request = Vec::new();
                 let server = client.server;
+                let backend = client.backend;
+                if invite {
+                    self.dialog_started(now, server, backend, message);
+                }
                 self.txns.linger_client(now, slot, linger);
                 let outcome = self.forward_upstream(slot, message, tx);
                 // §16.7 step 10: the call is answered; a try still pending
@@ -852,6 +907,34 @@ impl Core {
             (ClientState::Calling | ClientState::Proceeding, _) => {
                 self.client_final(now, slot, code, message, tx)
             }
+        }
+    }
+
+    /// A 2xx to an initial INVITE from a pool member: the dialog counts on
+    /// that member until its BYE (bounded like the transaction table).
+    fn dialog_started(
+        &mut self,
+        now: Millis,
+        server: Slot,
+        backend: Option<usize>,
+        message: &Message<'_>,
+    ) {
+        if self.dialogs.len() >= self.txns.config.max_transactions {
+            return;
+        }
+        let initial = self.txns.servers.get(server).is_some_and(|s| !s.sticky);
+        if !initial {
+            return;
+        }
+        if let Some(health) = member_health(&self.txns.servers, server, backend) {
+            let active = health.clone().dialog_started();
+            self.dialogs.insert(
+                fnv1a(&[message.call_id()]),
+                Dialog {
+                    _active: active,
+                    started_ms: now,
+                },
+            );
         }
     }
 
@@ -1441,6 +1524,18 @@ fn route_request(
             len,
         },
         Err(_) => Action::Drop(DropReason::BufferFull),
+    }
+}
+
+/// The health of the pool member a try went to.
+fn member_health(
+    servers: &crate::txn::Slab<Server>,
+    server: Slot,
+    backend: Option<usize>,
+) -> Option<&Arc<MemberHealth>> {
+    match &servers.get(server)?.target {
+        Target::Pool { routing, set, .. } => Some(&routing.set(*set).members.get(backend?)?.health),
+        Target::Fixed(_) => None,
     }
 }
 

@@ -268,3 +268,49 @@ fn no_backend_is_counted() {
     assert_eq!(p.counters().dropped_no_backend, 1);
     assert!(outbox.sent.is_empty());
 }
+
+#[test]
+fn an_answered_call_counts_on_its_backend_until_its_bye_and_gives_a_round_trip() {
+    let mut lab = Lab::new(Algorithm::RoundRobin);
+    assert_eq!(lab.recv(CALLER, &invite("d1")), Outcome::Forwarded);
+    let sent = lab.take();
+    let forwarded = sent[1].clone();
+    let backend = forwarded.to();
+    let routing = lab.proxy.routing().unwrap().clone();
+    let set = routing.set(routing.default_set());
+    let member = set
+        .members
+        .iter()
+        .find(|m| m.address.to_string() == backend)
+        .unwrap();
+    assert_eq!(member.health.latency_ewma_us(), None);
+    lab.advance(30);
+    assert_eq!(
+        lab.recv(&backend, &forwarded.answer(180, Some("t1"))),
+        Outcome::Forwarded
+    );
+    assert_eq!(
+        member.health.latency_ewma_us(),
+        Some(30_000),
+        "the first answer is the round trip"
+    );
+    assert_eq!(
+        member.health.active_dialogs(),
+        0,
+        "ringing is not a dialog yet"
+    );
+    assert_eq!(
+        lab.recv(&backend, &forwarded.answer(200, Some("t1"))),
+        Outcome::Forwarded
+    );
+    assert_eq!(member.health.active_dialogs(), 1);
+    assert_eq!(lab.proxy.dialogs(), 1);
+    lab.take();
+    let bye = request("BYE", "d1", 2).replace(
+        &format!("To: <sip:+15551230001@{LB}>"),
+        &format!("To: <sip:+15551230001@{LB}>;tag=t1"),
+    );
+    assert_eq!(lab.recv(CALLER, &bye), Outcome::Forwarded);
+    assert_eq!(member.health.active_dialogs(), 0, "the BYE ends it");
+    assert_eq!(lab.proxy.dialogs(), 0);
+}

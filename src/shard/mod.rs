@@ -647,6 +647,7 @@ impl Shard {
             (Stat::LoopsDetected, p.loops_detected),
             (Stat::ServerTransactions, servers as u64),
             (Stat::ClientTransactions, clients as u64),
+            (Stat::Dialogs, self.output.proxy.dialogs() as u64),
             (Stat::DroppedHandoffQueueFull, c.handoff_dropped),
             (Stat::DroppedSendFailed, w.send_failed),
             (Stat::DroppedTruncated, c.truncated),

@@ -229,6 +229,9 @@ pub struct Client {
     pub abandoned: bool,
     pub interval_ms: u32,
     pub timers: [Option<TimerId>; 3],
+    /// When the request first went out: its first answer gives the
+    /// backend's round trip (the lowest-latency algorithm's EWMA).
+    pub sent_ms: Millis,
 }
 
 /// A fixed-capacity store with reusable slots; full is an answer, not a

@@ -401,7 +401,11 @@ mod tests {
                 let deadline = start + delay;
                 let mut wheel = Wheel::with_capacity(start, 4);
                 wheel.insert(deadline, delay).unwrap();
-                assert_eq!(drain(&mut wheel, deadline - 1), [0u64; 0], "{start} + {delay}");
+                assert_eq!(
+                    drain(&mut wheel, deadline - 1),
+                    [0u64; 0],
+                    "{start} + {delay}"
+                );
                 assert_eq!(drain(&mut wheel, deadline), [delay], "{start} + {delay}");
                 assert!(wheel.is_empty());
             }
