@@ -254,4 +254,9 @@ fn metrics_agree_with_sipp_and_bad_paths_get_404() {
         7 * CALLS,
         "one latency sample per datagram sent"
     );
+    assert_eq!(
+        value(&later, "sipshard_transaction_rtt_seconds+Inf"),
+        2 * CALLS,
+        "one round trip per INVITE and per BYE forwarded"
+    );
 }

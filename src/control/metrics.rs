@@ -260,8 +260,9 @@ pub const CLASSES: usize = 6;
 const METHODS: usize = Method::ALL.len();
 
 /// The upper bounds of the latency histogram's buckets, in seconds.
-const LATENCY_BUCKETS_S: [f64; 13] = [
+const LATENCY_BUCKETS_S: [f64; 19] = [
     10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// What one datagram is, for the by-method and by-class counts.
@@ -340,9 +341,11 @@ pub struct ShardStats {
     values: [AtomicU64; Stat::ALL.len()],
     received: PublishedCounts,
     sent: PublishedCounts,
-    /// The shard's receive-to-send latency, copied in about once a second
-    /// (the shard only ever `try_lock`s it).
+    /// The shard's receive-to-send latency (ns) and its backends' round
+    /// trips (µs), copied in about once a second (the shard only ever
+    /// `try_lock`s them).
     latency_ns: Mutex<Option<Histogram<u64>>>,
+    rtt_us: Mutex<Option<Histogram<u64>>>,
 }
 
 impl Default for ShardStats {
@@ -352,6 +355,7 @@ impl Default for ShardStats {
             received: PublishedCounts::new(),
             sent: PublishedCounts::new(),
             latency_ns: Mutex::new(None),
+            rtt_us: Mutex::new(None),
         }
     }
 }
@@ -373,16 +377,25 @@ impl ShardStats {
     /// Copies the shard's latency histogram in, unless the control thread
     /// holds the lock right now (then the next second's copy will do).
     pub fn offer_latency(&self, histogram: &Histogram<u64>) {
-        if let Ok(mut shared) = self.latency_ns.try_lock() {
-            match shared.as_mut() {
-                Some(copy) => {
-                    copy.reset();
-                    // Same bounds, so adding cannot fail; if it did, the
-                    // copy would just be empty until the next offer.
-                    let _ = copy.add(histogram);
-                }
-                None => *shared = Some(histogram.clone()),
+        offer(&self.latency_ns, histogram);
+    }
+
+    /// As [`ShardStats::offer_latency`], for the backends' round trips.
+    pub fn offer_rtt(&self, histogram: &Histogram<u64>) {
+        offer(&self.rtt_us, histogram);
+    }
+}
+
+fn offer(slot: &Mutex<Option<Histogram<u64>>>, histogram: &Histogram<u64>) {
+    if let Ok(mut shared) = slot.try_lock() {
+        match shared.as_mut() {
+            Some(copy) => {
+                copy.reset();
+                // Same bounds, so adding cannot fail; if it did, the copy
+                // would just be empty until the next offer.
+                let _ = copy.add(histogram);
             }
+            None => *shared = Some(histogram.clone()),
         }
     }
 }
@@ -560,22 +573,44 @@ fn header(out: &mut String, family: &str, help: &str, kind: Kind) {
 }
 
 fn latency(out: &mut String, shards: &[&ShardStats]) {
-    let family = "forward_latency_seconds";
-    header(
+    histogram(
         out,
-        family,
+        shards,
+        "forward_latency_seconds",
         "Time from receiving a datagram to sending what it caused (the gateway's added latency).",
-        Kind::Histogram,
+        |s| &s.latency_ns,
+        1e-9,
     );
+    histogram(
+        out,
+        shards,
+        "transaction_rtt_seconds",
+        "Round trips to the backends: each try's request to its first answer (millisecond resolution).",
+        |s| &s.rtt_us,
+        1e-6,
+    );
+}
+
+/// One histogram family from each shard's copy; `unit` turns its values
+/// into seconds.
+fn histogram(
+    out: &mut String,
+    shards: &[&ShardStats],
+    family: &str,
+    help: &str,
+    pick: impl Fn(&ShardStats) -> &Mutex<Option<Histogram<u64>>>,
+    unit: f64,
+) {
+    header(out, family, help, Kind::Histogram);
     for (shard, stats) in shards.iter().enumerate() {
-        let Ok(guard) = stats.latency_ns.lock() else {
+        let Ok(guard) = pick(stats).lock() else {
             continue;
         };
         let (count, sum_s, buckets) = match guard.as_ref() {
             Some(h) => (
                 h.len(),
-                h.mean() * h.len() as f64 / 1e9,
-                LATENCY_BUCKETS_S.map(|le| h.count_between(0, (le * 1e9) as u64)),
+                h.mean() * h.len() as f64 * unit,
+                LATENCY_BUCKETS_S.map(|le| h.count_between(0, (le / unit) as u64)),
             ),
             None => (0, 0.0, [0; LATENCY_BUCKETS_S.len()]),
         };

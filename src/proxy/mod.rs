@@ -13,6 +13,8 @@
 //! milliseconds, so every path is tested with a fake clock.
 
 use std::collections::HashMap;
+
+use hdrhistogram::Histogram;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -175,6 +177,9 @@ struct Core {
     /// one count of its member's active calls (least-calls) until its BYE.
     dialogs: HashMap<u64, Dialog>,
     next_dialog_sweep: Millis,
+    /// Round trips to the backends: each try's request to its first
+    /// answer, in microseconds (millisecond resolution).
+    rtt_us: Histogram<u64>,
     txns: Transactions,
     counters: Counters,
 }
@@ -193,6 +198,9 @@ struct Dialog {
 /// A dialog whose BYE never came (lost, or a caller that vanished) stops
 /// counting against its backend after this long.
 const DIALOG_MAX_AGE_MS: Millis = 6 * 3600 * 1000;
+/// Round trips above this are recorded as this.
+const RTT_US_MAX: u64 = 600_000_000;
+
 /// How often dialogs are checked for that age.
 const DIALOG_SWEEP_MS: Millis = 60_000;
 
@@ -250,6 +258,8 @@ impl Proxy {
                 selector: Selector::new(),
                 dialogs: HashMap::new(),
                 next_dialog_sweep: now + DIALOG_SWEEP_MS,
+                rtt_us: Histogram::new_with_bounds(1, RTT_US_MAX, 2)
+                    .expect("constant histogram bounds are valid"),
                 txns: Transactions::new(txn, now, seed),
                 counters: Counters::default(),
             },
@@ -321,6 +331,11 @@ impl Proxy {
             core.dialogs
                 .retain(|_, d| now.saturating_sub(d.started_ms) < DIALOG_MAX_AGE_MS);
         }
+    }
+
+    /// Round trips to the backends (request to first answer), in µs.
+    pub fn transaction_rtt(&self) -> &Histogram<u64> {
+        &self.core.rtt_us
     }
 
     /// The routing new requests use.
@@ -849,6 +864,8 @@ impl Core {
         };
         if client.state == ClientState::Calling && !client.is_cancel {
             let rtt_ms = now.saturating_sub(client.sent_ms);
+            self.rtt_us
+                .saturating_record((rtt_ms * 1000).clamp(1, RTT_US_MAX));
             if let Some(health) = member_health(&self.txns.servers, client.server, client.backend) {
                 health.observe(rtt_ms * 1000);
             }

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -109,9 +110,8 @@ struct Shared {
     /// What each shard publishes for the control thread, by shard index.
     stats: Vec<Arc<ShardStats>>,
     /// The routing a reload delivered. A shard takes it when it sees
-    /// `routing_generation` move (one relaxed load a turn; the lock is
-    /// taken once per reload per shard).
-    routing: std::sync::Mutex<Arc<Routing>>,
+    /// `routing_generation` move: one atomic load a turn, no lock.
+    routing: ArcSwap<Routing>,
     routing_generation: AtomicUsize,
 }
 
@@ -148,9 +148,7 @@ impl Handle {
     /// Hands every shard a new routing (a reload). New requests use it
     /// from the shard's next turn; transactions under way keep theirs.
     pub fn set_routing(&self, routing: Arc<Routing>) {
-        if let Ok(mut current) = self.shared.routing.lock() {
-            *current = routing;
-        }
+        self.shared.routing.store(routing);
         self.shared
             .routing_generation
             .fetch_add(1, Ordering::Release);
@@ -161,10 +159,7 @@ impl Handle {
 
     /// The routing the shards use now.
     pub fn routing(&self) -> Arc<Routing> {
-        match self.shared.routing.lock() {
-            Ok(routing) => routing.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.shared.routing.load_full()
     }
 }
 
@@ -231,7 +226,7 @@ impl Runtime {
             stop: AtomicBool::new(false),
             report: AtomicUsize::new(0),
             stats: (0..shards).map(|_| Arc::default()).collect(),
-            routing: std::sync::Mutex::new(config.routing.clone()),
+            routing: ArcSwap::new(config.routing.clone()),
             routing_generation: AtomicUsize::new(0),
         });
         let use_uring = match config.io {
@@ -602,9 +597,9 @@ impl Shard {
         let generation = self.shared.routing_generation.load(Ordering::Acquire);
         if generation != self.routing_generation {
             self.routing_generation = generation;
-            if let Ok(routing) = self.shared.routing.lock() {
-                self.output.proxy.set_routing(routing.clone());
-            }
+            self.output
+                .proxy
+                .set_routing(self.shared.routing.load_full());
         }
         let c = &mut self.output.counters;
         c.busy_ns += done.saturating_duration_since(self.output.clock).as_nanos() as u64;
@@ -665,6 +660,7 @@ impl Shard {
         if now.saturating_duration_since(self.latency_offered) >= LATENCY_OFFER_EVERY {
             self.latency_offered = now;
             stats.offer_latency(&w.latency_ns);
+            stats.offer_rtt(self.output.proxy.transaction_rtt());
         }
     }
 
