@@ -75,7 +75,12 @@ async fn metrics(State(control): State<Arc<Control>>) -> impl IntoResponse {
     let stats = control.shards.stats();
     let shards: Vec<&ShardStats> = stats.iter().map(|s| &**s).collect();
     let mut text = metrics::render(&shards);
-    metrics::render_backends(&mut text, &control.shards.routing(), &control.transitions());
+    metrics::render_backends(
+        &mut text,
+        &control.shards.routing(),
+        &control.transitions(),
+        &control.probe_counts(),
+    );
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

@@ -7,6 +7,7 @@
 //! the packet path. The control thread reads them whenever it is scraped;
 //! a value may be one turn old, never torn.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -483,7 +484,26 @@ pub fn render(shards: &[&ShardStats]) -> String {
 
 /// Each backend's state, active calls and latency, and the state
 /// changes so far (`transitions[state as usize]`: changes into it).
-pub fn render_backends(out: &mut String, routing: &Routing, transitions: &[u64; 4]) {
+pub fn render_backends(
+    out: &mut String,
+    routing: &Routing,
+    transitions: &[u64; 4],
+    probes: &BTreeMap<String, [u64; 3]>,
+) {
+    header(
+        out,
+        "probes_total",
+        "Health probes (OPTIONS) that ended, by backend and result.",
+        Kind::Counter,
+    );
+    for (uri, counts) in probes {
+        for (result, n) in ["alive", "failed", "timeout"].iter().zip(counts) {
+            let _ = writeln!(
+                out,
+                "sipshard_probes_total{{backend=\"{uri}\",result=\"{result}\"}} {n}"
+            );
+        }
+    }
     header(
         out,
         "backend_up",

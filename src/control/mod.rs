@@ -29,6 +29,9 @@ pub struct Control {
     last_probe: Mutex<BTreeMap<String, ProbeResult>>,
     /// Backend state changes so far, by the state entered.
     transitions: [AtomicU64; 4],
+    /// Probes that ended, by backend: [answered alive, answered with a
+    /// code that fails, timed out].
+    probes: Mutex<BTreeMap<String, [u64; 3]>>,
 }
 
 /// Why a reload was refused; the running configuration stays.
@@ -59,6 +62,7 @@ impl Control {
             reloading: Mutex::new(()),
             last_probe: Mutex::new(BTreeMap::new()),
             transitions: Default::default(),
+            probes: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -87,6 +91,11 @@ impl Control {
 
     pub fn transitions(&self) -> [u64; 4] {
         std::array::from_fn(|i| self.transitions[i].load(Ordering::Relaxed))
+    }
+
+    /// Probe outcomes so far, by backend: [alive, failed answer, timeout].
+    pub fn probe_counts(&self) -> BTreeMap<String, [u64; 3]> {
+        self.probes.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
     pub fn last_probe(&self, uri: &str) -> Option<ProbeResult> {
@@ -162,7 +171,9 @@ impl Control {
     }
 
     fn apply(&self, routing: &Routing, targets: &[(String, SocketAddr)], event: Event) {
-        let (Event::Transition { member, .. } | Event::RoundTrip { member, .. }) = event;
+        let (Event::Transition { member, .. }
+        | Event::RoundTrip { member, .. }
+        | Event::Probed { member, .. }) = event;
         let Some((uri, _)) = targets.get(member) else {
             return;
         };
@@ -179,6 +190,16 @@ impl Control {
                 }
             }
             Event::RoundTrip { rtt_us, .. } => health.observe(rtt_us),
+            Event::Probed { result, alive, .. } => {
+                let slot = match (result, alive) {
+                    (ProbeResult::Answered(_), true) => 0,
+                    (ProbeResult::Answered(_), false) => 1,
+                    (ProbeResult::TimedOut, _) => 2,
+                };
+                if let Ok(mut probes) = self.probes.lock() {
+                    probes.entry(uri.clone()).or_default()[slot] += 1;
+                }
+            }
         }
     }
 }

@@ -75,6 +75,13 @@ pub enum Event {
     },
     /// A final answer came back after `rtt_us` (for the latency EWMA).
     RoundTrip { member: usize, rtt_us: u64 },
+    /// A probe ended: answered (with its code) or timed out; `alive` when
+    /// it counts as a success.
+    Probed {
+        member: usize,
+        result: ProbeResult,
+        alive: bool,
+    },
 }
 
 struct Member {
@@ -194,6 +201,11 @@ impl Prober {
                 if now >= sent + self.config.timeout_ms {
                     self.members[i].pending = None;
                     self.members[i].last = Some(ProbeResult::TimedOut);
+                    events.push(Event::Probed {
+                        member: i,
+                        result: ProbeResult::TimedOut,
+                        alive: false,
+                    });
                     self.outcome(i, false, events);
                 }
             }
@@ -236,11 +248,16 @@ impl Prober {
         }
         m.pending = None;
         m.last = Some(ProbeResult::Answered(code));
+        let alive = self.config.accepts(code);
+        events.push(Event::Probed {
+            member,
+            result: ProbeResult::Answered(code),
+            alive,
+        });
         events.push(Event::RoundTrip {
             member,
             rtt_us: now.saturating_sub(sent) * 1000,
         });
-        let alive = self.config.accepts(code);
         self.outcome(member, alive, events);
     }
 
@@ -396,10 +413,17 @@ mod tests {
         p.on_datagram(10, &answer(&first, 200), &mut events);
         assert_eq!(
             events,
-            vec![Event::RoundTrip {
-                member: 0,
-                rtt_us: 10_000
-            }]
+            vec![
+                Event::Probed {
+                    member: 0,
+                    result: ProbeResult::Answered(200),
+                    alive: true
+                },
+                Event::RoundTrip {
+                    member: 0,
+                    rtt_us: 10_000
+                }
+            ]
         );
         assert_eq!(p.next_deadline(), Some(2_500));
         p.on_time(2_500, &mut sent, &mut events);
@@ -419,13 +443,22 @@ mod tests {
         p.on_time(5_000, &mut sent, &mut events);
         p.on_time(7_000, &mut sent, &mut events);
         assert_eq!(p.state(0), Some(State::Down));
+        let transitions: Vec<&Event> = events
+            .iter()
+            .filter(|e| matches!(e, Event::Transition { .. }))
+            .collect();
         assert_eq!(
-            events,
-            vec![Event::Transition {
+            transitions,
+            vec![&Event::Transition {
                 member: 0,
                 from: State::Up,
                 to: State::Down
             }]
+        );
+        assert_eq!(
+            events.len(),
+            3,
+            "two timeouts and the transition: {events:?}"
         );
         events.clear();
         p.on_time(10_000, &mut sent, &mut events);
@@ -476,7 +509,10 @@ mod tests {
             p.on_time(t, &mut sent, &mut events);
         }
         assert_eq!(p.state(0), Some(State::Draining));
-        assert!(events.is_empty(), "{events:?}");
+        assert!(
+            events.iter().all(|e| matches!(e, Event::Probed { .. })),
+            "{events:?}"
+        );
     }
 
     #[test]
@@ -487,6 +523,7 @@ mod tests {
         p.on_time(0, &mut sent, &mut events);
         let probe = sent.0[0].1.clone();
         p.on_time(2_000, &mut sent, &mut events); // timed out
+        events.clear();
         p.on_datagram(2_100, &answer(&probe, 200), &mut events);
         assert!(
             events.is_empty(),
