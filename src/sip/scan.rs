@@ -279,6 +279,9 @@ impl Scanner {
     }
 
     /// Finds the start line and every header field. Fills `self.slots`.
+    /// Inlined: a `Frame` returned through memory was read back by `scan`
+    /// with a load wider than the stores that wrote it, which stalls.
+    #[inline(always)]
     pub(crate) fn frame(&mut self, datagram: &[u8]) -> Result<Frame, ScanError> {
         self.slots.clear();
         let unknown = |fault| ScanError {
