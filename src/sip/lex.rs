@@ -174,7 +174,7 @@ impl<'a> Iterator for CommaSplit<'a> {
                     Some(end) => i = end,
                     None => break,
                 },
-                b'<' => match memchr::memchr(b'>', &s[i..]) {
+                b'<' => match find_byte(&s[i..], b'>') {
                     Some(gt) => i += gt + 1,
                     None => break,
                 },
@@ -244,6 +244,10 @@ pub(crate) fn find_first(s: &[u8], marks: impl Fn(u64) -> u64) -> Option<usize> 
         w.copy_from_slice(&s[at..at + 8]);
         u64::from_le_bytes(w)
     };
+    if s.len() < 8 {
+        // A byte alone in a word: its own mark is exact.
+        return s.iter().position(|&b| marks(u64::from(b)) & 0x80 != 0);
+    }
     let mut at = 0;
     while at + 8 <= s.len() {
         let m = marks(word(at));
@@ -255,11 +259,19 @@ pub(crate) fn find_first(s: &[u8], marks: impl Fn(u64) -> u64) -> Option<usize> 
     if at == s.len() {
         return None;
     }
-    // The tail: padded with zeros, whose marks past the end are ignored.
-    let mut w = [0u8; 8];
-    w[..s.len() - at].copy_from_slice(&s[at..]);
-    let m = marks(u64::from_le_bytes(w)) & (u64::MAX >> (8 * (8 - (s.len() - at))));
+    // The tail: the last eight bytes, without the marks of those already
+    // checked (none of which matched, so no borrow comes up from them).
+    let seen = 8 - (s.len() - at);
+    let m = marks(word(s.len() - 8)) >> (8 * seen);
     (m != 0).then(|| at + (m.trailing_zeros() / 8) as usize)
+}
+
+/// The index of the first `b` in `s`: [`find_first`] inline, for the
+/// short slices a scan searches, where a call into memchr costs more than
+/// the search.
+#[inline(always)]
+pub(crate) fn find_byte(s: &[u8], b: u8) -> Option<usize> {
+    find_first(s, |w| bytes_equal(w, b))
 }
 
 /// Parses an unsigned decimal number that must fit `max`. Leading zeros are
@@ -369,6 +381,25 @@ mod tests {
                         let want = s.contains(&0x7f);
                         assert_eq!(any_byte(&s, |w| bytes_equal(w, 0x7f), |c| c == 0x7f), want);
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn find_byte_matches_position() {
+        for len in 0..40 {
+            for at in 0..=len {
+                for fill in [b'a', b'@' ^ 0x80, 0, 0x3f, 0x41] {
+                    let mut s = vec![fill; len];
+                    if at < len {
+                        s[at] = b'@';
+                    }
+                    if at + 3 < len {
+                        s[at + 3] = b'@';
+                    }
+                    let want = s.iter().position(|&b| b == b'@');
+                    assert_eq!(find_byte(&s, b'@'), want, "{s:?}");
                 }
             }
         }

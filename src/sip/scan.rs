@@ -13,7 +13,8 @@ use super::block::BlockCursor;
 use super::error::{Fault, ScanError, StartKind};
 use super::header::HeaderName;
 use super::lex::{
-    any_byte, bytes_equal, is_lws, is_token, is_token_str, parse_decimal, trim_lws, CommaSplit,
+    any_byte, bytes_equal, find_byte, is_lws, is_token, is_token_str, parse_decimal, trim_lws,
+    CommaSplit,
 };
 use super::method::Method;
 use super::uri::{Scheme, Uri};
@@ -704,8 +705,13 @@ fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(),
         end -= 1;
     }
     let line = &line[..end];
-    let first_sp = memchr::memchr(b' ', line).ok_or(Fault::StartLine)?;
-    let last_sp = memchr::memrchr(b' ', line).ok_or(Fault::StartLine)?;
+    let first_sp = find_byte(line, b' ').ok_or(Fault::StartLine)?;
+    // `SIP/2.0` has no SP: a line that ends with it has its last SP before.
+    let last_sp = if line.len() > 8 && line[line.len() - 8..] == *b" SIP/2.0" {
+        line.len() - 8
+    } else {
+        memchr::memrchr(b' ', line).ok_or(Fault::StartLine)?
+    };
     if first_sp == last_sp {
         return Err(Fault::StartLine);
     }
@@ -735,7 +741,7 @@ fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(),
 
 /// `SIP-Version SP Status-Code SP Reason-Phrase`.
 fn parse_status_line(line: &[u8]) -> Result<StartLine<'_>, Fault> {
-    let sp = memchr::memchr(b' ', line).ok_or(Fault::StartLine)?;
+    let sp = find_byte(line, b' ').ok_or(Fault::StartLine)?;
     check_version(&line[..sp])?;
     let rest = &line[sp + 1..];
     let code_text = &rest[..rest.len().min(3)];
