@@ -4,8 +4,8 @@
 //! are, because a proxy compares and forwards URIs, it does not display them.
 
 use super::lex::{
-    any_byte, bytes_below, bytes_equal, class_end, find_byte, is, long_class_end, parse_decimal,
-    HOST, SCHEME,
+    any_byte, bytes_below, bytes_equal, class_end, find_byte, host_end, is, parse_decimal, HOST,
+    SCHEME,
 };
 
 /// The URI schemes sipshard routes. Anything else in a Request-URI is
@@ -141,7 +141,7 @@ impl<'m> Uri<'m> {
             memchr::memchr(b']', rest).ok_or(UriError::Host)? + 1
         } else {
             // One pass: host characters, then one of `:` `;` `?` or the end.
-            let end = long_class_end(rest, 0, HOST);
+            let end = host_end(rest, 0);
             if end == 0 || !matches!(rest.get(end), None | Some(b':' | b';' | b'?')) {
                 return Err(UriError::Host);
             }

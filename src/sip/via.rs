@@ -1,6 +1,6 @@
 //! Via values (RFC 3261 §20.42, §18.2.1; RFC 3581 rport).
 
-use super::lex::{long_class_end, parse_decimal, skip_lws, token_end, HOST};
+use super::lex::{host_end, parse_decimal, skip_lws, token_end};
 use super::params::HeaderParams;
 use super::uri::is_host;
 
@@ -167,7 +167,7 @@ fn parse_sent_by(s: &[u8], at: usize) -> Result<(&[u8], Option<u16>, usize), Via
         end
     } else {
         // The pass that finds the end of a name is its check.
-        let end = long_class_end(s, at, HOST);
+        let end = host_end(s, at);
         if end == at {
             return Err(ViaError::SentBy);
         }
