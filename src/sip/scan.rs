@@ -196,6 +196,8 @@ pub(crate) struct Frame {
 pub struct Scanner {
     limits: Limits,
     slots: Vec<HeaderSlot>,
+    /// Where framing found the headers validation needs.
+    known: Known,
     /// Extension option tags this proxy supports in Proxy-Require.
     proxy_require_supported: Vec<Box<[u8]>>,
 }
@@ -229,6 +231,7 @@ impl Scanner {
         let limits = limits.clamped();
         Scanner {
             slots: Vec::with_capacity(limits.headers_max),
+            known: Known::default(),
             limits,
             proxy_require_supported: Vec::new(),
         }
@@ -256,6 +259,7 @@ impl Scanner {
         validate(
             datagram,
             &self.slots,
+            &self.known,
             frame,
             &self.limits,
             &self.proxy_require_supported,
@@ -285,6 +289,10 @@ impl Scanner {
     #[inline(always)]
     pub(crate) fn frame(&mut self, datagram: &[u8]) -> Result<Frame, ScanError> {
         self.slots.clear();
+        // Which names were seen and the first repeat, in registers; where
+        // they were, in the scanner's arrays, which need no reset.
+        let (mut seen, mut duplicate) = (0u32, u16::MAX);
+        self.known.seen = 0;
         let unknown = |fault| ScanError {
             fault,
             kind: StartKind::Unknown,
@@ -316,9 +324,11 @@ impl Scanner {
             match datagram.get(pos) {
                 None => return Err(fail(Fault::Truncated)),
                 Some(b'\n') => {
+                    (self.known.seen, self.known.duplicate) = (seen, duplicate);
                     return Ok(framed(start_line, pos, pos + 1, kind));
                 }
                 Some(b'\r') if datagram.get(pos + 1) == Some(&b'\n') => {
+                    (self.known.seen, self.known.duplicate) = (seen, duplicate);
                     return Ok(framed(start_line, pos, pos + 2, kind));
                 }
                 Some(b' ' | b'\t') => return Err(fail(Fault::HeaderName)),
@@ -335,6 +345,12 @@ impl Scanner {
             )
             .map_err(fail)?;
             pos = slot.line.end as usize;
+            self.known.note(
+                &mut seen,
+                &mut duplicate,
+                slot.name,
+                self.slots.len() as u16,
+            );
             self.slots.push(slot);
         }
     }
@@ -473,22 +489,88 @@ fn strip_cr(datagram: &[u8], start: usize, nl: usize) -> usize {
     }
 }
 
-/// Positions of the headers validation needs, found in one walk.
-#[derive(Default)]
+/// Where the headers are, noted by framing as it pushes each slot (a few
+/// instructions, no branch), so that validation does not walk the slots
+/// again to find Call-ID, CSeq, From, To and the rest.
+#[derive(Clone, Copy, Debug)]
 struct Known {
-    call_id: Option<u16>,
-    cseq: Option<u16>,
-    from: Option<u16>,
-    to: Option<u16>,
-    max_forwards: Option<u16>,
-    content_length: Option<u16>,
-    first_via: Option<u16>,
-    proxy_require: bool,
+    /// Bit `n` set when a header named `HeaderName` `n` was framed.
+    seen: u32,
+    /// The first header that repeats one named in [`SINGLE`], or
+    /// `u16::MAX`: validation reports it where a walk of every header in
+    /// order would, after the Via headers before it.
+    duplicate: u16,
+    /// Slot of the first and of the last header of each name; valid only
+    /// where `seen` has the name's bit.
+    first: [u16; NAMES],
+    last: [u16; NAMES],
+}
+
+/// `HeaderName` values, `Other` the last of them.
+const NAMES: usize = HeaderName::Other as usize + 1;
+const _: () = assert!(NAMES <= 32);
+
+/// The names that may appear once: bit `n` for `HeaderName` `n`.
+const SINGLE: u32 = {
+    let names = [
+        HeaderName::CallId,
+        HeaderName::CSeq,
+        HeaderName::From,
+        HeaderName::To,
+        HeaderName::MaxForwards,
+        HeaderName::ContentLength,
+    ];
+    let mut bits = 0;
+    let mut i = 0;
+    while i < names.len() {
+        bits |= 1 << names[i] as u32;
+        i += 1;
+    }
+    bits
+};
+
+impl Default for Known {
+    fn default() -> Self {
+        Known {
+            seen: 0,
+            duplicate: u16::MAX,
+            first: [0; NAMES],
+            last: [0; NAMES],
+        }
+    }
+}
+
+impl Known {
+    #[inline(always)]
+    fn note(&mut self, seen: &mut u32, duplicate: &mut u16, name: HeaderName, index: u16) {
+        let n = name as usize % NAMES;
+        let bit = 1u32 << n;
+        debug_assert_eq!(bit & SINGLE != 0, name.is_single());
+        let before = *seen & bit != 0;
+        // Slots only grow, so the first repeat is the least.
+        let repeat = if before && bit & SINGLE != 0 {
+            index
+        } else {
+            u16::MAX
+        };
+        *duplicate = (*duplicate).min(repeat);
+        self.first[n] = if before { self.first[n] } else { index };
+        self.last[n] = index;
+        *seen |= bit;
+    }
+
+    /// The slot of the first header named `name`, if any.
+    #[inline(always)]
+    fn first(&self, name: HeaderName) -> Option<u16> {
+        let n = name as usize % NAMES;
+        (self.seen & 1 << n != 0).then_some(self.first[n])
+    }
 }
 
 fn validate<'m>(
     datagram: &'m [u8],
     slots: &'m [HeaderSlot],
+    known: &Known,
     frame: Frame,
     limits: &Limits,
     proxy_require_supported: &[Box<[u8]>],
@@ -498,61 +580,54 @@ fn validate<'m>(
         reason: &[],
     };
     parse_start_line(frame.start_line.of(datagram), frame.kind, &mut start_line)?;
-    let mut known = Known::default();
     let mut via_count = 0usize;
     let (mut top_via, mut lower_via) = (Via::EMPTY, Via::EMPTY);
-    for (index, slot) in slots.iter().enumerate() {
-        let index = index as u16;
-        let cell = match slot.name {
-            HeaderName::Via => {
-                known.first_via.get_or_insert(index);
-                let value = slot.value.of(datagram);
-                // Nearly every Via header holds one value: parsed whole, it
-                // needs no split. A value that parses has no `,` or `<`
-                // outside quoted strings (no class the parser accepts holds
-                // them), so the split would have yielded it alone.
-                let into = if via_count == 0 {
-                    &mut top_via
-                } else {
-                    &mut lower_via
-                };
-                if Via::parse_into(value, into).is_ok() {
-                    via_count += 1;
-                    if via_count > limits.via_values_max {
-                        return Err(Fault::TooManyVia);
-                    }
-                    continue;
-                }
-                for value in CommaSplit::new(value) {
-                    via_count += 1;
-                    if via_count > limits.via_values_max {
-                        return Err(Fault::TooManyVia);
-                    }
-                    let into = if via_count == 1 {
-                        &mut top_via
-                    } else {
-                        &mut lower_via
-                    };
-                    Via::parse_into(value, into).map_err(Fault::Via)?;
-                }
-                continue;
-            }
-            HeaderName::CallId => &mut known.call_id,
-            HeaderName::CSeq => &mut known.cseq,
-            HeaderName::From => &mut known.from,
-            HeaderName::To => &mut known.to,
-            HeaderName::MaxForwards => &mut known.max_forwards,
-            HeaderName::ContentLength => &mut known.content_length,
-            HeaderName::ProxyRequire => {
-                known.proxy_require = true;
-                continue;
-            }
-            _ => continue,
-        };
-        debug_assert!(slot.name.is_single());
-        if cell.replace(index).is_some() {
-            return Err(Fault::Duplicate(slot.name));
+    let first_via = known.first(HeaderName::Via);
+    let vias = match first_via {
+        Some(first) => usize::from(first)..usize::from(known.last[HeaderName::Via as usize]) + 1,
+        None => 0..0,
+    };
+    for (index, slot) in slots.iter().enumerate().take(vias.end).skip(vias.start) {
+        // A repeated header before this Via is reported first, as a walk
+        // of every header in order would.
+        if usize::from(known.duplicate) < index {
+            break;
         }
+        if slot.name != HeaderName::Via {
+            continue;
+        }
+        let value = slot.value.of(datagram);
+        // Nearly every Via header holds one value: parsed whole, it needs
+        // no split. A value that parses has no `,` or `<` outside quoted
+        // strings (no class the parser accepts holds them), so the split
+        // would have yielded it alone.
+        let into = if via_count == 0 {
+            &mut top_via
+        } else {
+            &mut lower_via
+        };
+        if Via::parse_into(value, into).is_ok() {
+            via_count += 1;
+            if via_count > limits.via_values_max {
+                return Err(Fault::TooManyVia);
+            }
+            continue;
+        }
+        for value in CommaSplit::new(value) {
+            via_count += 1;
+            if via_count > limits.via_values_max {
+                return Err(Fault::TooManyVia);
+            }
+            let into = if via_count == 1 {
+                &mut top_via
+            } else {
+                &mut lower_via
+            };
+            Via::parse_into(value, into).map_err(Fault::Via)?;
+        }
+    }
+    if let Some(slot) = slots.get(usize::from(known.duplicate)) {
+        return Err(Fault::Duplicate(slot.name));
     }
     // A macro, not a closure: the closure was not inlined.
     macro_rules! value {
@@ -564,10 +639,13 @@ fn validate<'m>(
     if via_count == 0 {
         return Err(Fault::Missing(HeaderName::Via));
     }
-    let from_slot = required(known.from, HeaderName::From)?;
-    let to_slot = required(known.to, HeaderName::To)?;
-    let call_id = value!(required(known.call_id, HeaderName::CallId)?);
-    let cseq_slot = required(known.cseq, HeaderName::CSeq)?;
+    let from_slot = required(known.first(HeaderName::From), HeaderName::From)?;
+    let to_slot = required(known.first(HeaderName::To), HeaderName::To)?;
+    let call_id = value!(required(
+        known.first(HeaderName::CallId),
+        HeaderName::CallId
+    )?);
+    let cseq_slot = required(known.first(HeaderName::CSeq), HeaderName::CSeq)?;
 
     if call_id.is_empty() || super::uri::has_illegal_byte(call_id) {
         return Err(Fault::CallId);
@@ -576,11 +654,11 @@ fn validate<'m>(
     let (mut from, mut to) = (NameAddr::EMPTY, NameAddr::EMPTY);
     NameAddr::parse_into(value!(from_slot), &mut from).map_err(Fault::From)?;
     NameAddr::parse_into(value!(to_slot), &mut to).map_err(Fault::To)?;
-    let max_forwards = match known.max_forwards {
+    let max_forwards = match known.first(HeaderName::MaxForwards) {
         Some(index) => Some(parse_decimal(value!(index), 255).ok_or(Fault::MaxForwards)? as u8),
         None => None,
     };
-    let content_length = match known.content_length {
+    let content_length = match known.first(HeaderName::ContentLength) {
         Some(index) => Some(
             parse_decimal(value!(index), u64::from(u32::MAX)).ok_or(Fault::ContentLength)? as u32,
         ),
@@ -611,7 +689,7 @@ fn validate<'m>(
         if max_forwards == Some(0) {
             return Err(Fault::MaxForwardsZero);
         }
-        if known.proxy_require
+        if known.first(HeaderName::ProxyRequire).is_some()
             && proxy_require_tags(datagram, slots)
                 .any(|tag| !supports(proxy_require_supported, tag))
         {
@@ -626,12 +704,12 @@ fn validate<'m>(
         start_line,
         body: &datagram[frame.body_start..body_end],
         top_via,
-        top_via_slot: known.first_via.unwrap_or(0),
+        top_via_slot: first_via.unwrap_or(0),
         via_count: via_count as u16,
         call_id,
         cseq,
         max_forwards,
-        max_forwards_slot: known.max_forwards,
+        max_forwards_slot: known.first(HeaderName::MaxForwards),
         from,
         to,
         content_length,
@@ -995,6 +1073,7 @@ pub enum Contact<'m> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::via::ViaError;
     use crate::sip::Method;
 
     const INVITE: &[u8] = b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
@@ -1037,6 +1116,43 @@ v=0\r\n";
         assert_eq!(m.content_length(), Some(4));
         assert_eq!(m.headers().count(), 10);
         assert_eq!(m.contacts().count(), 1);
+    }
+
+    /// A repeated header and a bad Via: the one met first in header order
+    /// is reported, although framing notes the repeat before validation
+    /// parses any Via.
+    #[test]
+    fn duplicate_and_bad_via_in_header_order() {
+        let msg = |headers: &str| {
+            format!(
+                "OPTIONS sip:a@b SIP/2.0\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\n\
+                 CSeq: 1 OPTIONS\r\n{headers}\r\n"
+            )
+        };
+        let good = "Via: SIP/2.0/UDP h\r\n";
+        let bad = "Via: SIP/2.0/UDP h;=x\r\n";
+        let twice = "Call-ID: c\r\nCall-ID: d\r\n";
+        let dup = Fault::Duplicate(HeaderName::CallId);
+        let via = Fault::Via(ViaError::Parameter);
+        assert_eq!(fault(msg(&format!("{twice}{bad}")).as_bytes()), dup);
+        assert_eq!(fault(msg(&format!("{bad}{twice}")).as_bytes()), via);
+        assert_eq!(fault(msg(&format!("{good}{twice}{bad}")).as_bytes()), dup);
+        assert_eq!(fault(msg(&format!("{good}{bad}{twice}")).as_bytes()), via);
+        assert_eq!(
+            fault(msg(&format!("{good}Call-ID: c\r\n{bad}Call-ID: d\r\n")).as_bytes()),
+            via
+        );
+        assert_eq!(fault(msg(&format!("{good}{twice}")).as_bytes()), dup);
+        assert_eq!(
+            fault(msg("Call-ID: c\r\n").as_bytes()),
+            Fault::Missing(HeaderName::Via)
+        );
+        let two_vias = msg(&format!("{good}Call-ID: c\r\n{good}"));
+        let mut scanner = Scanner::new(Limits::default());
+        let scanned = scanner.scan(two_vias.as_bytes()).unwrap();
+        assert_eq!(scanned.via_count(), 2);
+        assert_eq!(scanned.top_via_slot, 3);
+        assert_eq!(scanned.call_id(), b"c");
     }
 
     #[test]
