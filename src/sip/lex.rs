@@ -303,6 +303,29 @@ pub(crate) fn find_byte(s: &[u8], b: u8) -> Option<usize> {
     find_first(s, |w| bytes_equal(w, b))
 }
 
+/// `a == b` inline for the short strings a scan compares (method names):
+/// two overlapping four-byte loads each up to eight bytes, where `==` calls
+/// memcmp.
+#[inline(always)]
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let load4 = |s: &[u8], at: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&s[at..at + 4]);
+        u32::from_le_bytes(w)
+    };
+    match n {
+        0 => true,
+        // Bytes 0, n/2 and n-1 are every byte of a string of one to three.
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=8 => load4(a, 0) == load4(b, 0) && load4(a, n - 4) == load4(b, n - 4),
+        _ => a == b,
+    }
+}
+
 /// Parses an unsigned decimal number that must fit `max`. Leading zeros are
 /// allowed (`Max-Forwards: 0068`); an empty string, a sign or an overflow
 /// is `None`.
@@ -492,6 +515,37 @@ mod tests {
         assert_eq!(quoted_string_end(b"\"a\\\"b\" c", 0), Some(6));
         assert_eq!(quoted_string_end(b"\"abc", 0), None);
         assert_eq!(quoted_string_end(b"\"ab\\", 0), None);
+    }
+
+    #[test]
+    fn same_bytes_is_equality() {
+        let words: [&[u8]; 12] = [
+            b"",
+            b"A",
+            b"B",
+            b"AB",
+            b"AC",
+            b"ACK",
+            b"ACX",
+            b"INFO",
+            b"INVITE",
+            b"INVITF",
+            b"XNVITE",
+            b"SUBSCRIBE",
+        ];
+        for a in words {
+            for b in words {
+                assert_eq!(same_bytes(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
+        for n in 0..12 {
+            for at in 0..n {
+                let a = vec![b'x'; n];
+                let mut b = a.clone();
+                b[at] = b'y';
+                assert!(!same_bytes(&a, &b) && same_bytes(&a, &a.clone()));
+            }
+        }
     }
 
     #[test]

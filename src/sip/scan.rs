@@ -13,8 +13,8 @@ use super::block::BlockCursor;
 use super::error::{Fault, ScanError, StartKind};
 use super::header::HeaderName;
 use super::lex::{
-    any_byte, bytes_equal, find_byte, is_lws, is_token, is_token_str, parse_decimal, trim_lws,
-    CommaSplit,
+    any_byte, bytes_equal, find_byte, is_lws, is_token, is_token_str, parse_decimal, same_bytes,
+    trim_lws, CommaSplit,
 };
 use super::method::Method;
 use super::uri::{Scheme, Uri};
@@ -676,7 +676,7 @@ fn validate<'m>(
     };
 
     if let StartLine::Request { method, uri, .. } = start_line {
-        if cseq.method_text != frame_method(&start_line) {
+        if !same_bytes(cseq.method_text, frame_method(&start_line)) {
             return Err(Fault::CSeqMethod);
         }
         debug_assert_eq!(cseq.method, method);
@@ -894,7 +894,7 @@ fn parse_cseq<'m>(value: &'m [u8], start_line: &StartLine<'m>) -> Result<CSeq<'m
             method,
             method_text: text,
             ..
-        } if text == method_text => method,
+        } if same_bytes(text, method_text) => method,
         _ => Method::from_token(method_text),
     };
     Ok(CSeq {
