@@ -1,7 +1,7 @@
 //! name-addr / addr-spec values: From, To, Contact, Route, Record-Route
 //! (RFC 3261 §20.10, §25.1).
 
-use super::lex::{find_byte, is_lws, is_token, quoted_string_end, skip_lws};
+use super::lex::{find_byte, is_lws, is_name, is_token, quoted_string_end, skip_lws};
 use super::params::{HeaderParams, Param};
 use super::uri::{Uri, UriError};
 
@@ -68,7 +68,7 @@ impl<'m> NameAddr<'m> {
         let params_start = skip_lws(value, after);
         for param in HeaderParams::new(value, after) {
             let Param { name, value: v } = param.map_err(|_| AddrError::Parameter)?;
-            if name.eq_ignore_ascii_case(b"tag") {
+            if is_name(name, b"tag") {
                 tag = Some(v.ok_or(AddrError::Parameter)?);
             }
         }

@@ -326,6 +326,44 @@ pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
+/// Whether `name` is `lower` in any case, `lower` being one to eight
+/// lowercase letters (parameter names, URI schemes): the name read as one
+/// word, bit 5 set in each byte, one compare, where `eq_ignore_ascii_case`
+/// folds byte by byte. Exact for any bytes: only a letter, of either case,
+/// becomes a lowercase letter with bit 5 set.
+#[inline(always)]
+pub(crate) fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    debug_assert!((1..=8).contains(&lower.len()));
+    debug_assert!(lower.iter().all(u8::is_ascii_lowercase));
+    let n = lower.len();
+    if name.len() != n || n == 0 || n > 8 {
+        return false;
+    }
+    let fold = 0x2020_2020_2020_2020u64 >> (8 * (8 - n));
+    short_word(name) | fold == short_word(lower)
+}
+
+/// The one to eight bytes of `s` as a little-endian word, by two
+/// overlapping loads (the bytes they share OR to themselves).
+#[inline(always)]
+fn short_word(s: &[u8]) -> u64 {
+    let n = s.len();
+    let load4 = |at: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&s[at..at + 4]);
+        u64::from(u32::from_le_bytes(w))
+    };
+    match n {
+        0 => 0,
+        1..=3 => {
+            u64::from(s[0])
+                | u64::from(s[n / 2]) << (8 * (n / 2))
+                | u64::from(s[n - 1]) << (8 * (n - 1))
+        }
+        _ => load4(0) | load4(n - 4) << (8 * (n - 4)),
+    }
+}
+
 /// Parses an unsigned decimal number that must fit `max`. Leading zeros are
 /// allowed (`Max-Forwards: 0068`); an empty string, a sign or an overflow
 /// is `None`.
@@ -544,6 +582,36 @@ mod tests {
                 let mut b = a.clone();
                 b[at] = b'y';
                 assert!(!same_bytes(&a, &b) && same_bytes(&a, &a.clone()));
+            }
+        }
+    }
+
+    #[test]
+    fn is_name_is_ascii_case_insensitive_equality() {
+        let names: [&[u8]; 6] = [b"tag", b"branch", b"received", b"rport", b"ttl", b"s"];
+        let mut seed = 3u64;
+        for lower in names {
+            for _ in 0..5_000 {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let len = lower.len() + (seed >> 62) as usize % 2;
+                let mut name: Vec<u8> = lower.iter().copied().chain([b'x']).take(len).collect();
+                // Change a byte now and then, to any value.
+                let at = (seed >> 20) as usize % len;
+                if seed & 3 == 0 {
+                    name[at] = (seed >> 40) as u8;
+                } else if seed & 3 == 1 {
+                    name[at] = name[at].to_ascii_uppercase();
+                }
+                assert_eq!(
+                    is_name(&name, lower),
+                    name.eq_ignore_ascii_case(lower),
+                    "{name:?} {lower:?}"
+                );
+            }
+            for b in 0..=255u8 {
+                let mut name = lower.to_vec();
+                name[0] = b;
+                assert_eq!(is_name(&name, lower), name.eq_ignore_ascii_case(lower));
             }
         }
     }

@@ -4,8 +4,8 @@
 //! are, because a proxy compares and forwards URIs, it does not display them.
 
 use super::lex::{
-    any_byte, bytes_below, bytes_equal, class_end, find_byte, host_end, is, parse_decimal, HOST,
-    SCHEME,
+    any_byte, bytes_below, bytes_equal, class_end, find_byte, host_end, is, is_name, parse_decimal,
+    HOST, SCHEME,
 };
 
 /// The URI schemes sipshard routes. Anything else in a Request-URI is
@@ -79,11 +79,11 @@ impl<'m> Uri<'m> {
         let colon = scheme_end(s).ok_or(UriError::Scheme)?;
         let scheme_name = &s[..colon];
         let opaque = &s[colon + 1..];
-        let scheme = if scheme_name.eq_ignore_ascii_case(b"sip") {
+        let scheme = if is_name(scheme_name, b"sip") {
             Scheme::Sip
-        } else if scheme_name.eq_ignore_ascii_case(b"sips") {
+        } else if is_name(scheme_name, b"sips") {
             Scheme::Sips
-        } else if scheme_name.eq_ignore_ascii_case(b"tel") {
+        } else if is_name(scheme_name, b"tel") {
             Scheme::Tel
         } else {
             Scheme::Other

@@ -1,6 +1,6 @@
 //! Via values (RFC 3261 §20.42, §18.2.1; RFC 3581 rport).
 
-use super::lex::{host_end, parse_decimal, skip_lws, token_end};
+use super::lex::{host_end, is_name, parse_decimal, skip_lws, token_end};
 use super::params::HeaderParams;
 use super::uri::is_host;
 
@@ -106,11 +106,11 @@ impl<'m> Via<'m> {
         for param in HeaderParams::new(value, after) {
             let param = param.map_err(|_| ViaError::Parameter)?;
             let name = param.name;
-            if name.eq_ignore_ascii_case(b"branch") {
+            if is_name(name, b"branch") {
                 via.branch = Some(param.value.ok_or(ViaError::Parameter)?);
-            } else if name.eq_ignore_ascii_case(b"received") {
+            } else if is_name(name, b"received") {
                 via.received = Some(param.value.ok_or(ViaError::Parameter)?);
-            } else if name.eq_ignore_ascii_case(b"rport") {
+            } else if is_name(name, b"rport") {
                 let port = match param.value {
                     None => None,
                     Some(v) => Some(
@@ -119,9 +119,9 @@ impl<'m> Via<'m> {
                 };
                 via.rport = Some(port);
                 via.rport_name = Some(name);
-            } else if name.eq_ignore_ascii_case(b"maddr") {
+            } else if is_name(name, b"maddr") {
                 via.maddr = Some(param.value.ok_or(ViaError::Parameter)?);
-            } else if name.eq_ignore_ascii_case(b"ttl") {
+            } else if is_name(name, b"ttl") {
                 let v = param.value.ok_or(ViaError::Parameter)?;
                 via.ttl = Some(parse_decimal(v, 255).ok_or(ViaError::Parameter)? as u8);
             }
