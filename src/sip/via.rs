@@ -179,18 +179,43 @@ fn parse_sent_by(s: &[u8], at: usize) -> Result<(&[u8], Option<u16>, usize), Via
         return Ok((host, None, host_end));
     }
     let port_start = skip_lws(s, colon + 1);
+    // The digits found and their value in one pass.
     let mut port_end = port_start;
-    while port_end < s.len() && s[port_end].is_ascii_digit() {
+    let mut port = 0u32;
+    while let Some(digit) = s.get(port_end).map(|b| b.wrapping_sub(b'0')) {
+        if digit > 9 {
+            break;
+        }
+        port = port * 10 + u32::from(digit);
+        if port > u32::from(u16::MAX) {
+            return Err(ViaError::SentBy);
+        }
         port_end += 1;
     }
-    let port =
-        parse_decimal(&s[port_start..port_end], u64::from(u16::MAX)).ok_or(ViaError::SentBy)?;
+    if port_end == port_start {
+        return Err(ViaError::SentBy);
+    }
     Ok((host, Some(port as u16), port_end))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sent_by_port_bounds() {
+        let port = |v: &[u8]| Via::parse(v).map(|via| via.port);
+        assert_eq!(port(b"SIP/2.0/UDP h:65535"), Ok(Some(65535)));
+        assert_eq!(port(b"SIP/2.0/UDP h : 0080;rport"), Ok(Some(80)));
+        assert_eq!(port(b"SIP/2.0/UDP h:65536"), Err(ViaError::SentBy));
+        assert_eq!(
+            port(b"SIP/2.0/UDP h:99999999999999999999"),
+            Err(ViaError::SentBy)
+        );
+        assert_eq!(port(b"SIP/2.0/UDP h:"), Err(ViaError::SentBy));
+        assert_eq!(port(b"SIP/2.0/UDP h:;rport"), Err(ViaError::SentBy));
+        assert_eq!(port(b"SIP/2.0/UDP h"), Ok(None));
+    }
 
     #[test]
     fn plain() {
