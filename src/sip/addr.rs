@@ -1,7 +1,7 @@
 //! name-addr / addr-spec values: From, To, Contact, Route, Record-Route
 //! (RFC 3261 §20.10, §25.1).
 
-use super::lex::{is_lws, is_token, quoted_string_end, skip_lws};
+use super::lex::{find_byte, is_lws, is_name, is_token, quoted_string_end, skip_lws};
 use super::params::{HeaderParams, Param};
 use super::uri::{Uri, UriError};
 
@@ -68,7 +68,7 @@ impl<'m> NameAddr<'m> {
         let params_start = skip_lws(value, after);
         for param in HeaderParams::new(value, after) {
             let Param { name, value: v } = param.map_err(|_| AddrError::Parameter)?;
-            if name.eq_ignore_ascii_case(b"tag") {
+            if is_name(name, b"tag") {
                 tag = Some(v.ok_or(AddrError::Parameter)?);
             }
         }
@@ -105,7 +105,7 @@ fn split_address(value: &[u8]) -> Result<Split<'_>, AddrError> {
         let (uri, after) = bracketed(value, lt)?;
         return Ok((Some(&value[..end]), uri, after));
     }
-    if let Some(lt) = memchr::memchr(b'<', value) {
+    if let Some(lt) = find_byte(value, b'<') {
         let display = &value[..lt];
         if !display.iter().all(|&b| is_token(b) || is_lws(b)) {
             return Err(AddrError::DisplayName);
@@ -123,8 +123,9 @@ fn split_address(value: &[u8]) -> Result<Split<'_>, AddrError> {
 }
 
 /// The URI inside `<...>` starting at `value[lt] == '<'`.
+#[inline(always)]
 fn bracketed(value: &[u8], lt: usize) -> Result<(&[u8], usize), AddrError> {
-    let gt = memchr::memchr(b'>', &value[lt..]).ok_or(AddrError::AngleBrackets)? + lt;
+    let gt = find_byte(&value[lt..], b'>').ok_or(AddrError::AngleBrackets)? + lt;
     let uri = &value[lt + 1..gt];
     // RFC 3261 LAQUOT/RAQUOT: no white space inside the brackets.
     match (uri.first(), uri.last()) {

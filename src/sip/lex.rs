@@ -7,6 +7,8 @@
 //! inside a value is part of a fold, which is what lets [`skip_lws`] treat
 //! them all alike.
 
+use super::block::host16;
+
 /// Character classes, one bit each in [`CLASS`]: one table load answers
 /// any of them, where `matches!` over several ranges costs a compare each.
 pub(crate) const TOKEN: u8 = 1;
@@ -94,6 +96,33 @@ pub(crate) fn long_class_end(s: &[u8], mut at: usize, mask: u8) -> usize {
     class_end(s, at, mask)
 }
 
+/// The end of the run of [`HOST`] characters from `at` (a host name or
+/// IPv4 address): 16 bytes per test with [`host16`]. Names are 10 to 30
+/// bytes, where [`long_class_end`] spends most of its time on the tail.
+/// (Parameter names and values, mostly shorter than 16 bytes, gained
+/// nothing from the same SSE2 test of their classes.)
+#[inline(always)]
+pub(crate) fn host_end(s: &[u8], mut at: usize) -> usize {
+    while let Some(chunk) = s.get(at..).and_then(<[u8]>::first_chunk::<16>) {
+        // Bit 16 of the complement is set, so the run is at most 16.
+        let run = (!host16(chunk)).trailing_zeros();
+        at += run as usize;
+        if run < 16 {
+            return at;
+        }
+    }
+    // Fewer than 16 bytes left: the last 16 of `s` again, without the bits
+    // of those before `at`; the bits shifted in past the end are clear, so
+    // the run stops at `s.len()` at the latest.
+    match s.last_chunk::<16>() {
+        Some(last) if at < s.len() => {
+            let bits = host16(last) >> (at - (s.len() - 16));
+            at + (!bits).trailing_zeros() as usize
+        }
+        _ => class_end(s, at, HOST),
+    }
+}
+
 /// Index of the first byte at or after `at` that is not LWS.
 #[inline]
 pub(crate) fn skip_lws(s: &[u8], at: usize) -> usize {
@@ -174,7 +203,7 @@ impl<'a> Iterator for CommaSplit<'a> {
                     Some(end) => i = end,
                     None => break,
                 },
-                b'<' => match memchr::memchr(b'>', &s[i..]) {
+                b'<' => match find_byte(&s[i..], b'>') {
                     Some(gt) => i += gt + 1,
                     None => break,
                 },
@@ -244,6 +273,10 @@ pub(crate) fn find_first(s: &[u8], marks: impl Fn(u64) -> u64) -> Option<usize> 
         w.copy_from_slice(&s[at..at + 8]);
         u64::from_le_bytes(w)
     };
+    if s.len() < 8 {
+        // A byte alone in a word: its own mark is exact.
+        return s.iter().position(|&b| marks(u64::from(b)) & 0x80 != 0);
+    }
     let mut at = 0;
     while at + 8 <= s.len() {
         let m = marks(word(at));
@@ -255,11 +288,80 @@ pub(crate) fn find_first(s: &[u8], marks: impl Fn(u64) -> u64) -> Option<usize> 
     if at == s.len() {
         return None;
     }
-    // The tail: padded with zeros, whose marks past the end are ignored.
-    let mut w = [0u8; 8];
-    w[..s.len() - at].copy_from_slice(&s[at..]);
-    let m = marks(u64::from_le_bytes(w)) & (u64::MAX >> (8 * (8 - (s.len() - at))));
+    // The tail: the last eight bytes, without the marks of those already
+    // checked (none of which matched, so no borrow comes up from them).
+    let seen = 8 - (s.len() - at);
+    let m = marks(word(s.len() - 8)) >> (8 * seen);
     (m != 0).then(|| at + (m.trailing_zeros() / 8) as usize)
+}
+
+/// The index of the first `b` in `s`: [`find_first`] inline, for the
+/// short slices a scan searches, where a call into memchr costs more than
+/// the search.
+#[inline(always)]
+pub(crate) fn find_byte(s: &[u8], b: u8) -> Option<usize> {
+    find_first(s, |w| bytes_equal(w, b))
+}
+
+/// `a == b` inline for the short strings a scan compares (method names):
+/// two overlapping four-byte loads each up to eight bytes, where `==` calls
+/// memcmp.
+#[inline(always)]
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let load4 = |s: &[u8], at: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&s[at..at + 4]);
+        u32::from_le_bytes(w)
+    };
+    match n {
+        0 => true,
+        // Bytes 0, n/2 and n-1 are every byte of a string of one to three.
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=8 => load4(a, 0) == load4(b, 0) && load4(a, n - 4) == load4(b, n - 4),
+        _ => a == b,
+    }
+}
+
+/// Whether `name` is `lower` in any case, `lower` being one to eight
+/// lowercase letters (parameter names, URI schemes): the name read as one
+/// word, bit 5 set in each byte, one compare, where `eq_ignore_ascii_case`
+/// folds byte by byte. Exact for any bytes: only a letter, of either case,
+/// becomes a lowercase letter with bit 5 set.
+#[inline(always)]
+pub(crate) fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    debug_assert!((1..=8).contains(&lower.len()));
+    debug_assert!(lower.iter().all(u8::is_ascii_lowercase));
+    let n = lower.len();
+    if name.len() != n || n == 0 || n > 8 {
+        return false;
+    }
+    let fold = 0x2020_2020_2020_2020u64 >> (8 * (8 - n));
+    short_word(name) | fold == short_word(lower)
+}
+
+/// The one to eight bytes of `s` as a little-endian word, by two
+/// overlapping loads (the bytes they share OR to themselves).
+#[inline(always)]
+fn short_word(s: &[u8]) -> u64 {
+    let n = s.len();
+    let load4 = |at: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&s[at..at + 4]);
+        u64::from(u32::from_le_bytes(w))
+    };
+    match n {
+        0 => 0,
+        1..=3 => {
+            u64::from(s[0])
+                | u64::from(s[n / 2]) << (8 * (n / 2))
+                | u64::from(s[n - 1]) << (8 * (n - 1))
+        }
+        _ => load4(0) | load4(n - 4) << (8 * (n - 4)),
+    }
 }
 
 /// Parses an unsigned decimal number that must fit `max`. Leading zeros are
@@ -374,6 +476,50 @@ mod tests {
         }
     }
 
+    #[test]
+    fn host_end_matches_byte_loop() {
+        let alphabet = [
+            b'a', b'Z', b'z', b'0', b'9', b'-', b'.', b'!', b':', b'[', b';', b' ', b'@', b'`',
+            b'{', b'/', 0, 0x80, 0xc1, 0xe1,
+        ];
+        let mut seed = 7u64;
+        for _ in 0..20_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let len = (seed >> 58) as usize;
+            let mut s = vec![b'a'; len];
+            // Mostly host characters, so runs cross the 16-byte steps.
+            for (k, b) in s.iter_mut().enumerate() {
+                let r = seed.rotate_left(5 * k as u32);
+                if r % 5 == 0 {
+                    *b = alphabet[((r >> 8) % alphabet.len() as u64) as usize];
+                }
+            }
+            for at in 0..=len + 1 {
+                let want = class_end(&s, at, HOST);
+                assert_eq!(host_end(&s, at), want, "{s:?} {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn find_byte_matches_position() {
+        for len in 0..40 {
+            for at in 0..=len {
+                for fill in [b'a', b'@' ^ 0x80, 0, 0x3f, 0x41] {
+                    let mut s = vec![fill; len];
+                    if at < len {
+                        s[at] = b'@';
+                    }
+                    if at + 3 < len {
+                        s[at + 3] = b'@';
+                    }
+                    let want = s.iter().position(|&b| b == b'@');
+                    assert_eq!(find_byte(&s, b'@'), want, "{s:?}");
+                }
+            }
+        }
+    }
+
     /// The word search agrees with the byte-by-byte definition.
     #[test]
     fn quoted_string_by_words() {
@@ -407,6 +553,67 @@ mod tests {
         assert_eq!(quoted_string_end(b"\"a\\\"b\" c", 0), Some(6));
         assert_eq!(quoted_string_end(b"\"abc", 0), None);
         assert_eq!(quoted_string_end(b"\"ab\\", 0), None);
+    }
+
+    #[test]
+    fn same_bytes_is_equality() {
+        let words: [&[u8]; 12] = [
+            b"",
+            b"A",
+            b"B",
+            b"AB",
+            b"AC",
+            b"ACK",
+            b"ACX",
+            b"INFO",
+            b"INVITE",
+            b"INVITF",
+            b"XNVITE",
+            b"SUBSCRIBE",
+        ];
+        for a in words {
+            for b in words {
+                assert_eq!(same_bytes(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
+        for n in 0..12 {
+            for at in 0..n {
+                let a = vec![b'x'; n];
+                let mut b = a.clone();
+                b[at] = b'y';
+                assert!(!same_bytes(&a, &b) && same_bytes(&a, &a.clone()));
+            }
+        }
+    }
+
+    #[test]
+    fn is_name_is_ascii_case_insensitive_equality() {
+        let names: [&[u8]; 6] = [b"tag", b"branch", b"received", b"rport", b"ttl", b"s"];
+        let mut seed = 3u64;
+        for lower in names {
+            for _ in 0..5_000 {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let len = lower.len() + (seed >> 62) as usize % 2;
+                let mut name: Vec<u8> = lower.iter().copied().chain([b'x']).take(len).collect();
+                // Change a byte now and then, to any value.
+                let at = (seed >> 20) as usize % len;
+                if seed & 3 == 0 {
+                    name[at] = (seed >> 40) as u8;
+                } else if seed & 3 == 1 {
+                    name[at] = name[at].to_ascii_uppercase();
+                }
+                assert_eq!(
+                    is_name(&name, lower),
+                    name.eq_ignore_ascii_case(lower),
+                    "{name:?} {lower:?}"
+                );
+            }
+            for b in 0..=255u8 {
+                let mut name = lower.to_vec();
+                name[0] = b;
+                assert_eq!(is_name(&name, lower), name.eq_ignore_ascii_case(lower));
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Header parameters: `*( SEMI generic-param )` with the LWS RFC 3261 allows
 //! around `;` and `=` (`tag = 98asjd8` is legal).
 
-use super::lex::{long_class_end, quoted_string_end, skip_lws, token_end, GEN_VALUE};
+use super::lex::{long_class_end, quoted_string_end, skip_lws, GEN_VALUE, TOKEN};
 
 /// One header parameter. `value` keeps its quotes when it was quoted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +28,7 @@ impl<'m> HeaderParams<'m> {
         HeaderParams { s, at, done: false }
     }
 
+    #[inline(always)]
     fn parse_one(&mut self) -> Result<Option<Param<'m>>, ParamError> {
         let s = self.s;
         let mut i = skip_lws(s, self.at);
@@ -38,7 +39,7 @@ impl<'m> HeaderParams<'m> {
             return Err(ParamError);
         }
         i = skip_lws(s, i + 1);
-        let name_end = token_end(s, i);
+        let name_end = long_class_end(s, i, TOKEN);
         if name_end == i {
             return Err(ParamError);
         }
@@ -68,6 +69,7 @@ impl<'m> HeaderParams<'m> {
 impl<'m> Iterator for HeaderParams<'m> {
     type Item = Result<Param<'m>, ParamError>;
 
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
             return None;

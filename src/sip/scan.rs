@@ -13,7 +13,8 @@ use super::block::BlockCursor;
 use super::error::{Fault, ScanError, StartKind};
 use super::header::HeaderName;
 use super::lex::{
-    any_byte, bytes_equal, is_lws, is_token, is_token_str, parse_decimal, trim_lws, CommaSplit,
+    any_byte, bytes_equal, find_byte, is_lws, is_token, is_token_str, parse_decimal, same_bytes,
+    trim_lws, CommaSplit,
 };
 use super::method::Method;
 use super::uri::{Scheme, Uri};
@@ -195,6 +196,8 @@ pub(crate) struct Frame {
 pub struct Scanner {
     limits: Limits,
     slots: Vec<HeaderSlot>,
+    /// Where framing found the headers validation needs.
+    known: Known,
     /// Extension option tags this proxy supports in Proxy-Require.
     proxy_require_supported: Vec<Box<[u8]>>,
 }
@@ -228,6 +231,7 @@ impl Scanner {
         let limits = limits.clamped();
         Scanner {
             slots: Vec::with_capacity(limits.headers_max),
+            known: Known::default(),
             limits,
             proxy_require_supported: Vec::new(),
         }
@@ -255,6 +259,7 @@ impl Scanner {
         validate(
             datagram,
             &self.slots,
+            &self.known,
             frame,
             &self.limits,
             &self.proxy_require_supported,
@@ -279,8 +284,15 @@ impl Scanner {
     }
 
     /// Finds the start line and every header field. Fills `self.slots`.
+    /// Inlined: a `Frame` returned through memory was read back by `scan`
+    /// with a load wider than the stores that wrote it, which stalls.
+    #[inline(always)]
     pub(crate) fn frame(&mut self, datagram: &[u8]) -> Result<Frame, ScanError> {
         self.slots.clear();
+        // Which names were seen and the first repeat, in registers; where
+        // they were, in the scanner's arrays, which need no reset.
+        let (mut seen, mut duplicate) = (0u32, u16::MAX);
+        self.known.seen = 0;
         let unknown = |fault| ScanError {
             fault,
             kind: StartKind::Unknown,
@@ -312,9 +324,11 @@ impl Scanner {
             match datagram.get(pos) {
                 None => return Err(fail(Fault::Truncated)),
                 Some(b'\n') => {
+                    (self.known.seen, self.known.duplicate) = (seen, duplicate);
                     return Ok(framed(start_line, pos, pos + 1, kind));
                 }
                 Some(b'\r') if datagram.get(pos + 1) == Some(&b'\n') => {
+                    (self.known.seen, self.known.duplicate) = (seen, duplicate);
                     return Ok(framed(start_line, pos, pos + 2, kind));
                 }
                 Some(b' ' | b'\t') => return Err(fail(Fault::HeaderName)),
@@ -331,6 +345,12 @@ impl Scanner {
             )
             .map_err(fail)?;
             pos = slot.line.end as usize;
+            self.known.note(
+                &mut seen,
+                &mut duplicate,
+                slot.name,
+                self.slots.len() as u16,
+            );
             self.slots.push(slot);
         }
     }
@@ -375,34 +395,27 @@ fn frame_field(
             (colon, nl)
         }
     };
-    let mut name_end = colon;
-    while name_end > start && matches!(datagram[name_end - 1], b' ' | b'\t') {
-        name_end -= 1;
-    }
+    // The usual spelling, `Name: value CRLF` with nothing to trim and no
+    // fold after it, is told by a few byte tests; the loops that handle
+    // the rest are out of line.
+    let value_start = colon + 1 + usize::from(datagram[colon + 1] == b' ');
+    let value_end = first_nl - usize::from(datagram[first_nl - 1] == b'\r');
+    let usual = colon > start
+        && value_start < value_end
+        && !matches!(datagram[colon - 1], b' ' | b'\t')
+        && !is_lws(datagram[value_start])
+        && !is_lws(datagram[value_end - 1])
+        && !matches!(datagram.get(first_nl + 1), Some(b' ' | b'\t'));
+    let (name_end, nl, value_start, value_end) = if usual {
+        (colon, first_nl, value_start, value_end)
+    } else {
+        unusual_field(datagram, start, colon, first_nl, until, cursor)?
+    };
     let name = &datagram[start..name_end];
     // A known name is a token by construction; only others are checked.
     let header = HeaderName::classify(name);
     if header == HeaderName::Other && !is_token_str(name) {
         return Err(Fault::HeaderName);
-    }
-    // Follow folds: a line that starts with SP or HT continues this one.
-    let mut nl = first_nl;
-    while matches!(datagram.get(nl + 1), Some(b' ' | b'\t')) {
-        nl = cursor
-            .newline(nl + 1, until)
-            .ok_or_else(too_long_or_truncated)?;
-    }
-    let mut value_end = strip_cr(datagram, start, nl);
-    let mut value_start = colon + 1;
-    // `Name: value` is the usual spelling: skip its one SP without a loop.
-    if value_start + 1 < value_end && datagram[value_start] == b' ' {
-        value_start += 1;
-    }
-    while value_start < value_end && is_lws(datagram[value_start]) {
-        value_start += 1;
-    }
-    while value_end > value_start && is_lws(datagram[value_end - 1]) {
-        value_end -= 1;
     }
     Ok(HeaderSlot {
         name: header,
@@ -410,6 +423,51 @@ fn frame_field(
         value: Span::new(value_start, value_end),
         line: Span::new(start, nl + 1),
     })
+}
+
+/// [`frame_field`] for a field with LWS before its colon or around its
+/// value, or folded: the name's end, the last line end and the value.
+#[inline(never)]
+fn unusual_field(
+    datagram: &[u8],
+    start: usize,
+    colon: usize,
+    first_nl: usize,
+    until: usize,
+    cursor: &mut BlockCursor<'_>,
+) -> Result<(usize, usize, usize, usize), Fault> {
+    let mut name_end = colon;
+    while name_end > start && matches!(datagram[name_end - 1], b' ' | b'\t') {
+        name_end -= 1;
+    }
+    // A bad name is reported before a bad fold, as the caller would.
+    if !is_header_name(&datagram[start..name_end]) {
+        return Err(Fault::HeaderName);
+    }
+    // Follow folds: a line that starts with SP or HT continues this one.
+    let mut nl = first_nl;
+    while matches!(datagram.get(nl + 1), Some(b' ' | b'\t')) {
+        nl = cursor
+            .newline(nl + 1, until)
+            .ok_or(if datagram.len() > until {
+                Fault::HeaderLineTooLong
+            } else {
+                Fault::Truncated
+            })?;
+    }
+    let mut value_end = strip_cr(datagram, start, nl);
+    let mut value_start = colon + 1;
+    while value_start < value_end && is_lws(datagram[value_start]) {
+        value_start += 1;
+    }
+    while value_end > value_start && is_lws(datagram[value_end - 1]) {
+        value_end -= 1;
+    }
+    Ok((name_end, nl, value_start, value_end))
+}
+
+fn is_header_name(name: &[u8]) -> bool {
+    HeaderName::classify(name) != HeaderName::Other || is_token_str(name)
 }
 
 fn framed(start_line: Span, headers_end: usize, body_start: usize, kind: StartKind) -> Frame {
@@ -431,22 +489,88 @@ fn strip_cr(datagram: &[u8], start: usize, nl: usize) -> usize {
     }
 }
 
-/// Positions of the headers validation needs, found in one walk.
-#[derive(Default)]
+/// Where the headers are, noted by framing as it pushes each slot (a few
+/// instructions, no branch), so that validation does not walk the slots
+/// again to find Call-ID, CSeq, From, To and the rest.
+#[derive(Clone, Copy, Debug)]
 struct Known {
-    call_id: Option<u16>,
-    cseq: Option<u16>,
-    from: Option<u16>,
-    to: Option<u16>,
-    max_forwards: Option<u16>,
-    content_length: Option<u16>,
-    first_via: Option<u16>,
-    proxy_require: bool,
+    /// Bit `n` set when a header named `HeaderName` `n` was framed.
+    seen: u32,
+    /// The first header that repeats one named in [`SINGLE`], or
+    /// `u16::MAX`: validation reports it where a walk of every header in
+    /// order would, after the Via headers before it.
+    duplicate: u16,
+    /// Slot of the first and of the last header of each name; valid only
+    /// where `seen` has the name's bit.
+    first: [u16; NAMES],
+    last: [u16; NAMES],
+}
+
+/// `HeaderName` values, `Other` the last of them.
+const NAMES: usize = HeaderName::Other as usize + 1;
+const _: () = assert!(NAMES <= 32);
+
+/// The names that may appear once: bit `n` for `HeaderName` `n`.
+const SINGLE: u32 = {
+    let names = [
+        HeaderName::CallId,
+        HeaderName::CSeq,
+        HeaderName::From,
+        HeaderName::To,
+        HeaderName::MaxForwards,
+        HeaderName::ContentLength,
+    ];
+    let mut bits = 0;
+    let mut i = 0;
+    while i < names.len() {
+        bits |= 1 << names[i] as u32;
+        i += 1;
+    }
+    bits
+};
+
+impl Default for Known {
+    fn default() -> Self {
+        Known {
+            seen: 0,
+            duplicate: u16::MAX,
+            first: [0; NAMES],
+            last: [0; NAMES],
+        }
+    }
+}
+
+impl Known {
+    #[inline(always)]
+    fn note(&mut self, seen: &mut u32, duplicate: &mut u16, name: HeaderName, index: u16) {
+        let n = name as usize % NAMES;
+        let bit = 1u32 << n;
+        debug_assert_eq!(bit & SINGLE != 0, name.is_single());
+        let before = *seen & bit != 0;
+        // Slots only grow, so the first repeat is the least.
+        let repeat = if before && bit & SINGLE != 0 {
+            index
+        } else {
+            u16::MAX
+        };
+        *duplicate = (*duplicate).min(repeat);
+        self.first[n] = if before { self.first[n] } else { index };
+        self.last[n] = index;
+        *seen |= bit;
+    }
+
+    /// The slot of the first header named `name`, if any.
+    #[inline(always)]
+    fn first(&self, name: HeaderName) -> Option<u16> {
+        let n = name as usize % NAMES;
+        (self.seen & 1 << n != 0).then_some(self.first[n])
+    }
 }
 
 fn validate<'m>(
     datagram: &'m [u8],
     slots: &'m [HeaderSlot],
+    known: &Known,
     frame: Frame,
     limits: &Limits,
     proxy_require_supported: &[Box<[u8]>],
@@ -456,44 +580,54 @@ fn validate<'m>(
         reason: &[],
     };
     parse_start_line(frame.start_line.of(datagram), frame.kind, &mut start_line)?;
-    let mut known = Known::default();
     let mut via_count = 0usize;
     let (mut top_via, mut lower_via) = (Via::EMPTY, Via::EMPTY);
-    for (index, slot) in slots.iter().enumerate() {
-        let index = index as u16;
-        let cell = match slot.name {
-            HeaderName::Via => {
-                known.first_via.get_or_insert(index);
-                for value in CommaSplit::new(slot.value.of(datagram)) {
-                    via_count += 1;
-                    if via_count > limits.via_values_max {
-                        return Err(Fault::TooManyVia);
-                    }
-                    let into = if via_count == 1 {
-                        &mut top_via
-                    } else {
-                        &mut lower_via
-                    };
-                    Via::parse_into(value, into).map_err(Fault::Via)?;
-                }
-                continue;
-            }
-            HeaderName::CallId => &mut known.call_id,
-            HeaderName::CSeq => &mut known.cseq,
-            HeaderName::From => &mut known.from,
-            HeaderName::To => &mut known.to,
-            HeaderName::MaxForwards => &mut known.max_forwards,
-            HeaderName::ContentLength => &mut known.content_length,
-            HeaderName::ProxyRequire => {
-                known.proxy_require = true;
-                continue;
-            }
-            _ => continue,
-        };
-        debug_assert!(slot.name.is_single());
-        if cell.replace(index).is_some() {
-            return Err(Fault::Duplicate(slot.name));
+    let first_via = known.first(HeaderName::Via);
+    let vias = match first_via {
+        Some(first) => usize::from(first)..usize::from(known.last[HeaderName::Via as usize]) + 1,
+        None => 0..0,
+    };
+    for (index, slot) in slots.iter().enumerate().take(vias.end).skip(vias.start) {
+        // A repeated header before this Via is reported first, as a walk
+        // of every header in order would.
+        if usize::from(known.duplicate) < index {
+            break;
         }
+        if slot.name != HeaderName::Via {
+            continue;
+        }
+        let value = slot.value.of(datagram);
+        // Nearly every Via header holds one value: parsed whole, it needs
+        // no split. A value that parses has no `,` or `<` outside quoted
+        // strings (no class the parser accepts holds them), so the split
+        // would have yielded it alone.
+        let into = if via_count == 0 {
+            &mut top_via
+        } else {
+            &mut lower_via
+        };
+        if Via::parse_into(value, into).is_ok() {
+            via_count += 1;
+            if via_count > limits.via_values_max {
+                return Err(Fault::TooManyVia);
+            }
+            continue;
+        }
+        for value in CommaSplit::new(value) {
+            via_count += 1;
+            if via_count > limits.via_values_max {
+                return Err(Fault::TooManyVia);
+            }
+            let into = if via_count == 1 {
+                &mut top_via
+            } else {
+                &mut lower_via
+            };
+            Via::parse_into(value, into).map_err(Fault::Via)?;
+        }
+    }
+    if let Some(slot) = slots.get(usize::from(known.duplicate)) {
+        return Err(Fault::Duplicate(slot.name));
     }
     // A macro, not a closure: the closure was not inlined.
     macro_rules! value {
@@ -505,10 +639,13 @@ fn validate<'m>(
     if via_count == 0 {
         return Err(Fault::Missing(HeaderName::Via));
     }
-    let from_slot = required(known.from, HeaderName::From)?;
-    let to_slot = required(known.to, HeaderName::To)?;
-    let call_id = value!(required(known.call_id, HeaderName::CallId)?);
-    let cseq_slot = required(known.cseq, HeaderName::CSeq)?;
+    let from_slot = required(known.first(HeaderName::From), HeaderName::From)?;
+    let to_slot = required(known.first(HeaderName::To), HeaderName::To)?;
+    let call_id = value!(required(
+        known.first(HeaderName::CallId),
+        HeaderName::CallId
+    )?);
+    let cseq_slot = required(known.first(HeaderName::CSeq), HeaderName::CSeq)?;
 
     if call_id.is_empty() || super::uri::has_illegal_byte(call_id) {
         return Err(Fault::CallId);
@@ -517,11 +654,11 @@ fn validate<'m>(
     let (mut from, mut to) = (NameAddr::EMPTY, NameAddr::EMPTY);
     NameAddr::parse_into(value!(from_slot), &mut from).map_err(Fault::From)?;
     NameAddr::parse_into(value!(to_slot), &mut to).map_err(Fault::To)?;
-    let max_forwards = match known.max_forwards {
+    let max_forwards = match known.first(HeaderName::MaxForwards) {
         Some(index) => Some(parse_decimal(value!(index), 255).ok_or(Fault::MaxForwards)? as u8),
         None => None,
     };
-    let content_length = match known.content_length {
+    let content_length = match known.first(HeaderName::ContentLength) {
         Some(index) => Some(
             parse_decimal(value!(index), u64::from(u32::MAX)).ok_or(Fault::ContentLength)? as u32,
         ),
@@ -539,7 +676,7 @@ fn validate<'m>(
     };
 
     if let StartLine::Request { method, uri, .. } = start_line {
-        if cseq.method_text != frame_method(&start_line) {
+        if !same_bytes(cseq.method_text, frame_method(&start_line)) {
             return Err(Fault::CSeqMethod);
         }
         debug_assert_eq!(cseq.method, method);
@@ -552,7 +689,7 @@ fn validate<'m>(
         if max_forwards == Some(0) {
             return Err(Fault::MaxForwardsZero);
         }
-        if known.proxy_require
+        if known.first(HeaderName::ProxyRequire).is_some()
             && proxy_require_tags(datagram, slots)
                 .any(|tag| !supports(proxy_require_supported, tag))
         {
@@ -567,12 +704,12 @@ fn validate<'m>(
         start_line,
         body: &datagram[frame.body_start..body_end],
         top_via,
-        top_via_slot: known.first_via.unwrap_or(0),
+        top_via_slot: first_via.unwrap_or(0),
         via_count: via_count as u16,
         call_id,
         cseq,
         max_forwards,
-        max_forwards_slot: known.max_forwards,
+        max_forwards_slot: known.first(HeaderName::MaxForwards),
         from,
         to,
         content_length,
@@ -663,8 +800,13 @@ fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(),
         end -= 1;
     }
     let line = &line[..end];
-    let first_sp = memchr::memchr(b' ', line).ok_or(Fault::StartLine)?;
-    let last_sp = memchr::memrchr(b' ', line).ok_or(Fault::StartLine)?;
+    let first_sp = find_byte(line, b' ').ok_or(Fault::StartLine)?;
+    // `SIP/2.0` has no SP: a line that ends with it has its last SP before.
+    let last_sp = if line.len() > 8 && line[line.len() - 8..] == *b" SIP/2.0" {
+        line.len() - 8
+    } else {
+        memchr::memrchr(b' ', line).ok_or(Fault::StartLine)?
+    };
     if first_sp == last_sp {
         return Err(Fault::StartLine);
     }
@@ -694,7 +836,7 @@ fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(),
 
 /// `SIP-Version SP Status-Code SP Reason-Phrase`.
 fn parse_status_line(line: &[u8]) -> Result<StartLine<'_>, Fault> {
-    let sp = memchr::memchr(b' ', line).ok_or(Fault::StartLine)?;
+    let sp = find_byte(line, b' ').ok_or(Fault::StartLine)?;
     check_version(&line[..sp])?;
     let rest = &line[sp + 1..];
     let code_text = &rest[..rest.len().min(3)];
@@ -752,7 +894,7 @@ fn parse_cseq<'m>(value: &'m [u8], start_line: &StartLine<'m>) -> Result<CSeq<'m
             method,
             method_text: text,
             ..
-        } if text == method_text => method,
+        } if same_bytes(text, method_text) => method,
         _ => Method::from_token(method_text),
     };
     Ok(CSeq {
@@ -931,6 +1073,7 @@ pub enum Contact<'m> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::via::ViaError;
     use crate::sip::Method;
 
     const INVITE: &[u8] = b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
@@ -973,6 +1116,43 @@ v=0\r\n";
         assert_eq!(m.content_length(), Some(4));
         assert_eq!(m.headers().count(), 10);
         assert_eq!(m.contacts().count(), 1);
+    }
+
+    /// A repeated header and a bad Via: the one met first in header order
+    /// is reported, although framing notes the repeat before validation
+    /// parses any Via.
+    #[test]
+    fn duplicate_and_bad_via_in_header_order() {
+        let msg = |headers: &str| {
+            format!(
+                "OPTIONS sip:a@b SIP/2.0\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\n\
+                 CSeq: 1 OPTIONS\r\n{headers}\r\n"
+            )
+        };
+        let good = "Via: SIP/2.0/UDP h\r\n";
+        let bad = "Via: SIP/2.0/UDP h;=x\r\n";
+        let twice = "Call-ID: c\r\nCall-ID: d\r\n";
+        let dup = Fault::Duplicate(HeaderName::CallId);
+        let via = Fault::Via(ViaError::Parameter);
+        assert_eq!(fault(msg(&format!("{twice}{bad}")).as_bytes()), dup);
+        assert_eq!(fault(msg(&format!("{bad}{twice}")).as_bytes()), via);
+        assert_eq!(fault(msg(&format!("{good}{twice}{bad}")).as_bytes()), dup);
+        assert_eq!(fault(msg(&format!("{good}{bad}{twice}")).as_bytes()), via);
+        assert_eq!(
+            fault(msg(&format!("{good}Call-ID: c\r\n{bad}Call-ID: d\r\n")).as_bytes()),
+            via
+        );
+        assert_eq!(fault(msg(&format!("{good}{twice}")).as_bytes()), dup);
+        assert_eq!(
+            fault(msg("Call-ID: c\r\n").as_bytes()),
+            Fault::Missing(HeaderName::Via)
+        );
+        let two_vias = msg(&format!("{good}Call-ID: c\r\n{good}"));
+        let mut scanner = Scanner::new(Limits::default());
+        let scanned = scanner.scan(two_vias.as_bytes()).unwrap();
+        assert_eq!(scanned.via_count(), 2);
+        assert_eq!(scanned.top_via_slot, 3);
+        assert_eq!(scanned.call_id(), b"c");
     }
 
     #[test]
@@ -1111,6 +1291,126 @@ v=0\r\n";
             .unwrap_err();
         assert_eq!(err.fault, Fault::StatusCode);
         assert_eq!(err.answer(), crate::sip::Answer::Drop);
+    }
+
+    /// Framing, fast paths and all, against a byte-by-byte reference on
+    /// random datagrams over the bytes that matter to it.
+    #[test]
+    fn framing_matches_a_byte_by_byte_reference() {
+        fn reference(d: &[u8], line_max: usize) -> Result<Vec<HeaderSlot>, Fault> {
+            let find = |b: u8, from: usize, to: usize| (from..to.min(d.len())).find(|&i| d[i] == b);
+            let mut at = 0;
+            while at < d.len() && matches!(d[at], b'\r' | b'\n') {
+                at += 1;
+            }
+            if at == d.len() {
+                return Err(Fault::Empty);
+            }
+            let mut pos = find(b'\n', at, d.len()).ok_or(Fault::Truncated)? + 1;
+            let mut slots = Vec::new();
+            loop {
+                match d.get(pos) {
+                    None => return Err(Fault::Truncated),
+                    Some(b'\n') => return Ok(slots),
+                    Some(b'\r') if d.get(pos + 1) == Some(&b'\n') => return Ok(slots),
+                    Some(b' ' | b'\t') => return Err(Fault::HeaderName),
+                    Some(_) => {}
+                }
+                let until = pos + line_max + 1;
+                let cut = || {
+                    if d.len() > until {
+                        Fault::HeaderLineTooLong
+                    } else {
+                        Fault::Truncated
+                    }
+                };
+                let Some(colon) = find(b':', pos, until) else {
+                    return Err(match find(b'\n', pos, until) {
+                        Some(_) => Fault::HeaderName,
+                        None => cut(),
+                    });
+                };
+                let mut nl = find(b'\n', colon, until).ok_or_else(cut)?;
+                let mut name_end = colon;
+                while name_end > pos && matches!(d[name_end - 1], b' ' | b'\t') {
+                    name_end -= 1;
+                }
+                let name = HeaderName::classify(&d[pos..name_end]);
+                if name == HeaderName::Other && !is_token_str(&d[pos..name_end]) {
+                    return Err(Fault::HeaderName);
+                }
+                while matches!(d.get(nl + 1), Some(b' ' | b'\t')) {
+                    nl = find(b'\n', nl + 1, until).ok_or_else(cut)?;
+                }
+                let mut value_end = if d[nl - 1] == b'\r' { nl - 1 } else { nl };
+                let mut value_start = colon + 1;
+                while value_start < value_end && is_lws(d[value_start]) {
+                    value_start += 1;
+                }
+                while value_end > value_start && is_lws(d[value_end - 1]) {
+                    value_end -= 1;
+                }
+                slots.push(HeaderSlot {
+                    name,
+                    name_span: Span::new(pos, name_end),
+                    value: Span::new(value_start, value_end),
+                    line: Span::new(pos, nl + 1),
+                });
+                pos = nl + 1;
+            }
+        }
+        let alphabet = b"ab:: \t\r\n\n\r\nTo:;\x01";
+        let mut seed = 7u64;
+        for round in 0..200_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let len = 1 + (seed >> 57) as usize + if round % 8 == 0 { 150 } else { 0 };
+            let mut d = b"X a b\r\n".to_vec();
+            let mut r = seed;
+            for _ in 0..len {
+                r = r
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1442695040888963407);
+                d.push(alphabet[(r >> 59) as usize % alphabet.len()]);
+            }
+            let line_max = [8, 40, 8 * 1024][round % 3];
+            let mut scanner = Scanner::new(Limits {
+                header_line_bytes_max: line_max,
+                ..Limits::default()
+            });
+            let got = scanner.frame(&d).map(|_| scanner.slots().to_vec());
+            let want = reference(&d, line_max);
+            assert_eq!(
+                got.map_err(|e| e.fault),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(&d)
+            );
+        }
+    }
+
+    /// What lets `validate` parse a Via header whole: a value that parses
+    /// is one the comma split yields alone.
+    #[test]
+    fn a_via_that_parses_is_not_split() {
+        let alphabet = b"SIP/2.0UDPh1;=,<>\" \t\r\n[]:b";
+        let (mut seed, mut parsed) = (3u64, 0);
+        for _ in 0..300_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let mut v = b"SIP/2.0/UDP h".to_vec();
+            let mut r = seed;
+            for _ in 0..(seed >> 60) {
+                r = r
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1442695040888963407);
+                v.push(alphabet[(r >> 58) as usize % alphabet.len()]);
+            }
+            let v = trim_lws(&v);
+            if Via::parse(v).is_ok() {
+                parsed += 1;
+                assert_eq!(CommaSplit::new(v).collect::<Vec<_>>(), vec![v], "{v:?}");
+            }
+        }
+        assert!(parsed > 10_000, "{parsed}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! are, because a proxy compares and forwards URIs, it does not display them.
 
 use super::lex::{
-    any_byte, bytes_below, bytes_equal, class_end, is, long_class_end, parse_decimal, HOST, SCHEME,
+    any_byte, bytes_below, bytes_equal, class_end, find_byte, host_end, is, is_name, parse_decimal,
+    HOST, SCHEME,
 };
 
 /// The URI schemes sipshard routes. Anything else in a Request-URI is
@@ -78,11 +79,11 @@ impl<'m> Uri<'m> {
         let colon = scheme_end(s).ok_or(UriError::Scheme)?;
         let scheme_name = &s[..colon];
         let opaque = &s[colon + 1..];
-        let scheme = if scheme_name.eq_ignore_ascii_case(b"sip") {
+        let scheme = if is_name(scheme_name, b"sip") {
             Scheme::Sip
-        } else if scheme_name.eq_ignore_ascii_case(b"sips") {
+        } else if is_name(scheme_name, b"sips") {
             Scheme::Sips
-        } else if scheme_name.eq_ignore_ascii_case(b"tel") {
+        } else if is_name(scheme_name, b"tel") {
             Scheme::Tel
         } else {
             Scheme::Other
@@ -109,7 +110,7 @@ impl<'m> Uri<'m> {
         if scheme == Scheme::Tel {
             // tel:+1-201-555-0123;phone-context=... : the number is the
             // "user" for routing by prefix.
-            let end = memchr::memchr(b';', opaque).unwrap_or(opaque.len());
+            let end = find_byte(opaque, b';').unwrap_or(opaque.len());
             if end == 0 {
                 return Err(UriError::Host);
             }
@@ -125,11 +126,11 @@ impl<'m> Uri<'m> {
             return Err(UriError::IllegalCharacter);
         }
         // `@` never appears unescaped outside userinfo, so the first one ends it.
-        let at_sign = memchr::memchr(b'@', s);
+        let at_sign = find_byte(s, b'@');
         let hostport_start = match at_sign {
             Some(at) => {
                 let userinfo = &s[..at];
-                let user_end = memchr::memchr(b':', userinfo).unwrap_or(userinfo.len());
+                let user_end = find_byte(userinfo, b':').unwrap_or(userinfo.len());
                 self.user = Some(&userinfo[..user_end]);
                 at + 1
             }
@@ -140,7 +141,7 @@ impl<'m> Uri<'m> {
             memchr::memchr(b']', rest).ok_or(UriError::Host)? + 1
         } else {
             // One pass: host characters, then one of `:` `;` `?` or the end.
-            let end = long_class_end(rest, 0, HOST);
+            let end = host_end(rest, 0);
             if end == 0 || !matches!(rest.get(end), None | Some(b':' | b';' | b'?')) {
                 return Err(UriError::Host);
             }
@@ -166,7 +167,7 @@ impl<'m> Uri<'m> {
         }
         let headers_at = match rest.get(i) {
             Some(b'?') => Some(i),
-            Some(_) => memchr::memchr(b'?', &rest[i..]).map(|p| p + i),
+            Some(_) => find_byte(&rest[i..], b'?').map(|p| p + i),
             None => None,
         };
         let params_end = headers_at.unwrap_or(rest.len());

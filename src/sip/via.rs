@@ -1,6 +1,6 @@
 //! Via values (RFC 3261 §20.42, §18.2.1; RFC 3581 rport).
 
-use super::lex::{long_class_end, parse_decimal, skip_lws, token_end, HOST};
+use super::lex::{host_end, is_name, parse_decimal, skip_lws, token_end};
 use super::params::HeaderParams;
 use super::uri::is_host;
 
@@ -106,11 +106,11 @@ impl<'m> Via<'m> {
         for param in HeaderParams::new(value, after) {
             let param = param.map_err(|_| ViaError::Parameter)?;
             let name = param.name;
-            if name.eq_ignore_ascii_case(b"branch") {
+            if is_name(name, b"branch") {
                 via.branch = Some(param.value.ok_or(ViaError::Parameter)?);
-            } else if name.eq_ignore_ascii_case(b"received") {
+            } else if is_name(name, b"received") {
                 via.received = Some(param.value.ok_or(ViaError::Parameter)?);
-            } else if name.eq_ignore_ascii_case(b"rport") {
+            } else if is_name(name, b"rport") {
                 let port = match param.value {
                     None => None,
                     Some(v) => Some(
@@ -119,9 +119,9 @@ impl<'m> Via<'m> {
                 };
                 via.rport = Some(port);
                 via.rport_name = Some(name);
-            } else if name.eq_ignore_ascii_case(b"maddr") {
+            } else if is_name(name, b"maddr") {
                 via.maddr = Some(param.value.ok_or(ViaError::Parameter)?);
-            } else if name.eq_ignore_ascii_case(b"ttl") {
+            } else if is_name(name, b"ttl") {
                 let v = param.value.ok_or(ViaError::Parameter)?;
                 via.ttl = Some(parse_decimal(v, 255).ok_or(ViaError::Parameter)? as u8);
             }
@@ -167,7 +167,7 @@ fn parse_sent_by(s: &[u8], at: usize) -> Result<(&[u8], Option<u16>, usize), Via
         end
     } else {
         // The pass that finds the end of a name is its check.
-        let end = long_class_end(s, at, HOST);
+        let end = host_end(s, at);
         if end == at {
             return Err(ViaError::SentBy);
         }
@@ -179,18 +179,43 @@ fn parse_sent_by(s: &[u8], at: usize) -> Result<(&[u8], Option<u16>, usize), Via
         return Ok((host, None, host_end));
     }
     let port_start = skip_lws(s, colon + 1);
+    // The digits found and their value in one pass.
     let mut port_end = port_start;
-    while port_end < s.len() && s[port_end].is_ascii_digit() {
+    let mut port = 0u32;
+    while let Some(digit) = s.get(port_end).map(|b| b.wrapping_sub(b'0')) {
+        if digit > 9 {
+            break;
+        }
+        port = port * 10 + u32::from(digit);
+        if port > u32::from(u16::MAX) {
+            return Err(ViaError::SentBy);
+        }
         port_end += 1;
     }
-    let port =
-        parse_decimal(&s[port_start..port_end], u64::from(u16::MAX)).ok_or(ViaError::SentBy)?;
+    if port_end == port_start {
+        return Err(ViaError::SentBy);
+    }
     Ok((host, Some(port as u16), port_end))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sent_by_port_bounds() {
+        let port = |v: &[u8]| Via::parse(v).map(|via| via.port);
+        assert_eq!(port(b"SIP/2.0/UDP h:65535"), Ok(Some(65535)));
+        assert_eq!(port(b"SIP/2.0/UDP h : 0080;rport"), Ok(Some(80)));
+        assert_eq!(port(b"SIP/2.0/UDP h:65536"), Err(ViaError::SentBy));
+        assert_eq!(
+            port(b"SIP/2.0/UDP h:99999999999999999999"),
+            Err(ViaError::SentBy)
+        );
+        assert_eq!(port(b"SIP/2.0/UDP h:"), Err(ViaError::SentBy));
+        assert_eq!(port(b"SIP/2.0/UDP h:;rport"), Err(ViaError::SentBy));
+        assert_eq!(port(b"SIP/2.0/UDP h"), Ok(None));
+    }
 
     #[test]
     fn plain() {
