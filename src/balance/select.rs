@@ -130,6 +130,11 @@ impl Selector {
             Algorithm::RuriUserHash => {
                 rendezvous(weights, candidates, keys.ruri_user.unwrap_or(keys.call_id))
             }
+            // A failover takes the next member without moving the cursor:
+            // new requests keep their turn order whatever fails.
+            Algorithm::RoundRobin if tried != 0 => {
+                round_robin(candidates, &mut state.cursor.clone())
+            }
             Algorithm::RoundRobin => round_robin(candidates, &mut state.cursor),
             Algorithm::WeightedRoundRobin => {
                 smooth_weighted(weights, candidates, &mut state.current)

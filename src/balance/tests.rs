@@ -685,3 +685,28 @@ proptest! {
         prop_assert_eq!(winners(&removed, 300), down);
     }
 }
+
+#[test]
+fn a_failover_does_not_move_round_robins_turn() {
+    let routing = weighted(Algorithm::RoundRobin, &[1, 1, 1]);
+    let set = routing.default_set();
+    let mut selector = Selector::new();
+    let pick = |selector: &mut Selector, tried: u64| match selector.select(
+        &routing,
+        set,
+        &keys(b"c"),
+        tried,
+        true,
+    ) {
+        Selection::Member(i) => i,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(pick(&mut selector, 0), 0);
+    // Member 0 fails: the failover takes the next one...
+    assert_eq!(pick(&mut selector, 1 << 0), 1);
+    assert_eq!(pick(&mut selector, 1 << 0 | 1 << 1), 2);
+    // ...and new requests go on in turn from where they were.
+    assert_eq!(pick(&mut selector, 0), 1);
+    assert_eq!(pick(&mut selector, 0), 2);
+    assert_eq!(pick(&mut selector, 0), 0);
+}
