@@ -119,6 +119,19 @@ fn finish(mut caller: Child) -> (u32, u32) {
     (count("Successful call"), count("Failed call"))
 }
 
+/// Waits until the gateway's admin API accepts connections (start-up
+/// includes loading the eBPF program, slower on a busy machine).
+fn wait_for_admin() {
+    let started = Instant::now();
+    while TcpStream::connect(ADMIN).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the gateway did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn http(method: &str, path: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(ADMIN).expect("the admin API listens");
     stream
@@ -201,7 +214,9 @@ fn a_killed_backend_goes_down_and_comes_back_up_while_calls_go_on() {
     let _a = backend(A, &dir, None);
     let b = backend(B, &dir, None);
     let _gateway = gateway(&file);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for_admin();
+    // Two probe rounds, so that both backends have answered.
+    std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(state(&format!("sip:{B}")).as_deref(), Some("up"));
 
     let calls = caller(1200, 100, 100, &dir);
@@ -232,7 +247,7 @@ fn a_drained_backend_takes_no_new_calls_and_a_reload_changes_members_mid_run() {
     let _a = backend(A, &dir, Some(&stats_a));
     let _b = backend(B, &dir, None);
     let _gateway = gateway(&file);
-    std::thread::sleep(Duration::from_millis(800));
+    wait_for_admin();
 
     // Calls held 1 s, so some are always in progress.
     let calls = caller(1400, 100, 1000, &dir);
@@ -284,7 +299,7 @@ fn bad_admin_requests_get_400_naming_the_field() {
     let file = dir.join("sipshard.toml");
     std::fs::write(&file, config(&[A, B], false)).unwrap();
     let _gateway = gateway(&file);
-    std::thread::sleep(Duration::from_millis(800));
+    wait_for_admin();
     let member = format!("/api/v1/sets/default/members/sip:{A}");
     for (body, field) in [
         (r#"{"state": "sleeping"}"#, "state"),

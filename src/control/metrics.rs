@@ -1,11 +1,12 @@
 //! What each shard publishes for the control thread, and the Prometheus
 //! text the admin API serves from it.
 //!
-//! A shard counts in plain integers on its own thread and, once per turn of
-//! its loop, stores them into its [`ShardStats`] with relaxed atomic
-//! stores: one writer per value, so no read-modify-write and no lock on
-//! the packet path. The control thread reads them whenever it is scraped;
-//! a value may be one turn old, never torn.
+//! A shard counts in plain integers on its own thread and, at the end of a
+//! loop turn at most every 5 ms (and at least every 250 ms, when idle),
+//! stores them into its [`ShardStats`] with relaxed atomic stores: one
+//! writer per value, so no read-modify-write and no lock on the packet
+//! path. The control thread reads them whenever it is scraped; a value may
+//! be a few milliseconds old, never torn.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -384,6 +384,10 @@ const TOKEN_OWN_SOCKET: u64 = 2;
 
 /// How long a shard sleeps with nothing to do before it looks at the stop
 /// and report flags again (the doorbell wakes it sooner).
+/// How often a busy shard publishes its counters for `/metrics` (an idle
+/// one still turns, and publishes, every `IDLE_WAIT`).
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// How often a shard copies its latency histogram out for `/metrics`.
 const LATENCY_OFFER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -398,7 +402,9 @@ struct Shard {
     shared: Arc<Shared>,
     recv: RecvBatch,
     reported: usize,
-    /// When the latency histogram was last offered to the control thread.
+    /// When the counters were last published, and the latency histogram
+    /// last offered, to the control thread.
+    published: Instant,
     latency_offered: Instant,
     /// The `Shared::routing_generation` this shard's proxy routes by.
     routing_generation: usize,
@@ -461,6 +467,7 @@ impl Shard {
             shared,
             recv: RecvBatch::new(),
             reported: 0,
+            published: Instant::now(),
             latency_offered: Instant::now(),
             routing_generation: 0,
             output: Output {
@@ -603,7 +610,10 @@ impl Shard {
         }
         let c = &mut self.output.counters;
         c.busy_ns += done.saturating_duration_since(self.output.clock).as_nanos() as u64;
-        self.publish(done);
+        if done.saturating_duration_since(self.published) >= PUBLISH_EVERY {
+            self.published = done;
+            self.publish(done);
+        }
         self.report_if_asked();
     }
 
