@@ -37,7 +37,7 @@ impl SetId {
 }
 
 /// A named pool of backends and how to spread requests over it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct DestinationSet {
     pub name: Box<str>,
     pub algorithm: Algorithm,
@@ -50,7 +50,7 @@ pub struct DestinationSet {
 }
 
 /// One backend in a set.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Member {
     /// As configured; with the set it names the member across reloads.
     pub uri: Box<str>,
@@ -78,7 +78,7 @@ impl Member {
 
 /// One routing rule: every condition given must hold; a list condition
 /// holds when any of its entries does.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Rule {
     /// Methods are case-sensitive (RFC 3261 §7.1), so compared exactly.
     methods: Option<Box<[Box<[u8]>]>>,
@@ -118,8 +118,11 @@ impl Rule {
     }
 }
 
-/// The routing snapshot: sets, rules in order, the default set.
-#[derive(Debug)]
+/// The routing snapshot: sets, rules in order, the default set. A clone
+/// is a shard's private copy (same generation, same shared health): its
+/// reference count then lives in the shard's own cache, not bounced
+/// between cores by every transaction that holds it.
+#[derive(Clone, Debug)]
 pub struct Routing {
     sets: Box<[DestinationSet]>,
     rules: Box<[Rule]>,

@@ -254,7 +254,7 @@ impl Proxy {
             core: Core {
                 rescanner: Scanner::new(scanner.limits().clone()),
                 editor: Editor::new(local),
-                routing,
+                routing: routing.as_ref().map(private),
                 selector: Selector::new(),
                 dialogs: HashMap::new(),
                 next_dialog_sweep: now + DIALOG_SWEEP_MS,
@@ -270,7 +270,7 @@ impl Proxy {
     /// A reloaded configuration's routing: new requests use it at once;
     /// transactions already under way keep the snapshot they began with.
     pub fn set_routing(&mut self, routing: Arc<Routing>) {
-        self.core.routing = Some(routing);
+        self.core.routing = Some(private(&routing));
     }
 
     pub fn counters(&self) -> &Counters {
@@ -1542,6 +1542,13 @@ fn route_request(
         },
         Err(_) => Action::Drop(DropReason::BufferFull),
     }
+}
+
+/// A copy of the routing for this proxy (one shard) alone: every server
+/// transaction clones its `Arc`, and a count shared by all shards would
+/// bounce its cache line between cores on every call.
+fn private(routing: &Arc<Routing>) -> Arc<Routing> {
+    Arc::new(Routing::clone(routing))
 }
 
 /// The health of the pool member a try went to.
