@@ -272,4 +272,9 @@ fn metrics_agree_with_sipp_and_bad_paths_get_404() {
         2 * CALLS,
         "one round trip per INVITE and per BYE forwarded"
     );
+    assert_eq!(
+        value(&later, "sipshard_transaction_duration_seconds+Inf"),
+        2 * CALLS,
+        "every INVITE and BYE transaction got its final response"
+    );
 }

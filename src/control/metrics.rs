@@ -348,6 +348,7 @@ pub struct ShardStats {
     /// `try_lock`s them).
     latency_ns: Mutex<Option<Histogram<u64>>>,
     rtt_us: Mutex<Option<Histogram<u64>>>,
+    duration_us: Mutex<Option<Histogram<u64>>>,
 }
 
 impl Default for ShardStats {
@@ -358,6 +359,7 @@ impl Default for ShardStats {
             sent: PublishedCounts::new(),
             latency_ns: Mutex::new(None),
             rtt_us: Mutex::new(None),
+            duration_us: Mutex::new(None),
         }
     }
 }
@@ -385,6 +387,11 @@ impl ShardStats {
     /// As [`ShardStats::offer_latency`], for the backends' round trips.
     pub fn offer_rtt(&self, histogram: &Histogram<u64>) {
         offer(&self.rtt_us, histogram);
+    }
+
+    /// As [`ShardStats::offer_latency`], for server transactions' durations.
+    pub fn offer_duration(&self, histogram: &Histogram<u64>) {
+        offer(&self.duration_us, histogram);
     }
 }
 
@@ -608,6 +615,14 @@ fn latency(out: &mut String, shards: &[&ShardStats]) {
         "transaction_rtt_seconds",
         "Round trips to the backends: each try's request to its first answer (millisecond resolution).",
         |s| &s.rtt_us,
+        1e-6,
+    );
+    histogram(
+        out,
+        shards,
+        "transaction_duration_seconds",
+        "Server transactions, from the request to the final response sent (millisecond resolution).",
+        |s| &s.duration_us,
         1e-6,
     );
 }

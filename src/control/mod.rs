@@ -32,6 +32,8 @@ pub struct Control {
     /// Probes that ended, by backend: [answered alive, answered with a
     /// code that fails, timed out].
     probes: Mutex<BTreeMap<String, [u64; 3]>>,
+    /// The `[probes]` settings; a reload replaces them.
+    probe_config: Mutex<ProbeConfig>,
 }
 
 /// Why a reload was refused; the running configuration stays.
@@ -63,24 +65,29 @@ impl Control {
             last_probe: Mutex::new(BTreeMap::new()),
             transitions: Default::default(),
             probes: Mutex::new(BTreeMap::new()),
+            probe_config: Mutex::new(ProbeConfig::default()),
         })
     }
 
     /// Reads the configuration file again and hands its routing (sets,
-    /// members, rules) to the shards; backends it keeps keep their state.
-    /// An invalid file changes nothing. Other settings (listen address,
-    /// shards, timers, limits) take a restart.
+    /// members, rules) to the shards and its `[probes]` to the prober;
+    /// backends it keeps keep their state. An invalid file changes
+    /// nothing. Other settings (listen address, shards, timers, limits,
+    /// the admin address) take a restart.
     pub fn reload(&self) -> Result<usize, ReloadError> {
         let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
         let text = std::fs::read_to_string(path).map_err(|e| ReloadError::Read(e.to_string()))?;
         let current = self.shards.routing();
-        let (_, routing) =
+        let (settings, routing) =
             config::parse_with_routing(&text, Some(&current)).map_err(|problems| {
                 ReloadError::Invalid(problems.iter().map(|p| p.to_string()).collect())
             })?;
         let backends = routing.backends().count();
         self.shards.set_routing(routing);
+        if let Ok(mut probes) = self.probe_config.lock() {
+            *probes = settings.probes;
+        }
         Ok(backends)
     }
 
@@ -102,26 +109,26 @@ impl Control {
         self.last_probe.lock().ok()?.get(uri).copied()
     }
 
-    /// Starts the probe thread when probes are enabled: OPTIONS from a
-    /// socket of its own on `local_ip`, to every backend of the current
-    /// routing (re-read after each reload).
+    /// Starts the probe thread: OPTIONS from a socket of its own on
+    /// `local_ip` to every backend of the current routing, while `[probes]`
+    /// is enabled (both re-read after each reload).
     pub fn start_probes(
         self: &Arc<Control>,
         config: ProbeConfig,
         local_ip: std::net::IpAddr,
     ) -> std::io::Result<()> {
-        if !config.enabled {
-            return Ok(());
+        if let Ok(mut current) = self.probe_config.lock() {
+            *current = config;
         }
         let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0))?;
         let control = self.clone();
         std::thread::Builder::new()
             .name("probes".to_string())
-            .spawn(move || control.run_probes(config, socket))?;
+            .spawn(move || control.run_probes(socket))?;
         Ok(())
     }
 
-    fn run_probes(&self, config: ProbeConfig, socket: UdpSocket) {
+    fn run_probes(&self, socket: UdpSocket) {
         let Ok(local) = socket.local_addr() else {
             return;
         };
@@ -129,13 +136,24 @@ impl Control {
         let now = || epoch.elapsed().as_millis() as u64;
         let tag = u64::from(std::process::id()) << 32 | u64::from(local.port());
         let mut routing: Option<Arc<Routing>> = None;
+        let mut config = ProbeConfig::default();
         let mut targets: Vec<(String, SocketAddr)> = Vec::new();
         let mut prober = Prober::new(config.clone(), local, &[], now(), tag);
         let mut events = Vec::new();
         let mut buffer = vec![0u8; 65_536];
         loop {
             let current = self.shards.routing();
-            if !routing.as_ref().is_some_and(|r| Arc::ptr_eq(r, &current)) {
+            let settings = match self.probe_config.lock() {
+                Ok(settings) => settings.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
+            if !settings.enabled {
+                routing = None;
+                std::thread::sleep(Duration::from_millis(250));
+                continue;
+            }
+            if settings != config || !routing.as_ref().is_some_and(|r| Arc::ptr_eq(r, &current)) {
+                config = settings;
                 targets = backends_of(&current);
                 let addresses: Vec<SocketAddr> = targets.iter().map(|(_, a)| *a).collect();
                 prober = Prober::new(config.clone(), local, &addresses, now(), tag);

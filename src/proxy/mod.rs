@@ -180,6 +180,9 @@ struct Core {
     /// Round trips to the backends: each try's request to its first
     /// answer, in microseconds (millisecond resolution).
     rtt_us: Histogram<u64>,
+    /// Server transactions from the request to the final response sent,
+    /// in microseconds (millisecond resolution).
+    duration_us: Histogram<u64>,
     txns: Transactions,
     counters: Counters,
 }
@@ -260,6 +263,8 @@ impl Proxy {
                 next_dialog_sweep: now + DIALOG_SWEEP_MS,
                 rtt_us: Histogram::new_with_bounds(1, RTT_US_MAX, 2)
                     .expect("constant histogram bounds are valid"),
+                duration_us: Histogram::new_with_bounds(1, RTT_US_MAX, 2)
+                    .expect("constant histogram bounds are valid"),
                 txns: Transactions::new(txn, now, seed),
                 counters: Counters::default(),
             },
@@ -336,6 +341,11 @@ impl Proxy {
     /// Round trips to the backends (request to first answer), in µs.
     pub fn transaction_rtt(&self) -> &Histogram<u64> {
         &self.core.rtt_us
+    }
+
+    /// Server transactions' durations (request to final response), in µs.
+    pub fn transaction_duration(&self) -> &Histogram<u64> {
+        &self.core.duration_us
     }
 
     /// The routing new requests use.
@@ -521,6 +531,7 @@ impl Core {
             best: None,
             interval_ms: self.txns.config.timers.t1_ms,
             timers: [None; 2],
+            started_ms: now,
         };
         let Some(slot) = self.txns.servers.insert(server) else {
             return Outcome::Dropped(DropReason::BufferFull);
@@ -1183,6 +1194,12 @@ impl Core {
         if server.state != ServerState::Proceeding {
             return;
         }
+        let took_us = now.saturating_sub(server.started_ms) * 1000;
+        self.duration_us
+            .saturating_record(took_us.clamp(1, RTT_US_MAX));
+        let Some(server) = self.txns.servers.get_mut(slot) else {
+            return;
+        };
         let mut ids = std::mem::take(&mut server.timers);
         let (state, first, second) = match (invite, code) {
             (true, 200..=299) => (

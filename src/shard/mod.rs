@@ -671,6 +671,7 @@ impl Shard {
             self.latency_offered = now;
             stats.offer_latency(&w.latency_ns);
             stats.offer_rtt(self.output.proxy.transaction_rtt());
+            stats.offer_duration(self.output.proxy.transaction_duration());
         }
     }
 

@@ -200,6 +200,9 @@ pub struct Server {
     /// Timer G's current interval.
     pub interval_ms: u32,
     pub timers: [Option<TimerId>; 2],
+    /// When the request arrived: its final response gives the
+    /// transaction's duration (the metrics' histogram).
+    pub started_ms: Millis,
 }
 
 /// One client transaction: one try of a request towards one next hop, or
