@@ -314,3 +314,30 @@ fn an_answered_call_counts_on_its_backend_until_its_bye_and_gives_a_round_trip()
     assert_eq!(member.health.active_dialogs(), 0, "the BYE ends it");
     assert_eq!(lab.proxy.dialogs(), 0);
 }
+
+#[test]
+fn a_set_with_every_member_down_or_draining_answers_503_at_once() {
+    let mut lab = Lab::new(Algorithm::RoundRobin);
+    let routing = lab.proxy.routing().unwrap().clone();
+    let set = routing.set(routing.default_set());
+    set.members[0].health.set_state(crate::balance::State::Down);
+    set.members[1]
+        .health
+        .set_state(crate::balance::State::Draining);
+    assert_eq!(lab.recv(CALLER, &invite("down1")), Outcome::Replied);
+    let answer = lab.one();
+    assert_eq!((answer.code(), answer.to().as_str()), (503, CALLER));
+    assert!(answer.header("Retry-After").is_some(), "{answer:#?}");
+    assert_eq!(lab.proxy.counters().unavailable_rejected, 1);
+    assert_eq!(lab.proxy.transactions(), (0, 0), "nothing waits on a timer");
+    // A draining member still takes what is not a new dialog.
+    let in_dialog = request("BYE", "down0", 2).replace(
+        &format!("To: <sip:+15551230001@{LB}>"),
+        &format!("To: <sip:+15551230001@{LB}>;tag=t9"),
+    );
+    assert_eq!(lab.recv(CALLER, &in_dialog), Outcome::Forwarded);
+    assert_eq!(lab.one().to(), set.members[1].address.to_string());
+    // Back up: new calls flow again.
+    set.members[0].health.set_state(crate::balance::State::Up);
+    assert_eq!(lab.recv(CALLER, &invite("down2")), Outcome::Forwarded);
+}
