@@ -638,20 +638,20 @@ fn rule_spec(
     (rule, places)
 }
 
-/// The `[probes]` table, each value checked against its range.
-fn probes(
-    file: &ProbesFile,
+/// A number that must lie in `range`: out of it is a problem (with the
+/// range and the default as the fix) and the default is used.
+fn ranged(
     problem: &mut impl FnMut(std::ops::Range<usize>, String, &str),
-) -> ProbeConfig {
-    let defaults = ProbeConfig::default();
-    let mut value = |v: &Option<Spanned<u32>>,
-                     name: &str,
-                     range: std::ops::RangeInclusive<u32>,
-                     default: u32| match v {
+    value: &Option<Spanned<u32>>,
+    name: &str,
+    range: std::ops::RangeInclusive<u32>,
+    default: u32,
+) -> u32 {
+    match value {
         Some(v) if !range.contains(v.get_ref()) => {
             problem(
                 v.span(),
-                format!("probes.{name} = {} is out of range", v.get_ref()),
+                format!("{name} = {} is out of range", v.get_ref()),
                 &format!(
                     "use {}..={} (default {default})",
                     range.start(),
@@ -662,6 +662,17 @@ fn probes(
         }
         Some(v) => *v.get_ref(),
         None => default,
+    }
+}
+
+/// The `[probes]` table, each value checked against its range.
+fn probes(
+    file: &ProbesFile,
+    problem: &mut impl FnMut(std::ops::Range<usize>, String, &str),
+) -> ProbeConfig {
+    let defaults = ProbeConfig::default();
+    let mut value = |v: &Option<Spanned<u32>>, name: &str, range, default| {
+        ranged(&mut *problem, v, &format!("probes.{name}"), range, default)
     };
     let interval_ms = value(
         &file.interval_ms,
@@ -717,24 +728,8 @@ fn transactions(
     problem: &mut impl FnMut(std::ops::Range<usize>, String, &str),
 ) -> TxnConfig {
     let defaults = TxnConfig::default();
-    let mut ms = |value: &Option<Spanned<u32>>,
-                  name: &str,
-                  range: std::ops::RangeInclusive<u32>,
-                  default: u32| match value {
-        Some(v) if !range.contains(v.get_ref()) => {
-            problem(
-                v.span(),
-                format!("{name} = {} is out of range", v.get_ref()),
-                &format!(
-                    "use {}..={} (default {default})",
-                    range.start(),
-                    range.end()
-                ),
-            );
-            default
-        }
-        Some(v) => *v.get_ref(),
-        None => default,
+    let mut ms = |value: &Option<Spanned<u32>>, name: &str, range, default| {
+        ranged(&mut *problem, value, name, range, default)
     };
     let t = defaults.timers;
     let timers = TimerConfig {
