@@ -6,67 +6,19 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::Running;
+use support::{http, scenario, screen_count, tempdir, wait_for_listener, Running};
 
 const GATEWAY: &str = "127.0.0.1:16060";
 const ADMIN: &str = "127.0.0.1:16090";
 const BACKENDS: [&str; 2] = ["127.0.0.1:16080", "127.0.0.1:16081"];
 const CALLS: u64 = 600;
 
-fn scenario(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("loadtest/scenarios")
-        .join(name)
-}
-
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sipshard-e2e-admin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temporary directory");
-    dir
-}
-
-/// Waits until the gateway's admin API accepts connections (start-up
-/// includes loading the eBPF program, slower on a busy machine).
-fn wait_for_admin() {
-    let started = std::time::Instant::now();
-    while TcpStream::connect(ADMIN).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "the gateway did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A plain HTTP/1.1 GET; returns the status code and the body.
 fn get(path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(ADMIN).expect("the admin API listens");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("a timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {ADMIN}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("the request is written");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("a response");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    http(ADMIN, "GET", path, "")
 }
 
 /// Every sample of `/metrics`, summed over the shards: name plus the
@@ -119,7 +71,7 @@ fn value(sums: &HashMap<String, f64>, key: &str) -> u64 {
 
 #[test]
 fn metrics_agree_with_sipp_and_bad_paths_get_404() {
-    let dir = tempdir();
+    let dir = tempdir("admin");
     let _backends: Vec<Running> = BACKENDS
         .iter()
         .map(|address| {
@@ -149,7 +101,7 @@ fn metrics_agree_with_sipp_and_bad_paths_get_404() {
             .spawn()
             .expect("the sipshard binary"),
     );
-    wait_for_admin();
+    wait_for_listener(ADMIN);
 
     assert_eq!(get("/healthz"), (200, "ok\n".to_string()));
     assert_eq!(get("/no-such-page").0, 404);
@@ -184,14 +136,7 @@ fn metrics_agree_with_sipp_and_bad_paths_get_404() {
         .read_to_string(&mut screen)
         .expect("SIPp's screen");
     assert!(caller.wait().expect("sipp ends").success(), "{screen}");
-    let count = |label: &str| -> u64 {
-        screen
-            .lines()
-            .find(|l| l.trim_start().starts_with(label))
-            .and_then(|l| l.split('|').nth(2))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no '{label}' in SIPp's output:\n{screen}"))
-    };
+    let count = |label: &str| -> u64 { screen_count(&screen, label) };
     assert_eq!(count("Successful call"), CALLS, "{screen}");
     assert_eq!(count("Failed call"), 0, "{screen}");
 

@@ -6,14 +6,13 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::Running;
+use support::{http, scenario, screen_count, tempdir, wait_for_listener, Running};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -21,21 +20,6 @@ const GATEWAY: &str = "127.0.0.1:17060";
 const ADMIN: &str = "127.0.0.1:17090";
 const A: &str = "127.0.0.1:17080";
 const B: &str = "127.0.0.1:17081";
-
-fn scenario(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("loadtest/scenarios")
-        .join(name)
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "sipshard-e2e-balance-{name}-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).expect("a temporary directory");
-    dir
-}
 
 /// A SIPp backend that also answers OPTIONS (`-aa`), and writes its
 /// counters to `stats` once a second when given.
@@ -108,59 +92,19 @@ fn finish(mut caller: Child) -> (u32, u32) {
         .read_to_string(&mut screen)
         .expect("SIPp's screen");
     let _ = caller.wait();
-    let count = |label: &str| -> u32 {
-        screen
-            .lines()
-            .find(|l| l.trim_start().starts_with(label))
-            .and_then(|l| l.split('|').nth(2))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no '{label}' in SIPp's output:\n{screen}"))
-    };
-    (count("Successful call"), count("Failed call"))
-}
-
-/// Waits until the gateway's admin API accepts connections (start-up
-/// includes loading the eBPF program, slower on a busy machine).
-fn wait_for_admin() {
-    let started = Instant::now();
-    while TcpStream::connect(ADMIN).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "the gateway did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn http(method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(ADMIN).expect("the admin API listens");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("a timeout");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {ADMIN}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    (
+        screen_count(&screen, "Successful call"),
+        screen_count(&screen, "Failed call"),
     )
-    .expect("the request is written");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("a response");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+}
+
+fn api(method: &str, path: &str, body: &str) -> (u16, String) {
+    http(ADMIN, method, path, body)
 }
 
 /// A member's state as `GET /api/v1/sets` gives it.
 fn state(uri: &str) -> Option<String> {
-    let (status, body) = http("GET", "/api/v1/sets", "");
+    let (status, body) = api("GET", "/api/v1/sets", "");
     assert_eq!(status, 200, "{body}");
     let sets: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     sets["sets"]
@@ -208,13 +152,13 @@ fn incoming_calls(stats: &Path) -> u64 {
 #[test]
 fn a_killed_backend_goes_down_and_comes_back_up_while_calls_go_on() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempdir("probes");
+    let dir = tempdir("balance-probes");
     let file = dir.join("sipshard.toml");
     std::fs::write(&file, config(&[A, B], true)).unwrap();
     let _a = backend(A, &dir, None);
     let b = backend(B, &dir, None);
     let _gateway = gateway(&file);
-    wait_for_admin();
+    wait_for_listener(ADMIN);
     // Two probe rounds, so that both backends have answered.
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(state(&format!("sip:{B}")).as_deref(), Some("up"));
@@ -242,33 +186,33 @@ fn a_killed_backend_goes_down_and_comes_back_up_while_calls_go_on() {
 #[test]
 fn a_drained_backend_takes_no_new_calls_and_a_reload_changes_members_mid_run() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempdir("drain");
+    let dir = tempdir("balance-drain");
     let file = dir.join("sipshard.toml");
     std::fs::write(&file, config(&[A], false)).unwrap();
     let stats_a = dir.join("a.csv");
     let _a = backend(A, &dir, Some(&stats_a));
     let _b = backend(B, &dir, None);
     let _gateway = gateway(&file);
-    wait_for_admin();
+    wait_for_listener(ADMIN);
 
     // Calls held 1 s, so some are always in progress.
     let calls = caller(1400, 100, 1000, &dir);
     std::thread::sleep(Duration::from_secs(3));
     // A reload adds B.
     std::fs::write(&file, config(&[A, B], false)).unwrap();
-    let (status, body) = http("POST", "/api/v1/reload", "");
+    let (status, body) = api("POST", "/api/v1/reload", "");
     assert_eq!(status, 200, "{body}");
     assert_eq!(state(&format!("sip:{B}")).as_deref(), Some("up"));
     // A broken file is refused; the running routing stays.
     std::fs::write(&file, "listen = \n").unwrap();
-    let (status, body) = http("POST", "/api/v1/reload", "");
+    let (status, body) = api("POST", "/api/v1/reload", "");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("\"field\":\"config\""), "{body}");
     assert_eq!(state(&format!("sip:{B}")).as_deref(), Some("up"));
     std::fs::write(&file, config(&[A, B], false)).unwrap();
 
     std::thread::sleep(Duration::from_secs(2));
-    let (status, body) = http(
+    let (status, body) = api(
         "PUT",
         &format!("/api/v1/sets/default/members/sip:{A}"),
         r#"{"state": "draining"}"#,
@@ -287,7 +231,7 @@ fn a_drained_backend_takes_no_new_calls_and_a_reload_changes_members_mid_run() {
     // A reload removes A; its calls in progress still end (their BYE
     // follows the Route, not the pool).
     std::fs::write(&file, config(&[B], false)).unwrap();
-    let (status, body) = http("POST", "/api/v1/reload", "");
+    let (status, body) = api("POST", "/api/v1/reload", "");
     assert_eq!(status, 200, "{body}");
     assert_eq!(state(&format!("sip:{A}")), None, "A is gone");
     let (ok, failed) = finish(calls);
@@ -297,11 +241,11 @@ fn a_drained_backend_takes_no_new_calls_and_a_reload_changes_members_mid_run() {
 #[test]
 fn bad_admin_requests_get_400_naming_the_field() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempdir("api");
+    let dir = tempdir("balance-api");
     let file = dir.join("sipshard.toml");
     std::fs::write(&file, config(&[A, B], false)).unwrap();
     let _gateway = gateway(&file);
-    wait_for_admin();
+    wait_for_listener(ADMIN);
     let member = format!("/api/v1/sets/default/members/sip:{A}");
     for (body, field) in [
         (r#"{"state": "sleeping"}"#, "state"),
@@ -310,7 +254,7 @@ fn bad_admin_requests_get_400_naming_the_field() {
         ("not json", "state"),
         ("", "state"),
     ] {
-        let (status, answer) = http("PUT", &member, body);
+        let (status, answer) = api("PUT", &member, body);
         assert_eq!(status, 400, "{body}: {answer}");
         let answer: serde_json::Value = serde_json::from_str(&answer).expect("a JSON error");
         assert_eq!(answer["field"], field, "{body}: {answer}");
@@ -321,15 +265,15 @@ fn bad_admin_requests_get_400_naming_the_field() {
         Some("up"),
         "nothing changed"
     );
-    let (status, _) = http("PUT", "/api/v1/sets/nope/members/0", r#"{"state": "up"}"#);
+    let (status, _) = api("PUT", "/api/v1/sets/nope/members/0", r#"{"state": "up"}"#);
     assert_eq!(status, 404);
-    let (status, _) = http(
+    let (status, _) = api(
         "PUT",
         "/api/v1/sets/default/members/7",
         r#"{"state": "up"}"#,
     );
     assert_eq!(status, 404);
-    let (status, body) = http(
+    let (status, body) = api(
         "PUT",
         "/api/v1/sets/default/members/1",
         r#"{"state": "down"}"#,

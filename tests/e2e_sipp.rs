@@ -14,12 +14,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::Running;
+use support::{scenario, screen_count, tempdir, Running};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -28,12 +28,6 @@ const BACKENDS: [&str; 2] = ["127.0.0.1:15080", "127.0.0.1:15081"];
 const CALLER_PORT: &str = "15070";
 const CALLS: u32 = 2000;
 const RATE: u32 = 200;
-
-fn scenario(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("loadtest/scenarios")
-        .join(name)
-}
 
 fn sipp() -> Command {
     let mut command = Command::new("sipp");
@@ -145,14 +139,7 @@ fn run_caller(scenario_file: &str, lost: u32, dir: &Path) -> Outcome {
         .output()
         .expect("sipp runs");
     let screen = String::from_utf8_lossy(&output.stdout);
-    let count = |label: &str| -> u32 {
-        screen
-            .lines()
-            .find(|l| l.trim_start().starts_with(label))
-            .and_then(|l| l.split('|').nth(2))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no '{label}' in SIPp's output:\n{screen}"))
-    };
+    let count = |label: &str| -> u32 { screen_count(&screen, label) };
     let table = screen
         .lines()
         .skip_while(|l| !l.contains("Messages  Retrans"))
@@ -228,12 +215,6 @@ impl Run<'_> {
             took => Err(format!("took {took:?}")),
         }
     }
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sipshard-e2e-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 // Each I/O path (forced with --io) with 1 and 2 shards.

@@ -1,6 +1,12 @@
-//! What the end-to-end tests share.
+//! What the end-to-end tests share. Each test binary uses a part of it.
+#![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 /// A child process killed when the test ends, pass or fail.
 pub struct Running(pub Child);
@@ -10,4 +16,68 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A bundled SIPp scenario.
+pub fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("loadtest/scenarios")
+        .join(name)
+}
+
+/// A directory of this test process for SIPp's files.
+pub fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sipshard-e2e-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
+}
+
+/// A count from SIPp's summary screen (`label`'s cumulative column).
+pub fn screen_count<T: FromStr>(screen: &str, label: &str) -> T {
+    screen
+        .lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .and_then(|l| l.split('|').nth(2))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no '{label}' in SIPp's output:\n{screen}"))
+}
+
+/// Waits until `address` accepts TCP connections: the gateway's admin API
+/// (start-up includes loading the eBPF program, slower on a busy machine).
+pub fn wait_for_listener(address: &str) {
+    let started = Instant::now();
+    while TcpStream::connect(address).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the gateway did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A plain HTTP/1.1 request to `address`; returns the status and the body.
+pub fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("the admin API listens");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a timeout");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("the request is written");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("a response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
