@@ -356,18 +356,7 @@ pub fn backends_routing(
     algorithm: balance::Algorithm,
     previous: Option<&Routing>,
 ) -> Result<Routing, String> {
-    let spec = balance::RoutingSpec {
-        sets: vec![balance::SetSpec {
-            name: "default".to_string(),
-            algorithm,
-            members: backends
-                .iter()
-                .map(|&a| balance::MemberSpec::new(format!("sip:{a}"), a))
-                .collect(),
-        }],
-        rules: Vec::new(),
-        default_set: "default".to_string(),
-    };
+    let spec = balance::RoutingSpec::one_set(algorithm, backends);
     Routing::build(&spec, previous).map_err(|errors| {
         errors
             .iter()

@@ -233,11 +233,7 @@ fn run(args: RunArgs) -> ExitCode {
     }
     // `--backend` and `--algorithm` replace the file's routing with one set.
     if !args.backends.is_empty() || args.algorithm.is_some() {
-        let algorithm = match config.algorithm {
-            Algorithm::RoundRobin => sipshard::balance::Algorithm::RoundRobin,
-            Algorithm::CallIdHash => sipshard::balance::Algorithm::CallIdHash,
-        };
-        match config::backends_routing(&config.backends, algorithm, None) {
+        match config::backends_routing(&config.backends, config.algorithm.into(), None) {
             Ok(routing) => config.routing = std::sync::Arc::new(routing),
             Err(why) => {
                 eprintln!("sipshard: --backend: {why}");

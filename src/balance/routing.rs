@@ -159,6 +159,25 @@ pub struct MemberSpec {
     pub attrs: BTreeMap<String, String>,
 }
 
+impl RoutingSpec {
+    /// One set, "default", of `backends` at weight 1 and no rules: the
+    /// pool the command line's `--backend`s describe.
+    pub fn one_set(algorithm: Algorithm, backends: &[SocketAddr]) -> Self {
+        RoutingSpec {
+            sets: vec![SetSpec {
+                name: "default".to_string(),
+                algorithm,
+                members: backends
+                    .iter()
+                    .map(|&a| MemberSpec::new(format!("sip:{a}"), a))
+                    .collect(),
+            }],
+            rules: Vec::new(),
+            default_set: "default".to_string(),
+        }
+    }
+}
+
 impl MemberSpec {
     /// A member with the defaults: weight 1, priority 0, no attributes.
     pub fn new(uri: impl Into<String>, address: SocketAddr) -> Self {

@@ -21,8 +21,7 @@ use std::sync::Arc;
 use crate::sip::host_ip;
 
 use crate::balance::{
-    self, ActiveDialog, Keys, MemberHealth, MemberSpec, Routing, RoutingSpec, Selection, Selector,
-    SetId, SetSpec,
+    self, ActiveDialog, Keys, MemberHealth, Routing, RoutingSpec, Selection, Selector, SetId,
 };
 use crate::sip::lex::{fnv1a, hex16};
 use crate::sip::{
@@ -41,6 +40,15 @@ pub enum Algorithm {
     RoundRobin,
     /// Every request of a call to the same backend: hash of Call-ID.
     CallIdHash,
+}
+
+impl From<Algorithm> for balance::Algorithm {
+    fn from(algorithm: Algorithm) -> Self {
+        match algorithm {
+            Algorithm::RoundRobin => balance::Algorithm::RoundRobin,
+            Algorithm::CallIdHash => balance::Algorithm::CallIdHash,
+        }
+    }
 }
 
 /// What the stateless path does with a datagram; bytes are in the buffer.
@@ -225,21 +233,7 @@ impl Proxy {
     ) -> Proxy {
         let mut backends = backends;
         backends.truncate(BACKENDS_MAX);
-        let spec = RoutingSpec {
-            sets: vec![SetSpec {
-                name: "default".to_string(),
-                algorithm: match algorithm {
-                    Algorithm::RoundRobin => balance::Algorithm::RoundRobin,
-                    Algorithm::CallIdHash => balance::Algorithm::CallIdHash,
-                },
-                members: backends
-                    .iter()
-                    .map(|&a| MemberSpec::new(format!("sip:{a}"), a))
-                    .collect(),
-            }],
-            rules: Vec::new(),
-            default_set: "default".to_string(),
-        };
+        let spec = RoutingSpec::one_set(algorithm.into(), &backends);
         let routing = Routing::build(&spec, None).ok().map(Arc::new);
         Proxy::with_routing(scanner, local, routing, txn, now, seed)
     }

@@ -564,7 +564,7 @@ impl Shard {
             for &r in &ready {
                 self.output.counters.received += 1;
                 match uring.datagram(r) {
-                    Some((source, datagram)) => self.output.dispatch_counted(
+                    Some((source, datagram)) => self.output.dispatch(
                         self.index,
                         &self.shared,
                         source,
@@ -694,13 +694,8 @@ impl Shard {
                     self.output.counters.truncated += 1;
                     continue;
                 };
-                self.output.dispatch_counted(
-                    self.index,
-                    &self.shared,
-                    source,
-                    datagram,
-                    received_at,
-                );
+                self.output
+                    .dispatch(self.index, &self.shared, source, datagram, received_at);
             }
             self.output.ring_owners(&self.shared);
             if count < sys::BATCH {
@@ -784,22 +779,9 @@ impl Shard {
 }
 
 impl Output {
-    /// Counts a received datagram by method or status class, then
-    /// [`Output::dispatch`]es it.
-    fn dispatch_counted(
-        &mut self,
-        index: usize,
-        shared: &Shared,
-        source: SocketAddr,
-        datagram: &[u8],
-        received_at: Instant,
-    ) {
-        self.counters.messages.count(metrics::classify(datagram));
-        self.dispatch(index, shared, source, datagram, received_at);
-    }
-
-    /// Handles a received datagram here when this shard owns its call, else
-    /// hands it to the owner's inbox and marks the owner to be rung.
+    /// Counts a received datagram by method or status class, and handles
+    /// it here when this shard owns its call, else hands it to the owner's
+    /// inbox and marks the owner to be rung.
     fn dispatch(
         &mut self,
         index: usize,
@@ -808,6 +790,7 @@ impl Output {
         datagram: &[u8],
         received_at: Instant,
     ) {
+        self.counters.messages.count(metrics::classify(datagram));
         let shards = shared.inboxes.len() as u64;
         let owner = find_call_id(datagram).map_or(index, |id| (fnv1a(&[id]) % shards) as usize);
         if owner == index {
