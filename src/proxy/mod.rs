@@ -13,6 +13,7 @@
 //! milliseconds, so every path is tested with a fake clock.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
@@ -23,13 +24,13 @@ use crate::sip::host_ip;
 use crate::balance::{
     self, ActiveDialog, Keys, MemberHealth, Routing, RoutingSpec, Selection, Selector, SetId,
 };
-use crate::sip::lex::{fnv1a, hex16};
+use crate::sip::lex::{hex16, key_hash};
 use crate::sip::{
     write_rejection, write_response, Answer, EditError, Editor, Fault, Forward, HopMethod,
     LocalAddress, LocalResponse, Message, Method, Scanner, StartLine, Via, MAGIC_COOKIE,
 };
 use crate::txn::{
-    CancelState, Client, ClientState, Millis, Server, ServerState, Slot, Target, Timer,
+    CancelState, Client, ClientState, KeyHasher, Millis, Server, ServerState, Slot, Target, Timer,
     Transactions, TxnConfig,
 };
 
@@ -183,7 +184,7 @@ struct Core {
     selector: Selector,
     /// Dialogs set up through a pool member, by Call-ID hash: each holds
     /// one count of its member's active calls (least-calls) until its BYE.
-    dialogs: HashMap<u64, Dialog>,
+    dialogs: HashMap<u64, Dialog, BuildHasherDefault<KeyHasher>>,
     next_dialog_sweep: Millis,
     /// Round trips to the backends: each try's request to its first
     /// answer, in microseconds (millisecond resolution).
@@ -253,7 +254,13 @@ impl Proxy {
                 editor: Editor::new(local),
                 routing: routing.as_ref().map(private),
                 selector: Selector::new(),
-                dialogs: HashMap::new(),
+                // Room for as many dialogs as transactions (the bound
+                // `dialog_started` keeps), so the map never grows on the
+                // packet path.
+                dialogs: HashMap::with_capacity_and_hasher(
+                    txn.max_transactions,
+                    BuildHasherDefault::default(),
+                ),
                 next_dialog_sweep: now + DIALOG_SWEEP_MS,
                 rtt_us: Histogram::new_with_bounds(1, RTT_US_MAX, 2)
                     .expect("constant histogram bounds are valid"),
@@ -402,10 +409,10 @@ impl Core {
             message.cseq().method_text
         };
         match via.branch.filter(|_| via.has_magic_cookie()) {
-            Some(branch) => fnv1a(&[&self.txns.seed, branch, via.host, &port, method]),
+            Some(branch) => key_hash(&[&self.txns.seed, branch, via.host, &port, method]),
             // RFC 2543 matching: the ACK's To tag is the response's, so
             // it stays out of an INVITE-class key.
-            None => fnv1a(&[
+            None => key_hash(&[
                 &self.txns.seed,
                 message.request_uri().map_or(&[][..], |u| u.opaque),
                 if as_invite {
@@ -451,7 +458,8 @@ impl Core {
             _ => {}
         }
         if method == Method::Bye {
-            self.dialogs.remove(&fnv1a(&[message.call_id()]));
+            self.dialogs
+                .remove(&key_hash(&[&self.txns.seed, message.call_id()]));
         }
         let key = match method {
             Method::Invite => invite_key,
@@ -532,7 +540,7 @@ impl Core {
         };
         self.txns.server_keys.insert(key, slot);
         self.counters.transactions_started += 1;
-        if self.try_next(now, slot, tx) {
+        if self.try_next(now, slot, Some((message, &branch_key)), tx) {
             Outcome::Forwarded
         } else {
             // Not even a first try could be written (the forwarded request
@@ -707,7 +715,16 @@ impl Core {
     /// Starts the next try of a server transaction: picks a destination
     /// not tried yet, forwards the request there with a new branch, arms
     /// the client timers. False when nothing is left to try.
-    fn try_next(&mut self, now: Millis, slot: Slot, tx: &mut impl Transmit) -> bool {
+    ///
+    /// `first` is the request as it arrived, with its branch key, on the
+    /// first try: the stored copy is scanned again only for a failover.
+    fn try_next(
+        &mut self,
+        now: Millis,
+        slot: Slot,
+        first: Option<(&Message<'_>, &[u8; 33])>,
+        tx: &mut impl Transmit,
+    ) -> bool {
         let Some(server) = self.txns.servers.get_mut(slot) else {
             return false;
         };
@@ -718,10 +735,25 @@ impl Core {
             return false;
         }
         let sticky = server.sticky;
-        let request = std::mem::take(&mut server.request);
-        let Ok(original) = self.rescanner.scan(&request) else {
-            server.request = request;
-            return false;
+        // The stored copy is taken out while it is read, so that the
+        // transaction table stays free to borrow; it goes back below.
+        let request = match first {
+            Some(_) => Vec::new(),
+            None => std::mem::take(&mut server.request),
+        };
+        let rescan;
+        let (original, first_branch_key) = match first {
+            Some((message, key)) => (message, Some(key)),
+            None => match self.rescanner.scan(&request) {
+                Ok(message) => {
+                    rescan = message;
+                    (&rescan, None)
+                }
+                Err(_) => {
+                    server.request = request;
+                    return false;
+                }
+            },
         };
         let chosen = match &mut server.target {
             Target::Fixed(addr) if server.tries == 0 => Some((*addr, None)),
@@ -758,7 +790,9 @@ impl Core {
             Target::Fixed(_) => None,
         };
         let Some((to, backend)) = chosen else {
-            server.request = request;
+            if first.is_none() {
+                server.request = request;
+            }
             return false;
         };
         server.tries += 1;
@@ -768,7 +802,9 @@ impl Core {
         self.txns.next_id = self.txns.next_id.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let id = self.txns.next_id;
         let written = {
-            let mut branch_key = branch_key(&original);
+            let mut branch_key = first_branch_key
+                .copied()
+                .unwrap_or_else(|| branch_key(original));
             branch_key[..16].copy_from_slice(&hex16(id));
             let method = original.method().unwrap_or(Method::Other);
             let forward = Forward {
@@ -777,13 +813,15 @@ impl Core {
                 record_route: original.to().tag.is_none() && method.creates_dialog(),
             };
             self.editor
-                .forward_request(&original, &forward, tx.buffer())
+                .forward_request(original, &forward, tx.buffer())
                 .ok()
                 .map(|len| (len, branch_key))
         };
 
-        if let Some(server) = self.txns.servers.get_mut(slot) {
-            server.request = request;
+        if first.is_none() {
+            if let Some(server) = self.txns.servers.get_mut(slot) {
+                server.request = request;
+            }
         }
         let Some((len, branch_key)) = written else {
             return false;
@@ -951,7 +989,7 @@ impl Core {
         if let Some(health) = member_health(&self.txns.servers, server, backend) {
             let active = health.clone().dialog_started();
             self.dialogs.insert(
-                fnv1a(&[message.call_id()]),
+                key_hash(&[&self.txns.seed, message.call_id()]),
                 Dialog {
                     _active: active,
                     started_ms: now,
@@ -1075,7 +1113,7 @@ impl Core {
                 }
             }
         }
-        if failover_code && self.try_next(now, server_slot, tx) {
+        if failover_code && self.try_next(now, server_slot, None, tx) {
             return Outcome::Absorbed;
         }
         self.answer_final(now, server_slot, tx);
@@ -1124,7 +1162,7 @@ impl Core {
             return;
         }
         // A try we cancelled (Timer C) is not a backend failure.
-        if cancelled || !self.try_next(now, server, tx) {
+        if cancelled || !self.try_next(now, server, None, tx) {
             self.answer_final(now, server, tx);
         }
     }
@@ -1249,8 +1287,17 @@ impl Core {
             Ok(len) => len,
             Err(_) => return Outcome::Dropped(DropReason::BufferFull),
         };
-        server.response.clear();
-        server.response.extend_from_slice(&tx.buffer()[..len]);
+        // An INVITE's 2xx is not kept: the transaction moves to Accepted,
+        // which answers nothing itself (RFC 6026); the backend retransmits
+        // its 2xx, and each copy passes through.
+        let accepted = server.invite
+            && message
+                .status_code()
+                .is_some_and(|c| (200..300).contains(&c));
+        if !accepted {
+            server.response.clear();
+            server.response.extend_from_slice(&tx.buffer()[..len]);
+        }
         tx.send(server.reply_to, len);
         self.counters.responses_forwarded += 1;
         Outcome::Forwarded
@@ -1461,8 +1508,8 @@ fn branch_key(message: &Message<'_>) -> [u8; 33] {
     let via = message.top_via();
     let port = via.port.unwrap_or(5060).to_be_bytes();
     let transaction = match via.branch.filter(|_| via.has_magic_cookie()) {
-        Some(branch) => fnv1a(&[branch, via.host, &port]),
-        None => fnv1a(&[
+        Some(branch) => key_hash(&[branch, via.host, &port]),
+        None => key_hash(&[
             message.request_uri().map_or(&[][..], |u| u.opaque),
             message.to().tag.unwrap_or_default(),
             message.from().tag.unwrap_or_default(),
@@ -1478,7 +1525,7 @@ fn branch_key(message: &Message<'_>) -> [u8; 33] {
 }
 
 fn loop_hash(message: &Message<'_>) -> [u8; 16] {
-    hex16(fnv1a(&[
+    hex16(key_hash(&[
         message.request_uri().map_or(&[][..], |u| u.opaque),
         message.to().tag.unwrap_or_default(),
         message.from().tag.unwrap_or_default(),
