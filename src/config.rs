@@ -16,6 +16,7 @@ use toml::Spanned;
 use crate::balance::{
     self, Cidr, MemberSpec, Routing, RoutingError, RoutingSpec, RuleSpec, SetSpec,
 };
+use crate::proxy::overload::OverloadConfig;
 use crate::proxy::Algorithm;
 use std::sync::Arc;
 
@@ -51,6 +52,8 @@ pub struct File {
     pub transactions: TransactionsFile,
     #[serde(default)]
     pub probes: ProbesFile,
+    #[serde(default)]
+    pub overload: OverloadFile,
     /// The set for requests no route matches; default `"default"` (the
     /// `[backends]` pool). A top-level key: write it before any table.
     pub default_set: Option<Spanned<String>>,
@@ -84,6 +87,22 @@ pub struct LimitsFile {
     pub headers_max: Option<usize>,
     pub header_line_bytes_max: Option<usize>,
     pub via_values_max: Option<usize>,
+}
+
+/// Overload control: when a shard sheds new INVITEs and REGISTERs.
+/// Percentages, so the file holds whole numbers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverloadFile {
+    pub enabled: Option<bool>,
+    pub window_ms: Option<Spanned<u32>>,
+    pub busy_high_pct: Option<Spanned<u32>>,
+    pub busy_low_pct: Option<Spanned<u32>>,
+    pub transactions_high_pct: Option<Spanned<u32>>,
+    pub transactions_low_pct: Option<Spanned<u32>>,
+    pub queue_high_pct: Option<Spanned<u32>>,
+    pub queue_low_pct: Option<Spanned<u32>>,
+    pub reject_per_s: Option<Spanned<u32>>,
 }
 
 /// Health probes: OPTIONS to every backend (off unless `enabled`).
@@ -301,6 +320,7 @@ pub fn parse_with_routing(
     }
     let txn = transactions(&file.transactions, &mut problem);
     let probes = probes(&file.probes, &mut problem);
+    let overload = overload(&file.overload, &mut problem);
     let admin = match &file.admin {
         None => None,
         Some(admin) => match admin.get_ref().parse::<SocketAddr>() {
@@ -341,6 +361,7 @@ pub fn parse_with_routing(
                 admin,
                 probes,
                 routing: routing.clone(),
+                overload,
             };
             Ok((config, routing))
         }
@@ -651,6 +672,92 @@ fn ranged(
         }
         Some(v) => *v.get_ref(),
         None => default,
+    }
+}
+
+/// The `[overload]` table: each value in its range, each low mark under
+/// its high mark.
+fn overload(
+    file: &OverloadFile,
+    problem: &mut impl FnMut(std::ops::Range<usize>, String, &str),
+) -> OverloadConfig {
+    let d = OverloadConfig::default();
+    let pct = |f: f64| (f * 100.0).round() as u32;
+    let mut value = |v: &Option<Spanned<u32>>, name: &str, range, default| {
+        ranged(
+            &mut *problem,
+            v,
+            &format!("overload.{name}"),
+            range,
+            default,
+        )
+    };
+    let window_ms = value(
+        &file.window_ms,
+        "window_ms",
+        10..=10_000,
+        d.window_ms as u32,
+    );
+    let reject_per_s = value(
+        &file.reject_per_s,
+        "reject_per_s",
+        0..=1_000_000,
+        d.reject_per_s,
+    );
+    let mut pair = |high: &Option<Spanned<u32>>, low: &Option<Spanned<u32>>, name: &str, dh, dl| {
+        let h = value(high, &format!("{name}_high_pct"), 1..=100, pct(dh));
+        let l = value(low, &format!("{name}_low_pct"), 0..=100, pct(dl));
+        (h, l)
+    };
+    let busy = pair(
+        &file.busy_high_pct,
+        &file.busy_low_pct,
+        "busy",
+        d.busy_high,
+        d.busy_low,
+    );
+    let transactions = pair(
+        &file.transactions_high_pct,
+        &file.transactions_low_pct,
+        "transactions",
+        d.transactions_high,
+        d.transactions_low,
+    );
+    let queue = pair(
+        &file.queue_high_pct,
+        &file.queue_low_pct,
+        "queue",
+        d.queue_high,
+        d.queue_low,
+    );
+    for ((high, low), name, span) in [
+        (busy, "busy", file.busy_low_pct.as_ref()),
+        (
+            transactions,
+            "transactions",
+            file.transactions_low_pct.as_ref(),
+        ),
+        (queue, "queue", file.queue_low_pct.as_ref()),
+    ] {
+        if low >= high {
+            problem(
+                span.map_or(0..0, |s| s.span()),
+                format!("overload.{name}_low_pct = {low} is not below {name}_high_pct = {high}"),
+                "the low mark (where overload ends) must be under the high mark (where it starts)",
+            );
+        }
+    }
+    let fraction = |p: u32| f64::from(p) / 100.0;
+    OverloadConfig {
+        enabled: file.enabled.unwrap_or(d.enabled),
+        window_ms: u64::from(window_ms),
+        busy_high: fraction(busy.0),
+        busy_low: fraction(busy.1),
+        transactions_high: fraction(transactions.0),
+        transactions_low: fraction(transactions.1),
+        queue_high: fraction(queue.0),
+        queue_low: fraction(queue.1),
+        reject_per_s,
     }
 }
 

@@ -192,6 +192,7 @@ fn run(args: RunArgs) -> ExitCode {
                 )
                 .expect("two loopback backends make a valid set"),
             ),
+            overload: sipshard::proxy::overload::OverloadConfig::default(),
         },
     };
     if let Some(io) = args.io {

@@ -505,7 +505,7 @@ pub enum Action {
 
 /// The counters as an array in declaration order. Destructured, so that a
 /// new counter fails to compile here until the accounting below knows it.
-fn counter_array(c: &Counters) -> [u64; 11] {
+fn counter_array(c: &Counters) -> [u64; 12] {
     // Transaction counters (tries, timers, CANCEL) are not outcomes of a
     // datagram: each datagram here meets an empty transaction table.
     let Counters {
@@ -520,6 +520,7 @@ fn counter_array(c: &Counters) -> [u64; 11] {
         dropped_unresolved,
         dropped_buffer_full,
         dropped_no_backend,
+        shed_dropped,
         requests_sent: _,
         transactions_started: _,
         retransmissions_absorbed: _,
@@ -534,6 +535,8 @@ fn counter_array(c: &Counters) -> [u64; 11] {
         unreachable: _,
         overload_rejected: _,
         unavailable_rejected: _,
+        shed_rejected: _,
+        local_acks_absorbed: _,
     } = *c;
     [
         requests_forwarded,
@@ -547,6 +550,7 @@ fn counter_array(c: &Counters) -> [u64; 11] {
         dropped_unresolved,
         dropped_buffer_full,
         dropped_no_backend,
+        shed_dropped,
     ]
 }
 
@@ -573,6 +577,7 @@ fn outcome_counter(action: &Action, input_is_request: Option<bool>) -> usize {
             DropReason::UnresolvedNextHop => 8,
             DropReason::BufferFull => 9,
             DropReason::NoBackend => 10,
+            DropReason::Overloaded => 11,
         },
     }
 }
@@ -685,7 +690,7 @@ pub struct ProxyRun {
     handled: u64,
     /// Outcome counts the timers added between datagrams.
     timer_outcomes: u64,
-    counters: [u64; 11],
+    counters: [u64; 12],
     /// The backend of the last round-robin pick: the next must differ.
     last_round_robin: Option<SocketAddr>,
     /// The backend each Call-ID hashed to.
@@ -702,7 +707,7 @@ impl ProxyRun {
             out: vec![0u8; OUT_BYTES],
             handled: 0,
             timer_outcomes: 0,
-            counters: [0; 11],
+            counters: [0; 12],
             last_round_robin: None,
             hashed: HashMap::new(),
         }
@@ -720,7 +725,7 @@ impl ProxyRun {
         assert_eq!(self.proxy.transactions(), (0, 0), "every transaction ended");
         // Timers retransmit, fail over and answer: not this datagram's doing.
         let after_timers = counter_array(self.proxy.counters());
-        let outcomes = |c: &[u64; 11]| -> u64 {
+        let outcomes = |c: &[u64; 12]| -> u64 {
             c.iter()
                 .enumerate()
                 .filter(|&(i, _)| i != LOOPS_DETECTED)

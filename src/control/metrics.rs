@@ -67,6 +67,11 @@ pub enum Stat {
     DroppedUnresolved,
     DroppedBufferFull,
     DroppedNoBackend,
+    Overloaded,
+    OverloadEntered,
+    ShedRejected,
+    ShedDropped,
+    LocalAcksAbsorbed,
 }
 
 /// A stat's family name, help, type and its one distinguishing label.
@@ -78,7 +83,7 @@ struct Meta {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 36] = [
+    pub const ALL: [Stat; 41] = [
         Stat::Received,
         Stat::Sent,
         Stat::HandedOff,
@@ -115,6 +120,11 @@ impl Stat {
         Stat::DroppedUnresolved,
         Stat::DroppedBufferFull,
         Stat::DroppedNoBackend,
+        Stat::Overloaded,
+        Stat::OverloadEntered,
+        Stat::ShedRejected,
+        Stat::ShedDropped,
+        Stat::LocalAcksAbsorbed,
     ];
 
     fn meta(self) -> Meta {
@@ -199,6 +209,31 @@ impl Stat {
             Stat::UnavailableRejected => (
                 "unavailable_rejected_total",
                 "New requests answered 503 because no member of their set could take them.",
+                Counter,
+                None,
+            ),
+            Stat::Overloaded => (
+                "overloaded",
+                "1 while the shard sheds new INVITEs and REGISTERs (busy, table or queue past its high mark).",
+                Gauge,
+                None,
+            ),
+            Stat::OverloadEntered => ("overload_entered_total", "Times the shard became overloaded.", Counter, None),
+            Stat::ShedRejected => (
+                "shed_total",
+                "New INVITEs and REGISTERs turned away while overloaded.",
+                Counter,
+                Some(("action", "503")),
+            ),
+            Stat::ShedDropped => (
+                "shed_total",
+                "New INVITEs and REGISTERs turned away while overloaded.",
+                Counter,
+                Some(("action", "dropped")),
+            ),
+            Stat::LocalAcksAbsorbed => (
+                "local_acks_absorbed_total",
+                "ACKs for the gateway's own final answers (503, 483, ...), absorbed rather than forwarded.",
                 Counter,
                 None,
             ),

@@ -25,14 +25,17 @@ use crate::balance::{
     self, ActiveDialog, Keys, MemberHealth, Routing, RoutingSpec, Selection, Selector, SetId,
 };
 use crate::sip::lex::{hex16, key_hash};
+
+pub mod overload;
 use crate::sip::{
-    write_rejection, write_response, Answer, EditError, Editor, Fault, Forward, HopMethod,
-    LocalAddress, LocalResponse, Message, Method, Scanner, StartLine, Via, MAGIC_COOKIE,
+    local_to_tag, write_rejection, write_response, Answer, EditError, Editor, Fault, Forward,
+    HopMethod, LocalAddress, LocalResponse, Message, Method, Scanner, StartLine, Via, MAGIC_COOKIE,
 };
 use crate::txn::{
     CancelState, Client, ClientState, KeyHasher, Millis, Server, ServerState, Slot, Target, Timer,
     Transactions, TxnConfig,
 };
+use overload::{OverloadConfig, RejectBudget};
 
 /// How an initial request picks its backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +84,8 @@ pub enum DropReason {
     BufferFull,
     /// No backend is configured.
     NoBackend,
+    /// A new INVITE or REGISTER while overloaded, past the 503 budget.
+    Overloaded,
 }
 
 /// Counters by outcome, read by the shard for its statistics.
@@ -119,6 +124,12 @@ pub struct Counters {
     /// New requests answered 503 because no member of their set may take
     /// them (all down, draining or probing).
     pub unavailable_rejected: u64,
+    /// New INVITEs and REGISTERs answered 503 while the shard was
+    /// overloaded, and those dropped past the 503 budget.
+    pub shed_rejected: u64,
+    pub shed_dropped: u64,
+    /// ACKs for the proxy's own final answers, absorbed.
+    pub local_acks_absorbed: u64,
 }
 
 /// Where the proxy core writes what it sends: a buffer for the next
@@ -177,6 +188,11 @@ pub struct Proxy {
 struct Core {
     /// Scans requests stored in transactions (local answers, new tries).
     rescanner: Scanner,
+    /// The share of new INVITEs and REGISTERs the shard admits (1.0 unless
+    /// overloaded), and the admissions it has earned toward the next one.
+    admit: f64,
+    admit_credit: f64,
+    reject_budget: RejectBudget,
     editor: Editor,
     /// Destination sets and rules; `None`: no backend at all.
     routing: Option<Arc<Routing>>,
@@ -262,6 +278,9 @@ impl Proxy {
                     BuildHasherDefault::default(),
                 ),
                 next_dialog_sweep: now + DIALOG_SWEEP_MS,
+                admit: 1.0,
+                admit_credit: 0.0,
+                reject_budget: RejectBudget::new(OverloadConfig::default().reject_per_s, now),
                 rtt_us: Histogram::new_with_bounds(1, RTT_US_MAX, 2)
                     .expect("constant histogram bounds are valid"),
                 duration_us: Histogram::new_with_bounds(1, RTT_US_MAX, 2)
@@ -354,6 +373,16 @@ impl Proxy {
         self.core.routing.as_ref()
     }
 
+    /// The share of new INVITEs and REGISTERs to admit, from the shard's
+    /// [`overload::Detector`]: below 1.0, those not admitted get at most
+    /// `reject_per_s` 503s a second and are dropped past them.
+    pub fn set_admission(&mut self, admit: f64, reject_per_s: u32, now: Millis) {
+        if admit < 1.0 && self.core.admit >= 1.0 {
+            self.core.reject_budget = RejectBudget::new(reject_per_s, now);
+        }
+        self.core.admit = admit.clamp(0.0, 1.0);
+    }
+
     /// Dialogs counted on their backends now.
     pub fn dialogs(&self) -> usize {
         self.core.dialogs.len()
@@ -393,6 +422,7 @@ impl Core {
                     DropReason::UnresolvedNextHop => &mut c.dropped_unresolved,
                     DropReason::BufferFull => &mut c.dropped_buffer_full,
                     DropReason::NoBackend => &mut c.dropped_no_backend,
+                    DropReason::Overloaded => &mut c.shed_dropped,
                 } += 1;
             }
         }
@@ -446,6 +476,14 @@ impl Core {
                         return Outcome::Absorbed;
                     }
                 }
+                // The ACK for a final answer of our own (a 503 while
+                // overloaded, a 483, ...): no one downstream knows it.
+                let from_tag = message.from().tag.unwrap_or_default();
+                let ours = local_to_tag(message.call_id(), from_tag);
+                if message.to().tag == Some(&ours[..]) {
+                    self.counters.local_acks_absorbed += 1;
+                    return Outcome::Absorbed;
+                }
                 return self.stateless(message, source, tx);
             }
             Method::Cancel => {
@@ -467,6 +505,19 @@ impl Core {
         };
         if let Some(&slot) = self.txns.server_keys.get(&key) {
             return self.retransmitted_request(slot, tx);
+        }
+        if self.admit < 1.0
+            && matches!(method, Method::Invite | Method::Register)
+            && message.to().tag.is_none()
+        {
+            // Admit an even `admit` share: each new request earns that
+            // much credit, and a whole credit buys an admission.
+            self.admit_credit += self.admit;
+            if self.admit_credit >= 1.0 {
+                self.admit_credit -= 1.0;
+            } else {
+                return self.shed(now, message, source, tx);
+            }
         }
         let branch_key = branch_key(message);
         if is_loop(self.editor.local(), message, &branch_key[17..]) {
@@ -547,6 +598,25 @@ impl Core {
             // would not fit): nothing to keep.
             self.txns.remove_server(slot);
             Outcome::Dropped(DropReason::BufferFull)
+        }
+    }
+
+    /// A new INVITE or REGISTER while the shard is overloaded: 503 with
+    /// Retry-After while this second's budget of them lasts, else dropped
+    /// (see [`overload`]).
+    fn shed(
+        &mut self,
+        now: Millis,
+        message: &Message<'_>,
+        source: SocketAddr,
+        tx: &mut impl Transmit,
+    ) -> Outcome {
+        if self.reject_budget.take(now) {
+            self.counters.shed_rejected += 1;
+            let busy = LocalResponse::service_unavailable(self.txns.config.retry_after_s);
+            reply(message, source, &busy, tx)
+        } else {
+            Outcome::Dropped(DropReason::Overloaded)
         }
     }
 

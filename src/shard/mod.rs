@@ -28,6 +28,8 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
+
+use crate::proxy::overload::{Detector, Load, OverloadConfig};
 use hdrhistogram::Histogram;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -70,6 +72,8 @@ pub struct Config {
     /// Destination sets and rules: what the shards route by. `backends`
     /// and `algorithm` above describe its default set.
     pub routing: Arc<Routing>,
+    /// When a shard stops admitting new calls.
+    pub overload: OverloadConfig,
 }
 
 /// Which receive loop the shards run.
@@ -267,6 +271,8 @@ impl Runtime {
                 random_seed(),
             );
             let shared = shared.clone();
+            let overload = config.overload.clone();
+            let max_transactions = config.txn.max_transactions;
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{index}"))
                 .spawn(move || {
@@ -279,7 +285,15 @@ impl Runtime {
                             );
                         }
                     }
-                    let mut shard = Shard::new(index, socket, own_socket, proxy, shared);
+                    let mut shard = Shard::new(
+                        index,
+                        socket,
+                        own_socket,
+                        proxy,
+                        shared,
+                        overload,
+                        max_transactions,
+                    );
                     if let Err(error) = shard.run(use_uring) {
                         tracing::error!(shard = index, %error, "shard stopped on an I/O error");
                     }
@@ -408,6 +422,12 @@ struct Shard {
     latency_offered: Instant,
     /// The `Shared::routing_generation` this shard's proxy routes by.
     routing_generation: usize,
+    /// Overload control: the state, and the window its load is measured
+    /// over (when it began, and the busy time counted by then).
+    overload: Detector,
+    overload_window: (Instant, u64),
+    /// The bounds the load is a fraction of.
+    max_transactions: usize,
     output: Output,
 }
 
@@ -460,6 +480,8 @@ impl Shard {
         own_socket: Socket,
         proxy: Proxy,
         shared: Arc<Shared>,
+        overload: OverloadConfig,
+        max_transactions: usize,
     ) -> Shard {
         let shards = shared.inboxes.len();
         Shard {
@@ -470,6 +492,9 @@ impl Shard {
             published: Instant::now(),
             latency_offered: Instant::now(),
             routing_generation: 0,
+            overload: Detector::new(overload),
+            overload_window: (Instant::now(), 0),
+            max_transactions: max_transactions.max(1),
             output: Output {
                 proxy,
                 wire: Wire {
@@ -610,11 +635,71 @@ impl Shard {
         }
         let c = &mut self.output.counters;
         c.busy_ns += done.saturating_duration_since(self.output.clock).as_nanos() as u64;
+        self.check_overload(done);
         if done.saturating_duration_since(self.published) >= PUBLISH_EVERY {
             self.published = done;
             self.publish(done);
         }
         self.report_if_asked();
+    }
+
+    /// Once a window: how busy the loop was, how full the transaction
+    /// table and the inbox are; tells the proxy when overload starts or
+    /// ends.
+    fn check_overload(&mut self, done: Instant) {
+        let (started, busy_then) = self.overload_window;
+        let elapsed = done.saturating_duration_since(started);
+        let window_ms = self.overload.config().window_ms;
+        if elapsed.as_millis() < u128::from(window_ms) {
+            return;
+        }
+        let busy_ns = self.output.counters.busy_ns;
+        self.overload_window = (done, busy_ns);
+        if elapsed.as_millis() > 10 * u128::from(window_ms) {
+            // A stale window (start-up, a long idle wait): nothing to judge.
+            return;
+        }
+        let inbox = &self.shared.inboxes[self.index];
+        // The queue: the fuller of the inbox (handoffs from other shards)
+        // and the two sockets' receive buffers (what the kernel holds for
+        // us, and drops past).
+        let wire = &self.output.wire;
+        let sockets = [wire.socket.as_raw_fd(), wire.own_socket.as_raw_fd()]
+            .map(|fd| sys::receive_queue_fill(fd).unwrap_or(0.0));
+        let load = Load {
+            busy: (busy_ns - busy_then) as f64 / elapsed.as_nanos().max(1) as f64,
+            transactions: self.output.proxy.transactions().0 as f64 / self.max_transactions as f64,
+            queue: (inbox.len() as f64 / inbox.capacity() as f64)
+                .max(sockets[0])
+                .max(sockets[1]),
+        };
+        let was_overloaded = self.overload.overloaded();
+        if let Some(admit) = self.overload.observe(load) {
+            let reject_per_s = self.overload.config().reject_per_s;
+            let now = self.output.now();
+            self.output.proxy.set_admission(admit, reject_per_s, now);
+            let overloaded = self.overload.overloaded();
+            if overloaded == was_overloaded {
+                tracing::debug!(
+                    shard = self.index,
+                    admit,
+                    busy = load.busy,
+                    transactions = load.transactions,
+                    queue = load.queue,
+                    "overload: share of new calls admitted"
+                );
+            } else if overloaded {
+                tracing::warn!(
+                    shard = self.index,
+                    busy = format!("{:.2}", load.busy),
+                    transactions = format!("{:.2}", load.transactions),
+                    queue = format!("{:.2}", load.queue),
+                    "overloaded: some new INVITEs and REGISTERs get 503 until the load falls"
+                );
+            } else {
+                tracing::info!(shard = self.index, "no longer overloaded");
+            }
+        }
     }
 
     /// Stores this shard's counters where the control thread reads them
@@ -663,6 +748,11 @@ impl Shard {
             (Stat::DroppedUnresolved, p.dropped_unresolved),
             (Stat::DroppedBufferFull, p.dropped_buffer_full),
             (Stat::DroppedNoBackend, p.dropped_no_backend),
+            (Stat::Overloaded, u64::from(self.overload.overloaded())),
+            (Stat::OverloadEntered, self.overload.entered),
+            (Stat::ShedRejected, p.shed_rejected),
+            (Stat::ShedDropped, p.shed_dropped),
+            (Stat::LocalAcksAbsorbed, p.local_acks_absorbed),
         ] {
             stats.set(stat, value);
         }

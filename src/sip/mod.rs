@@ -23,7 +23,7 @@ pub use header::HeaderName;
 pub use method::Method;
 pub use out::BufferFull;
 pub use params::{Param, ParamError};
-pub use response::{write_rejection, write_response, LocalResponse, ResponseError};
+pub use response::{local_to_tag, write_rejection, write_response, LocalResponse, ResponseError};
 pub use scan::{
     find_call_id, CSeq, Contact, Header, LimitError, Limits, Message, Scanner, StartLine,
 };
