@@ -907,6 +907,18 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:5060".parse().unwrap());
         assert_eq!(config.backends.len(), 2);
         assert_eq!(config.shards, 2);
+        assert!(config.guard.flood.enabled, "turned on as an example");
+        assert_eq!(
+            config.guard.flood,
+            FloodConfig {
+                enabled: true,
+                ..FloodConfig::default()
+            },
+            "with the default thresholds"
+        );
+        assert!(config.guard.admin.permits("::1".parse().unwrap()));
+        assert!(!config.guard.admin.permits("192.0.2.1".parse().unwrap()));
+        assert!(config.guard.sip.is_empty());
     }
 
     #[test]
