@@ -122,6 +122,8 @@ const ENDINGS_MAX: usize = 1024;
 /// One shard's guard.
 pub struct Guard {
     acl: Acl,
+    /// No network in the SIP ACL (flood protection alone): skip it.
+    acl_empty: bool,
     /// `None` when flood protection is off.
     buckets: Option<Buckets>,
     ban_s: u32,
@@ -141,6 +143,7 @@ impl Guard {
         let flood = &config.flood;
         Guard {
             acl: config.sip.clone(),
+            acl_empty: config.sip.is_empty(),
             buckets: flood.enabled.then(|| Buckets::new(flood, shards, seed)),
             ban_s: flood.ban_s.clamp(1, BAN_S_MAX),
             bans,
@@ -167,7 +170,7 @@ impl Guard {
     /// or any shard has banned.
     pub fn screen(&mut self, now_ms: u64, source: IpAddr) -> Verdict {
         let key = key(source);
-        if !self.acl.permits(source) && !self.is_pool_member(key) {
+        if !self.acl_empty && !self.acl.permits(source) && !self.is_pool_member(key) {
             self.counters.acl_denied += 1;
             return Verdict::Drop;
         }
