@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use hdrhistogram::Histogram;
 
 use crate::balance::{Routing, State};
+use crate::guard::GuardCounters;
 use crate::sip::Method;
 
 /// Prometheus metric types used here.
@@ -384,6 +385,9 @@ pub struct ShardStats {
     latency_ns: Mutex<Option<Histogram<u64>>>,
     rtt_us: Mutex<Option<Histogram<u64>>>,
     duration_us: Mutex<Option<Histogram<u64>>>,
+    /// The shard's guard counts, by [`GuardCounters`] field (see
+    /// [`render_guard`]).
+    guard: [AtomicU64; GUARD_VALUES],
 }
 
 impl Default for ShardStats {
@@ -395,6 +399,7 @@ impl Default for ShardStats {
             latency_ns: Mutex::new(None),
             rtt_us: Mutex::new(None),
             duration_us: Mutex::new(None),
+            guard: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -428,6 +433,107 @@ impl ShardStats {
     pub fn offer_duration(&self, histogram: &Histogram<u64>) {
         offer(&self.duration_us, histogram);
     }
+
+    /// Stores the shard's guard counts (relaxed, one writer).
+    pub fn set_guard(&self, counters: &GuardCounters) {
+        for (to, from) in self.guard.iter().zip(guard_values(counters)) {
+            to.store(from, Ordering::Relaxed);
+        }
+    }
+
+    pub fn guard(&self) -> GuardCounters {
+        let [acl_denied, banned, bans_started, sources, evictions] =
+            std::array::from_fn(|i| self.guard[i].load(Ordering::Relaxed));
+        GuardCounters {
+            acl_denied,
+            banned,
+            bans_started,
+            sources,
+            evictions,
+        }
+    }
+}
+
+const GUARD_VALUES: usize = 5;
+
+fn guard_values(c: &GuardCounters) -> [u64; GUARD_VALUES] {
+    [
+        c.acl_denied,
+        c.banned,
+        c.bans_started,
+        c.sources,
+        c.evictions,
+    ]
+}
+
+/// The guard's families: access control and flood protection, per shard;
+/// the bans in force (shared by all shards) and the admin API's refusals.
+pub fn render_guard(
+    out: &mut String,
+    shards: &[&ShardStats],
+    bans_active: usize,
+    admin_denied: u64,
+) {
+    header(
+        out,
+        "guard_dropped_total",
+        "Datagrams dropped before the proxy core, by reason: acl_denied (the SIP ACL refused the source), banned (the source is banned for flooding).",
+        Kind::Counter,
+    );
+    for (shard, stats) in shards.iter().enumerate() {
+        let c = stats.guard();
+        for (reason, n) in [("acl_denied", c.acl_denied), ("banned", c.banned)] {
+            let _ = writeln!(
+                out,
+                "sipshard_guard_dropped_total{{shard=\"{shard}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+    type Pick = fn(&GuardCounters) -> u64;
+    let families: [(&str, &str, Kind, Pick); 3] = [
+        (
+            "flood_bans_total",
+            "Sources banned for sending requests over their rate (bans this shard started).",
+            Kind::Counter,
+            |c| c.bans_started,
+        ),
+        (
+            "flood_sources",
+            "Sources in the shard's table of request rates.",
+            Kind::Gauge,
+            |c| c.sources,
+        ),
+        (
+            "flood_evictions_total",
+            "Sources that lost their place in a full table of request rates to another.",
+            Kind::Counter,
+            |c| c.evictions,
+        ),
+    ];
+    for (family, help, kind, pick) in families {
+        header(out, family, help, kind);
+        for (shard, stats) in shards.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "sipshard_{family}{{shard=\"{shard}\"}} {}",
+                pick(&stats.guard())
+            );
+        }
+    }
+    header(
+        out,
+        "flood_bans_active",
+        "Sources banned for flooding now, all shards.",
+        Kind::Gauge,
+    );
+    let _ = writeln!(out, "sipshard_flood_bans_active {bans_active}");
+    header(
+        out,
+        "admin_denied_total",
+        "Admin API requests refused with 403 by the admin ACL.",
+        Kind::Counter,
+    );
+    let _ = writeln!(out, "sipshard_admin_denied_total {admin_denied}");
 }
 
 fn offer(slot: &Mutex<Option<Histogram<u64>>>, histogram: &Histogram<u64>) {
@@ -754,6 +860,35 @@ mod tests {
         );
         assert!(text.contains("sipshard_responses_received_total{shard=\"0\",class=\"2xx\"} 1\n"));
         assert!(text.contains("# TYPE sipshard_forward_latency_seconds histogram\n"));
+    }
+
+    #[test]
+    fn guard_families_have_every_shard_and_the_shared_values() {
+        let a = ShardStats::default();
+        let b = ShardStats::default();
+        a.set_guard(&GuardCounters {
+            acl_denied: 3,
+            banned: 40,
+            bans_started: 1,
+            sources: 7,
+            evictions: 2,
+        });
+        let mut text = String::new();
+        render_guard(&mut text, &[&a, &b], 5, 9);
+        for line in [
+            "sipshard_guard_dropped_total{shard=\"0\",reason=\"acl_denied\"} 3\n",
+            "sipshard_guard_dropped_total{shard=\"0\",reason=\"banned\"} 40\n",
+            "sipshard_guard_dropped_total{shard=\"1\",reason=\"banned\"} 0\n",
+            "sipshard_flood_bans_total{shard=\"0\"} 1\n",
+            "sipshard_flood_sources{shard=\"0\"} 7\n",
+            "sipshard_flood_evictions_total{shard=\"0\"} 2\n",
+            "sipshard_flood_bans_active 5\n",
+            "sipshard_admin_denied_total 9\n",
+            "# TYPE sipshard_flood_sources gauge\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert_eq!(text.matches("# HELP").count(), 6);
     }
 
     #[test]

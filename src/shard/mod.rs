@@ -14,6 +14,7 @@
 //! turn) and, where io_uring is missing or forbidden, `recvmmsg`/`sendmmsg`
 //! + epoll (`sys.rs`). The choice is made at start-up and logged.
 
+mod gate;
 mod steer;
 mod sys;
 mod uring;
@@ -74,6 +75,8 @@ pub struct Config {
     pub routing: Arc<Routing>,
     /// When a shard stops admitting new calls.
     pub overload: OverloadConfig,
+    /// Access control (SIP and admin) and flood protection.
+    pub guard: crate::guard::GuardConfig,
 }
 
 /// Which receive loop the shards run.
@@ -117,6 +120,9 @@ struct Shared {
     /// `routing_generation` move: one atomic load a turn, no lock.
     routing: ArcSwap<Routing>,
     routing_generation: AtomicUsize,
+    /// The ban table and epoch of the shards' guards; `None` when the SIP
+    /// side has no ACL and flood protection is off.
+    guard: Option<gate::GateShared>,
 }
 
 /// Counters of one shard, beside the proxy core's own.
@@ -164,6 +170,12 @@ impl Handle {
     /// The routing the shards use now.
     pub fn routing(&self) -> Arc<Routing> {
         self.shared.routing.load_full()
+    }
+
+    /// Sources banned for flooding, all shards (0 when flood protection
+    /// is off).
+    pub fn bans_active(&self) -> usize {
+        self.shared.guard.as_ref().map_or(0, |g| g.bans_active())
     }
 }
 
@@ -232,6 +244,10 @@ impl Runtime {
             stats: (0..shards).map(|_| Arc::default()).collect(),
             routing: ArcSwap::new(config.routing.clone()),
             routing_generation: AtomicUsize::new(0),
+            guard: config
+                .guard
+                .sip_active()
+                .then(|| gate::GateShared::new(config.guard.clone(), random_seed())),
         });
         let use_uring = match config.io {
             Io::Epoll => false,
@@ -439,6 +455,8 @@ struct Output {
     wire: Wire,
     /// Shards whose inbox got datagrams during this turn.
     to_ring: Vec<bool>,
+    /// Access control and flood protection; `None` when off.
+    gate: Option<gate::Gate>,
     counters: ShardCounters,
     /// The shard's clock for the proxy core: milliseconds since start.
     epoch: Instant,
@@ -484,6 +502,11 @@ impl Shard {
         max_transactions: usize,
     ) -> Shard {
         let shards = shared.inboxes.len();
+        let gate = shared.guard.as_ref().map(|g| {
+            let mut gate = gate::Gate::new(index, shards, g, random_seed());
+            gate.set_routing(&shared.routing.load());
+            gate
+        });
         Shard {
             index,
             shared,
@@ -511,6 +534,7 @@ impl Shard {
                     icmp_pending: false,
                 },
                 to_ring: vec![false; shards],
+                gate,
                 counters: ShardCounters::default(),
                 epoch: Instant::now(),
                 clock: Instant::now(),
@@ -629,9 +653,11 @@ impl Shard {
         let generation = self.shared.routing_generation.load(Ordering::Acquire);
         if generation != self.routing_generation {
             self.routing_generation = generation;
-            self.output
-                .proxy
-                .set_routing(self.shared.routing.load_full());
+            let routing = self.shared.routing.load_full();
+            if let Some(gate) = &mut self.output.gate {
+                gate.set_routing(&routing);
+            }
+            self.output.proxy.set_routing(routing);
         }
         let c = &mut self.output.counters;
         c.busy_ns += done.saturating_duration_since(self.output.clock).as_nanos() as u64;
@@ -757,6 +783,9 @@ impl Shard {
             stats.set(stat, value);
         }
         stats.set_messages(&c.messages, &w.sent_messages);
+        if let Some(gate) = &mut self.output.gate {
+            gate.publish(stats, now);
+        }
         if now.saturating_duration_since(self.latency_offered) >= LATENCY_OFFER_EVERY {
             self.latency_offered = now;
             stats.offer_latency(&w.latency_ns);
@@ -852,6 +881,9 @@ impl Shard {
             overload_rejected = p.overload_rejected,
             "shard transactions"
         );
+        if let Some(gate) = &self.output.gate {
+            gate.log_counters();
+        }
         let h = &self.output.wire.latency_ns;
         if !h.is_empty() {
             let us = |ns: u64| ns as f64 / 1000.0;
@@ -871,7 +903,8 @@ impl Shard {
 impl Output {
     /// Counts a received datagram by method or status class, and handles
     /// it here when this shard owns its call, else hands it to the owner's
-    /// inbox and marks the owner to be rung.
+    /// inbox and marks the owner to be rung. The guard screens it first,
+    /// before any scanning (ACL, bans).
     fn dispatch(
         &mut self,
         index: usize,
@@ -880,6 +913,11 @@ impl Output {
         datagram: &[u8],
         received_at: Instant,
     ) {
+        if let Some(gate) = &mut self.gate {
+            if !gate.screen(self.clock, source) {
+                return;
+            }
+        }
         self.counters.messages.count(metrics::classify(datagram));
         let shards = shared.inboxes.len() as u64;
         let owner = find_call_id(datagram).map_or(index, |id| (fnv1a(&[id]) % shards) as usize);
@@ -982,7 +1020,15 @@ impl Output {
     }
 
     /// Runs one datagram through the proxy core; what it sends is queued.
+    /// The guard meters requests here, on the owner shard, so that a
+    /// source's requests spread over the shards by Call-ID whether the
+    /// kernel steered them or a shard handed them over.
     fn handle(&mut self, source: SocketAddr, datagram: &[u8], received_at: Instant) {
+        if let Some(gate) = &mut self.gate {
+            if !gate.meter(self.clock, source, datagram) {
+                return;
+            }
+        }
         self.wire.received_at = received_at;
         let now = self.now();
         let outcome = self.proxy.handle(now, source, datagram, &mut self.wire);
