@@ -28,6 +28,9 @@ use crate::sip::{
     write_rejection, write_response, Answer, EditError, Editor, Fault, Forward, HopMethod,
     LocalAddress, LocalResponse, Message, Method, Scanner, StartLine, Via, MAGIC_COOKIE,
 };
+mod limit;
+pub use limit::{Limit, LimitCounts};
+
 use crate::txn::{
     CancelState, Client, ClientState, Millis, Server, ServerState, Slot, Target, Timer,
     Transactions, TxnConfig,
@@ -118,6 +121,8 @@ pub struct Counters {
     /// New requests answered 503 because no member of their set may take
     /// them (all down, draining or probing).
     pub unavailable_rejected: u64,
+    /// Messages and requests that ran into each limit.
+    pub limits: LimitCounts,
 }
 
 /// Where the proxy core writes what it sends: a buffer for the next
@@ -294,7 +299,11 @@ impl Proxy {
         datagram: &[u8],
         tx: &mut impl Transmit,
     ) -> Outcome {
-        let outcome = match self.scanner.scan(datagram) {
+        let scanned = self.scanner.scan(datagram);
+        if let Some(limit) = scanned.as_ref().err().and_then(|e| Limit::of(e.fault)) {
+            self.core.counters.limits.hit(limit);
+        }
+        let outcome = match scanned {
             Ok(message) if message.is_request() => {
                 self.core.on_request(now, source, &message, datagram, tx)
             }
@@ -495,6 +504,7 @@ impl Core {
         };
         if self.txns.servers.is_full() {
             self.counters.overload_rejected += 1;
+            self.counters.limits.hit(Limit::Transactions);
             let busy = LocalResponse::service_unavailable(self.txns.config.retry_after_s);
             return reply(message, source, &busy, tx);
         }
@@ -1663,6 +1673,8 @@ fn route_response(editor: &Editor, message: &Message<'_>, out: &mut [u8]) -> Act
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 pub(crate) mod lab;
 #[cfg(test)]

@@ -666,6 +666,9 @@ impl Shard {
         ] {
             stats.set(stat, value);
         }
+        for limit in crate::proxy::Limit::ALL {
+            stats.set(Stat::of_limit(limit), p.limits.get(limit));
+        }
         stats.set_messages(&c.messages, &w.sent_messages);
         if now.saturating_duration_since(self.latency_offered) >= LATENCY_OFFER_EVERY {
             self.latency_offered = now;
