@@ -100,3 +100,76 @@ fn limits_of_a_smaller_configuration_count_too() {
     assert_eq!(lab.proxy.counters().limits.get(Limit::DatagramBytes), 1);
     assert_eq!(lab.proxy.counters().dropped_malformed, 1);
 }
+
+/// `invite(call_id)` grown to `total` bytes with a body.
+fn invite_of_size(call_id: &str, total: usize) -> String {
+    let head = invite(call_id).len() - "Content-Length: 0\r\n\r\n".len();
+    // "Content-Length: NNNNN\r\n\r\n" is 25 bytes for a five-digit length.
+    let body = total - head - 25;
+    let text = invite(call_id).replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!("Content-Length: {body}\r\n\r\n{}", "v".repeat(body)),
+    );
+    assert_eq!(text.len(), total);
+    text
+}
+
+/// A request that UDP carries to us but that our Via and Record-Route
+/// would push past what UDP carries on: it used to get 100 Trying and
+/// then nothing (the caller waits in Proceeding with no timer), or, a
+/// few bytes smaller, be written and refused by the kernel on every
+/// retransmission until Timer B. Now: 513 from its transaction.
+#[test]
+fn a_request_too_large_to_forward_gets_513_not_silence() {
+    let mut lab = Lab::with(Algorithm::RoundRobin, TxnConfig::default(), &[BACKEND_A]);
+    // Fits once forwarded (about 160 bytes more): forwarded whole.
+    let fits = invite_of_size("f1", UDP_PAYLOAD_MAX - 200);
+    assert_eq!(lab.recv(CALLER, &fits), Outcome::Forwarded);
+    let sent = lab.take();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        (sent[1].to().as_str(), sent[1].method()),
+        (BACKEND_A, "INVITE")
+    );
+    assert!(sent[1].text.len() <= UDP_PAYLOAD_MAX);
+
+    // 140 under: about 10 bytes over once forwarded, which the kernel
+    // used to refuse; at the maximum: past the buffer itself.
+    for (i, total) in [UDP_PAYLOAD_MAX - 140, UDP_PAYLOAD_MAX]
+        .into_iter()
+        .enumerate()
+    {
+        let call_id = format!("big{i}");
+        let text = invite_of_size(&call_id, total);
+        assert_eq!(lab.recv(CALLER, &text), Outcome::Replied);
+        let sent = lab.take();
+        let codes: Vec<_> = sent.iter().map(|s| (s.code(), s.to())).collect();
+        assert_eq!(
+            codes,
+            [(100, CALLER.into()), (513, CALLER.into())],
+            "{total}"
+        );
+        assert!(sent[1]
+            .text
+            .starts_with("SIP/2.0 513 Message Too Large\r\n"));
+        // A retransmission gets the 513 again; the ACK is absorbed.
+        assert_eq!(lab.recv(CALLER, &text), Outcome::Absorbed);
+        assert_eq!(lab.one().code(), 513);
+        assert_eq!(
+            lab.recv(CALLER, &ack_for(&call_id, &sent[1])),
+            Outcome::Absorbed
+        );
+        assert!(lab.take().is_empty());
+    }
+    // A non-INVITE gets no 100, only the 513.
+    let message = invite_of_size("m1", UDP_PAYLOAD_MAX - 2)
+        .replace("INVITE sip:", "MESSAGE sip:")
+        .replace("1 INVITE", "1 MESSAGE");
+    assert_eq!(lab.recv(CALLER, &message), Outcome::Replied);
+    assert_eq!(lab.one().code(), 513);
+    assert_eq!(lab.proxy.counters().limits.get(Limit::UdpPayload), 3);
+    // Nothing is left behind once the timers run out.
+    lab.advance(70_000);
+    lab.take();
+    assert_eq!(lab.proxy.transactions(), (0, 0));
+}

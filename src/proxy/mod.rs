@@ -27,6 +27,7 @@ use crate::sip::lex::{fnv1a, hex16};
 use crate::sip::{
     write_rejection, write_response, Answer, EditError, Editor, Fault, Forward, HopMethod,
     LocalAddress, LocalResponse, Message, Method, Scanner, StartLine, Via, MAGIC_COOKIE,
+    UDP_PAYLOAD_MAX,
 };
 mod limit;
 pub use limit::{Limit, LimitCounts};
@@ -129,7 +130,8 @@ pub struct Counters {
 /// datagram, then its length and destination. The shard's send batch is
 /// one; tests collect into a vector.
 pub trait Transmit {
-    /// Room for one datagram (64 KiB in the shard).
+    /// Room for one datagram: [`UDP_PAYLOAD_MAX`] bytes in the shard, so
+    /// that nothing is written that the kernel would refuse to send.
     fn buffer(&mut self) -> &mut [u8];
     /// Sends the first `len` bytes of the last [`Transmit::buffer`].
     fn send(&mut self, to: SocketAddr, len: usize);
@@ -145,7 +147,7 @@ pub struct Outbox {
 
 impl Transmit for Outbox {
     fn buffer(&mut self) -> &mut [u8] {
-        self.buffer.resize(1 << 16, 0);
+        self.buffer.resize(UDP_PAYLOAD_MAX, 0);
         &mut self.buffer
     }
 
@@ -545,10 +547,12 @@ impl Core {
         if self.try_next(now, slot, tx) {
             Outcome::Forwarded
         } else {
-            // Not even a first try could be written (the forwarded request
-            // would not fit): nothing to keep.
-            self.txns.remove_server(slot);
-            Outcome::Dropped(DropReason::BufferFull)
+            // Not even a first try could go (the forwarded request would
+            // not fit in a datagram): the caller, who may have our 100
+            // already, gets its final answer (513) from the transaction,
+            // which then absorbs retransmissions and the ACK as any other.
+            self.answer_final(now, slot, tx);
+            Outcome::Replied
         }
     }
 
@@ -791,9 +795,25 @@ impl Core {
                 .ok()
                 .map(|len| (len, branch_key))
         };
-
+        // The forwarded request would not fit in one UDP datagram (the
+        // buffer holds the largest there is): RFC 3261 §21.5.14's 513 is
+        // the answer, unless another try did better.
+        let too_large = match written {
+            Some(_) => None,
+            None => {
+                self.counters.limits.hit(Limit::UdpPayload);
+                let local = LocalResponse::MESSAGE_TOO_LARGE;
+                let len = write_response(&original, source, &local, tx.buffer()).ok();
+                len.map(|len| (local.code, tx.buffer()[..len].to_vec()))
+            }
+        };
         if let Some(server) = self.txns.servers.get_mut(slot) {
             server.request = request;
+            if let Some((code, bytes)) = too_large {
+                if better(code, server.best.as_ref().map(|(c, _)| *c)) {
+                    server.best = Some((code, bytes));
+                }
+            }
         }
         let Some((len, branch_key)) = written else {
             return false;
