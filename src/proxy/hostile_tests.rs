@@ -173,3 +173,53 @@ fn a_request_too_large_to_forward_gets_513_not_silence() {
     lab.take();
     assert_eq!(lab.proxy.transactions(), (0, 0));
 }
+
+/// Failed tries linger in the client table (Timer D, 32 s), which holds
+/// twice as many as the server table: a caller whose INVITEs every
+/// backend refuses can fill it while server transactions are free. A new
+/// request then got 100 Trying and nothing more; it gets 503 at once.
+#[test]
+fn a_full_client_table_answers_503_not_silence() {
+    let config = TxnConfig {
+        max_transactions: 2,
+        ..TxnConfig::default()
+    };
+    let mut lab = Lab::with(
+        Algorithm::RoundRobin,
+        config,
+        &[BACKEND_A, BACKEND_B, BACKEND_C],
+    );
+    // Two calls refused by all three backends: six failed tries, four of
+    // which fit in the client table (the fourth try stops the second call).
+    for call in ["r1", "r2"] {
+        assert_eq!(lab.recv(CALLER, &invite(call)), Outcome::Forwarded);
+        let mut forwarded: Vec<Sent> = lab.take().into_iter().filter(|s| s.code() == 0).collect();
+        while let Some(try_) = forwarded.pop() {
+            lab.recv(&try_.to(), &try_.answer(503, Some("busy")));
+            for sent in lab.take() {
+                match sent.code() {
+                    0 if sent.method() == "INVITE" => forwarded.push(sent),
+                    503 => {
+                        assert_eq!(lab.recv(CALLER, &ack_for(call, &sent)), Outcome::Absorbed)
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    // Timer I frees the server transactions; Timer D keeps the tries.
+    lab.advance(6_000);
+    lab.take();
+    let (servers, clients) = lab.proxy.transactions();
+    assert_eq!((servers, clients), (0, 4));
+    assert_eq!(lab.recv(CALLER, &invite("r3")), Outcome::Replied);
+    let busy = lab.one();
+    assert_eq!(busy.code(), 503);
+    assert_eq!(busy.header("Retry-After"), Some("5"));
+    assert_eq!(lab.proxy.counters().limits.get(Limit::Transactions), 1);
+    assert_eq!(lab.proxy.counters().overload_rejected, 1);
+    // Once Timer D lets the tries go, calls go through again.
+    lab.advance(40_000);
+    lab.take();
+    assert_eq!(lab.recv(CALLER, &invite("r4")), Outcome::Forwarded);
+}

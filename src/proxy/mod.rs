@@ -504,7 +504,9 @@ impl Core {
                 }
             }
         };
-        if self.txns.servers.is_full() {
+        // A full client table (failed tries linger for Timer D) is as full
+        // as a full server table: no try could start.
+        if self.txns.servers.is_full() || self.txns.clients.is_full() {
             self.counters.overload_rejected += 1;
             self.counters.limits.hit(Limit::Transactions);
             let busy = LocalResponse::service_unavailable(self.txns.config.retry_after_s);
