@@ -534,6 +534,8 @@ fn counter_array(c: &Counters) -> [u64; 11] {
         unreachable: _,
         overload_rejected: _,
         unavailable_rejected: _,
+        // Counted besides the outcome (a 400 for too many headers is a reply too).
+        limits: _,
     } = *c;
     [
         requests_forwarded,

@@ -223,3 +223,38 @@ fn a_full_client_table_answers_503_not_silence() {
     lab.take();
     assert_eq!(lab.recv(CALLER, &invite("r4")), Outcome::Forwarded);
 }
+
+/// A NUL or a lone CR in a header the proxy does not parse used to be
+/// copied to the backend byte for byte: a C parser there stops at the NUL,
+/// and one that ends lines at a lone CR (PJSIP, Sofia-SIP do) reads the
+/// rest as a header of its own. Now the request gets 400 at its source.
+#[test]
+fn control_characters_are_answered_400_and_never_forwarded() {
+    let mut lab = Lab::with(Algorithm::RoundRobin, TxnConfig::default(), &[BACKEND_A]);
+    let cases = [
+        invite_with("n1", "X-Nul: a\0b\r\n"),
+        invite_with(
+            "n2",
+            "X-Cr: a\rVia: SIP/2.0/UDP 203.0.113.66;branch=z9hG4bKevil\r\n",
+        ),
+        invite("n3").replace("<sip:alice@", "<sip:al\0ice@"),
+        invite("n4").replace("INVITE sip:+1555", "INVITE sip:+1\x01555"),
+    ];
+    for text in &cases {
+        assert_eq!(lab.recv(CALLER, text), Outcome::Replied, "{text:?}");
+        let out = lab.one();
+        assert_eq!((out.code(), out.to().as_str()), (400, CALLER), "{text:?}");
+        assert!(
+            out.text
+                .starts_with("SIP/2.0 400 Bad Request - Control Character\r\n"),
+            "{}",
+            out.text
+        );
+    }
+    // Escaped in a quoted display name it is legal (RFC 4475 intmeth).
+    let quoted = invite("n5").replace("<sip:alice@", "\"al\\\0ice\" <sip:alice@");
+    assert_eq!(lab.recv(CALLER, &quoted), Outcome::Forwarded);
+    assert_eq!(lab.take().len(), 2);
+    assert_eq!(lab.proxy.counters().replies, 4);
+    assert_eq!(lab.proxy.counters().requests_forwarded, 1);
+}
