@@ -594,6 +594,7 @@ fn hostile_input_is_answered_counted_and_kept_from_the_backend() {
         cut_count - answered_expected
     );
     assert_eq!(d("sipshard_transactions_started_total"), 0);
+    eprintln!("cut short: {cut_count} messages, {answered_expected} answered 400");
     before = after;
 
     // ---- responses that match no transaction, from the backend's
