@@ -537,6 +537,8 @@ fn counter_array(c: &Counters) -> [u64; 12] {
         unavailable_rejected: _,
         shed_rejected: _,
         local_acks_absorbed: _,
+        // Counted besides the outcome (a 400 for too many headers is a reply too).
+        limits: _,
     } = *c;
     [
         requests_forwarded,

@@ -17,6 +17,7 @@ use hdrhistogram::Histogram;
 
 use crate::balance::{Routing, State};
 use crate::guard::GuardCounters;
+use crate::proxy::Limit;
 use crate::sip::Method;
 
 /// Prometheus metric types used here.
@@ -55,6 +56,13 @@ pub enum Stat {
     OverloadRejected,
     UnavailableRejected,
     LoopsDetected,
+    /// One per [`crate::proxy::Limit`], in its order.
+    LimitDatagramBytes,
+    LimitHeaders,
+    LimitHeaderLineBytes,
+    LimitViaValues,
+    LimitTransactions,
+    LimitUdpPayload,
     ServerTransactions,
     ClientTransactions,
     Dialogs,
@@ -84,7 +92,7 @@ struct Meta {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 41] = [
+    pub const ALL: [Stat; 47] = [
         Stat::Received,
         Stat::Sent,
         Stat::HandedOff,
@@ -108,6 +116,12 @@ impl Stat {
         Stat::OverloadRejected,
         Stat::UnavailableRejected,
         Stat::LoopsDetected,
+        Stat::LimitDatagramBytes,
+        Stat::LimitHeaders,
+        Stat::LimitHeaderLineBytes,
+        Stat::LimitViaValues,
+        Stat::LimitTransactions,
+        Stat::LimitUdpPayload,
         Stat::ServerTransactions,
         Stat::ClientTransactions,
         Stat::Dialogs,
@@ -239,6 +253,12 @@ impl Stat {
                 None,
             ),
             Stat::LoopsDetected => ("loops_detected_total", "Requests answered 482 (Loop Detected).", Counter, None),
+            Stat::LimitDatagramBytes => limit(Limit::DatagramBytes),
+            Stat::LimitHeaders => limit(Limit::Headers),
+            Stat::LimitHeaderLineBytes => limit(Limit::HeaderLineBytes),
+            Stat::LimitViaValues => limit(Limit::ViaValues),
+            Stat::LimitTransactions => limit(Limit::Transactions),
+            Stat::LimitUdpPayload => limit(Limit::UdpPayload),
             Stat::ServerTransactions => (
                 "transactions_active",
                 "Transactions in the shard's table.",
@@ -291,6 +311,38 @@ fn drop(
         Kind::Counter,
         Some(("reason", reason)),
     )
+}
+
+/// Every limit in one family, so that one query sees a peer hitting any
+/// of them.
+fn limit(
+    limit: Limit,
+) -> (
+    &'static str,
+    &'static str,
+    Kind,
+    Option<(&'static str, &'static str)>,
+) {
+    (
+        "limit_exceeded_total",
+        "Messages or requests past a limit, by limit (the answer each gets is in the README's Limits).",
+        Kind::Counter,
+        Some(("limit", limit.name())),
+    )
+}
+
+impl Stat {
+    /// The stat that publishes `limit`'s counter.
+    pub fn of_limit(limit: Limit) -> Stat {
+        match limit {
+            Limit::DatagramBytes => Stat::LimitDatagramBytes,
+            Limit::Headers => Stat::LimitHeaders,
+            Limit::HeaderLineBytes => Stat::LimitHeaderLineBytes,
+            Limit::ViaValues => Stat::LimitViaValues,
+            Limit::Transactions => Stat::LimitTransactions,
+            Limit::UdpPayload => Stat::LimitUdpPayload,
+        }
+    }
 }
 
 /// Status classes 1xx to 6xx.
@@ -841,6 +893,7 @@ mod tests {
         b.set(Stat::Received, 5);
         a.set(Stat::DroppedMalformed, 2);
         a.set(Stat::BusyNs, 1_500_000_000);
+        a.set(Stat::of_limit(Limit::Headers), 3);
         let mut counts = MessageCounts::default();
         counts.count(classify(b"INVITE sip:x SIP/2.0\r\n"));
         counts.count(classify(b"SIP/2.0 200 OK\r\n"));
@@ -855,6 +908,15 @@ mod tests {
         assert!(text.contains("sipshard_datagrams_received_total{shard=\"1\"} 5\n"));
         assert!(text.contains("sipshard_dropped_total{shard=\"0\",reason=\"malformed\"} 2\n"));
         assert!(text.contains("sipshard_busy_seconds_total{shard=\"0\"} 1.5\n"));
+        assert!(text.contains("sipshard_limit_exceeded_total{shard=\"0\",limit=\"headers\"} 3\n"));
+        assert!(
+            text.contains("sipshard_limit_exceeded_total{shard=\"1\",limit=\"udp_payload\"} 0\n")
+        );
+        assert_eq!(
+            text.matches("# TYPE sipshard_limit_exceeded_total counter")
+                .count(),
+            1
+        );
         assert!(
             text.contains("sipshard_requests_received_total{shard=\"0\",method=\"INVITE\"} 1\n")
         );

@@ -30,7 +30,11 @@ pub mod overload;
 use crate::sip::{
     local_to_tag, write_rejection, write_response, Answer, EditError, Editor, Fault, Forward,
     HopMethod, LocalAddress, LocalResponse, Message, Method, Scanner, StartLine, Via, MAGIC_COOKIE,
+    UDP_PAYLOAD_MAX,
 };
+mod limit;
+pub use limit::{Limit, LimitCounts};
+
 use crate::txn::{
     CancelState, Client, ClientState, KeyHasher, Millis, Server, ServerState, Slot, Target, Timer,
     Transactions, TxnConfig,
@@ -130,13 +134,16 @@ pub struct Counters {
     pub shed_dropped: u64,
     /// ACKs for the proxy's own final answers, absorbed.
     pub local_acks_absorbed: u64,
+    /// Messages and requests that ran into each limit.
+    pub limits: LimitCounts,
 }
 
 /// Where the proxy core writes what it sends: a buffer for the next
 /// datagram, then its length and destination. The shard's send batch is
 /// one; tests collect into a vector.
 pub trait Transmit {
-    /// Room for one datagram (64 KiB in the shard).
+    /// Room for one datagram: [`UDP_PAYLOAD_MAX`] bytes in the shard, so
+    /// that nothing is written that the kernel would refuse to send.
     fn buffer(&mut self) -> &mut [u8];
     /// Sends the first `len` bytes of the last [`Transmit::buffer`].
     fn send(&mut self, to: SocketAddr, len: usize);
@@ -152,7 +159,7 @@ pub struct Outbox {
 
 impl Transmit for Outbox {
     fn buffer(&mut self) -> &mut [u8] {
-        self.buffer.resize(1 << 16, 0);
+        self.buffer.resize(UDP_PAYLOAD_MAX, 0);
         &mut self.buffer
     }
 
@@ -320,7 +327,11 @@ impl Proxy {
         datagram: &[u8],
         tx: &mut impl Transmit,
     ) -> Outcome {
-        let outcome = match self.scanner.scan(datagram) {
+        let scanned = self.scanner.scan(datagram);
+        if let Some(limit) = scanned.as_ref().err().and_then(|e| Limit::of(e.fault)) {
+            self.core.counters.limits.hit(limit);
+        }
+        let outcome = match scanned {
             Ok(message) if message.is_request() => {
                 self.core.on_request(now, source, &message, datagram, tx)
             }
@@ -552,8 +563,11 @@ impl Core {
                 }
             }
         };
-        if self.txns.servers.is_full() {
+        // A full client table (failed tries linger for Timer D) is as full
+        // as a full server table: no try could start.
+        if self.txns.servers.is_full() || self.txns.clients.is_full() {
             self.counters.overload_rejected += 1;
+            self.counters.limits.hit(Limit::Transactions);
             let busy = LocalResponse::service_unavailable(self.txns.config.retry_after_s);
             return reply(message, source, &busy, tx);
         }
@@ -594,10 +608,12 @@ impl Core {
         if self.try_next(now, slot, Some((message, &branch_key)), tx) {
             Outcome::Forwarded
         } else {
-            // Not even a first try could be written (the forwarded request
-            // would not fit): nothing to keep.
-            self.txns.remove_server(slot);
-            Outcome::Dropped(DropReason::BufferFull)
+            // Not even a first try could go (the forwarded request would
+            // not fit in a datagram): the caller, who may have our 100
+            // already, gets its final answer (513) from the transaction,
+            // which then absorbs retransmissions and the ACK as any other.
+            self.answer_final(now, slot, tx);
+            Outcome::Replied
         }
     }
 
@@ -887,10 +903,26 @@ impl Core {
                 .ok()
                 .map(|len| (len, branch_key))
         };
-
-        if first.is_none() {
-            if let Some(server) = self.txns.servers.get_mut(slot) {
+        // The forwarded request would not fit in one UDP datagram (the
+        // buffer holds the largest there is): RFC 3261 §21.5.14's 513 is
+        // the answer, unless another try did better.
+        let too_large = match written {
+            Some(_) => None,
+            None => {
+                self.counters.limits.hit(Limit::UdpPayload);
+                let local = LocalResponse::MESSAGE_TOO_LARGE;
+                let len = write_response(original, source, &local, tx.buffer()).ok();
+                len.map(|len| (local.code, tx.buffer()[..len].to_vec()))
+            }
+        };
+        if let Some(server) = self.txns.servers.get_mut(slot) {
+            if first.is_none() {
                 server.request = request;
+            }
+            if let Some((code, bytes)) = too_large {
+                if better(code, server.best.as_ref().map(|(c, _)| *c)) {
+                    server.best = Some((code, bytes));
+                }
             }
         }
         let Some((len, branch_key)) = written else {
@@ -1780,6 +1812,8 @@ fn route_response(editor: &Editor, message: &Message<'_>, out: &mut [u8]) -> Act
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 pub(crate) mod lab;
 #[cfg(test)]

@@ -782,6 +782,9 @@ impl Shard {
         ] {
             stats.set(stat, value);
         }
+        for limit in crate::proxy::Limit::ALL {
+            stats.set(Stat::of_limit(limit), p.limits.get(limit));
+        }
         stats.set_messages(&c.messages, &w.sent_messages);
         if let Some(gate) = &mut self.output.gate {
             gate.publish(stats, now);

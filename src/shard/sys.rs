@@ -262,8 +262,10 @@ impl SendBatch {
     }
 
     /// Room for the next datagram; commit it with [`SendBatch::push`].
+    /// No more than UDP carries: what does not fit is refused here, where
+    /// the proxy core can answer it, not by the kernel after the fact.
     pub(crate) fn space(&mut self) -> &mut [u8] {
-        &mut self.arena[self.used..self.used + DATAGRAM_BYTES_MAX]
+        &mut self.arena[self.used..self.used + crate::sip::UDP_PAYLOAD_MAX]
     }
 
     /// Commits the datagram just written in [`SendBatch::space`]; `own`:

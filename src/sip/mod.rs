@@ -29,3 +29,9 @@ pub use scan::{
 };
 pub use uri::{host_ip, Scheme, Uri, UriError};
 pub use via::{Via, ViaError, MAGIC_COOKIE};
+
+/// The largest payload one UDP datagram carries over IPv4 (65,535 less the
+/// IP and UDP headers; IPv6 allows 20 bytes more). What the proxy writes
+/// must fit in it: the kernel refuses anything larger, so a request that
+/// grows past it when forwarded is answered 513 instead.
+pub const UDP_PAYLOAD_MAX: usize = 65_507;

@@ -38,6 +38,8 @@ impl<'a> LocalResponse<'a> {
     pub const REQUEST_TIMEOUT: LocalResponse<'static> = LocalResponse::new(408, "Request Timeout");
     pub const LOOP_DETECTED: LocalResponse<'static> = LocalResponse::new(482, "Loop Detected");
     pub const TOO_MANY_HOPS: LocalResponse<'static> = LocalResponse::new(483, "Too Many Hops");
+    pub const MESSAGE_TOO_LARGE: LocalResponse<'static> =
+        LocalResponse::new(513, "Message Too Large");
 
     /// 503 with `Retry-After`, for overload and for a pool with no live member.
     pub const fn service_unavailable(retry_after_s: u32) -> LocalResponse<'static> {
