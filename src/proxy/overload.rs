@@ -107,6 +107,14 @@ impl Detector {
         self.admit
     }
 
+    /// The shard was idle for many windows: nothing is overloading it.
+    pub fn idle(&mut self) -> Option<f64> {
+        (self.config.enabled && self.admit < 1.0).then(|| {
+            self.admit = 1.0;
+            1.0
+        })
+    }
+
     /// One window's load; returns the new share when it changed.
     pub fn observe(&mut self, load: Load) -> Option<f64> {
         if !self.config.enabled {
@@ -119,8 +127,15 @@ impl Detector {
         let under = load.busy <= c.busy_low
             && load.transactions <= c.transactions_low
             && load.queue <= c.queue_low;
+        // Far under every low mark the load has gone, not eased: admit
+        // everyone at once rather than turn callers away for a second more.
+        let gone = load.busy <= c.busy_low / 2.0
+            && load.transactions <= c.transactions_low / 2.0
+            && load.queue <= c.queue_low / 2.0;
         let next = if over {
             (self.admit * DECREASE).max(ADMIT_MIN)
+        } else if gone {
+            1.0
         } else if under {
             (self.admit + INCREASE).min(1.0)
         } else {
@@ -219,9 +234,16 @@ mod tests {
         assert_eq!(d.observe(load(0.5, 0.5, 0.05)), Some(1.0));
         assert!(!d.overloaded());
         assert_eq!(d.observe(load(0.5, 0.5, 0.05)), None);
+        // Far under every mark: all at once.
+        d.observe(load(1.0, 0.0, 0.0));
+        assert_eq!(d.observe(load(0.1, 0.1, 0.0)), Some(1.0));
+        // So does a long idle spell.
+        d.observe(load(1.0, 0.0, 0.0));
+        assert_eq!(d.idle(), Some(1.0));
+        assert_eq!(d.idle(), None);
         // A second overload counts as a second entry.
         d.observe(load(0.0, 0.0, 0.9));
-        assert_eq!(d.entered, 2);
+        assert_eq!(d.entered, 4);
     }
 
     #[test]

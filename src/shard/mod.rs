@@ -682,7 +682,14 @@ impl Shard {
         let busy_ns = self.output.counters.busy_ns;
         self.overload_window = (done, busy_ns);
         if elapsed.as_millis() > 10 * u128::from(window_ms) {
-            // A stale window (start-up, a long idle wait): nothing to judge.
+            // A stale window (start-up, a long idle wait): nothing was
+            // overloading the shard.
+            if let Some(admit) = self.overload.idle() {
+                let reject_per_s = self.overload.config().reject_per_s;
+                let now = self.output.now();
+                self.output.proxy.set_admission(admit, reject_per_s, now);
+                tracing::info!(shard = self.index, "no longer overloaded (idle)");
+            }
             return;
         }
         let inbox = &self.shared.inboxes[self.index];
