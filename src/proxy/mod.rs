@@ -281,6 +281,12 @@ impl Proxy {
         (self.core.txns.servers.len(), self.core.txns.clients.len())
     }
 
+    /// Timers armed now: at most two per server transaction and three per
+    /// client transaction (the fuzz target checks that none leaks).
+    pub fn timers(&self) -> usize {
+        self.core.txns.wheel.len()
+    }
+
     /// When [`Proxy::on_timers`] next has work: the I/O loop sleeps until then.
     pub fn next_deadline(&self) -> Option<Millis> {
         self.core.txns.wheel.next_deadline()
