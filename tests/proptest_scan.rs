@@ -1838,6 +1838,108 @@ fn proxy_seeds() -> Vec<(String, Vec<u8>)> {
     garbage.extend_from_slice(&invite[..200]);
     seeds.push(("garbage".to_string(), garbage));
 
+    // The timed mode: transactions live across records, answered by the
+    // backends (`Seed::Answer` answers the n-th latest request the proxy
+    // sent), cancelled and ACKed by the caller, and the clock moved by
+    // steps; every input ends with two 10-minute steps.
+    use common::{timed_proxy_input, Seed, OPTION_CALL_ID_HASH, OPTION_TIMED};
+    const MAX_1: u8 = 3 << 2;
+    let invite_2 = replace(
+        &replace(&invite, "8f2a3c7d9e1b4a60", "8f2a3c7d9e1b4a61"),
+        "3c26700b9b1f4a8e",
+        "3c26700b9b1f4a8f",
+    );
+    let timed: [(&str, u8, Vec<Seed<'_>>); 7] = [
+        (
+            "timed-call",
+            OPTION_TIMED,
+            vec![
+                Seed::Peer(CLIENT, &invite),
+                Seed::Answer(0, 180),
+                Seed::Step(1_000),
+                Seed::Answer(0, 200),
+                Seed::Ack(0),
+                Seed::Step(1_000),
+                Seed::Peer(CLIENT, &bye_us),
+                Seed::Answer(0, 200),
+                Seed::Step(40_000),
+            ],
+        ),
+        (
+            "timed-cancel",
+            OPTION_TIMED,
+            vec![
+                Seed::Peer(CLIENT, &invite),
+                Seed::Answer(0, 180),
+                Seed::Cancel(0),
+                Seed::Answer(0, 200),
+                Seed::Answer(1, 487),
+                Seed::Ack(0),
+                Seed::Step(40_000),
+            ],
+        ),
+        (
+            "timed-failover",
+            OPTION_TIMED | OPTION_CALL_ID_HASH,
+            vec![
+                Seed::Peer(CLIENT_V6, &invite),
+                Seed::Answer(0, 503),
+                Seed::Answer(0, 486),
+                Seed::Ack(0),
+                Seed::Step(40_000),
+            ],
+        ),
+        (
+            "timed-timeouts",
+            OPTION_TIMED,
+            vec![
+                Seed::Peer(CLIENT, &invite),
+                Seed::Step(2_500),
+                Seed::Peer(CLIENT, &invite),
+                Seed::Peer(CLIENT, &bye_us),
+                Seed::Step(40_000),
+                Seed::Peer(CLIENT, &invite),
+                Seed::LateStep(40_000),
+            ],
+        ),
+        (
+            "timed-timer-c",
+            OPTION_TIMED,
+            vec![
+                Seed::Peer(CLIENT, &invite),
+                Seed::Answer(0, 180),
+                Seed::Step(181_000),
+                Seed::Answer(0, 200),
+                Seed::Answer(1, 487),
+                Seed::Step(40_000),
+            ],
+        ),
+        (
+            "timed-overload",
+            OPTION_TIMED | MAX_1,
+            vec![
+                Seed::Peer(CLIENT, &invite),
+                Seed::Peer(CLIENT_V6, &invite_2),
+                Seed::LateStep(100_000),
+                Seed::Peer(CLIENT_V6, &invite_2),
+            ],
+        ),
+        (
+            "timed-unreachable",
+            OPTION_TIMED,
+            vec![
+                Seed::Peer(CLIENT, &invite),
+                Seed::Unreachable(0),
+                Seed::Unreachable(0),
+                Seed::Ack(0),
+                Seed::Step(40_000),
+            ],
+        ),
+    ];
+    for (name, options, records) in timed {
+        seeds.push((name.to_string(), timed_proxy_input(options, &records)));
+    }
+
     // The RFC 4475 torture messages, a dozen per sequence: requests from the
     // clients, responses from a backend.
     let mut torture: Vec<_> = std::fs::read_dir(root.join("tests/rfc4475"))
@@ -1956,4 +2058,14 @@ fn fuzz_proxy_find_call_id_folded_before_value() {
         b"\x00\xff\xff\x00OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
 From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID:\r\n c\r\nCSeq: 1 OPTIONS\r\n\r\n",
     );
+}
+
+/// Every seed, replayed from `proxy_seeds` rather than from the files, so a
+/// seed that breaks shows up by name.
+#[test]
+fn proxy_seeds_replay() {
+    for (name, bytes) in proxy_seeds() {
+        eprintln!("{name}");
+        replay_proxy_input(&bytes);
+    }
 }
