@@ -1844,12 +1844,13 @@ fn proxy_seeds() -> Vec<(String, Vec<u8>)> {
     // steps; every input ends with two 10-minute steps.
     use common::{timed_proxy_input, Seed, OPTION_CALL_ID_HASH, OPTION_TIMED};
     const MAX_1: u8 = 3 << 2;
+    let hops_1 = replace(&invite, "Max-Forwards: 70", "Max-Forwards: 1");
     let invite_2 = replace(
         &replace(&invite, "8f2a3c7d9e1b4a60", "8f2a3c7d9e1b4a61"),
         "3c26700b9b1f4a8e",
         "3c26700b9b1f4a8f",
     );
-    let timed: [(&str, u8, Vec<Seed<'_>>); 7] = [
+    let timed: [(&str, u8, Vec<Seed<'_>>); 9] = [
         (
             "timed-call",
             OPTION_TIMED,
@@ -1933,6 +1934,24 @@ fn proxy_seeds() -> Vec<(String, Vec<u8>)> {
                 Seed::Unreachable(0),
                 Seed::Ack(0),
                 Seed::Step(40_000),
+            ],
+        ),
+        (
+            "timed-max-forwards-1-timer-c",
+            OPTION_TIMED,
+            vec![
+                Seed::Peer(CLIENT, &hops_1),
+                Seed::Answer(0, 180),
+                Seed::Step(200_000),
+            ],
+        ),
+        (
+            "timed-max-forwards-1-486",
+            OPTION_TIMED,
+            vec![
+                Seed::Peer(CLIENT, &hops_1),
+                Seed::Answer(0, 486),
+                Seed::Answer(0, 486),
             ],
         ),
     ];
@@ -2068,4 +2087,34 @@ fn proxy_seeds_replay() {
         eprintln!("{name}");
         replay_proxy_input(&bytes);
     }
+}
+
+/// proxy target, timed mode (a seed written with it): an INVITE with `Max-Forwards: 1`
+/// goes on with 0, which the proxy's rescan refuses, so when Timer C fired
+/// no CANCEL could be written and no timer was left: the transactions
+/// outlived the final 20 minutes (`check_drained`). Option 2: timed, round
+/// robin, 64 transactions; then the INVITE from the client, the backend's
+/// 180 (`c0`: answer the latest request sent, code 100 + 0x50), and a
+/// 200-second step (`83`: 200 × 1 s).
+#[test]
+fn fuzz_proxy_timer_c_without_a_cancel_ends() {
+    let invite = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+Max-Forwards: 1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
+    let mut input = vec![0x02, 0x00, invite.len() as u8, 0x00];
+    input.extend_from_slice(invite);
+    input.extend_from_slice(b"\x00\x50\xc0\x00\xc8\x83");
+    replay_proxy_input(&input);
+}
+
+/// proxy target, timed mode (a seed written with it): the same INVITE answered 486 twice;
+/// no ACK could be written for the first, and the second was "ACKed
+/// again" with an empty datagram (`check_sent`).
+#[test]
+fn fuzz_proxy_no_empty_ack() {
+    let invite = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+Max-Forwards: 1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
+    let mut input = vec![0x02, 0x00, invite.len() as u8, 0x00];
+    input.extend_from_slice(invite);
+    input.extend_from_slice(b"\x01\x82\xc0\x01\x82\xc0");
+    replay_proxy_input(&input);
 }

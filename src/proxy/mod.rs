@@ -675,6 +675,18 @@ impl Core {
         if let Some(client) = self.txns.clients.get_mut(slot) {
             client.request = request;
         }
+        // §9.1: with no final 64·T1 after the CANCEL, the INVITE is over.
+        // Armed even when no CANCEL could be written (the request as sent
+        // does not scan again, e.g. Max-Forwards 1 sent on as 0): Timer C
+        // has fired or the try is Proceeding without Timer B, so without it
+        // nothing would ever end the try.
+        let timeout = self.txns.config.timers.timeout_ms();
+        let id = self.txns.arm(now, timeout, Timer::ClientTimeout(slot));
+        if let Some(client) = self.txns.clients.get_mut(slot) {
+            if let Some(old) = std::mem::replace(&mut client.timers[1], id) {
+                self.txns.wheel.cancel(old);
+            }
+        }
         let Some(len) = written else { return };
         let cancel = Client {
             key: key ^ CANCEL_KEY,
@@ -696,14 +708,6 @@ impl Core {
         };
         tx.send(to, len);
         self.counters.requests_sent += 1;
-        // §9.1: with no final 64·T1 after the CANCEL, the INVITE is over.
-        let timeout = self.txns.config.timers.timeout_ms();
-        let id = self.txns.arm(now, timeout, Timer::ClientTimeout(slot));
-        if let Some(client) = self.txns.clients.get_mut(slot) {
-            if let Some(old) = std::mem::replace(&mut client.timers[1], id) {
-                self.txns.wheel.cancel(old);
-            }
-        }
         if let Some(cancel_slot) = self.txns.clients.insert(cancel) {
             self.txns.client_keys.insert(key ^ CANCEL_KEY, cancel_slot);
             self.arm_client_request_timers(now, cancel_slot);
@@ -893,7 +897,9 @@ impl Core {
         }
         match (client.state, code) {
             (ClientState::Completed, _) => {
-                if client.invite && code >= 300 {
+                // No ACK when none could be written (the request as sent
+                // does not scan again): an empty datagram is not one.
+                if client.invite && code >= 300 && !client.ack.is_empty() {
                     let (to, ack) = (client.to, client.ack.clone());
                     emit(tx, to, &ack, &mut self.counters);
                 }
