@@ -2118,3 +2118,22 @@ Max-Forwards: 1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: c\r\nCSeq:
     input.extend_from_slice(b"\x01\x82\xc0\x01\x82\xc0");
     replay_proxy_input(&input);
 }
+
+/// cargo fuzz run proxy (timed mode, the first `.ci/fuzz` run): a
+/// provisional that crosses our CANCEL stopped the CANCEL's 64·T1 wait as
+/// if it were Timer B, and Timer C then did nothing on a try already
+/// cancelled: with no final from the backend, the transactions stayed for
+/// ever. The fuzzer's input (an abandoned try of a `Max-Forwards: 1`
+/// INVITE after an ICMP error) is `corpus/proxy/regression-provisional-
+/// after-cancel-stops-its-wait`; here the plain case: INVITE, 180
+/// (`00 50 c0`), the caller's CANCEL (`e0`), a 183 on the INVITE (`c1`:
+/// the CANCEL we sent is now the latest request), 400 s (`01 90 83`).
+#[test]
+fn fuzz_proxy_provisional_after_our_cancel() {
+    let invite = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+Max-Forwards: 70\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
+    let mut input = vec![0x02, 0x00, invite.len() as u8, 0x00];
+    input.extend_from_slice(invite);
+    input.extend_from_slice(b"\x00\x50\xc0\x00\x00\xe0\x00\x53\xc1\x01\x90\x83");
+    replay_proxy_input(&input);
+}

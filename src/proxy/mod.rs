@@ -990,7 +990,11 @@ impl Core {
         let mut stop = [None; 2];
         if invite {
             // Timer A stops; Timer B and the per-try timer give way to C.
-            stop = [client.timers[0].take(), client.timers[1].take()];
+            // Once our CANCEL is sent, the second timer is its 64·T1 wait
+            // (§9.1), the only one left to end the try: it stays.
+            let wait = client.cancel == CancelState::Sent;
+            let timer_b = if wait { None } else { client.timers[1].take() };
+            stop = [client.timers[0].take(), timer_b];
             if code > 100 || client.timers[2].is_some() {
                 if let Some(id) = client.timers[2].take() {
                     self.txns.wheel.cancel(id);

@@ -736,3 +736,29 @@ fn no_empty_datagram_when_no_ack_could_be_written() {
         "nothing (above all no empty datagram)"
     );
 }
+
+/// A provisional that crosses our CANCEL (the backend's 183 sent before
+/// it saw the CANCEL) used to stop the 64·T1 wait armed with the CANCEL,
+/// as if it were Timer B; if no final came, Timer C then fired on a try
+/// already cancelled and did nothing: the server and client transactions
+/// stayed for ever. Found by the `proxy` fuzz target (timed mode, first
+/// CI run: a late provisional on a try given up on after an ICMP error).
+#[test]
+fn a_provisional_after_our_cancel_does_not_stop_its_wait() {
+    let mut lab = one_backend();
+    let fwd = start_invite(&mut lab, "p1");
+    lab.recv(BACKEND_A, &fwd.answer(180, Some("b")));
+    lab.take();
+    assert_eq!(lab.recv(CALLER, &cancel("p1")), Outcome::Replied);
+    let sent = lab.take();
+    assert!(sent.iter().any(|s| s.method() == "CANCEL"), "{sent:#?}");
+    lab.recv(BACKEND_A, &fwd.answer(183, Some("b")));
+    lab.take();
+    // The backend answers neither the CANCEL nor the INVITE.
+    lab.advance(32_000);
+    let sent = lab.take();
+    assert!(sent.iter().any(|s| s.code() == 487 && s.to() == CALLER));
+    lab.advance(600_000);
+    assert_eq!(lab.proxy.transactions(), (0, 0));
+    assert_eq!(lab.proxy.next_deadline(), None, "no timer left");
+}
