@@ -16,10 +16,12 @@ use toml::Spanned;
 use crate::balance::{
     self, Cidr, MemberSpec, Routing, RoutingError, RoutingSpec, RuleSpec, SetSpec,
 };
+use crate::proxy::overload::OverloadConfig;
 use crate::proxy::Algorithm;
 use std::sync::Arc;
 
 use crate::control::probe::ProbeConfig;
+use crate::guard::{self, Acl, FloodConfig, GuardConfig};
 use crate::shard;
 use crate::sip::{host_ip, Limits, Uri};
 use crate::txn::{Millis, TimerConfig, TxnConfig};
@@ -51,6 +53,12 @@ pub struct File {
     pub transactions: TransactionsFile,
     #[serde(default)]
     pub probes: ProbesFile,
+    #[serde(default)]
+    pub overload: OverloadFile,
+    #[serde(default)]
+    pub acl: AclFile,
+    #[serde(default)]
+    pub flood: FloodFile,
     /// The set for requests no route matches; default `"default"` (the
     /// `[backends]` pool). A top-level key: write it before any table.
     pub default_set: Option<Spanned<String>>,
@@ -86,6 +94,22 @@ pub struct LimitsFile {
     pub via_values_max: Option<usize>,
 }
 
+/// Overload control: when a shard sheds new INVITEs and REGISTERs.
+/// Percentages, so the file holds whole numbers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverloadFile {
+    pub enabled: Option<bool>,
+    pub window_ms: Option<Spanned<u32>>,
+    pub busy_high_pct: Option<Spanned<u32>>,
+    pub busy_low_pct: Option<Spanned<u32>>,
+    pub transactions_high_pct: Option<Spanned<u32>>,
+    pub transactions_low_pct: Option<Spanned<u32>>,
+    pub queue_high_pct: Option<Spanned<u32>>,
+    pub queue_low_pct: Option<Spanned<u32>>,
+    pub reject_per_s: Option<Spanned<u32>>,
+}
+
 /// Health probes: OPTIONS to every backend (off unless `enabled`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +120,30 @@ pub struct ProbesFile {
     pub failures: Option<Spanned<u32>>,
     pub successes: Option<Spanned<u32>>,
     pub accepted_codes: Option<Spanned<Vec<u16>>>,
+}
+
+/// Who may send SIP to us and reach the admin API: networks as
+/// `"10.0.0.0/8"`, `"2001:db8::/32"` or one address. Deny wins; an empty
+/// allow list allows all.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclFile {
+    pub sip_allow: Option<Spanned<Vec<Spanned<String>>>>,
+    pub sip_deny: Option<Spanned<Vec<Spanned<String>>>>,
+    pub admin_allow: Option<Spanned<Vec<Spanned<String>>>>,
+    pub admin_deny: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// Flood protection: per-source request rates and bans (off unless
+/// `enabled`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloodFile {
+    pub enabled: Option<bool>,
+    pub requests_per_second: Option<Spanned<u32>>,
+    pub burst: Option<Spanned<u32>>,
+    pub ban_s: Option<Spanned<u32>>,
+    pub sources_max: Option<Spanned<u32>>,
 }
 
 /// Transaction timers (RFC 3261 table 4), failover and the table bound.
@@ -301,6 +349,8 @@ pub fn parse_with_routing(
     }
     let txn = transactions(&file.transactions, &mut problem);
     let probes = probes(&file.probes, &mut problem);
+    let overload = overload(&file.overload, &mut problem);
+    let guard = guard(&file.acl, &file.flood, &mut problem);
     let admin = match &file.admin {
         None => None,
         Some(admin) => match admin.get_ref().parse::<SocketAddr>() {
@@ -341,6 +391,8 @@ pub fn parse_with_routing(
                 admin,
                 probes,
                 routing: routing.clone(),
+                overload,
+                guard,
             };
             Ok((config, routing))
         }
@@ -595,23 +647,9 @@ fn rule_spec(
         domain: span(route.domain.as_ref().map(|d| d.span())),
         source: span(route.source.as_ref().map(|s| s.span())),
     };
-    let source = route.source.as_ref().map(|networks| {
-        let parsed: Vec<Cidr> = networks
-            .get_ref()
-            .iter()
-            .filter_map(|network| match network.get_ref().parse::<Cidr>() {
-                Ok(cidr) => Some(cidr),
-                Err(why) => {
-                    problem(
-                        network.span(),
-                        format!("source {:?}: {why}", network.get_ref()),
-                        "write a network as \"10.0.0.0/8\" or \"2001:db8::/32\", or one address",
-                    );
-                    None
-                }
-            })
-            .collect();
-        (parsed, networks.get_ref().len())
+    let source = route.source.as_ref().map(|list| {
+        let parsed = networks(list, "source", problem);
+        (parsed, list.get_ref().len())
     });
     let rule = RuleSpec {
         methods: route.methods.as_ref().map(|m| m.get_ref().clone()),
@@ -625,6 +663,88 @@ fn rule_spec(
         set: route.set.get_ref().clone(),
     };
     (rule, places)
+}
+
+/// A list of networks; each one that does not parse is a problem on its
+/// own line (`key` names the list) and is left out.
+fn networks(
+    list: &Spanned<Vec<Spanned<String>>>,
+    key: &str,
+    problem: &mut impl FnMut(Range<usize>, String, &str),
+) -> Vec<Cidr> {
+    list.get_ref()
+        .iter()
+        .filter_map(|network| match network.get_ref().parse::<Cidr>() {
+            Ok(cidr) => Some(cidr),
+            Err(why) => {
+                problem(
+                    network.span(),
+                    format!("{key} {:?}: {why}", network.get_ref()),
+                    "write a network as \"10.0.0.0/8\" or \"2001:db8::/32\", or one address",
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+/// The `[acl]` and `[flood]` tables.
+fn guard(
+    acl: &AclFile,
+    flood: &FloodFile,
+    problem: &mut impl FnMut(Range<usize>, String, &str),
+) -> GuardConfig {
+    let mut list = |list: &Option<Spanned<Vec<Spanned<String>>>>, key: &str| match list {
+        None => (Vec::new(), 0..0),
+        Some(l) => (networks(l, &format!("acl.{key}"), &mut *problem), l.span()),
+    };
+    let sides = [
+        (
+            list(&acl.sip_allow, "sip_allow"),
+            list(&acl.sip_deny, "sip_deny"),
+        ),
+        (
+            list(&acl.admin_allow, "admin_allow"),
+            list(&acl.admin_deny, "admin_deny"),
+        ),
+    ];
+    let [sip, admin] = sides.map(|((allow, allow_span), (deny, deny_span))| {
+        Acl::new(&allow, &deny).unwrap_or_else(|e| {
+            let span = if allow.len() > guard::NETWORKS_MAX {
+                allow_span
+            } else {
+                deny_span
+            };
+            problem(
+                span,
+                format!("the list holds {e}"),
+                "merge networks into wider ones, or filter in a firewall in front",
+            );
+            Acl::default()
+        })
+    });
+    let defaults = FloodConfig::default();
+    let mut value = |v: &Option<Spanned<u32>>, name: &str, range, default| {
+        ranged(&mut *problem, v, &format!("flood.{name}"), range, default)
+    };
+    let flood = FloodConfig {
+        enabled: flood.enabled.unwrap_or(defaults.enabled),
+        requests_per_second: value(
+            &flood.requests_per_second,
+            "requests_per_second",
+            1..=10_000_000,
+            defaults.requests_per_second,
+        ),
+        burst: value(&flood.burst, "burst", 1..=10_000_000, defaults.burst),
+        ban_s: value(&flood.ban_s, "ban_s", 1..=guard::BAN_S_MAX, defaults.ban_s),
+        sources_max: value(
+            &flood.sources_max,
+            "sources_max",
+            guard::flood::SOURCES_MIN..=guard::flood::SOURCES_MAX,
+            defaults.sources_max,
+        ),
+    };
+    GuardConfig { sip, admin, flood }
 }
 
 /// A number that must lie in `range`: out of it is a problem (with the
@@ -651,6 +771,92 @@ fn ranged(
         }
         Some(v) => *v.get_ref(),
         None => default,
+    }
+}
+
+/// The `[overload]` table: each value in its range, each low mark under
+/// its high mark.
+fn overload(
+    file: &OverloadFile,
+    problem: &mut impl FnMut(std::ops::Range<usize>, String, &str),
+) -> OverloadConfig {
+    let d = OverloadConfig::default();
+    let pct = |f: f64| (f * 100.0).round() as u32;
+    let mut value = |v: &Option<Spanned<u32>>, name: &str, range, default| {
+        ranged(
+            &mut *problem,
+            v,
+            &format!("overload.{name}"),
+            range,
+            default,
+        )
+    };
+    let window_ms = value(
+        &file.window_ms,
+        "window_ms",
+        10..=10_000,
+        d.window_ms as u32,
+    );
+    let reject_per_s = value(
+        &file.reject_per_s,
+        "reject_per_s",
+        0..=1_000_000,
+        d.reject_per_s,
+    );
+    let mut pair = |high: &Option<Spanned<u32>>, low: &Option<Spanned<u32>>, name: &str, dh, dl| {
+        let h = value(high, &format!("{name}_high_pct"), 1..=100, pct(dh));
+        let l = value(low, &format!("{name}_low_pct"), 0..=100, pct(dl));
+        (h, l)
+    };
+    let busy = pair(
+        &file.busy_high_pct,
+        &file.busy_low_pct,
+        "busy",
+        d.busy_high,
+        d.busy_low,
+    );
+    let transactions = pair(
+        &file.transactions_high_pct,
+        &file.transactions_low_pct,
+        "transactions",
+        d.transactions_high,
+        d.transactions_low,
+    );
+    let queue = pair(
+        &file.queue_high_pct,
+        &file.queue_low_pct,
+        "queue",
+        d.queue_high,
+        d.queue_low,
+    );
+    for ((high, low), name, span) in [
+        (busy, "busy", file.busy_low_pct.as_ref()),
+        (
+            transactions,
+            "transactions",
+            file.transactions_low_pct.as_ref(),
+        ),
+        (queue, "queue", file.queue_low_pct.as_ref()),
+    ] {
+        if low >= high {
+            problem(
+                span.map_or(0..0, |s| s.span()),
+                format!("overload.{name}_low_pct = {low} is not below {name}_high_pct = {high}"),
+                "the low mark (where overload ends) must be under the high mark (where it starts)",
+            );
+        }
+    }
+    let fraction = |p: u32| f64::from(p) / 100.0;
+    OverloadConfig {
+        enabled: file.enabled.unwrap_or(d.enabled),
+        window_ms: u64::from(window_ms),
+        busy_high: fraction(busy.0),
+        busy_low: fraction(busy.1),
+        transactions_high: fraction(transactions.0),
+        transactions_low: fraction(transactions.1),
+        queue_high: fraction(queue.0),
+        queue_low: fraction(queue.1),
+        reject_per_s,
     }
 }
 
@@ -808,6 +1014,18 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:5060".parse().unwrap());
         assert_eq!(config.backends.len(), 2);
         assert_eq!(config.shards, 2);
+        assert!(config.guard.flood.enabled, "turned on as an example");
+        assert_eq!(
+            config.guard.flood,
+            FloodConfig {
+                enabled: true,
+                ..FloodConfig::default()
+            },
+            "with the default thresholds"
+        );
+        assert!(config.guard.admin.permits("::1".parse().unwrap()));
+        assert!(!config.guard.admin.permits("192.0.2.1".parse().unwrap()));
+        assert!(config.guard.sip.is_empty());
     }
 
     #[test]
@@ -984,6 +1202,79 @@ set = "a"
         let default = reloaded.set(reloaded.default_set());
         assert_eq!(default.members.len(), 1);
         assert_eq!(default.members[0].health.state(), balance::State::Draining);
+    }
+
+    #[test]
+    fn acl_and_flood_are_read_with_their_defaults() {
+        let base = "listen = \"127.0.0.1:5060\"\n[backends]\nmembers = [\"sip:10.0.0.1\"]\n";
+        let config = parse(base).unwrap();
+        assert_eq!(config.guard, GuardConfig::default());
+        assert!(!config.guard.sip_active(), "nothing to check unless asked");
+        let text = format!(
+            "{base}[acl]\nsip_allow = [\"10.0.0.0/8\", \"2001:db8::/32\"]\nsip_deny = [\"10.1.2.3/32\"]\n\
+             admin_allow = [\"127.0.0.1\"]\n[flood]\nenabled = true\nrequests_per_second = 50\n\
+             burst = 100\nban_s = 2\nsources_max = 1024\n"
+        );
+        let guard = parse(&text).unwrap().guard;
+        assert!(guard.sip.permits("10.9.9.9".parse().unwrap()));
+        assert!(!guard.sip.permits("10.1.2.3".parse().unwrap()));
+        assert!(guard.sip.permits("2001:db8::7".parse().unwrap()));
+        assert!(!guard.sip.permits("192.0.2.1".parse().unwrap()));
+        assert!(guard.admin.permits("127.0.0.1".parse().unwrap()));
+        assert!(!guard.admin.permits("127.0.0.2".parse().unwrap()));
+        assert_eq!(
+            guard.flood,
+            FloodConfig {
+                enabled: true,
+                requests_per_second: 50,
+                burst: 100,
+                ban_s: 2,
+                sources_max: 1024,
+            }
+        );
+    }
+
+    #[test]
+    fn acl_and_flood_problems_have_their_line_and_a_fix() {
+        let text = "listen = \"127.0.0.1:5060\"\n[backends]\nmembers = [\"sip:10.0.0.1\"]\n\
+                    [acl]\nsip_allow = [\"10.0.0.0/8\",\n  \"10.0.0.1/8\"]\nadmin_deny = [\"localhost\"]\n\
+                    [flood]\nban_s = 0\nrequests_per_second = 0\nsources_max = 4\n";
+        let problems = parse(text).unwrap_err();
+        let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [6, 7, 10, 9, 11], "{problems:#?}");
+        assert!(problems.iter().all(|p| !p.fix.is_empty()));
+        assert!(
+            problems[0].what.contains("acl.sip_allow \"10.0.0.1/8\"")
+                && problems[0].what.contains("10.0.0.0/8"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].what.contains("acl.admin_deny"),
+            "{}",
+            problems[1]
+        );
+        assert!(
+            problems[3].what.contains("flood.ban_s = 0"),
+            "{}",
+            problems[3]
+        );
+        assert!(problems[3].fix.contains("1..=86400"), "{}", problems[3]);
+        let too_many: Vec<String> = (0..=guard::NETWORKS_MAX)
+            .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+            .collect();
+        let text = format!(
+            "listen = \"127.0.0.1:5060\"\n[backends]\nmembers = [\"sip:10.0.0.1\"]\n[acl]\nsip_deny = [{}]\n",
+            too_many.join(", ")
+        );
+        let problems = parse(&text).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert_eq!(problems[0].line, 5);
+        assert!(
+            problems[0].what.contains("1025 networks"),
+            "{}",
+            problems[0]
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! around them (sockets, io_uring or epoll, Call-ID handoff, the clock);
 //! `config` reads the configuration file, off the packet path. `balance`
 //! is the sans-I/O core of destination sets: routing rules, member health
-//! and the balancing algorithms.
+//! and the balancing algorithms. `guard` is the sans-I/O access control and
+//! flood protection the shards consult before the core sees a datagram.
 //!
 //! ```text
 //!   datagram ──► proxy::Proxy::handle(now, source, datagram, tx: impl Transmit)
@@ -23,6 +24,7 @@
 pub mod balance;
 pub mod config;
 pub mod control;
+pub mod guard;
 pub mod proxy;
 pub mod shard;
 pub mod sip;

@@ -192,6 +192,8 @@ fn run(args: RunArgs) -> ExitCode {
                 )
                 .expect("two loopback backends make a valid set"),
             ),
+            overload: sipshard::proxy::overload::OverloadConfig::default(),
+            guard: sipshard::guard::GuardConfig::default(),
         },
     };
     if let Some(io) = args.io {
@@ -245,6 +247,7 @@ fn run(args: RunArgs) -> ExitCode {
         config.admin = args.admin;
     }
     let admin = config.admin;
+    let admin_acl = config.guard.admin.clone();
     let probes = config.probes.clone();
     let listen = config.listen;
     let runtime = match Runtime::start(config) {
@@ -261,7 +264,7 @@ fn run(args: RunArgs) -> ExitCode {
         return ExitCode::from(1);
     }
     if let Some(address) = admin {
-        match sipshard::control::admin::start(address, control.clone()) {
+        match sipshard::control::admin::start(address, control.clone(), admin_acl) {
             Ok(_) => tracing::info!(%address, "admin API is listening"),
             Err(error) => {
                 eprintln!("sipshard: cannot serve the admin API on {address}: {error}");

@@ -10,7 +10,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{http, scenario, screen_count, tempdir, wait_for_listener, Running};
+use support::{http, scenario, screen_count, tempdir, value, wait_for_listener, Running};
 
 const GATEWAY: &str = "127.0.0.1:16060";
 const ADMIN: &str = "127.0.0.1:16090";
@@ -21,52 +21,8 @@ fn get(path: &str) -> (u16, String) {
     http(ADMIN, "GET", path, "")
 }
 
-/// Every sample of `/metrics`, summed over the shards: name plus the
-/// labels other than `shard`, to value.
 fn scrape() -> HashMap<String, f64> {
-    let (status, body) = get("/metrics");
-    assert_eq!(status, 200, "{body}");
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
-    let mut sums = HashMap::new();
-    for sample in scrape.samples {
-        let mut labels: Vec<String> = sample
-            .labels
-            .iter()
-            .filter(|(k, _)| k.as_str() != "shard")
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        labels.sort();
-        let key = match labels.is_empty() {
-            true => sample.metric.clone(),
-            false => format!("{}{{{}}}", sample.metric, labels.join(",")),
-        };
-        let value = match sample.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            // A histogram's buckets are cumulative; its +Inf bucket is its count.
-            prometheus_parse::Value::Histogram(buckets) => {
-                let counts: Vec<f64> = buckets.iter().map(|b| b.count).collect();
-                assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
-                let total = buckets
-                    .iter()
-                    .find(|b| b.less_than.is_infinite())
-                    .map_or(0.0, |b| b.count);
-                *sums.entry(format!("{key}+Inf")).or_insert(0.0) += total;
-                continue;
-            }
-            prometheus_parse::Value::Summary(_) => continue,
-        };
-        *sums.entry(key).or_insert(0.0) += value;
-    }
-    sums
-}
-
-fn value(sums: &HashMap<String, f64>, key: &str) -> u64 {
-    *sums
-        .get(key)
-        .unwrap_or_else(|| panic!("no {key} in /metrics: {sums:?}")) as u64
+    support::scrape(ADMIN)
 }
 
 #[test]

@@ -652,7 +652,7 @@ pub enum Action {
 
 /// The counters as an array in declaration order. Destructured, so that a
 /// new counter fails to compile here until the accounting below knows it.
-fn counter_array(c: &Counters) -> [u64; 11] {
+fn counter_array(c: &Counters) -> [u64; 12] {
     // Transaction counters (tries, timers, CANCEL) are not outcomes of a
     // datagram: each datagram here meets an empty transaction table.
     let Counters {
@@ -667,6 +667,7 @@ fn counter_array(c: &Counters) -> [u64; 11] {
         dropped_unresolved,
         dropped_buffer_full,
         dropped_no_backend,
+        shed_dropped,
         requests_sent: _,
         transactions_started: _,
         retransmissions_absorbed: _,
@@ -681,6 +682,10 @@ fn counter_array(c: &Counters) -> [u64; 11] {
         unreachable: _,
         overload_rejected: _,
         unavailable_rejected: _,
+        shed_rejected: _,
+        local_acks_absorbed: _,
+        // Counted besides the outcome (a 400 for too many headers is a reply too).
+        limits: _,
     } = *c;
     [
         requests_forwarded,
@@ -694,6 +699,7 @@ fn counter_array(c: &Counters) -> [u64; 11] {
         dropped_unresolved,
         dropped_buffer_full,
         dropped_no_backend,
+        shed_dropped,
     ]
 }
 
@@ -720,6 +726,7 @@ fn outcome_counter(action: &Action, input_is_request: Option<bool>) -> usize {
             DropReason::UnresolvedNextHop => 8,
             DropReason::BufferFull => 9,
             DropReason::NoBackend => 10,
+            DropReason::Overloaded => 11,
         },
     }
 }
@@ -802,11 +809,12 @@ fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
 /// echoes the request's Vias (one per line), From, To, Call-ID and CSeq as
 /// they are (RFC 4475 insuf still gets its 400), so a broken or missing one
 /// of those, or more Via values than a message may hold, is broken or
-/// missing in the reply too.
+/// missing in the reply too; so is a control character in one of them.
 fn inherited_fault(fault: Fault) -> bool {
     matches!(
         fault,
-        Fault::Via(_)
+        Fault::ControlCharacter
+            | Fault::Via(_)
             | Fault::TooManyVia
             | Fault::TooManyHeaders
             | Fault::TooLarge
@@ -832,7 +840,7 @@ pub struct ProxyRun {
     handled: u64,
     /// Outcome counts the timers added between datagrams.
     timer_outcomes: u64,
-    counters: [u64; 11],
+    counters: [u64; 12],
     /// The backend of the last round-robin pick: the next must differ.
     last_round_robin: Option<SocketAddr>,
     /// The backend each Call-ID hashed to.
@@ -849,7 +857,7 @@ impl ProxyRun {
             out: vec![0u8; OUT_BYTES],
             handled: 0,
             timer_outcomes: 0,
-            counters: [0; 11],
+            counters: [0; 12],
             last_round_robin: None,
             hashed: HashMap::new(),
         }
@@ -863,7 +871,7 @@ impl ProxyRun {
         self.run_down();
         // Timers retransmit, fail over and answer: not this datagram's doing.
         let after_timers = counter_array(self.proxy.counters());
-        let outcomes = |c: &[u64; 11]| -> u64 {
+        let outcomes = |c: &[u64; 12]| -> u64 {
             c.iter()
                 .enumerate()
                 .filter(|&(i, _)| i != LOOPS_DETECTED)
@@ -1238,9 +1246,10 @@ fn check_drop(m: &Message<'_>, reason: DropReason) {
 // What holds for any proxy at any time, and the timed mode.
 // ---------------------------------------------------------------------------
 
-/// Every counter, in declaration order. Destructured, so that a new
-/// counter fails to compile here until it is known.
-fn all_counters(c: &Counters) -> [u64; 25] {
+/// Every counter, in declaration order, the limit counts last.
+/// Destructured, so that a new counter fails to compile here until it is
+/// known.
+fn all_counters(c: &Counters) -> Vec<u64> {
     let Counters {
         requests_forwarded,
         responses_forwarded,
@@ -1267,8 +1276,12 @@ fn all_counters(c: &Counters) -> [u64; 25] {
         dropped_buffer_full,
         dropped_no_backend,
         unavailable_rejected,
+        shed_rejected,
+        shed_dropped,
+        local_acks_absorbed,
+        limits,
     } = *c;
-    [
+    let mut all = vec![
         requests_forwarded,
         responses_forwarded,
         replies,
@@ -1294,7 +1307,12 @@ fn all_counters(c: &Counters) -> [u64; 25] {
         dropped_buffer_full,
         dropped_no_backend,
         unavailable_rejected,
-    ]
+        shed_rejected,
+        shed_dropped,
+        local_acks_absorbed,
+    ];
+    all.extend_from_slice(&limits.0);
+    all
 }
 
 /// `overload_rejected` in `all_counters`.
@@ -1499,7 +1517,7 @@ pub struct TimedRun {
     proxy: Proxy,
     now: u64,
     max_transactions: usize,
-    counters: [u64; 25],
+    counters: Vec<u64>,
     /// Requests the proxy sent (destination, bytes), the latest last.
     requests: Vec<(SocketAddr, Vec<u8>)>,
     /// Responses the proxy sent, the latest last.
@@ -1514,7 +1532,7 @@ impl TimedRun {
             proxy: proxy_with(algorithm, max_transactions),
             now: 0,
             max_transactions,
-            counters: [0; 25],
+            counters: all_counters(&Counters::default()),
             requests: Vec::new(),
             responses: Vec::new(),
             invites: Vec::new(),

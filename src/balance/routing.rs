@@ -647,6 +647,16 @@ impl Cidr {
         }
     }
 
+    /// The network's first address (its host bits are zero).
+    pub fn network(&self) -> IpAddr {
+        self.network
+    }
+
+    /// How many leading bits of an address the network fixes.
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
     /// Whether `ip` (already canonical: IPv4-mapped IPv6 as IPv4) is in
     /// the network.
     pub fn contains(&self, ip: IpAddr) -> bool {

@@ -10,7 +10,9 @@
 //!   | "up" | "down"}` (`member` is its URI or its index in the set);
 //! - `POST /api/v1/reload`.
 //!
-//! A bad request gets 400 with `{"error": ..., "field": ...}`.
+//! A bad request gets 400 with `{"error": ..., "field": ...}`. A peer the
+//! admin ACL (`[acl] admin_allow`, `admin_deny`) refuses gets 403 on every
+//! path, before any handler runs.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -18,9 +20,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
@@ -30,10 +33,12 @@ use serde_json::{json, Value};
 use super::metrics::{self, ShardStats};
 use super::probe::ProbeResult;
 use super::{state_name, state_named, Control};
+use crate::guard::Acl;
 
 /// Binds `address` now (so that a taken port fails at start-up, with the
-/// address in the error) and serves the API on a thread named `admin`.
-pub fn start(address: SocketAddr, control: Arc<Control>) -> io::Result<JoinHandle<()>> {
+/// address in the error) and serves the API on a thread named `admin`,
+/// to the peers `acl` permits.
+pub fn start(address: SocketAddr, control: Arc<Control>, acl: Acl) -> io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(address)?;
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -50,14 +55,20 @@ pub fn start(address: SocketAddr, control: Arc<Control>) -> io::Result<JoinHandl
                         return;
                     }
                 };
-                if let Err(error) = axum::serve(listener, router(control)).await {
+                let service =
+                    router(control, acl).into_make_service_with_connect_info::<SocketAddr>();
+                if let Err(error) = axum::serve(listener, service).await {
                     tracing::error!(%error, "admin API stopped");
                 }
             })
         })
 }
 
-fn router(control: Arc<Control>) -> Router {
+fn router(control: Arc<Control>, acl: Acl) -> Router {
+    let door = Arc::new(Door {
+        acl,
+        control: control.clone(),
+    });
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -65,6 +76,32 @@ fn router(control: Arc<Control>) -> Router {
         .route("/api/v1/sets/{set}/members/{member}", put(set_member))
         .route("/api/v1/reload", post(reload))
         .with_state(control)
+        .layer(middleware::from_fn_with_state(door, admit))
+}
+
+/// The admin ACL and where to count its refusals.
+struct Door {
+    acl: Acl,
+    control: Arc<Control>,
+}
+
+/// Every request, any path (unknown ones too), passes here first: a peer
+/// the ACL refuses gets 403 and no handler runs.
+async fn admit(
+    State(door): State<Arc<Door>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if door.acl.permits(peer.ip()) {
+        return next.run(request).await;
+    }
+    door.control.admin_denied();
+    tracing::debug!(%peer, "admin API: refused by the admin ACL");
+    json_response(
+        StatusCode::FORBIDDEN,
+        json!({ "error": "refused by the admin ACL", "field": "source" }),
+    )
 }
 
 async fn healthz() -> &'static str {
@@ -80,6 +117,12 @@ async fn metrics(State(control): State<Arc<Control>>) -> impl IntoResponse {
         &control.shards.routing(),
         &control.transitions(),
         &control.probe_counts(),
+    );
+    metrics::render_guard(
+        &mut text,
+        &shards,
+        control.shards.bans_active(),
+        control.admin_denied_count(),
     );
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

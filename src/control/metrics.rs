@@ -16,6 +16,8 @@ use std::sync::Mutex;
 use hdrhistogram::Histogram;
 
 use crate::balance::{Routing, State};
+use crate::guard::GuardCounters;
+use crate::proxy::Limit;
 use crate::sip::Method;
 
 /// Prometheus metric types used here.
@@ -54,6 +56,13 @@ pub enum Stat {
     OverloadRejected,
     UnavailableRejected,
     LoopsDetected,
+    /// One per [`crate::proxy::Limit`], in its order.
+    LimitDatagramBytes,
+    LimitHeaders,
+    LimitHeaderLineBytes,
+    LimitViaValues,
+    LimitTransactions,
+    LimitUdpPayload,
     ServerTransactions,
     ClientTransactions,
     Dialogs,
@@ -67,6 +76,11 @@ pub enum Stat {
     DroppedUnresolved,
     DroppedBufferFull,
     DroppedNoBackend,
+    Overloaded,
+    OverloadEntered,
+    ShedRejected,
+    ShedDropped,
+    LocalAcksAbsorbed,
 }
 
 /// A stat's family name, help, type and its one distinguishing label.
@@ -78,7 +92,7 @@ struct Meta {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 36] = [
+    pub const ALL: [Stat; 47] = [
         Stat::Received,
         Stat::Sent,
         Stat::HandedOff,
@@ -102,6 +116,12 @@ impl Stat {
         Stat::OverloadRejected,
         Stat::UnavailableRejected,
         Stat::LoopsDetected,
+        Stat::LimitDatagramBytes,
+        Stat::LimitHeaders,
+        Stat::LimitHeaderLineBytes,
+        Stat::LimitViaValues,
+        Stat::LimitTransactions,
+        Stat::LimitUdpPayload,
         Stat::ServerTransactions,
         Stat::ClientTransactions,
         Stat::Dialogs,
@@ -115,6 +135,11 @@ impl Stat {
         Stat::DroppedUnresolved,
         Stat::DroppedBufferFull,
         Stat::DroppedNoBackend,
+        Stat::Overloaded,
+        Stat::OverloadEntered,
+        Stat::ShedRejected,
+        Stat::ShedDropped,
+        Stat::LocalAcksAbsorbed,
     ];
 
     fn meta(self) -> Meta {
@@ -202,7 +227,38 @@ impl Stat {
                 Counter,
                 None,
             ),
+            Stat::Overloaded => (
+                "overloaded",
+                "1 while the shard sheds new INVITEs and REGISTERs (busy, table or queue past its high mark).",
+                Gauge,
+                None,
+            ),
+            Stat::OverloadEntered => ("overload_entered_total", "Times the shard became overloaded.", Counter, None),
+            Stat::ShedRejected => (
+                "shed_total",
+                "New INVITEs and REGISTERs turned away while overloaded.",
+                Counter,
+                Some(("action", "503")),
+            ),
+            Stat::ShedDropped => (
+                "shed_total",
+                "New INVITEs and REGISTERs turned away while overloaded.",
+                Counter,
+                Some(("action", "dropped")),
+            ),
+            Stat::LocalAcksAbsorbed => (
+                "local_acks_absorbed_total",
+                "ACKs for the gateway's own final answers (503, 483, ...), absorbed rather than forwarded.",
+                Counter,
+                None,
+            ),
             Stat::LoopsDetected => ("loops_detected_total", "Requests answered 482 (Loop Detected).", Counter, None),
+            Stat::LimitDatagramBytes => limit(Limit::DatagramBytes),
+            Stat::LimitHeaders => limit(Limit::Headers),
+            Stat::LimitHeaderLineBytes => limit(Limit::HeaderLineBytes),
+            Stat::LimitViaValues => limit(Limit::ViaValues),
+            Stat::LimitTransactions => limit(Limit::Transactions),
+            Stat::LimitUdpPayload => limit(Limit::UdpPayload),
             Stat::ServerTransactions => (
                 "transactions_active",
                 "Transactions in the shard's table.",
@@ -255,6 +311,38 @@ fn drop(
         Kind::Counter,
         Some(("reason", reason)),
     )
+}
+
+/// Every limit in one family, so that one query sees a peer hitting any
+/// of them.
+fn limit(
+    limit: Limit,
+) -> (
+    &'static str,
+    &'static str,
+    Kind,
+    Option<(&'static str, &'static str)>,
+) {
+    (
+        "limit_exceeded_total",
+        "Messages or requests past a limit, by limit (the answer each gets is in the README's Limits).",
+        Kind::Counter,
+        Some(("limit", limit.name())),
+    )
+}
+
+impl Stat {
+    /// The stat that publishes `limit`'s counter.
+    pub fn of_limit(limit: Limit) -> Stat {
+        match limit {
+            Limit::DatagramBytes => Stat::LimitDatagramBytes,
+            Limit::Headers => Stat::LimitHeaders,
+            Limit::HeaderLineBytes => Stat::LimitHeaderLineBytes,
+            Limit::ViaValues => Stat::LimitViaValues,
+            Limit::Transactions => Stat::LimitTransactions,
+            Limit::UdpPayload => Stat::LimitUdpPayload,
+        }
+    }
 }
 
 /// Status classes 1xx to 6xx.
@@ -349,6 +437,9 @@ pub struct ShardStats {
     latency_ns: Mutex<Option<Histogram<u64>>>,
     rtt_us: Mutex<Option<Histogram<u64>>>,
     duration_us: Mutex<Option<Histogram<u64>>>,
+    /// The shard's guard counts, by [`GuardCounters`] field (see
+    /// [`render_guard`]).
+    guard: [AtomicU64; GUARD_VALUES],
 }
 
 impl Default for ShardStats {
@@ -360,6 +451,7 @@ impl Default for ShardStats {
             latency_ns: Mutex::new(None),
             rtt_us: Mutex::new(None),
             duration_us: Mutex::new(None),
+            guard: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -393,6 +485,107 @@ impl ShardStats {
     pub fn offer_duration(&self, histogram: &Histogram<u64>) {
         offer(&self.duration_us, histogram);
     }
+
+    /// Stores the shard's guard counts (relaxed, one writer).
+    pub fn set_guard(&self, counters: &GuardCounters) {
+        for (to, from) in self.guard.iter().zip(guard_values(counters)) {
+            to.store(from, Ordering::Relaxed);
+        }
+    }
+
+    pub fn guard(&self) -> GuardCounters {
+        let [acl_denied, banned, bans_started, sources, evictions] =
+            std::array::from_fn(|i| self.guard[i].load(Ordering::Relaxed));
+        GuardCounters {
+            acl_denied,
+            banned,
+            bans_started,
+            sources,
+            evictions,
+        }
+    }
+}
+
+const GUARD_VALUES: usize = 5;
+
+fn guard_values(c: &GuardCounters) -> [u64; GUARD_VALUES] {
+    [
+        c.acl_denied,
+        c.banned,
+        c.bans_started,
+        c.sources,
+        c.evictions,
+    ]
+}
+
+/// The guard's families: access control and flood protection, per shard;
+/// the bans in force (shared by all shards) and the admin API's refusals.
+pub fn render_guard(
+    out: &mut String,
+    shards: &[&ShardStats],
+    bans_active: usize,
+    admin_denied: u64,
+) {
+    header(
+        out,
+        "guard_dropped_total",
+        "Datagrams dropped before the proxy core, by reason: acl_denied (the SIP ACL refused the source), banned (the source is banned for flooding).",
+        Kind::Counter,
+    );
+    for (shard, stats) in shards.iter().enumerate() {
+        let c = stats.guard();
+        for (reason, n) in [("acl_denied", c.acl_denied), ("banned", c.banned)] {
+            let _ = writeln!(
+                out,
+                "sipshard_guard_dropped_total{{shard=\"{shard}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+    type Pick = fn(&GuardCounters) -> u64;
+    let families: [(&str, &str, Kind, Pick); 3] = [
+        (
+            "flood_bans_total",
+            "Sources banned for sending requests over their rate (bans this shard started).",
+            Kind::Counter,
+            |c| c.bans_started,
+        ),
+        (
+            "flood_sources",
+            "Sources in the shard's table of request rates.",
+            Kind::Gauge,
+            |c| c.sources,
+        ),
+        (
+            "flood_evictions_total",
+            "Sources that lost their place in a full table of request rates to another.",
+            Kind::Counter,
+            |c| c.evictions,
+        ),
+    ];
+    for (family, help, kind, pick) in families {
+        header(out, family, help, kind);
+        for (shard, stats) in shards.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "sipshard_{family}{{shard=\"{shard}\"}} {}",
+                pick(&stats.guard())
+            );
+        }
+    }
+    header(
+        out,
+        "flood_bans_active",
+        "Sources banned for flooding now, all shards.",
+        Kind::Gauge,
+    );
+    let _ = writeln!(out, "sipshard_flood_bans_active {bans_active}");
+    header(
+        out,
+        "admin_denied_total",
+        "Admin API requests refused with 403 by the admin ACL.",
+        Kind::Counter,
+    );
+    let _ = writeln!(out, "sipshard_admin_denied_total {admin_denied}");
 }
 
 fn offer(slot: &Mutex<Option<Histogram<u64>>>, histogram: &Histogram<u64>) {
@@ -700,6 +893,7 @@ mod tests {
         b.set(Stat::Received, 5);
         a.set(Stat::DroppedMalformed, 2);
         a.set(Stat::BusyNs, 1_500_000_000);
+        a.set(Stat::of_limit(Limit::Headers), 3);
         let mut counts = MessageCounts::default();
         counts.count(classify(b"INVITE sip:x SIP/2.0\r\n"));
         counts.count(classify(b"SIP/2.0 200 OK\r\n"));
@@ -714,11 +908,49 @@ mod tests {
         assert!(text.contains("sipshard_datagrams_received_total{shard=\"1\"} 5\n"));
         assert!(text.contains("sipshard_dropped_total{shard=\"0\",reason=\"malformed\"} 2\n"));
         assert!(text.contains("sipshard_busy_seconds_total{shard=\"0\"} 1.5\n"));
+        assert!(text.contains("sipshard_limit_exceeded_total{shard=\"0\",limit=\"headers\"} 3\n"));
+        assert!(
+            text.contains("sipshard_limit_exceeded_total{shard=\"1\",limit=\"udp_payload\"} 0\n")
+        );
+        assert_eq!(
+            text.matches("# TYPE sipshard_limit_exceeded_total counter")
+                .count(),
+            1
+        );
         assert!(
             text.contains("sipshard_requests_received_total{shard=\"0\",method=\"INVITE\"} 1\n")
         );
         assert!(text.contains("sipshard_responses_received_total{shard=\"0\",class=\"2xx\"} 1\n"));
         assert!(text.contains("# TYPE sipshard_forward_latency_seconds histogram\n"));
+    }
+
+    #[test]
+    fn guard_families_have_every_shard_and_the_shared_values() {
+        let a = ShardStats::default();
+        let b = ShardStats::default();
+        a.set_guard(&GuardCounters {
+            acl_denied: 3,
+            banned: 40,
+            bans_started: 1,
+            sources: 7,
+            evictions: 2,
+        });
+        let mut text = String::new();
+        render_guard(&mut text, &[&a, &b], 5, 9);
+        for line in [
+            "sipshard_guard_dropped_total{shard=\"0\",reason=\"acl_denied\"} 3\n",
+            "sipshard_guard_dropped_total{shard=\"0\",reason=\"banned\"} 40\n",
+            "sipshard_guard_dropped_total{shard=\"1\",reason=\"banned\"} 0\n",
+            "sipshard_flood_bans_total{shard=\"0\"} 1\n",
+            "sipshard_flood_sources{shard=\"0\"} 7\n",
+            "sipshard_flood_evictions_total{shard=\"0\"} 2\n",
+            "sipshard_flood_bans_active 5\n",
+            "sipshard_admin_denied_total 9\n",
+            "# TYPE sipshard_flood_sources gauge\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert_eq!(text.matches("# HELP").count(), 6);
     }
 
     #[test]

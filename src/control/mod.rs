@@ -34,6 +34,8 @@ pub struct Control {
     probes: Mutex<BTreeMap<String, [u64; 3]>>,
     /// The `[probes]` settings; a reload replaces them.
     probe_config: Mutex<ProbeConfig>,
+    /// Admin API requests the admin ACL refused.
+    admin_denied: AtomicU64,
 }
 
 /// Why a reload was refused; the running configuration stays.
@@ -66,6 +68,7 @@ impl Control {
             transitions: Default::default(),
             probes: Mutex::new(BTreeMap::new()),
             probe_config: Mutex::new(ProbeConfig::default()),
+            admin_denied: AtomicU64::new(0),
         })
     }
 
@@ -94,6 +97,15 @@ impl Control {
     /// Counts a backend's change of state (probes or admin).
     pub fn transition(&self, to: State) {
         self.transitions[to as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an admin API request refused by the admin ACL.
+    pub fn admin_denied(&self) {
+        self.admin_denied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn admin_denied_count(&self) -> u64 {
+        self.admin_denied.load(Ordering::Relaxed)
     }
 
     pub fn transitions(&self) -> [u64; 4] {

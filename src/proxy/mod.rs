@@ -13,6 +13,7 @@
 //! milliseconds, so every path is tested with a fake clock.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
@@ -23,15 +24,22 @@ use crate::sip::host_ip;
 use crate::balance::{
     self, ActiveDialog, Keys, MemberHealth, Routing, RoutingSpec, Selection, Selector, SetId,
 };
-use crate::sip::lex::{fnv1a, hex16};
+use crate::sip::lex::{hex16, key_hash};
+
+pub mod overload;
 use crate::sip::{
-    write_rejection, write_response, Answer, EditError, Editor, Fault, Forward, HopMethod,
-    LocalAddress, LocalResponse, Message, Method, Scanner, StartLine, Via, MAGIC_COOKIE,
+    local_to_tag, write_rejection, write_response, Answer, EditError, Editor, Fault, Forward,
+    HopMethod, LocalAddress, LocalResponse, Message, Method, Scanner, StartLine, Via, MAGIC_COOKIE,
+    UDP_PAYLOAD_MAX,
 };
+mod limit;
+pub use limit::{Limit, LimitCounts};
+
 use crate::txn::{
-    CancelState, Client, ClientState, Millis, Server, ServerState, Slot, Target, Timer,
+    CancelState, Client, ClientState, KeyHasher, Millis, Server, ServerState, Slot, Target, Timer,
     Transactions, TxnConfig,
 };
+use overload::{OverloadConfig, RejectBudget};
 
 /// How an initial request picks its backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +88,8 @@ pub enum DropReason {
     BufferFull,
     /// No backend is configured.
     NoBackend,
+    /// A new INVITE or REGISTER while overloaded, past the 503 budget.
+    Overloaded,
 }
 
 /// Counters by outcome, read by the shard for its statistics.
@@ -118,13 +128,22 @@ pub struct Counters {
     /// New requests answered 503 because no member of their set may take
     /// them (all down, draining or probing).
     pub unavailable_rejected: u64,
+    /// New INVITEs and REGISTERs answered 503 while the shard was
+    /// overloaded, and those dropped past the 503 budget.
+    pub shed_rejected: u64,
+    pub shed_dropped: u64,
+    /// ACKs for the proxy's own final answers, absorbed.
+    pub local_acks_absorbed: u64,
+    /// Messages and requests that ran into each limit.
+    pub limits: LimitCounts,
 }
 
 /// Where the proxy core writes what it sends: a buffer for the next
 /// datagram, then its length and destination. The shard's send batch is
 /// one; tests collect into a vector.
 pub trait Transmit {
-    /// Room for one datagram (64 KiB in the shard).
+    /// Room for one datagram: [`UDP_PAYLOAD_MAX`] bytes in the shard, so
+    /// that nothing is written that the kernel would refuse to send.
     fn buffer(&mut self) -> &mut [u8];
     /// Sends the first `len` bytes of the last [`Transmit::buffer`].
     fn send(&mut self, to: SocketAddr, len: usize);
@@ -140,7 +159,7 @@ pub struct Outbox {
 
 impl Transmit for Outbox {
     fn buffer(&mut self) -> &mut [u8] {
-        self.buffer.resize(1 << 16, 0);
+        self.buffer.resize(UDP_PAYLOAD_MAX, 0);
         &mut self.buffer
     }
 
@@ -176,6 +195,11 @@ pub struct Proxy {
 struct Core {
     /// Scans requests stored in transactions (local answers, new tries).
     rescanner: Scanner,
+    /// The share of new INVITEs and REGISTERs the shard admits (1.0 unless
+    /// overloaded), and the admissions it has earned toward the next one.
+    admit: f64,
+    admit_credit: f64,
+    reject_budget: RejectBudget,
     editor: Editor,
     /// Destination sets and rules; `None`: no backend at all.
     routing: Option<Arc<Routing>>,
@@ -183,7 +207,7 @@ struct Core {
     selector: Selector,
     /// Dialogs set up through a pool member, by Call-ID hash: each holds
     /// one count of its member's active calls (least-calls) until its BYE.
-    dialogs: HashMap<u64, Dialog>,
+    dialogs: HashMap<u64, Dialog, BuildHasherDefault<KeyHasher>>,
     next_dialog_sweep: Millis,
     /// Round trips to the backends: each try's request to its first
     /// answer, in microseconds (millisecond resolution).
@@ -253,8 +277,17 @@ impl Proxy {
                 editor: Editor::new(local),
                 routing: routing.as_ref().map(private),
                 selector: Selector::new(),
-                dialogs: HashMap::new(),
+                // Room for as many dialogs as transactions (the bound
+                // `dialog_started` keeps), so the map never grows on the
+                // packet path.
+                dialogs: HashMap::with_capacity_and_hasher(
+                    txn.max_transactions,
+                    BuildHasherDefault::default(),
+                ),
                 next_dialog_sweep: now + DIALOG_SWEEP_MS,
+                admit: 1.0,
+                admit_credit: 0.0,
+                reject_budget: RejectBudget::new(OverloadConfig::default().reject_per_s, now),
                 rtt_us: Histogram::new_with_bounds(1, RTT_US_MAX, 2)
                     .expect("constant histogram bounds are valid"),
                 duration_us: Histogram::new_with_bounds(1, RTT_US_MAX, 2)
@@ -300,7 +333,11 @@ impl Proxy {
         datagram: &[u8],
         tx: &mut impl Transmit,
     ) -> Outcome {
-        let outcome = match self.scanner.scan(datagram) {
+        let scanned = self.scanner.scan(datagram);
+        if let Some(limit) = scanned.as_ref().err().and_then(|e| Limit::of(e.fault)) {
+            self.core.counters.limits.hit(limit);
+        }
+        let outcome = match scanned {
             Ok(message) if message.is_request() => {
                 self.core.on_request(now, source, &message, datagram, tx)
             }
@@ -353,6 +390,16 @@ impl Proxy {
         self.core.routing.as_ref()
     }
 
+    /// The share of new INVITEs and REGISTERs to admit, from the shard's
+    /// [`overload::Detector`]: below 1.0, those not admitted get at most
+    /// `reject_per_s` 503s a second and are dropped past them.
+    pub fn set_admission(&mut self, admit: f64, reject_per_s: u32, now: Millis) {
+        if admit < 1.0 && self.core.admit >= 1.0 {
+            self.core.reject_budget = RejectBudget::new(reject_per_s, now);
+        }
+        self.core.admit = admit.clamp(0.0, 1.0);
+    }
+
     /// Dialogs counted on their backends now.
     pub fn dialogs(&self) -> usize {
         self.core.dialogs.len()
@@ -392,6 +439,7 @@ impl Core {
                     DropReason::UnresolvedNextHop => &mut c.dropped_unresolved,
                     DropReason::BufferFull => &mut c.dropped_buffer_full,
                     DropReason::NoBackend => &mut c.dropped_no_backend,
+                    DropReason::Overloaded => &mut c.shed_dropped,
                 } += 1;
             }
         }
@@ -408,10 +456,10 @@ impl Core {
             message.cseq().method_text
         };
         match via.branch.filter(|_| via.has_magic_cookie()) {
-            Some(branch) => fnv1a(&[&self.txns.seed, branch, via.host, &port, method]),
+            Some(branch) => key_hash(&[&self.txns.seed, branch, via.host, &port, method]),
             // RFC 2543 matching: the ACK's To tag is the response's, so
             // it stays out of an INVITE-class key.
-            None => fnv1a(&[
+            None => key_hash(&[
                 &self.txns.seed,
                 message.request_uri().map_or(&[][..], |u| u.opaque),
                 if as_invite {
@@ -445,6 +493,14 @@ impl Core {
                         return Outcome::Absorbed;
                     }
                 }
+                // The ACK for a final answer of our own (a 503 while
+                // overloaded, a 483, ...): no one downstream knows it.
+                let from_tag = message.from().tag.unwrap_or_default();
+                let ours = local_to_tag(message.call_id(), from_tag);
+                if message.to().tag == Some(&ours[..]) {
+                    self.counters.local_acks_absorbed += 1;
+                    return Outcome::Absorbed;
+                }
                 return self.stateless(message, source, tx);
             }
             Method::Cancel => {
@@ -457,7 +513,8 @@ impl Core {
             _ => {}
         }
         if method == Method::Bye {
-            self.dialogs.remove(&fnv1a(&[message.call_id()]));
+            self.dialogs
+                .remove(&key_hash(&[&self.txns.seed, message.call_id()]));
         }
         let key = match method {
             Method::Invite => invite_key,
@@ -465,6 +522,19 @@ impl Core {
         };
         if let Some(&slot) = self.txns.server_keys.get(&key) {
             return self.retransmitted_request(slot, tx);
+        }
+        if self.admit < 1.0
+            && matches!(method, Method::Invite | Method::Register)
+            && message.to().tag.is_none()
+        {
+            // Admit an even `admit` share: each new request earns that
+            // much credit, and a whole credit buys an admission.
+            self.admit_credit += self.admit;
+            if self.admit_credit >= 1.0 {
+                self.admit_credit -= 1.0;
+            } else {
+                return self.shed(now, message, source, tx);
+            }
         }
         let branch_key = branch_key(message);
         if is_loop(self.editor.local(), message, &branch_key[17..]) {
@@ -499,8 +569,11 @@ impl Core {
                 }
             }
         };
-        if self.txns.servers.is_full() {
+        // A full client table (failed tries linger for Timer D) is as full
+        // as a full server table: no try could start.
+        if self.txns.servers.is_full() || self.txns.clients.is_full() {
             self.counters.overload_rejected += 1;
+            self.counters.limits.hit(Limit::Transactions);
             let busy = LocalResponse::service_unavailable(self.txns.config.retry_after_s);
             return reply(message, source, &busy, tx);
         }
@@ -538,13 +611,34 @@ impl Core {
         };
         self.txns.server_keys.insert(key, slot);
         self.counters.transactions_started += 1;
-        if self.try_next(now, slot, tx) {
+        if self.try_next(now, slot, Some((message, &branch_key)), tx) {
             Outcome::Forwarded
         } else {
-            // Not even a first try could be written (the forwarded request
-            // would not fit): nothing to keep.
-            self.txns.remove_server(slot);
-            Outcome::Dropped(DropReason::BufferFull)
+            // Not even a first try could go (the forwarded request would
+            // not fit in a datagram): the caller, who may have our 100
+            // already, gets its final answer (513) from the transaction,
+            // which then absorbs retransmissions and the ACK as any other.
+            self.answer_final(now, slot, tx);
+            Outcome::Replied
+        }
+    }
+
+    /// A new INVITE or REGISTER while the shard is overloaded: 503 with
+    /// Retry-After while this second's budget of them lasts, else dropped
+    /// (see [`overload`]).
+    fn shed(
+        &mut self,
+        now: Millis,
+        message: &Message<'_>,
+        source: SocketAddr,
+        tx: &mut impl Transmit,
+    ) -> Outcome {
+        if self.reject_budget.take(now) {
+            self.counters.shed_rejected += 1;
+            let busy = LocalResponse::service_unavailable(self.txns.config.retry_after_s);
+            reply(message, source, &busy, tx)
+        } else {
+            Outcome::Dropped(DropReason::Overloaded)
         }
     }
 
@@ -717,7 +811,16 @@ impl Core {
     /// Starts the next try of a server transaction: picks a destination
     /// not tried yet, forwards the request there with a new branch, arms
     /// the client timers. False when nothing is left to try.
-    fn try_next(&mut self, now: Millis, slot: Slot, tx: &mut impl Transmit) -> bool {
+    ///
+    /// `first` is the request as it arrived, with its branch key, on the
+    /// first try: the stored copy is scanned again only for a failover.
+    fn try_next(
+        &mut self,
+        now: Millis,
+        slot: Slot,
+        first: Option<(&Message<'_>, &[u8; 33])>,
+        tx: &mut impl Transmit,
+    ) -> bool {
         let Some(server) = self.txns.servers.get_mut(slot) else {
             return false;
         };
@@ -728,10 +831,25 @@ impl Core {
             return false;
         }
         let sticky = server.sticky;
-        let request = std::mem::take(&mut server.request);
-        let Ok(original) = self.rescanner.scan(&request) else {
-            server.request = request;
-            return false;
+        // The stored copy is taken out while it is read, so that the
+        // transaction table stays free to borrow; it goes back below.
+        let request = match first {
+            Some(_) => Vec::new(),
+            None => std::mem::take(&mut server.request),
+        };
+        let rescan;
+        let (original, first_branch_key) = match first {
+            Some((message, key)) => (message, Some(key)),
+            None => match self.rescanner.scan(&request) {
+                Ok(message) => {
+                    rescan = message;
+                    (&rescan, None)
+                }
+                Err(_) => {
+                    server.request = request;
+                    return false;
+                }
+            },
         };
         let chosen = match &mut server.target {
             Target::Fixed(addr) if server.tries == 0 => Some((*addr, None)),
@@ -768,7 +886,9 @@ impl Core {
             Target::Fixed(_) => None,
         };
         let Some((to, backend)) = chosen else {
-            server.request = request;
+            if first.is_none() {
+                server.request = request;
+            }
             return false;
         };
         server.tries += 1;
@@ -778,7 +898,9 @@ impl Core {
         self.txns.next_id = self.txns.next_id.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let id = self.txns.next_id;
         let written = {
-            let mut branch_key = branch_key(&original);
+            let mut branch_key = first_branch_key
+                .copied()
+                .unwrap_or_else(|| branch_key(original));
             branch_key[..16].copy_from_slice(&hex16(id));
             let method = original.method().unwrap_or(Method::Other);
             let forward = Forward {
@@ -787,13 +909,31 @@ impl Core {
                 record_route: original.to().tag.is_none() && method.creates_dialog(),
             };
             self.editor
-                .forward_request(&original, &forward, tx.buffer())
+                .forward_request(original, &forward, tx.buffer())
                 .ok()
                 .map(|len| (len, branch_key))
         };
-
+        // The forwarded request would not fit in one UDP datagram (the
+        // buffer holds the largest there is): RFC 3261 §21.5.14's 513 is
+        // the answer, unless another try did better.
+        let too_large = match written {
+            Some(_) => None,
+            None => {
+                self.counters.limits.hit(Limit::UdpPayload);
+                let local = LocalResponse::MESSAGE_TOO_LARGE;
+                let len = write_response(original, source, &local, tx.buffer()).ok();
+                len.map(|len| (local.code, tx.buffer()[..len].to_vec()))
+            }
+        };
         if let Some(server) = self.txns.servers.get_mut(slot) {
-            server.request = request;
+            if first.is_none() {
+                server.request = request;
+            }
+            if let Some((code, bytes)) = too_large {
+                if better(code, server.best.as_ref().map(|(c, _)| *c)) {
+                    server.best = Some((code, bytes));
+                }
+            }
         }
         let Some((len, branch_key)) = written else {
             return false;
@@ -963,7 +1103,7 @@ impl Core {
         if let Some(health) = member_health(&self.txns.servers, server, backend) {
             let active = health.clone().dialog_started();
             self.dialogs.insert(
-                fnv1a(&[message.call_id()]),
+                key_hash(&[&self.txns.seed, message.call_id()]),
                 Dialog {
                     _active: active,
                     started_ms: now,
@@ -1091,7 +1231,7 @@ impl Core {
                 }
             }
         }
-        if failover_code && self.try_next(now, server_slot, tx) {
+        if failover_code && self.try_next(now, server_slot, None, tx) {
             return Outcome::Absorbed;
         }
         self.answer_final(now, server_slot, tx);
@@ -1140,7 +1280,7 @@ impl Core {
             return;
         }
         // A try we cancelled (Timer C) is not a backend failure.
-        if cancelled || !self.try_next(now, server, tx) {
+        if cancelled || !self.try_next(now, server, None, tx) {
             self.answer_final(now, server, tx);
         }
     }
@@ -1265,8 +1405,17 @@ impl Core {
             Ok(len) => len,
             Err(_) => return Outcome::Dropped(DropReason::BufferFull),
         };
-        server.response.clear();
-        server.response.extend_from_slice(&tx.buffer()[..len]);
+        // An INVITE's 2xx is not kept: the transaction moves to Accepted,
+        // which answers nothing itself (RFC 6026); the backend retransmits
+        // its 2xx, and each copy passes through.
+        let accepted = server.invite
+            && message
+                .status_code()
+                .is_some_and(|c| (200..300).contains(&c));
+        if !accepted {
+            server.response.clear();
+            server.response.extend_from_slice(&tx.buffer()[..len]);
+        }
         tx.send(server.reply_to, len);
         self.counters.responses_forwarded += 1;
         Outcome::Forwarded
@@ -1477,8 +1626,8 @@ fn branch_key(message: &Message<'_>) -> [u8; 33] {
     let via = message.top_via();
     let port = via.port.unwrap_or(5060).to_be_bytes();
     let transaction = match via.branch.filter(|_| via.has_magic_cookie()) {
-        Some(branch) => fnv1a(&[branch, via.host, &port]),
-        None => fnv1a(&[
+        Some(branch) => key_hash(&[branch, via.host, &port]),
+        None => key_hash(&[
             message.request_uri().map_or(&[][..], |u| u.opaque),
             message.to().tag.unwrap_or_default(),
             message.from().tag.unwrap_or_default(),
@@ -1494,7 +1643,7 @@ fn branch_key(message: &Message<'_>) -> [u8; 33] {
 }
 
 fn loop_hash(message: &Message<'_>) -> [u8; 16] {
-    hex16(fnv1a(&[
+    hex16(key_hash(&[
         message.request_uri().map_or(&[][..], |u| u.opaque),
         message.to().tag.unwrap_or_default(),
         message.from().tag.unwrap_or_default(),
@@ -1679,6 +1828,8 @@ fn route_response(editor: &Editor, message: &Message<'_>, out: &mut [u8]) -> Act
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 pub(crate) mod lab;
 #[cfg(test)]

@@ -341,3 +341,78 @@ fn a_set_with_every_member_down_or_draining_answers_503_at_once() {
     set.members[0].health.set_state(crate::balance::State::Up);
     assert_eq!(lab.recv(CALLER, &invite("down2")), Outcome::Forwarded);
 }
+
+/// Overload control (issue #7): while the shard says it is overloaded, new
+/// INVITEs and REGISTERs get 503 with Retry-After up to the budget and are
+/// dropped past it; an admitted call's in-dialog requests, responses and
+/// CANCELs still flow; the caller's ACK for our 503 goes nowhere.
+#[test]
+fn overloaded_sheds_new_invites_and_registers_but_admitted_calls_go_on() {
+    let mut lab = Lab::new(Algorithm::RoundRobin);
+    // A call admitted before the overload.
+    assert_eq!(lab.recv(CALLER, &invite("early")), Outcome::Forwarded);
+    let sent = lab.take();
+    let forwarded = sent
+        .iter()
+        .find(|s| s.method() == "INVITE")
+        .unwrap()
+        .clone();
+    let backend = forwarded.to();
+
+    lab.proxy.set_admission(0.0, 2, lab.now);
+    for (i, method) in ["INVITE", "REGISTER"].into_iter().enumerate() {
+        let call_id = format!("shed{i}");
+        assert_eq!(
+            lab.recv(CALLER, &request(method, &call_id, 1)),
+            Outcome::Replied
+        );
+        let answer = lab.one();
+        assert_eq!((answer.code(), answer.to()), (503, CALLER.to_string()));
+        assert!(answer.header("Retry-After").is_some(), "{}", answer.text);
+        if method == "INVITE" {
+            // Its ACK is absorbed, not sent to a backend that never saw it.
+            assert_eq!(
+                lab.recv(CALLER, &ack_for(&call_id, &answer)),
+                Outcome::Absorbed
+            );
+            assert!(lab.take().is_empty());
+        }
+    }
+    // The budget (2 a second) is spent: the next new INVITE is dropped.
+    assert_eq!(
+        lab.recv(CALLER, &invite("shed2")),
+        Outcome::Dropped(DropReason::Overloaded)
+    );
+    assert!(lab.take().is_empty());
+    // Other new requests still pass (an OPTIONS), and so does the
+    // admitted call: its 200 goes up, its BYE goes down.
+    assert_eq!(
+        lab.recv(CALLER, &request("OPTIONS", "o1", 1)),
+        Outcome::Forwarded
+    );
+    lab.take();
+    assert_eq!(
+        lab.recv(&backend, &forwarded.answer(200, Some("uas"))),
+        Outcome::Forwarded
+    );
+    assert_eq!(lab.one().code(), 200);
+    let bye = request("BYE", "early", 2).replace(
+        &format!("To: <sip:+15551230001@{LB}>"),
+        &format!("To: <sip:+15551230001@{LB}>;tag=uas"),
+    );
+    assert_eq!(lab.recv(CALLER, &bye), Outcome::Forwarded);
+    assert_eq!(lab.one().method(), "BYE");
+    // A second later the budget has refilled.
+    lab.advance(1_000);
+    lab.take();
+    assert_eq!(lab.recv(CALLER, &invite("shed3")), Outcome::Replied);
+    assert_eq!(lab.one().code(), 503);
+    let c = lab.proxy.counters();
+    assert_eq!(
+        (c.shed_rejected, c.shed_dropped, c.local_acks_absorbed),
+        (3, 1, 1)
+    );
+    // Out of overload: new calls are admitted again.
+    lab.proxy.set_admission(1.0, 2, lab.now);
+    assert_eq!(lab.recv(CALLER, &invite("late")), Outcome::Forwarded);
+}

@@ -14,6 +14,7 @@
 //! turn) and, where io_uring is missing or forbidden, `recvmmsg`/`sendmmsg`
 //! + epoll (`sys.rs`). The choice is made at start-up and logged.
 
+mod gate;
 mod steer;
 mod sys;
 mod uring;
@@ -28,6 +29,8 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
+
+use crate::proxy::overload::{Detector, Load, OverloadConfig};
 use hdrhistogram::Histogram;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -70,6 +73,10 @@ pub struct Config {
     /// Destination sets and rules: what the shards route by. `backends`
     /// and `algorithm` above describe its default set.
     pub routing: Arc<Routing>,
+    /// When a shard stops admitting new calls.
+    pub overload: OverloadConfig,
+    /// Access control (SIP and admin) and flood protection.
+    pub guard: crate::guard::GuardConfig,
 }
 
 /// Which receive loop the shards run.
@@ -113,6 +120,9 @@ struct Shared {
     /// `routing_generation` move: one atomic load a turn, no lock.
     routing: ArcSwap<Routing>,
     routing_generation: AtomicUsize,
+    /// The ban table and epoch of the shards' guards; `None` when the SIP
+    /// side has no ACL and flood protection is off.
+    guard: Option<gate::GateShared>,
 }
 
 /// Counters of one shard, beside the proxy core's own.
@@ -160,6 +170,12 @@ impl Handle {
     /// The routing the shards use now.
     pub fn routing(&self) -> Arc<Routing> {
         self.shared.routing.load_full()
+    }
+
+    /// Sources banned for flooding, all shards (0 when flood protection
+    /// is off).
+    pub fn bans_active(&self) -> usize {
+        self.shared.guard.as_ref().map_or(0, |g| g.bans_active())
     }
 }
 
@@ -228,6 +244,10 @@ impl Runtime {
             stats: (0..shards).map(|_| Arc::default()).collect(),
             routing: ArcSwap::new(config.routing.clone()),
             routing_generation: AtomicUsize::new(0),
+            guard: config
+                .guard
+                .sip_active()
+                .then(|| gate::GateShared::new(config.guard.clone(), random_seed())),
         });
         let use_uring = match config.io {
             Io::Epoll => false,
@@ -267,6 +287,8 @@ impl Runtime {
                 random_seed(),
             );
             let shared = shared.clone();
+            let overload = config.overload.clone();
+            let max_transactions = config.txn.max_transactions;
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{index}"))
                 .spawn(move || {
@@ -279,7 +301,15 @@ impl Runtime {
                             );
                         }
                     }
-                    let mut shard = Shard::new(index, socket, own_socket, proxy, shared);
+                    let mut shard = Shard::new(
+                        index,
+                        socket,
+                        own_socket,
+                        proxy,
+                        shared,
+                        overload,
+                        max_transactions,
+                    );
                     if let Err(error) = shard.run(use_uring) {
                         tracing::error!(shard = index, %error, "shard stopped on an I/O error");
                     }
@@ -408,6 +438,12 @@ struct Shard {
     latency_offered: Instant,
     /// The `Shared::routing_generation` this shard's proxy routes by.
     routing_generation: usize,
+    /// Overload control: the state, and the window its load is measured
+    /// over (when it began, and the busy time counted by then).
+    overload: Detector,
+    overload_window: (Instant, u64),
+    /// The bounds the load is a fraction of.
+    max_transactions: usize,
     output: Output,
 }
 
@@ -419,6 +455,8 @@ struct Output {
     wire: Wire,
     /// Shards whose inbox got datagrams during this turn.
     to_ring: Vec<bool>,
+    /// Access control and flood protection; `None` when off.
+    gate: Option<gate::Gate>,
     counters: ShardCounters,
     /// The shard's clock for the proxy core: milliseconds since start.
     epoch: Instant,
@@ -460,8 +498,15 @@ impl Shard {
         own_socket: Socket,
         proxy: Proxy,
         shared: Arc<Shared>,
+        overload: OverloadConfig,
+        max_transactions: usize,
     ) -> Shard {
         let shards = shared.inboxes.len();
+        let gate = shared.guard.as_ref().map(|g| {
+            let mut gate = gate::Gate::new(index, shards, g, random_seed());
+            gate.set_routing(&shared.routing.load());
+            gate
+        });
         Shard {
             index,
             shared,
@@ -470,6 +515,9 @@ impl Shard {
             published: Instant::now(),
             latency_offered: Instant::now(),
             routing_generation: 0,
+            overload: Detector::new(overload),
+            overload_window: (Instant::now(), 0),
+            max_transactions: max_transactions.max(1),
             output: Output {
                 proxy,
                 wire: Wire {
@@ -486,6 +534,7 @@ impl Shard {
                     icmp_pending: false,
                 },
                 to_ring: vec![false; shards],
+                gate,
                 counters: ShardCounters::default(),
                 epoch: Instant::now(),
                 clock: Instant::now(),
@@ -604,17 +653,86 @@ impl Shard {
         let generation = self.shared.routing_generation.load(Ordering::Acquire);
         if generation != self.routing_generation {
             self.routing_generation = generation;
-            self.output
-                .proxy
-                .set_routing(self.shared.routing.load_full());
+            let routing = self.shared.routing.load_full();
+            if let Some(gate) = &mut self.output.gate {
+                gate.set_routing(&routing);
+            }
+            self.output.proxy.set_routing(routing);
         }
         let c = &mut self.output.counters;
         c.busy_ns += done.saturating_duration_since(self.output.clock).as_nanos() as u64;
+        self.check_overload(done);
         if done.saturating_duration_since(self.published) >= PUBLISH_EVERY {
             self.published = done;
             self.publish(done);
         }
         self.report_if_asked();
+    }
+
+    /// Once a window: how busy the loop was, how full the transaction
+    /// table and the inbox are; tells the proxy when overload starts or
+    /// ends.
+    fn check_overload(&mut self, done: Instant) {
+        let (started, busy_then) = self.overload_window;
+        let elapsed = done.saturating_duration_since(started);
+        let window_ms = self.overload.config().window_ms;
+        if elapsed.as_millis() < u128::from(window_ms) {
+            return;
+        }
+        let busy_ns = self.output.counters.busy_ns;
+        self.overload_window = (done, busy_ns);
+        if elapsed.as_millis() > 10 * u128::from(window_ms) {
+            // A stale window (start-up, a long idle wait): nothing was
+            // overloading the shard.
+            if let Some(admit) = self.overload.idle() {
+                let reject_per_s = self.overload.config().reject_per_s;
+                let now = self.output.now();
+                self.output.proxy.set_admission(admit, reject_per_s, now);
+                tracing::info!(shard = self.index, "no longer overloaded (idle)");
+            }
+            return;
+        }
+        let inbox = &self.shared.inboxes[self.index];
+        // The queue: the fuller of the inbox (handoffs from other shards)
+        // and the two sockets' receive buffers (what the kernel holds for
+        // us, and drops past).
+        let wire = &self.output.wire;
+        let sockets = [wire.socket.as_raw_fd(), wire.own_socket.as_raw_fd()]
+            .map(|fd| sys::receive_queue_fill(fd).unwrap_or(0.0));
+        let load = Load {
+            busy: (busy_ns - busy_then) as f64 / elapsed.as_nanos().max(1) as f64,
+            transactions: self.output.proxy.transactions().0 as f64 / self.max_transactions as f64,
+            queue: (inbox.len() as f64 / inbox.capacity() as f64)
+                .max(sockets[0])
+                .max(sockets[1]),
+        };
+        let was_overloaded = self.overload.overloaded();
+        if let Some(admit) = self.overload.observe(load) {
+            let reject_per_s = self.overload.config().reject_per_s;
+            let now = self.output.now();
+            self.output.proxy.set_admission(admit, reject_per_s, now);
+            let overloaded = self.overload.overloaded();
+            if overloaded == was_overloaded {
+                tracing::debug!(
+                    shard = self.index,
+                    admit,
+                    busy = load.busy,
+                    transactions = load.transactions,
+                    queue = load.queue,
+                    "overload: share of new calls admitted"
+                );
+            } else if overloaded {
+                tracing::warn!(
+                    shard = self.index,
+                    busy = format!("{:.2}", load.busy),
+                    transactions = format!("{:.2}", load.transactions),
+                    queue = format!("{:.2}", load.queue),
+                    "overloaded: some new INVITEs and REGISTERs get 503 until the load falls"
+                );
+            } else {
+                tracing::info!(shard = self.index, "no longer overloaded");
+            }
+        }
     }
 
     /// Stores this shard's counters where the control thread reads them
@@ -663,10 +781,21 @@ impl Shard {
             (Stat::DroppedUnresolved, p.dropped_unresolved),
             (Stat::DroppedBufferFull, p.dropped_buffer_full),
             (Stat::DroppedNoBackend, p.dropped_no_backend),
+            (Stat::Overloaded, u64::from(self.overload.overloaded())),
+            (Stat::OverloadEntered, self.overload.entered),
+            (Stat::ShedRejected, p.shed_rejected),
+            (Stat::ShedDropped, p.shed_dropped),
+            (Stat::LocalAcksAbsorbed, p.local_acks_absorbed),
         ] {
             stats.set(stat, value);
         }
+        for limit in crate::proxy::Limit::ALL {
+            stats.set(Stat::of_limit(limit), p.limits.get(limit));
+        }
         stats.set_messages(&c.messages, &w.sent_messages);
+        if let Some(gate) = &mut self.output.gate {
+            gate.publish(stats, now);
+        }
         if now.saturating_duration_since(self.latency_offered) >= LATENCY_OFFER_EVERY {
             self.latency_offered = now;
             stats.offer_latency(&w.latency_ns);
@@ -762,6 +891,9 @@ impl Shard {
             overload_rejected = p.overload_rejected,
             "shard transactions"
         );
+        if let Some(gate) = &self.output.gate {
+            gate.log_counters();
+        }
         let h = &self.output.wire.latency_ns;
         if !h.is_empty() {
             let us = |ns: u64| ns as f64 / 1000.0;
@@ -781,7 +913,8 @@ impl Shard {
 impl Output {
     /// Counts a received datagram by method or status class, and handles
     /// it here when this shard owns its call, else hands it to the owner's
-    /// inbox and marks the owner to be rung.
+    /// inbox and marks the owner to be rung. The guard screens it first,
+    /// before any scanning (ACL, bans).
     fn dispatch(
         &mut self,
         index: usize,
@@ -790,6 +923,11 @@ impl Output {
         datagram: &[u8],
         received_at: Instant,
     ) {
+        if let Some(gate) = &mut self.gate {
+            if !gate.screen(self.clock, source) {
+                return;
+            }
+        }
         self.counters.messages.count(metrics::classify(datagram));
         let shards = shared.inboxes.len() as u64;
         let owner = find_call_id(datagram).map_or(index, |id| (fnv1a(&[id]) % shards) as usize);
@@ -892,7 +1030,15 @@ impl Output {
     }
 
     /// Runs one datagram through the proxy core; what it sends is queued.
+    /// The guard meters requests here, on the owner shard, so that a
+    /// source's requests spread over the shards by Call-ID whether the
+    /// kernel steered them or a shard handed them over.
     fn handle(&mut self, source: SocketAddr, datagram: &[u8], received_at: Instant) {
+        if let Some(gate) = &mut self.gate {
+            if !gate.meter(self.clock, source, datagram) {
+                return;
+            }
+        }
         self.wire.received_at = received_at;
         let now = self.now();
         let outcome = self.proxy.handle(now, source, datagram, &mut self.wire);

@@ -132,6 +132,30 @@ pub(crate) struct Flushed {
 
 /// The errors IP_RECVERR reports for an ICMP message about a datagram we
 /// sent (port or host unreachable).
+/// How full a socket's receive buffer is (0.0 to 1.0), from `SO_MEMINFO`:
+/// datagrams the shard has not taken yet. Under overload this is where
+/// they wait, and past the buffer the kernel drops them, admitted calls'
+/// messages as readily as new INVITEs. `None` where the kernel does not
+/// say.
+pub(crate) fn receive_queue_fill(fd: RawFd) -> Option<f64> {
+    let mut info = [0u32; 9];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: a valid fd; `info` is writable for `len` bytes, and the
+    // kernel writes at most `len` and updates it.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let queued = info[libc::SK_MEMINFO_RMEM_ALLOC as usize];
+    let size = info[libc::SK_MEMINFO_RCVBUF as usize];
+    (rc == 0 && size > 0).then(|| f64::from(queued) / f64::from(size))
+}
+
 pub(crate) fn is_icmp_error(errno: i32) -> bool {
     matches!(
         errno,
@@ -238,8 +262,10 @@ impl SendBatch {
     }
 
     /// Room for the next datagram; commit it with [`SendBatch::push`].
+    /// No more than UDP carries: what does not fit is refused here, where
+    /// the proxy core can answer it, not by the kernel after the fact.
     pub(crate) fn space(&mut self) -> &mut [u8] {
-        &mut self.arena[self.used..self.used + DATAGRAM_BYTES_MAX]
+        &mut self.arena[self.used..self.used + crate::sip::UDP_PAYLOAD_MAX]
     }
 
     /// Commits the datagram just written in [`SendBatch::space`]; `own`:

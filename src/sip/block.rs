@@ -1,4 +1,5 @@
-//! Where the newlines and colons are, 64 bytes at a time.
+//! Where the newlines and colons are, 64 bytes at a time, and whether a
+//! control character is out of place.
 //!
 //! Framing needs, for every header line, the `:` after its name and the
 //! `\n` that ends it. Asking memchr twice per line costs a call and a setup
@@ -7,58 +8,103 @@
 //! `trailing_zeros` away.
 //!
 //! This is the crate's only `unsafe`: the SSE2 loads, each reading 16 bytes
-//! from inside a 64-byte or a 16-byte array. [`host16`] uses the same
+//! from inside a 65-byte or a 16-byte array. [`host16`] uses the same
 //! instructions to find where a host name ends.
 
 use super::lex;
 
-/// Bit `i` is set when byte `i` of the block is `\n` (`newline`) or `:` (`colon`).
+/// Bit `i` is set when byte `i` of the block is `\n` (`newline`) or `:`
+/// (`colon`); `suspect` when the block holds a control character that may
+/// be stray (see [`is_stray`]): any but LF and the CR of a CRLF. Bytes
+/// from 0x80 (UTF-8) make a block suspect too: one signed compare finds
+/// both, and the look at the bytes clears them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Masks {
     pub(crate) newline: u64,
     pub(crate) colon: u64,
+    pub(crate) suspect: bool,
 }
+
+/// A block and the byte after it (whether a CR at its end ends a line).
+pub(crate) type Window = [u8; 65];
 
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-pub(crate) fn masks(block: &[u8; 64]) -> Masks {
+pub(crate) fn masks(window: &Window) -> Masks {
     // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64 CPU has it.
-    unsafe { masks_sse2(block) }
+    unsafe { masks_sse2(window) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 #[target_feature(enable = "sse2")]
-fn masks_sse2(block: &[u8; 64]) -> Masks {
-    use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
+fn masks_sse2(window: &Window) -> Masks {
+    use std::arch::x86_64::{
+        _mm_and_si128, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128,
+        _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128,
+    };
     let newline = _mm_set1_epi8(b'\n' as i8);
     let colon = _mm_set1_epi8(b':' as i8);
+    let cr = _mm_set1_epi8(b'\r' as i8);
+    let space = _mm_set1_epi8(0x20);
     let mut masks = Masks::default();
+    let mut suspect = _mm_setzero_si128();
     for k in 0..4 {
-        // SAFETY: bytes 16k..16k+16 lie inside the 64-byte array; loadu
+        // SAFETY: bytes 16k..16k+17 lie inside the 65-byte array; loadu
         // has no alignment requirement.
-        let v = unsafe { _mm_loadu_si128(block.as_ptr().add(16 * k).cast()) };
-        masks.newline |=
-            u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(v, newline)) as u16) << (16 * k);
+        let (v, next) = unsafe {
+            let at = window.as_ptr().add(16 * k);
+            (
+                _mm_loadu_si128(at.cast()),
+                _mm_loadu_si128(at.add(1).cast()),
+            )
+        };
+        let is_newline = _mm_cmpeq_epi8(v, newline);
+        masks.newline |= u64::from(_mm_movemask_epi8(is_newline) as u16) << (16 * k);
         masks.colon |= u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(v, colon)) as u16) << (16 * k);
+        // Signed `v < 0x20`: 0x00 to 0x1f, and 0x80 up. Not LF, nor CR
+        // when LF follows: one OR a chunk, one test a block.
+        let control = _mm_cmplt_epi8(v, space);
+        let crlf = _mm_and_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(next, newline));
+        let allowed = _mm_or_si128(is_newline, crlf);
+        suspect = _mm_or_si128(suspect, _mm_andnot_si128(allowed, control));
     }
+    masks.suspect = _mm_movemask_epi8(suspect) != 0;
     masks
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub(crate) fn masks(block: &[u8; 64]) -> Masks {
-    masks_scalar(block)
+pub(crate) fn masks(window: &Window) -> Masks {
+    masks_scalar(window)
 }
 
 /// The portable definition, and the reference the SSE2 path is tested against.
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
-pub(crate) fn masks_scalar(block: &[u8; 64]) -> Masks {
+pub(crate) fn masks_scalar(window: &Window) -> Masks {
     let mut masks = Masks::default();
-    for (i, &b) in block.iter().enumerate() {
+    for (i, &b) in window[..64].iter().enumerate() {
         masks.newline |= u64::from(b == b'\n') << i;
         masks.colon |= u64::from(b == b':') << i;
+        let crlf = b == b'\r' && window[i + 1] == b'\n';
+        masks.suspect |= (b <= 0x1f || b >= 0x80) && b != b'\n' && !crlf;
     }
     masks
+}
+
+/// Whether the control character at `at` is out of place in a start line
+/// or a header field: allowed are HTAB, LF, the CR of a CRLF, and any
+/// other but CR after a backslash (a quoted-pair, RFC 3261 §25.1, which
+/// lets RFC 4475's intmeth carry NUL, BEL and DEL in a quoted display
+/// name). A backslash that is itself escaped is not told apart.
+pub(crate) fn is_stray(datagram: &[u8], at: usize) -> bool {
+    match datagram.get(at) {
+        Some(&b) if b <= 0x1f => match b {
+            b'\t' | b'\n' => false,
+            b'\r' => datagram.get(at + 1) != Some(&b'\n'),
+            _ => at == 0 || datagram[at - 1] != b'\\',
+        },
+        _ => false,
+    }
 }
 
 /// Bit `i` is set when byte `i` of `chunk` is a [`lex::HOST`] character
@@ -115,39 +161,86 @@ pub(crate) fn host16_scalar(chunk: &[u8; 16]) -> u32 {
 }
 
 /// Finds the next `\n` or `:` at or after a position, one 64-byte block of
-/// the datagram at a time.
+/// the datagram at a time, and notes the first stray control character of
+/// the blocks it loads.
 pub(crate) struct BlockCursor<'d> {
     datagram: &'d [u8],
     base: usize,
     masks: Masks,
+    /// The first control character (see [`BlockCursor::first_stray_control`])
+    /// in the blocks loaded so far, or `usize::MAX`.
+    stray_control: usize,
+    /// Where the message starts: the CRs and LFs of keep-alives before it
+    /// are not checked.
+    controls_from: usize,
 }
 
 impl<'d> BlockCursor<'d> {
-    pub(crate) fn new(datagram: &'d [u8]) -> Self {
+    /// A cursor over `datagram` whose message starts at `from`.
+    pub(crate) fn new(datagram: &'d [u8], from: usize) -> Self {
         BlockCursor {
             datagram,
             // A window no position falls in (`at - base` wraps to at least
             // 64), so the first query loads.
             base: usize::MAX & !63,
             masks: Masks::default(),
+            stray_control: usize::MAX,
+            controls_from: from,
+        }
+    }
+
+    /// Where the first stray control character ([`is_stray`]) lies, from
+    /// the message's start on, among the blocks loaded so far
+    /// (`usize::MAX`: none). Framing loads every block of the start line
+    /// and the header section, so a stray byte there is found: a NUL or a
+    /// lone CR that a parser behind us would read as the end of a string
+    /// or of a line, where we read on.
+    pub(crate) fn first_stray_control(&self) -> usize {
+        self.stray_control
+    }
+
+    /// Finds the first stray control character of the block just loaded,
+    /// if none was found before. Out of line: nearly every block has no
+    /// control character but LF and the CR before it, which the masks rule
+    /// out without looking at bytes.
+    #[cold]
+    #[inline(never)]
+    fn note_controls(&mut self) {
+        if self.stray_control != usize::MAX {
+            return;
+        }
+        let from = self.base.max(self.controls_from);
+        let end = (self.base + 64).min(self.datagram.len());
+        if let Some(at) = (from..end).find(|&at| is_stray(self.datagram, at)) {
+            self.stray_control = at;
         }
     }
 
     /// Loads the 64-byte-aligned block (relative to the datagram) that holds
-    /// `at`, so that every block is loaded once per scan.
+    /// `at`, so that every block is loaded once per scan. Inlined into
+    /// framing, with what is rare out of line.
+    #[inline(always)]
     fn load(&mut self, at: usize) {
         let at = at & !63;
         self.base = at;
-        self.masks = match self.datagram.get(at..at + 64) {
-            Some(full) => masks(full.try_into().unwrap_or(&[0; 64])),
-            None => {
-                // The tail: zero padding holds neither `\n` nor `:`.
-                let mut block = [0u8; 64];
-                let tail = &self.datagram[at.min(self.datagram.len())..];
-                block[..tail.len()].copy_from_slice(tail);
-                masks(&block)
-            }
+        self.masks = match self.datagram.get(at..).and_then(<[u8]>::first_chunk) {
+            Some(window) => masks(window),
+            None => self.tail_masks(),
         };
+        if self.masks.suspect {
+            self.note_controls();
+        }
+    }
+
+    /// The masks of the last block, padded with bytes that are neither
+    /// `\n`, `:` nor control characters.
+    #[inline(never)]
+    fn tail_masks(&self) -> Masks {
+        let mut window = [b'x'; 65];
+        let tail = self.datagram.get(self.base..).unwrap_or_default();
+        let tail = &tail[..tail.len().min(65)];
+        window[..tail.len()].copy_from_slice(tail);
+        masks(&window)
     }
 
     /// The first `:` and the first `\n` at or after `from`, when both are
@@ -219,16 +312,72 @@ mod tests {
 
     #[test]
     fn sse2_matches_scalar() {
-        let mut block = [b'a'; 64];
-        for (i, b) in block.iter_mut().enumerate() {
+        let mut window = [b'a'; 65];
+        for (i, b) in window.iter_mut().enumerate() {
             if i % 7 == 0 {
                 *b = b'\n';
             } else if i % 5 == 0 {
                 *b = b':';
             }
         }
-        assert_eq!(masks(&block), masks_scalar(&block));
-        assert_eq!(masks_scalar(&block).newline & 1, 1);
+        assert_eq!(masks(&window), masks_scalar(&window));
+        assert_eq!(masks_scalar(&window).newline & 1, 1);
+        assert!(!masks_scalar(&window).suspect);
+        // Every byte value at every position, a CR before an LF at every
+        // position (the last one's LF beyond the block), and a lone CR.
+        for first in 0..=255u8 {
+            let window: Window = std::array::from_fn(|i| first.wrapping_add(i as u8));
+            assert_eq!(masks(&window), masks_scalar(&window), "{first}");
+        }
+        for at in 0..64 {
+            let mut window = [b'a'; 65];
+            window[at] = b'\r';
+            window[at + 1] = b'\n';
+            assert_eq!(masks(&window), masks_scalar(&window), "{at}");
+            assert!(!masks(&window).suspect, "{at}");
+            window[at + 1] = b'b';
+            assert!(masks(&window).suspect, "{at}");
+            window[at] = b'\t';
+            assert!(masks(&window).suspect, "{at}");
+        }
+        let mut window = [b'a'; 65];
+        window[64] = 0;
+        assert!(
+            !masks(&window).suspect,
+            "the byte after the block is not its own"
+        );
+    }
+
+    /// A control character is stray unless it is HTAB, LF, the CR of a
+    /// CRLF (across blocks too), or escaped; keep-alive bytes before the
+    /// message are not checked, nor is the padding of the last block.
+    #[test]
+    fn stray_controls_are_found_in_loaded_blocks() {
+        let first = |data: &[u8], from: usize| {
+            let mut c = BlockCursor::new(data, from);
+            c.newline(0, data.len());
+            while c.newline(c.base + 64, data.len()).is_some() {}
+            c.first_stray_control()
+        };
+        assert_eq!(first(b"a\tb\r\nc\n", 0), usize::MAX);
+        assert_eq!(first(b"a\\\x00b\\\x07\n", 0), usize::MAX);
+        assert_eq!(first(b"ab\x00\n", 0), 2);
+        assert_eq!(first(b"a\rb\n", 0), 1);
+        assert_eq!(first(b"\r\rab\x01\n", 2), 4);
+        assert_eq!(first(b"\r\rab\n", 2), usize::MAX);
+        assert_eq!(first(b"a\\\r\n", 0), usize::MAX);
+        assert_eq!(first(b"a\\\rb\n", 0), 2, "a CR cannot be escaped");
+        let mut long = vec![b'x'; 200];
+        long[63] = b'\r';
+        long[64] = b'\n';
+        long[199] = b'\n';
+        assert_eq!(first(&long, 0), usize::MAX, "a CRLF across blocks");
+        long[64] = b'y';
+        assert_eq!(first(&long, 0), 63);
+        long[64] = b'\n';
+        long[150] = 0;
+        assert_eq!(first(&long, 0), 150);
+        assert_eq!(first(&long[..150], 0), usize::MAX);
     }
 
     #[test]
@@ -238,7 +387,7 @@ mod tests {
         data[70] = b'\n';
         data[150] = b':';
         data[199] = b'\n';
-        let mut c = BlockCursor::new(&data);
+        let mut c = BlockCursor::new(&data, 0);
         assert_eq!(c.colon(0, 200), Some(3));
         assert_eq!(c.newline(0, 200), Some(70));
         assert_eq!(c.colon(4, 200), Some(150));

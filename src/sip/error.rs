@@ -42,6 +42,10 @@ pub enum Fault {
     RequestUriHeaders,
     /// A header name with non-token characters, or a line without `:`.
     HeaderName,
+    /// A control character in the start line or a header field other than
+    /// HTAB, the CRLF that ends a line, or one escaped in a quoted-pair
+    /// (RFC 3261 §25.1): a NUL, a lone CR.
+    ControlCharacter,
     /// One header field (folded lines included) over the line limit.
     HeaderLineTooLong,
     TooManyHeaders,
@@ -120,6 +124,7 @@ impl Fault {
             Fault::UnsupportedScheme => "Unsupported URI Scheme",
             Fault::RequestUriHeaders => "Bad Request - Headers in Request-URI",
             Fault::HeaderName => "Bad Request - Malformed Header Name",
+            Fault::ControlCharacter => "Bad Request - Control Character",
             Fault::HeaderLineTooLong => "Bad Request - Header Too Long",
             Fault::TooManyHeaders => "Bad Request - Too Many Headers",
             Fault::TooManyVia => "Bad Request - Too Many Via",

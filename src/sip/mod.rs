@@ -23,9 +23,15 @@ pub use header::HeaderName;
 pub use method::Method;
 pub use out::BufferFull;
 pub use params::{Param, ParamError};
-pub use response::{write_rejection, write_response, LocalResponse, ResponseError};
+pub use response::{local_to_tag, write_rejection, write_response, LocalResponse, ResponseError};
 pub use scan::{
     find_call_id, CSeq, Contact, Header, LimitError, Limits, Message, Scanner, StartLine,
 };
 pub use uri::{host_ip, Scheme, Uri, UriError};
 pub use via::{Via, ViaError, MAGIC_COOKIE};
+
+/// The largest payload one UDP datagram carries over IPv4 (65,535 less the
+/// IP and UDP headers; IPv6 allows 20 bytes more). What the proxy writes
+/// must fit in it: the kernel refuses anything larger, so a request that
+/// grows past it when forwarded is answered 513 instead.
+pub const UDP_PAYLOAD_MAX: usize = 65_507;

@@ -38,6 +38,8 @@ impl<'a> LocalResponse<'a> {
     pub const REQUEST_TIMEOUT: LocalResponse<'static> = LocalResponse::new(408, "Request Timeout");
     pub const LOOP_DETECTED: LocalResponse<'static> = LocalResponse::new(482, "Loop Detected");
     pub const TOO_MANY_HOPS: LocalResponse<'static> = LocalResponse::new(483, "Too Many Hops");
+    pub const MESSAGE_TOO_LARGE: LocalResponse<'static> =
+        LocalResponse::new(513, "Message Too Large");
 
     /// 503 with `Retry-After`, for overload and for a pool with no live member.
     pub const fn service_unavailable(retry_after_s: u32) -> LocalResponse<'static> {
@@ -124,6 +126,15 @@ struct Echo<'m> {
     to: Option<&'m [u8]>,
     call_id: Option<&'m [u8]>,
     cseq: Option<&'m [u8]>,
+}
+
+/// The To tag the proxy puts on its own final responses (400, 483, 503,
+/// ...), derived from what the ACK for such a response repeats (Call-ID,
+/// From tag): a retransmitted request gets the same tag statelessly, and
+/// the proxy knows an ACK for an answer of its own and absorbs it instead
+/// of sending it to a backend that never saw the INVITE.
+pub fn local_to_tag(call_id: &[u8], from_tag: &[u8]) -> [u8; 16] {
+    hex16(fnv1a(&[b"sipshard-local", call_id, from_tag]))
 }
 
 impl<'m> Echo<'m> {
@@ -226,13 +237,14 @@ impl<'m> Echo<'m> {
         Ok(out.len())
     }
 
-    /// A To tag derived from the request (FNV-1a over Call-ID, CSeq, From
-    /// and the top Via), so retransmissions get the same tag statelessly.
+    /// The To tag of a local response: see [`local_to_tag`].
     fn to_tag(&self) -> [u8; 16] {
-        let top_via = self.vias().next().unwrap_or_default();
-        let parts =
-            [self.call_id, self.cseq, self.from, Some(top_via)].map(Option::unwrap_or_default);
-        hex16(fnv1a(&parts))
+        let from_tag = self
+            .from
+            .and_then(|from| NameAddr::parse(from).ok())
+            .and_then(|from| from.tag)
+            .unwrap_or_default();
+        local_to_tag(self.call_id.unwrap_or_default(), from_tag)
     }
 }
 

@@ -308,7 +308,7 @@ impl Scanner {
         if at == datagram.len() {
             return Err(unknown(Fault::Empty));
         }
-        let mut cursor = BlockCursor::new(datagram);
+        let mut cursor = BlockCursor::new(datagram, at);
         let line_end = cursor
             .newline(at, datagram.len())
             .ok_or(unknown(Fault::Truncated))?;
@@ -323,11 +323,19 @@ impl Scanner {
         loop {
             match datagram.get(pos) {
                 None => return Err(fail(Fault::Truncated)),
+                // The header section ends here. Every block of it has been
+                // loaded, so its control characters are known.
                 Some(b'\n') => {
+                    if cursor.first_stray_control() < pos {
+                        return Err(fail(Fault::ControlCharacter));
+                    }
                     (self.known.seen, self.known.duplicate) = (seen, duplicate);
                     return Ok(framed(start_line, pos, pos + 1, kind));
                 }
                 Some(b'\r') if datagram.get(pos + 1) == Some(&b'\n') => {
+                    if cursor.first_stray_control() < pos {
+                        return Err(fail(Fault::ControlCharacter));
+                    }
                     (self.known.seen, self.known.duplicate) = (seen, duplicate);
                     return Ok(framed(start_line, pos, pos + 2, kind));
                 }
@@ -1276,6 +1284,58 @@ v=0\r\n";
         );
     }
 
+    /// A NUL or another control character anywhere in the start line or
+    /// the headers is a malformed message (400 for a request), not bytes
+    /// to copy to a backend whose parser may stop at the NUL or break the
+    /// line at a lone CR; escaped in a quoted-pair it is legal (RFC 4475
+    /// intmeth), and the body may hold anything.
+    #[test]
+    fn control_characters_outside_quoted_pairs_are_rejected() {
+        let text = std::str::from_utf8(INVITE).unwrap();
+        for (from, to) in [
+            ("Content-Type: application/sdp", "X-Nul: a\0b"),
+            ("Content-Type: application/sdp", "X-Bel: a\x07b"),
+            (
+                "Content-Type: application/sdp",
+                "X-Cr: a\rVia: SIP/2.0/UDP evil",
+            ),
+            ("Content-Type: application/sdp", "X-Esc-Cr: a\\\rb"),
+            ("Alice <sip:alice@", "Alice <sip:al\0ice@"),
+            ("a84b4c76e66710@", "a84b\x1b4c76e66710@"),
+            ("INVITE sip:bob@", "INVITE sip:b\0ob@"),
+            ("SIP/2.0\r\nVia", "SIP/2.0\0\r\nVia"),
+        ] {
+            let bad = text.replacen(from, to, 1);
+            assert_ne!(bad, text);
+            let err = Scanner::new(Limits::default())
+                .scan(bad.as_bytes())
+                .unwrap_err();
+            assert_eq!(err.fault, Fault::ControlCharacter, "{to:?}");
+            assert!(matches!(
+                err.answer(),
+                crate::sip::Answer::Reply { code: 400, .. }
+            ));
+        }
+        for good in [
+            text.replacen("Alice <", "\"Al\\\0ice\\\x07\" <", 1),
+            text.replacen("Content-Type:", "Content-Type:\t", 1),
+            text.replacen("Alice <", "\"Jos\u{e9} \u{2603}\" <", 1),
+            text.replacen("v=0", "\0\x01", 1),
+            format!("\r\r\n{text}"),
+            text.replace("\r\n", "\n"),
+        ] {
+            let scanned = Scanner::new(Limits::default())
+                .scan(good.as_bytes())
+                .map(|_| ());
+            assert_eq!(scanned, Ok(()), "{good:?}");
+        }
+        // A response is dropped, as every malformed response is.
+        let response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nX: \0\r\n\r\n";
+        let err = Scanner::new(Limits::default()).scan(response).unwrap_err();
+        assert_eq!(err.fault, Fault::ControlCharacter);
+        assert_eq!(err.answer(), crate::sip::Answer::Drop);
+    }
+
     #[test]
     fn status_line() {
         let ok = b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
@@ -1308,11 +1368,30 @@ v=0\r\n";
             }
             let mut pos = find(b'\n', at, d.len()).ok_or(Fault::Truncated)? + 1;
             let mut slots = Vec::new();
+            // A control character other than HTAB, LF, the CR of a CRLF,
+            // or one after a backslash, from the start line on.
+            let stray = |end: usize| {
+                (at..end).any(|i| {
+                    let allowed = match d[i] {
+                        b'\t' | b'\n' => true,
+                        b'\r' => d.get(i + 1) == Some(&b'\n'),
+                        b if b > 0x1f => true,
+                        _ => i > 0 && d[i - 1] == b'\\',
+                    };
+                    !allowed
+                })
+            };
             loop {
                 match d.get(pos) {
                     None => return Err(Fault::Truncated),
+                    Some(b'\n') if stray(pos) => return Err(Fault::ControlCharacter),
                     Some(b'\n') => return Ok(slots),
-                    Some(b'\r') if d.get(pos + 1) == Some(&b'\n') => return Ok(slots),
+                    Some(b'\r') if d.get(pos + 1) == Some(&b'\n') => {
+                        return match stray(pos) {
+                            true => Err(Fault::ControlCharacter),
+                            false => Ok(slots),
+                        }
+                    }
                     Some(b' ' | b'\t') => return Err(Fault::HeaderName),
                     Some(_) => {}
                 }
@@ -1359,7 +1438,7 @@ v=0\r\n";
                 pos = nl + 1;
             }
         }
-        let alphabet = b"ab:: \t\r\n\n\r\nTo:;\x01";
+        let alphabet = b"ab:: \t\r\n\n\r\nTo:;\x01\\\x00";
         let mut seed = 7u64;
         for round in 0..200_000 {
             seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);

@@ -3,7 +3,7 @@
 //! every timer, CANCEL races and failover order.
 
 use crate::proxy::lab::*;
-use crate::proxy::{Algorithm, Outcome};
+use crate::proxy::{Algorithm, Limit, Outcome};
 use crate::txn::TxnConfig;
 
 fn one_backend() -> Lab {
@@ -579,6 +579,7 @@ fn a_full_table_answers_503_with_retry_after() {
     assert_eq!(busy.code(), 503);
     assert_eq!(busy.header("Retry-After"), Some("5"));
     assert_eq!(lab.proxy.counters().overload_rejected, 1);
+    assert_eq!(lab.proxy.counters().limits.get(Limit::Transactions), 1);
     // Once the others end, there is room again.
     lab.advance(70_000);
     lab.take();

@@ -1,6 +1,7 @@
 //! What the end-to-end tests share. Each test binary uses a part of it.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -80,4 +81,54 @@ pub fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Every sample of the admin API's `/metrics`, summed over the shards:
+/// name plus the labels other than `shard` (`name{a=x,b=y}`), to value. A
+/// histogram gives its count as `name+Inf`.
+pub fn scrape(admin: &str) -> HashMap<String, f64> {
+    let (status, body) = http(admin, "GET", "/metrics", "");
+    assert_eq!(status, 200, "{body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let mut sums = HashMap::new();
+    for sample in scrape.samples {
+        let mut labels: Vec<String> = sample
+            .labels
+            .iter()
+            .filter(|(k, _)| k.as_str() != "shard")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        labels.sort();
+        let key = match labels.is_empty() {
+            true => sample.metric.clone(),
+            false => format!("{}{{{}}}", sample.metric, labels.join(",")),
+        };
+        let value = match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            // A histogram's buckets are cumulative; its +Inf bucket is its count.
+            prometheus_parse::Value::Histogram(buckets) => {
+                let counts: Vec<f64> = buckets.iter().map(|b| b.count).collect();
+                assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+                let total = buckets
+                    .iter()
+                    .find(|b| b.less_than.is_infinite())
+                    .map_or(0.0, |b| b.count);
+                *sums.entry(format!("{key}+Inf")).or_insert(0.0) += total;
+                continue;
+            }
+            prometheus_parse::Value::Summary(_) => continue,
+        };
+        *sums.entry(key).or_insert(0.0) += value;
+    }
+    sums
+}
+
+/// One value of a [`scrape`]; a missing key fails the test.
+pub fn value(sums: &HashMap<String, f64>, key: &str) -> u64 {
+    *sums
+        .get(key)
+        .unwrap_or_else(|| panic!("no {key} in /metrics: {sums:?}")) as u64
 }

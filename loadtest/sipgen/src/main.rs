@@ -267,13 +267,15 @@ fn report(cli: &Cli, rate: f64, stats: &Stats, elapsed: f64) {
         "FAIL"
     };
     println!(
-        "rate {rate:>9.0}/s  {verdict}  started {}  completed {}  failed {} (timeout {}, status {})  retransmissions {}  \
+        "rate {rate:>9.0}/s  {verdict}  started {}  completed {}  failed {} (timeout {}, status {}, rejected {}; admitted and failed {})  retransmissions {}  \
          datagrams {:.0}/s  sipgen CPU {:.0}%  added p50 {:.0} us p99 {:.0} us  setup p50 {:.0} us p99 {:.0} us  stray {}  send errors {}",
         stats.started,
         stats.completed,
         stats.failed(),
         stats.failed_timeout,
         stats.failed_status,
+        stats.rejected,
+        stats.admitted_failed,
         stats.retransmissions,
         (stats.received + stats.sent) as f64 / elapsed.max(1e-9),
         stats.cpu_ns as f64 / 1e7 / elapsed.max(1e-9) / cli.workers as f64,
@@ -289,12 +291,14 @@ fn report(cli: &Cli, rate: f64, stats: &Stats, elapsed: f64) {
 /// The line scripts read.
 fn result_line(label: &str, rate: f64, stats: &Stats, cli: &Cli) {
     println!(
-        "RESULT {label} rate={rate:.0} cps={:.0} started={} completed={} failed={} retransmissions={} \
+        "RESULT {label} rate={rate:.0} cps={:.0} started={} completed={} failed={} rejected={} admitted_failed={} retransmissions={} \
          msgs_per_s={:.0} gen_cpu_pct={:.0} added_p50_us={:.1} added_p99_us={:.1} setup_p50_us={:.1} setup_p99_us={:.1}",
         stats.completed as f64 / cli.duration,
         stats.started,
         stats.completed,
         stats.failed(),
+        stats.rejected,
+        stats.admitted_failed,
         stats.retransmissions,
         (stats.received + stats.sent) as f64 / cli.duration,
         stats.cpu_ns as f64 / 1e7 / cli.duration / cli.workers as f64,

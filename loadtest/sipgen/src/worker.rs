@@ -83,6 +83,12 @@ pub struct Stats {
     pub completed: u64,
     pub failed_timeout: u64,
     pub failed_status: u64,
+    /// Calls the target turned away at once: a 503 before any provisional
+    /// response (overload control), counted in neither failure above.
+    pub rejected: u64,
+    /// Failed calls (either kind) that the target had admitted: a
+    /// provisional response came back before the failure.
+    pub admitted_failed: u64,
     pub retransmissions: u64,
     pub received: u64,
     pub sent: u64,
@@ -117,6 +123,8 @@ impl Stats {
             completed: 0,
             failed_timeout: 0,
             failed_status: 0,
+            rejected: 0,
+            admitted_failed: 0,
             retransmissions: 0,
             received: 0,
             sent: 0,
@@ -133,8 +141,9 @@ impl Stats {
         }
     }
 
+    /// Every call that did not complete.
     pub fn failed(&self) -> u64 {
-        self.failed_timeout + self.failed_status
+        self.failed_timeout + self.failed_status + self.rejected
     }
 
     pub fn merge(&mut self, other: &Stats) {
@@ -142,6 +151,8 @@ impl Stats {
         self.completed += other.completed;
         self.failed_timeout += other.failed_timeout;
         self.failed_status += other.failed_status;
+        self.rejected += other.rejected;
+        self.admitted_failed += other.admitted_failed;
         self.retransmissions += other.retransmissions;
         self.received += other.received;
         self.sent += other.sent;
@@ -180,6 +191,8 @@ struct Call {
     retransmit_at: u64,
     interval_ns: u64,
     source: usize,
+    /// A provisional response came back: the target took the call on.
+    admitted: bool,
     /// The request in progress, kept for retransmission.
     request: Vec<u8>,
     /// The ACK for the 2xx, sent again if the 2xx is.
@@ -235,6 +248,7 @@ impl<'a> Worker<'a> {
                 retransmit_at: 0,
                 interval_ns: 0,
                 source: 0,
+                admitted: false,
                 request: Vec::new(),
                 ack: Vec::new(),
             })
@@ -397,6 +411,7 @@ impl<'a> Worker<'a> {
             // The table is sized for rate x timeout, so the old call has
             // outlived its timeout already.
             self.stats.failed_timeout += 1;
+            self.stats.admitted_failed += u64::from(self.calls[index].admitted);
             self.in_flight -= 1;
         }
         let source = (seq % self.sockets.callers.len() as u64) as usize;
@@ -406,6 +421,7 @@ impl<'a> Worker<'a> {
         call.seq = seq;
         call.started_ns = now;
         call.source = source;
+        call.admitted = false;
         call.interval_ns = plan.t1_ns;
         call.retransmit_at = now + plan.t1_ns;
         call.request.clear();
@@ -478,13 +494,23 @@ impl<'a> Worker<'a> {
     }
 
     fn finish(&mut self, seq: u64, completed: bool) {
-        self.slot(seq).state = State::Free;
+        let call = self.slot(seq);
+        call.state = State::Free;
+        let admitted = call.admitted;
         self.in_flight -= 1;
         if completed {
             self.stats.completed += 1;
         } else {
             self.stats.failed_status += 1;
+            self.stats.admitted_failed += u64::from(admitted);
         }
+    }
+
+    /// A 503 before the call was admitted: turned away, not failed.
+    fn reject(&mut self, seq: u64) {
+        self.slot(seq).state = State::Free;
+        self.in_flight -= 1;
+        self.stats.rejected += 1;
     }
 
     fn on_response(&mut self, datagram: &[u8], now: u64) {
@@ -518,6 +544,7 @@ impl<'a> Worker<'a> {
         match (state, answer.cseq_method) {
             (State::Inviting | State::Proceeding, b"INVITE") if status < 200 => {
                 self.calls[index].state = State::Proceeding;
+                self.calls[index].admitted = true;
             }
             (State::Inviting | State::Proceeding, b"INVITE") if status < 300 => {
                 let started = self.calls[index].started_ns;
@@ -547,7 +574,11 @@ impl<'a> Worker<'a> {
                     );
                     true
                 });
-                self.finish(seq, false);
+                if status == 503 && !self.calls[index].admitted {
+                    self.reject(seq);
+                } else {
+                    self.finish(seq, false);
+                }
             }
             (State::Closing, b"INVITE") if (200..300).contains(&status) => {
                 // The 2xx again: our ACK was lost.
@@ -560,7 +591,13 @@ impl<'a> Worker<'a> {
                         let started = self.calls[index].started_ns;
                         let _ = self.stats.setup.record(now.saturating_sub(started));
                     }
-                    self.finish(seq, status < 300);
+                    if state == State::Asking && status == 503 && !self.calls[index].admitted {
+                        self.reject(seq);
+                    } else {
+                        self.finish(seq, status < 300);
+                    }
+                } else {
+                    self.calls[index].admitted = true;
                 }
             }
             _ => self.stats.stray += 1,
@@ -719,6 +756,7 @@ impl<'a> Worker<'a> {
                     call.state = State::Free;
                     self.in_flight -= 1;
                     self.stats.failed_timeout += 1;
+                    self.stats.admitted_failed += u64::from(call.admitted);
                 }
                 Timer::Retransmit => {
                     if call.retransmit_at != at || call.state == State::Proceeding {
