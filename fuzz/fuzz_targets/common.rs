@@ -421,62 +421,209 @@ pub const PEERS: [&str; 4] = [
 /// be larger than 65535 bytes and reach `Fault::TooLarge`).
 pub const PROXY_REST: u16 = u16::MAX;
 
-/// Encodes a `proxy` input: the option byte (bit 0: Call-ID hash instead of
-/// round robin), then per datagram a 2-byte big-endian length, the source
-/// byte (an index into `PEERS`) and the bytes. The seed generator uses it.
+/// Option byte, bit 0: `Algorithm::CallIdHash`, else `RoundRobin`.
+pub const OPTION_CALL_ID_HASH: u8 = 1;
+/// Option byte, bit 1: the timed mode (see [`Record`]); else the isolated
+/// mode, where each datagram comes an hour after the last.
+pub const OPTION_TIMED: u8 = 2;
+/// `max_transactions` in the timed mode, by option bits 2-3: small, so
+/// that a full table (503) is reached by a short input.
+pub const TIMED_MAX_TRANSACTIONS: [usize; 4] = [64, 16, 4, 1];
+/// `max_transactions` in the isolated mode (and of [`proxy`]).
+pub const MAX_TRANSACTIONS: usize = 64;
+/// A time step's unit, by the low two bits of its kind byte.
+pub const STEP_UNITS_MS: [u64; 4] = [1, 10, 100, 1_000];
+/// The end of every input: the clock goes on by this twice, running the
+/// timers at their deadlines, and then no transaction may be left.
+pub const DRAIN_MS: u64 = 600_000;
+/// How many of the requests and responses the proxy sent (and of the
+/// INVITEs it received) answer, ICMP, CANCEL and ACK records can name.
+const HISTORY: usize = 32;
+
+/// One record of a `proxy` input: 2 bytes (`word`), a kind byte, then the
+/// datagram for kinds below 0x80.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// Kinds 0x00-0x7f: a datagram of `word` bytes (`ffff`, or past the
+    /// end: the rest of the input) from `PEERS[kind % 4]`.
+    Datagram { source: SocketAddr, bytes: &'a [u8] },
+    /// Kinds 0x80-0x9f: the clock goes on by `word` units of
+    /// `STEP_UNITS_MS[kind & 3]` (up to 18 hours). The timers run at
+    /// their deadlines, as a shard that sleeps until `next_deadline` runs
+    /// them, or with bit 2 (`late`) once at the end, as a shard that was
+    /// busy runs them.
+    Step { ms: u64, late: bool },
+    /// Kinds 0xa0-0xbf: an ICMP error for the destination of the
+    /// `kind & 0x1f`-th latest request the proxy sent.
+    Unreachable { nth: usize },
+    /// Kinds 0xc0-0xdf: the `kind & 0x1f`-th latest request the proxy
+    /// sent is answered `100 + word % 600` by its destination (a response
+    /// with its Vias, From, To with a tag, Call-ID and CSeq).
+    Answer { nth: usize, code: u16 },
+    /// Kinds 0xe0-0xef: the sender of the `kind & 0xf`-th latest INVITE
+    /// the proxy received cancels it (the INVITE with CANCEL for method).
+    Cancel { nth: usize },
+    /// Kinds 0xf0-0xff: the same sender ACKs it (the INVITE with ACK for
+    /// method and the To of the latest response the proxy sent it).
+    Ack { nth: usize },
+}
+
+/// A decoded `proxy` input.
+#[derive(Clone, Debug)]
+pub struct ProxyInput<'a> {
+    pub algorithm: Algorithm,
+    pub timed: bool,
+    pub max_transactions: usize,
+    pub records: Vec<Record<'a>>,
+}
+
+/// Encodes a `proxy` input in the isolated mode: the option byte (bit 0:
+/// Call-ID hash instead of round robin), then per datagram a 2-byte
+/// big-endian length, the source byte (an index into `PEERS`) and the
+/// bytes. The seed generator uses it.
 pub fn proxy_input(call_id_hash: bool, datagrams: &[(u8, &[u8])]) -> Vec<u8> {
-    let mut input = vec![u8::from(call_id_hash)];
-    for &(peer, datagram) in datagrams {
-        let len = u16::try_from(datagram.len()).expect("a seed datagram under 64 KiB");
-        assert_ne!(len, PROXY_REST);
-        input.extend_from_slice(&len.to_be_bytes());
-        input.push(peer);
-        input.extend_from_slice(datagram);
+    let seeds: Vec<Seed<'_>> = datagrams.iter().map(|&(p, d)| Seed::Peer(p, d)).collect();
+    timed_proxy_input(u8::from(call_id_hash), &seeds)
+}
+
+/// A record as the seed generator writes it (see [`Record`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Seed<'a> {
+    /// A datagram from `PEERS[peer]`.
+    Peer(u8, &'a [u8]),
+    /// A time step of this many milliseconds (rounded down to its unit),
+    /// timers at their deadlines.
+    Step(u64),
+    /// The same, timers run once at its end.
+    LateStep(u64),
+    Unreachable(u8),
+    /// The n-th latest request sent, answered with this code.
+    Answer(u8, u16),
+    Cancel(u8),
+    Ack(u8),
+}
+
+/// Encodes a `proxy` input: the option byte as it is, then the records.
+pub fn timed_proxy_input(options: u8, records: &[Seed<'_>]) -> Vec<u8> {
+    let mut input = vec![options];
+    let mut put = |word: u16, kind: u8, bytes: &[u8]| {
+        input.extend_from_slice(&word.to_be_bytes());
+        input.push(kind);
+        input.extend_from_slice(bytes);
+    };
+    for &record in records {
+        match record {
+            Seed::Peer(peer, datagram) => {
+                let len = u16::try_from(datagram.len()).expect("a seed datagram under 64 KiB");
+                assert_ne!(len, PROXY_REST);
+                assert!(peer < 0x80);
+                put(len, peer, datagram);
+            }
+            Seed::Step(ms) | Seed::LateStep(ms) => {
+                let late = if matches!(record, Seed::LateStep(_)) {
+                    4
+                } else {
+                    0
+                };
+                let unit = (0..4)
+                    .find(|&u| ms / STEP_UNITS_MS[u] <= u64::from(u16::MAX))
+                    .expect("a step under 18 hours");
+                let word = (ms / STEP_UNITS_MS[unit]) as u16;
+                put(word, 0x80 | late | unit as u8, &[]);
+            }
+            Seed::Unreachable(nth) => put(0, 0xa0 | (nth & 0x1f), &[]),
+            Seed::Answer(nth, code) => put(code - 100, 0xc0 | (nth & 0x1f), &[]),
+            Seed::Cancel(nth) => put(0, 0xe0 | (nth & 0xf), &[]),
+            Seed::Ack(nth) => put(0, 0xf0 | (nth & 0xf), &[]),
+        }
     }
     input
 }
 
-/// Splits a `proxy` input into its algorithm and (source, datagram) pairs.
-/// A length past the end of the input, or `PROXY_REST`, takes the rest.
-pub fn proxy_datagrams(data: &[u8]) -> (Algorithm, Vec<(SocketAddr, &[u8])>) {
-    let Some((&options, mut rest)) = data.split_first() else {
-        return (Algorithm::RoundRobin, Vec::new());
-    };
-    let algorithm = if options & 1 == 0 {
+/// Decodes a `proxy` input: its option byte, then records until fewer
+/// than 3 bytes are left.
+pub fn proxy_records(data: &[u8]) -> ProxyInput<'_> {
+    let (options, mut rest) = data.split_first().map_or((0, &[][..]), |(&o, r)| (o, r));
+    let algorithm = if options & OPTION_CALL_ID_HASH == 0 {
         Algorithm::RoundRobin
     } else {
         Algorithm::CallIdHash
     };
-    let mut datagrams = Vec::new();
+    let mut records = Vec::new();
     while rest.len() >= 3 {
-        let len = u16::from_be_bytes([rest[0], rest[1]]);
-        let source = PEERS[usize::from(rest[2]) % PEERS.len()].parse().unwrap();
+        let word = u16::from_be_bytes([rest[0], rest[1]]);
+        let kind = rest[2];
         rest = &rest[3..];
-        let len = if len == PROXY_REST {
-            rest.len()
-        } else {
-            usize::from(len).min(rest.len())
+        let nth = usize::from(kind & 0x1f);
+        let record = match kind {
+            0x00..=0x7f => {
+                let len = if word == PROXY_REST {
+                    rest.len()
+                } else {
+                    usize::from(word).min(rest.len())
+                };
+                let (bytes, tail) = rest.split_at(len);
+                rest = tail;
+                Record::Datagram {
+                    source: PEERS[usize::from(kind) % PEERS.len()].parse().unwrap(),
+                    bytes,
+                }
+            }
+            0x80..=0x9f => Record::Step {
+                ms: u64::from(word) * STEP_UNITS_MS[usize::from(kind & 3)],
+                late: kind & 4 != 0,
+            },
+            0xa0..=0xbf => Record::Unreachable { nth },
+            0xc0..=0xdf => Record::Answer {
+                nth,
+                code: 100 + word % 600,
+            },
+            0xe0..=0xef => Record::Cancel { nth: nth & 0xf },
+            _ => Record::Ack { nth: nth & 0xf },
         };
-        let (datagram, tail) = rest.split_at(len);
-        datagrams.push((source, datagram));
-        rest = tail;
+        records.push(record);
     }
-    (algorithm, datagrams)
+    ProxyInput {
+        algorithm,
+        timed: options & OPTION_TIMED != 0,
+        max_transactions: TIMED_MAX_TRANSACTIONS[usize::from(options >> 2) & 3],
+        records,
+    }
 }
 
-/// The `proxy` fuzz target: every datagram of the input goes through one
-/// `Proxy` (see `ProxyRun::handle` for what is checked), and every request
-/// it forwards to a backend is fed back from that backend once.
+/// The `proxy` fuzz target. In the isolated mode every datagram of the
+/// input goes through one `Proxy` an hour after the last (see
+/// `ProxyRun::handle` for what is checked), and every request it forwards
+/// to a backend is fed back from that backend once; the other records are
+/// skipped. In the timed mode every record goes through one `Proxy` as it
+/// comes (see `TimedRun`). Either way the input ends with two 10-minute
+/// steps, after which no transaction and no timer may be left.
 pub fn proxy_target(data: &[u8]) {
-    let (algorithm, datagrams) = proxy_datagrams(data);
-    let mut run = ProxyRun::new(algorithm);
-    for (source, datagram) in datagrams {
-        run.handle(source, datagram, true);
+    let input = proxy_records(data);
+    if input.timed {
+        let mut run = TimedRun::new(input.algorithm, input.max_transactions);
+        for record in input.records {
+            run.record(record);
+        }
+        run.finish();
+    } else {
+        let mut run = ProxyRun::new(input.algorithm);
+        for record in input.records {
+            if let Record::Datagram { source, bytes } = record {
+                run.handle(source, bytes, true);
+            }
+        }
+        run.finish();
     }
 }
 
-/// The `Proxy` of the `proxy` target.
+/// The `Proxy` of the `proxy` target's isolated mode.
 pub fn proxy(algorithm: Algorithm) -> Proxy {
+    proxy_with(algorithm, MAX_TRANSACTIONS)
+}
+
+/// A `Proxy` of the `proxy` target with a table of `max_transactions`.
+pub fn proxy_with(algorithm: Algorithm, max_transactions: usize) -> Proxy {
     Proxy::new(
         Scanner::new(Limits::default()),
         LocalAddress::new(PROXY_HOST, PROXY_PORT),
@@ -485,7 +632,7 @@ pub fn proxy(algorithm: Algorithm) -> Proxy {
         // A small table: the default reserves 63 MiB per proxy, and the
         // fuzzer makes one proxy per input.
         TxnConfig {
-            max_transactions: 256,
+            max_transactions,
             ..TxnConfig::default()
         },
         0,
@@ -662,11 +809,12 @@ fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
 /// echoes the request's Vias (one per line), From, To, Call-ID and CSeq as
 /// they are (RFC 4475 insuf still gets its 400), so a broken or missing one
 /// of those, or more Via values than a message may hold, is broken or
-/// missing in the reply too.
+/// missing in the reply too; so is a control character in one of them.
 fn inherited_fault(fault: Fault) -> bool {
     matches!(
         fault,
-        Fault::Via(_)
+        Fault::ControlCharacter
+            | Fault::Via(_)
             | Fault::TooManyVia
             | Fault::TooManyHeaders
             | Fault::TooLarge
@@ -720,11 +868,7 @@ impl ProxyRun {
     /// from that backend when `feed_back`: if it scans, that is a loop.
     pub fn handle(&mut self, source: SocketAddr, datagram: &[u8], feed_back: bool) -> Action {
         check_find_call_id(datagram);
-        self.now += 3_600_000;
-        while let Some(deadline) = self.proxy.next_deadline().filter(|&d| d <= self.now) {
-            self.proxy.on_timers(deadline, &mut Outbox::default());
-        }
-        assert_eq!(self.proxy.transactions(), (0, 0), "every transaction ended");
+        self.run_down();
         // Timers retransmit, fail over and answer: not this datagram's doing.
         let after_timers = counter_array(self.proxy.counters());
         let outcomes = |c: &[u64; 12]| -> u64 {
@@ -738,6 +882,7 @@ impl ProxyRun {
         self.counters = after_timers;
         let mut outbox = Outbox::default();
         let outcome = self.proxy.handle(self.now, source, datagram, &mut outbox);
+        check_bounds(&self.proxy, MAX_TRANSACTIONS);
         let mut sent = outbox.sent;
         if outcome == Outcome::Forwarded
             && sent.len() == 2
@@ -832,6 +977,28 @@ impl ProxyRun {
             }
         }
         action
+    }
+
+    /// The end of an input: every transaction ends, and what the timers
+    /// send on the way scans.
+    pub fn finish(&mut self) {
+        self.run_down();
+    }
+
+    /// An hour goes by, the timers running at their deadlines: what they
+    /// send (retransmissions, failover, 408) is checked as the timed mode
+    /// checks it, and then no transaction or timer may be left.
+    fn run_down(&mut self) {
+        self.now += 3_600_000;
+        while let Some(deadline) = self.proxy.next_deadline().filter(|&d| d <= self.now) {
+            let mut outbox = Outbox::default();
+            self.proxy.on_timers(deadline, &mut outbox);
+            check_bounds(&self.proxy, MAX_TRANSACTIONS);
+            for (to, bytes) in &outbox.sent {
+                check_sent(*to, bytes);
+            }
+        }
+        check_drained(&self.proxy);
     }
 
     /// Counters never decrease; each datagram adds one to exactly the
@@ -1072,5 +1239,475 @@ fn check_drop(m: &Message<'_>, reason: DropReason) {
             assert_eq!(expected_response_address(&next), None);
         }
         _ => panic!("response dropped as {reason:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What holds for any proxy at any time, and the timed mode.
+// ---------------------------------------------------------------------------
+
+/// Every counter, in declaration order, the limit counts last.
+/// Destructured, so that a new counter fails to compile here until it is
+/// known.
+fn all_counters(c: &Counters) -> Vec<u64> {
+    let Counters {
+        requests_forwarded,
+        responses_forwarded,
+        replies,
+        loops_detected,
+        requests_sent,
+        transactions_started,
+        retransmissions_absorbed,
+        retransmissions_sent,
+        absorbed,
+        cancels,
+        failovers,
+        timeouts,
+        try_timeouts,
+        timer_c_fired,
+        ack_timeouts,
+        unreachable,
+        overload_rejected,
+        dropped_malformed,
+        dropped_unanswerable,
+        dropped_response_not_ours,
+        dropped_response_for_us,
+        dropped_unresolved,
+        dropped_buffer_full,
+        dropped_no_backend,
+        unavailable_rejected,
+        shed_rejected,
+        shed_dropped,
+        local_acks_absorbed,
+        limits,
+    } = *c;
+    let mut all = vec![
+        requests_forwarded,
+        responses_forwarded,
+        replies,
+        loops_detected,
+        requests_sent,
+        transactions_started,
+        retransmissions_absorbed,
+        retransmissions_sent,
+        absorbed,
+        cancels,
+        failovers,
+        timeouts,
+        try_timeouts,
+        timer_c_fired,
+        ack_timeouts,
+        unreachable,
+        overload_rejected,
+        dropped_malformed,
+        dropped_unanswerable,
+        dropped_response_not_ours,
+        dropped_response_for_us,
+        dropped_unresolved,
+        dropped_buffer_full,
+        dropped_no_backend,
+        unavailable_rejected,
+        shed_rejected,
+        shed_dropped,
+        local_acks_absorbed,
+    ];
+    all.extend_from_slice(&limits.0);
+    all
+}
+
+/// `overload_rejected` in `all_counters`.
+const OVERLOAD_REJECTED: usize = 16;
+
+/// The table's bounds: at most `max` server transactions, twice that in
+/// client transactions, dialogs no more than `max`, and no timer but the
+/// ones the live transactions hold (two per server, three per client), so
+/// that none leaks and the wheel, sized for those, never fills.
+pub fn check_bounds(proxy: &Proxy, max: usize) {
+    let (servers, clients) = proxy.transactions();
+    assert!(
+        servers <= max,
+        "{servers} server transactions, the bound is {max}"
+    );
+    assert!(
+        clients <= 2 * max,
+        "{clients} client transactions, the bound is {}",
+        2 * max
+    );
+    let timers = proxy.timers();
+    assert!(
+        timers <= 2 * servers + 3 * clients,
+        "{timers} timers for {servers} server and {clients} client transactions"
+    );
+    assert!(proxy.dialogs() <= max, "{} dialogs", proxy.dialogs());
+}
+
+/// Nothing stuck: no transaction, no timer, nothing to wake up for.
+pub fn check_drained(proxy: &Proxy) {
+    assert_eq!(
+        (proxy.transactions(), proxy.timers(), proxy.next_deadline()),
+        ((0, 0), 0, None),
+        "(servers, clients), timers, next deadline: a transaction or timer outlived every timeout"
+    );
+}
+
+/// A request's `Max-Forwards` value made 1 (the proxy legitimately sends
+/// 0 when it got 1, which a scanner answers 483), so that it can be scanned.
+fn max_forwards_one(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut lines = bytes.split_inclusive(|&b| b == b'\n');
+    for line in lines.by_ref() {
+        let name_end = line.iter().position(|&b| b == b':');
+        let is_max_forwards = name_end.is_some_and(|end| {
+            line[..end]
+                .trim_ascii_end()
+                .eq_ignore_ascii_case(b"Max-Forwards")
+        });
+        if is_max_forwards {
+            let end = name_end.unwrap_or(0);
+            out.extend_from_slice(&line[..=end]);
+            out.extend_from_slice(b" 1");
+            let eol = if line.ends_with(b"\r\n") {
+                &b"\r\n"[..]
+            } else {
+                b"\n"
+            };
+            out.extend_from_slice(eol);
+        } else {
+            out.extend_from_slice(line);
+        }
+        if line == b"\r\n" || line == b"\n" {
+            // The body stays as it is.
+            break;
+        }
+    }
+    for line in lines {
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// Our Via: our address, and a `z9hG4bK<16 hex>.<16 hex>` branch.
+fn check_our_via(via: &Via<'_>, bytes: &[u8]) {
+    assert_eq!(via.host, PROXY_HOST.as_bytes(), "{}", text(bytes));
+    assert_eq!(via.port, Some(PROXY_PORT), "{}", text(bytes));
+    let branch = via.branch.expect("our Via has a branch");
+    let key = branch.strip_prefix(b"z9hG4bK").expect("magic cookie");
+    assert_eq!(key.len(), 33, "{}", text(branch));
+    assert_eq!(key[16], b'.');
+    assert!(key[..16]
+        .iter()
+        .chain(&key[17..])
+        .all(u8::is_ascii_hexdigit));
+}
+
+/// Anything the proxy sends but the answer to a datagram that does not
+/// scan (checked by `check_rejection_reply`): not empty, and it scans with
+/// a fresh scanner (allowing for what a hop adds); a request carries our
+/// Via on top (a `Max-Forwards: 0` request, made from one with 1, scans
+/// once its value is put back to 1).
+pub fn check_sent(to: SocketAddr, bytes: &[u8]) {
+    assert!(!bytes.is_empty(), "an empty datagram sent to {to}");
+    let mut rescanner = Scanner::new(relaxed());
+    let patched;
+    let bytes = match rescanner.scan(bytes) {
+        Err(e) if e.kind == StartKind::Request && e.fault == Fault::MaxForwardsZero => {
+            patched = max_forwards_one(bytes);
+            &patched[..]
+        }
+        _ => bytes,
+    };
+    match rescanner.scan(bytes) {
+        Ok(m) => {
+            check_accessors(&m);
+            if m.is_request() {
+                check_our_via(m.top_via(), bytes);
+            }
+        }
+        Err(e) => panic!("sent to {to}, does not scan: {e}\n{}", text(bytes)),
+    }
+}
+
+/// Whether what was sent is a response (a method has no `/`).
+fn is_response(bytes: &[u8]) -> bool {
+    let start = bytes.iter().position(|&b| b != b'\r' && b != b'\n');
+    start.is_some_and(|s| {
+        bytes[s..]
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
+    })
+}
+
+/// The n-th latest entry of a history.
+fn nth_latest<T>(history: &[T], nth: usize) -> Option<&T> {
+    let len = history.len();
+    (len > 0).then(|| &history[len - 1 - nth % len])
+}
+
+fn push_bounded<T>(history: &mut Vec<T>, item: T) {
+    if history.len() == HISTORY {
+        history.remove(0);
+    }
+    history.push(item);
+}
+
+/// What the destination of a request the proxy sent answers: a response
+/// with `code`, its Vias, From, To (with a tag above 100), Call-ID and
+/// CSeq. `None` for what cannot be answered.
+fn answer_to(request: &[u8], code: u16) -> Option<Vec<u8>> {
+    let mut scanner = Scanner::new(relaxed());
+    let patched;
+    let request = match scanner.scan(request) {
+        Err(e) if e.fault == Fault::MaxForwardsZero => {
+            patched = max_forwards_one(request);
+            &patched[..]
+        }
+        _ => request,
+    };
+    let m = scanner.scan(request).ok()?;
+    let us = SocketAddr::new(host_ip(PROXY_HOST)?, PROXY_PORT);
+    let mut out = vec![0u8; OUT_BYTES];
+    let n = write_response(&m, us, &LocalResponse::new(code, "Answer"), &mut out).ok()?;
+    out.truncate(n);
+    Some(out)
+}
+
+/// The INVITE `invite` turned into its CANCEL or (with the To of the
+/// response it acknowledges) its ACK, as its sender writes them: the
+/// method in the start line and CSeq changed, all else kept.
+fn caller_request(invite: &[u8], method: &[u8], to: Option<&[u8]>) -> Option<Vec<u8>> {
+    let mut scanner = Scanner::new(Limits::default());
+    let m = scanner.scan(invite).ok()?;
+    let StartLine::Request { method_text, .. } = *m.start_line() else {
+        return None;
+    };
+    let at = |part: &[u8]| part.as_ptr() as usize - invite.as_ptr() as usize;
+    let mut splices = vec![
+        (at(method_text), method_text.len(), method),
+        (at(m.cseq().method_text), m.cseq().method_text.len(), method),
+    ];
+    if let Some(to) = to {
+        splices.push((at(m.to().value), m.to().value.len(), to));
+    }
+    splices.sort_by_key(|s| s.0);
+    let mut out = Vec::with_capacity(invite.len() + 64);
+    let mut done = 0;
+    for (start, len, with) in splices {
+        if start < done {
+            return None;
+        }
+        out.extend_from_slice(&invite[done..start]);
+        out.extend_from_slice(with);
+        done = start + len;
+    }
+    out.extend_from_slice(&invite[done..]);
+    Some(out)
+}
+
+/// The timed mode: one `Proxy` whose clock moves only by `Step` records,
+/// so that transactions live across records, retransmissions are
+/// absorbed, answers reach their client transactions and the timers fire
+/// in between. After every record: `check_bounds`, the counters never
+/// decrease, a 503 for a full table only when it was full; everything sent
+/// passes `check_sent` (or, for a datagram that does not scan, is its
+/// rejection, to its source); a datagram that does not scan changes no
+/// transaction; what was replied to went back to the request's reply
+/// address first, and a request forwarded sent a request.
+/// At the end, `check_drained` after two `DRAIN_MS` steps.
+pub struct TimedRun {
+    proxy: Proxy,
+    now: u64,
+    max_transactions: usize,
+    counters: Vec<u64>,
+    /// Requests the proxy sent (destination, bytes), the latest last.
+    requests: Vec<(SocketAddr, Vec<u8>)>,
+    /// Responses the proxy sent, the latest last.
+    responses: Vec<Vec<u8>>,
+    /// INVITEs the proxy received (source, bytes), the latest last.
+    invites: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl TimedRun {
+    pub fn new(algorithm: Algorithm, max_transactions: usize) -> TimedRun {
+        TimedRun {
+            proxy: proxy_with(algorithm, max_transactions),
+            now: 0,
+            max_transactions,
+            counters: all_counters(&Counters::default()),
+            requests: Vec::new(),
+            responses: Vec::new(),
+            invites: Vec::new(),
+        }
+    }
+
+    pub fn record(&mut self, record: Record<'_>) {
+        match record {
+            Record::Datagram { source, bytes } => self.datagram(source, bytes),
+            Record::Step { ms, late } => self.step(ms, late),
+            Record::Unreachable { nth } => {
+                if let Some(&(to, _)) = nth_latest(&self.requests, nth) {
+                    let mut outbox = Outbox::default();
+                    self.proxy.on_unreachable(self.now, to, &mut outbox);
+                    self.after_event(None, &outbox);
+                }
+            }
+            Record::Answer { nth, code } => {
+                let Some((to, request)) = nth_latest(&self.requests, nth) else {
+                    return;
+                };
+                let to = *to;
+                if let Some(answer) = answer_to(request, code) {
+                    self.datagram(to, &answer);
+                }
+            }
+            Record::Cancel { nth } => {
+                let Some((from, invite)) = nth_latest(&self.invites, nth) else {
+                    return;
+                };
+                let from = *from;
+                if let Some(cancel) = caller_request(invite, b"CANCEL", None) {
+                    self.datagram(from, &cancel);
+                }
+            }
+            Record::Ack { nth } => {
+                let Some((from, invite)) = nth_latest(&self.invites, nth) else {
+                    return;
+                };
+                let from = *from;
+                let to = self.latest_to(invite);
+                if let Some(ack) = caller_request(invite, b"ACK", to.as_deref()) {
+                    self.datagram(from, &ack);
+                }
+            }
+        }
+    }
+
+    /// The To of the latest response sent for `invite`'s Call-ID and CSeq.
+    fn latest_to(&self, invite: &[u8]) -> Option<Vec<u8>> {
+        let mut scanner = Scanner::new(Limits::default());
+        let m = scanner.scan(invite).ok()?;
+        let mut rescanner = Scanner::new(relaxed());
+        self.responses.iter().rev().find_map(|response| {
+            let r = rescanner.scan(response).ok()?;
+            (r.call_id() == m.call_id() && r.cseq() == m.cseq()).then(|| r.to().value.to_vec())
+        })
+    }
+
+    /// The clock goes on by `ms`: timers at their deadlines, or all at
+    /// once at the end when `late`.
+    pub fn step(&mut self, ms: u64, late: bool) {
+        let target = self.now.saturating_add(ms);
+        if !late {
+            while let Some(deadline) = self.proxy.next_deadline().filter(|&d| d <= target) {
+                self.now = self.now.max(deadline);
+                self.timers();
+            }
+        }
+        self.now = target;
+        self.timers();
+    }
+
+    fn timers(&mut self) {
+        let before = self.proxy.transactions();
+        let mut outbox = Outbox::default();
+        self.proxy.on_timers(self.now, &mut outbox);
+        assert!(
+            self.proxy.transactions().0 <= before.0,
+            "a timer made a server transaction"
+        );
+        self.after_event(None, &outbox);
+    }
+
+    /// Bounds, counters and what was sent, after a datagram (`full`: the
+    /// table was full before it) or a timer or ICMP error (`None`).
+    fn after_event(&mut self, full: Option<bool>, outbox: &Outbox) {
+        check_bounds(&self.proxy, self.max_transactions);
+        let now = all_counters(self.proxy.counters());
+        for (i, (&before, &after)) in self.counters.iter().zip(&now).enumerate() {
+            assert!(
+                after >= before,
+                "counter {i} went down: {before} -> {after}"
+            );
+        }
+        if now[OVERLOAD_REJECTED] > self.counters[OVERLOAD_REJECTED] {
+            assert_eq!(full, Some(true), "503 for a full table that was not full");
+        }
+        self.counters = now;
+        for (to, bytes) in &outbox.sent {
+            if !is_response(bytes) {
+                push_bounded(&mut self.requests, (*to, bytes.clone()));
+            } else {
+                push_bounded(&mut self.responses, bytes.clone());
+            }
+        }
+    }
+
+    pub fn datagram(&mut self, source: SocketAddr, datagram: &[u8]) {
+        check_find_call_id(datagram);
+        let before = self.proxy.transactions();
+        let mut outbox = Outbox::default();
+        let outcome = self.proxy.handle(self.now, source, datagram, &mut outbox);
+        let sent = &outbox.sent;
+        let mut scanner = Scanner::new(Limits::default());
+        match scanner.scan(datagram) {
+            Err(e) => {
+                assert_eq!(
+                    self.proxy.transactions(),
+                    before,
+                    "{e}: a datagram that does not scan changed the table"
+                );
+                match (outcome, &sent[..]) {
+                    (Outcome::Replied, [(to, reply)]) => {
+                        check_rejection_reply(&e, source, *to, reply)
+                    }
+                    (Outcome::Dropped(DropReason::Malformed(fault)), []) => {
+                        assert_eq!(fault, e.fault)
+                    }
+                    (Outcome::Dropped(DropReason::Unanswerable), []) => {}
+                    (outcome, sent) => panic!("{e}: {outcome:?} with {sent:?}"),
+                }
+            }
+            Ok(m) => {
+                for (to, bytes) in sent {
+                    check_sent(*to, bytes);
+                }
+                let is_request = |b: &Vec<u8>| !is_response(b);
+                match outcome {
+                    Outcome::Replied => {
+                        assert!(m.is_request(), "a response was answered");
+                        let (to, first) = sent.first().expect("a reply was sent");
+                        assert!(!is_request(first), "the reply is a response");
+                        assert_eq!(*to, sipshard::proxy::reply_address(m.top_via(), source));
+                    }
+                    Outcome::Forwarded if m.is_request() => {
+                        assert!(sent.iter().any(|(_, b)| is_request(b)), "no request sent")
+                    }
+                    // Not checked: a final on the current try after a 2xx
+                    // on another (or after the caller has its final) is
+                    // ACKed and kept from the caller, as it must be, but
+                    // `client_final` still returns `Forwarded`. Only the
+                    // label is off: the shard counts nothing by it.
+                    Outcome::Forwarded => {}
+                    Outcome::Dropped(reason) => {
+                        assert!(
+                            !matches!(reason, DropReason::Malformed(_)),
+                            "dropped as malformed, but it scans"
+                        );
+                        assert!(sent.is_empty(), "dropped as {reason:?}, but sent {sent:?}");
+                    }
+                    Outcome::Absorbed => {}
+                }
+                if m.method() == Some(Method::Invite) {
+                    push_bounded(&mut self.invites, (source, datagram.to_vec()));
+                }
+            }
+        }
+        self.after_event(Some(before.0 >= self.max_transactions), &outbox);
+    }
+
+    /// The end of an input: nothing may be left after 20 minutes.
+    pub fn finish(&mut self) {
+        self.step(DRAIN_MS, false);
+        self.step(DRAIN_MS, false);
+        check_drained(&self.proxy);
     }
 }

@@ -314,6 +314,12 @@ impl Proxy {
         (self.core.txns.servers.len(), self.core.txns.clients.len())
     }
 
+    /// Timers armed now: at most two per server transaction and three per
+    /// client transaction (the fuzz target checks that none leaks).
+    pub fn timers(&self) -> usize {
+        self.core.txns.wheel.len()
+    }
+
     /// When [`Proxy::on_timers`] next has work: the I/O loop sleeps until then.
     pub fn next_deadline(&self) -> Option<Millis> {
         self.core.txns.wheel.next_deadline()
@@ -763,6 +769,18 @@ impl Core {
         if let Some(client) = self.txns.clients.get_mut(slot) {
             client.request = request;
         }
+        // §9.1: with no final 64·T1 after the CANCEL, the INVITE is over.
+        // Armed even when no CANCEL could be written (the request as sent
+        // does not scan again, e.g. Max-Forwards 1 sent on as 0): Timer C
+        // has fired or the try is Proceeding without Timer B, so without it
+        // nothing would ever end the try.
+        let timeout = self.txns.config.timers.timeout_ms();
+        let id = self.txns.arm(now, timeout, Timer::ClientTimeout(slot));
+        if let Some(client) = self.txns.clients.get_mut(slot) {
+            if let Some(old) = std::mem::replace(&mut client.timers[1], id) {
+                self.txns.wheel.cancel(old);
+            }
+        }
         let Some(len) = written else { return };
         let cancel = Client {
             key: key ^ CANCEL_KEY,
@@ -784,14 +802,6 @@ impl Core {
         };
         tx.send(to, len);
         self.counters.requests_sent += 1;
-        // §9.1: with no final 64·T1 after the CANCEL, the INVITE is over.
-        let timeout = self.txns.config.timers.timeout_ms();
-        let id = self.txns.arm(now, timeout, Timer::ClientTimeout(slot));
-        if let Some(client) = self.txns.clients.get_mut(slot) {
-            if let Some(old) = std::mem::replace(&mut client.timers[1], id) {
-                self.txns.wheel.cancel(old);
-            }
-        }
         if let Some(cancel_slot) = self.txns.clients.insert(cancel) {
             self.txns.client_keys.insert(key ^ CANCEL_KEY, cancel_slot);
             self.arm_client_request_timers(now, cancel_slot);
@@ -1027,7 +1037,9 @@ impl Core {
         }
         match (client.state, code) {
             (ClientState::Completed, _) => {
-                if client.invite && code >= 300 {
+                // No ACK when none could be written (the request as sent
+                // does not scan again): an empty datagram is not one.
+                if client.invite && code >= 300 && !client.ack.is_empty() {
                     let (to, ack) = (client.to, client.ack.clone());
                     emit(tx, to, &ack, &mut self.counters);
                 }
@@ -1118,7 +1130,11 @@ impl Core {
         let mut stop = [None; 2];
         if invite {
             // Timer A stops; Timer B and the per-try timer give way to C.
-            stop = [client.timers[0].take(), client.timers[1].take()];
+            // Once our CANCEL is sent, the second timer is its 64·T1 wait
+            // (§9.1), the only one left to end the try: it stays.
+            let wait = client.cancel == CancelState::Sent;
+            let timer_b = if wait { None } else { client.timers[1].take() };
+            stop = [client.timers[0].take(), timer_b];
             if code > 100 || client.timers[2].is_some() {
                 if let Some(id) = client.timers[2].take() {
                     self.txns.wheel.cancel(id);

@@ -666,3 +666,100 @@ Call-ID: sticky-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
         .collect();
     assert!(targets.iter().all(|t| *t == targets[0]), "{targets:?}");
 }
+
+// ---- requests whose forwarded form does not scan again ----
+
+/// An INVITE that came with `Max-Forwards: 1` goes on with 0, which the
+/// proxy's own rescan (for CANCEL and ACK) refuses, so no CANCEL or ACK
+/// can be written for it. Found while writing the `proxy` fuzz target's
+/// timed mode, whose end-of-input and `check_sent` checks catch both.
+fn start_one_hop_invite(lab: &mut Lab, call_id: &str) -> Sent {
+    let invite = invite(call_id).replace("Max-Forwards: 70", "Max-Forwards: 1");
+    assert_eq!(lab.recv(CALLER, &invite), Outcome::Forwarded);
+    let sent = lab.take();
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    assert_eq!(sent[1].header("Max-Forwards"), Some("0"));
+    sent[1].clone()
+}
+
+/// Timer C fired, no CANCEL could be written, and nothing was left armed:
+/// the server and client transactions stayed for ever (each a slot of
+/// `max_transactions`, so a caller could fill the table). The try now
+/// still times out 64·T1 later and the caller gets 408.
+#[test]
+fn timer_c_ends_a_try_whose_cancel_cannot_be_written() {
+    let mut lab = one_backend();
+    let fwd = start_one_hop_invite(&mut lab, "h1");
+    lab.recv(BACKEND_A, &fwd.answer(180, Some("b")));
+    assert_eq!(lab.one().code(), 180);
+    lab.advance(180_000);
+    assert_eq!(lab.proxy.counters().timer_c_fired, 1);
+    assert!(lab.take().is_empty(), "no CANCEL could be written");
+    lab.advance(32_000);
+    let sent = lab.take();
+    assert!(sent.iter().any(|s| s.code() == 408 && s.to() == CALLER));
+    lab.advance(600_000);
+    assert_eq!(lab.proxy.transactions(), (0, 0));
+    assert_eq!(lab.proxy.next_deadline(), None, "no timer left");
+}
+
+/// The same through the caller's CANCEL: it is answered 200, cannot be
+/// sent on, and the 64·T1 wait after it ends the call with 487.
+#[test]
+fn a_cancel_that_cannot_be_sent_on_still_ends_the_try() {
+    let mut lab = one_backend();
+    let fwd = start_one_hop_invite(&mut lab, "h2");
+    lab.recv(BACKEND_A, &fwd.answer(180, Some("b")));
+    lab.take();
+    assert_eq!(lab.recv(CALLER, &cancel("h2")), Outcome::Replied);
+    assert_eq!(lab.one().code(), 200);
+    lab.advance(32_000);
+    let sent = lab.take();
+    assert!(sent.iter().any(|s| s.code() == 487 && s.to() == CALLER));
+    lab.advance(600_000);
+    assert_eq!(lab.proxy.transactions(), (0, 0));
+    assert_eq!(lab.proxy.next_deadline(), None, "no timer left");
+}
+
+/// No ACK could be written for the 486; its retransmission used to be
+/// "ACKed again" with the empty ACK kept: a 0-byte datagram.
+#[test]
+fn no_empty_datagram_when_no_ack_could_be_written() {
+    let mut lab = one_backend();
+    let fwd = start_one_hop_invite(&mut lab, "h3");
+    let busy = fwd.answer(486, Some("b"));
+    lab.recv(BACKEND_A, &busy);
+    let sent = lab.take();
+    assert!(sent.iter().any(|s| s.code() == 486 && s.to() == CALLER));
+    assert_eq!(lab.recv(BACKEND_A, &busy), Outcome::Absorbed);
+    assert!(
+        lab.take().is_empty(),
+        "nothing (above all no empty datagram)"
+    );
+}
+
+/// A provisional that crosses our CANCEL (the backend's 183 sent before
+/// it saw the CANCEL) used to stop the 64·T1 wait armed with the CANCEL,
+/// as if it were Timer B; if no final came, Timer C then fired on a try
+/// already cancelled and did nothing: the server and client transactions
+/// stayed for ever. Found by the `proxy` fuzz target (timed mode, first
+/// CI run: a late provisional on a try given up on after an ICMP error).
+#[test]
+fn a_provisional_after_our_cancel_does_not_stop_its_wait() {
+    let mut lab = one_backend();
+    let fwd = start_invite(&mut lab, "p1");
+    lab.recv(BACKEND_A, &fwd.answer(180, Some("b")));
+    lab.take();
+    assert_eq!(lab.recv(CALLER, &cancel("p1")), Outcome::Replied);
+    let sent = lab.take();
+    assert!(sent.iter().any(|s| s.method() == "CANCEL"), "{sent:#?}");
+    lab.recv(BACKEND_A, &fwd.answer(183, Some("b")));
+    lab.take();
+    // The backend answers neither the CANCEL nor the INVITE.
+    lab.advance(32_000);
+    let sent = lab.take();
+    assert!(sent.iter().any(|s| s.code() == 487 && s.to() == CALLER));
+    lab.advance(600_000);
+    assert_eq!(lab.proxy.transactions(), (0, 0));
+    assert_eq!(lab.proxy.next_deadline(), None, "no timer left");
+}
