@@ -323,6 +323,10 @@ fn wait_for_signals(runtime: Runtime, control: &sipshard::control::Control) -> E
         break;
     }
     runtime.stop();
+    if sipshard::shard::shard_failed() {
+        tracing::error!("stopped because a shard failed");
+        return ExitCode::from(1);
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

@@ -79,6 +79,14 @@ pub struct Config {
     pub guard: crate::guard::GuardConfig,
 }
 
+/// Set when a shard stopped on an error: the process then exits 1.
+static SHARD_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Did a shard stop on an error (and the gateway with it)?
+pub fn shard_failed() -> bool {
+    SHARD_FAILED.load(Ordering::Acquire)
+}
+
 /// Which receive loop the shards run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Io {
@@ -311,7 +319,12 @@ impl Runtime {
                         max_transactions,
                     );
                     if let Err(error) = shard.run(use_uring) {
-                        tracing::error!(shard = index, %error, "shard stopped on an I/O error");
+                        // Its calls cannot go on, and the others should not
+                        // go on without it: stop the gateway (cleanly) and
+                        // exit non-zero, so a supervisor restarts it.
+                        tracing::error!(shard = index, %error, "shard stopped on an I/O error; stopping the gateway");
+                        SHARD_FAILED.store(true, Ordering::Release);
+                        sys::raise_sigterm();
                     }
                 })?;
             threads.push(thread);

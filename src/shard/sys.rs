@@ -132,6 +132,15 @@ pub(crate) struct Flushed {
 
 /// The errors IP_RECVERR reports for an ICMP message about a datagram we
 /// sent (port or host unreachable).
+/// Sends this process SIGTERM: a shard that cannot go on asks for the
+/// clean stop the main thread runs on a signal.
+pub(crate) fn raise_sigterm() {
+    // SAFETY: kill(2) on our own pid with a valid signal number.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGTERM);
+    }
+}
+
 /// How full a socket's receive buffer is (0.0 to 1.0), from `SO_MEMINFO`:
 /// datagrams the shard has not taken yet. Under overload this is where
 /// they wait, and past the buffer the kernel drops them, admitted calls'
