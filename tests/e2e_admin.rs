@@ -6,11 +6,12 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{http, scenario, screen_count, tempdir, value, wait_for_listener, Running};
+use support::{
+    http, scenario, screen_count, sipp_screen, tempdir, value, wait_for_listener, Running,
+};
 
 const GATEWAY: &str = "127.0.0.1:16060";
 const ADMIN: &str = "127.0.0.1:16090";
@@ -84,14 +85,8 @@ fn metrics_agree_with_sipp_and_bad_paths_get_404() {
         "calls are in progress mid-run"
     );
 
-    let mut screen = String::new();
-    caller
-        .stdout
-        .take()
-        .expect("piped stdout")
-        .read_to_string(&mut screen)
-        .expect("SIPp's screen");
-    assert!(caller.wait().expect("sipp ends").success(), "{screen}");
+    let (screen, ok) = sipp_screen(&mut caller);
+    assert!(ok, "{screen}");
     let count = |label: &str| -> u64 { screen_count(&screen, label) };
     assert_eq!(count("Successful call"), CALLS, "{screen}");
     assert_eq!(count("Failed call"), 0, "{screen}");

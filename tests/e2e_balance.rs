@@ -6,13 +6,12 @@
 
 mod support;
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::{http, scenario, screen_count, tempdir, wait_for_listener, Running};
+use support::{http, scenario, screen_count, sipp_screen, tempdir, wait_for_listener, Running};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -84,14 +83,7 @@ fn caller(calls: u32, rate: u32, hold_ms: u32, dir: &Path) -> Child {
 
 /// Waits for the caller; returns (successful, failed) from its screen.
 fn finish(mut caller: Child) -> (u32, u32) {
-    let mut screen = String::new();
-    caller
-        .stdout
-        .take()
-        .expect("piped stdout")
-        .read_to_string(&mut screen)
-        .expect("SIPp's screen");
-    let _ = caller.wait();
+    let (screen, _) = sipp_screen(&mut caller);
     (
         screen_count(&screen, "Successful call"),
         screen_count(&screen, "Failed call"),

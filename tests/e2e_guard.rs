@@ -18,8 +18,7 @@
 mod support;
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::{http, scenario, screen_count, tempdir, wait_for_listener, Running};
+use support::{http, scenario, screen_count, sipp_screen, tempdir, wait_for_listener, Running};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -227,11 +226,7 @@ impl Caller {
 
     /// (successful, failed) calls, and SIPp's screen.
     fn finish(mut self) -> (u32, u32, String) {
-        let mut screen = String::new();
-        if let Some(mut out) = self.0.stdout.take() {
-            let _ = out.read_to_string(&mut screen);
-        }
-        let _ = self.0.wait();
+        let (screen, _) = sipp_screen(&mut self.0);
         (
             screen_count(&screen, "Successful call"),
             screen_count(&screen, "Failed call"),
@@ -269,27 +264,7 @@ fn get_from(source: &str, address: &str, path: &str) -> (u16, String) {
     socket.bind(&from.into()).expect("a loopback source");
     let to: SocketAddr = address.parse().expect("an address");
     socket.connect(&to.into()).expect("the admin API listens");
-    let mut stream: TcpStream = socket.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("a timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("the request is written");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("a response");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    support::http_on(socket.into(), address, "GET", path, "")
 }
 
 /// Waits up to `within` for `done`; true if it came.

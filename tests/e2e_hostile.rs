@@ -20,7 +20,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,7 +28,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sipshard::sip::{Limits, Scanner, UDP_PAYLOAD_MAX};
-use support::{scenario, scrape, screen_count, tempdir, value, wait_for_listener, Running};
+use support::{
+    scenario, scrape, screen_count, sipp_screen, tempdir, value, wait_for_listener, Running,
+};
 
 const GATEWAY: &str = "127.0.0.1:21060";
 const ADMIN: &str = "127.0.0.1:21090";
@@ -760,14 +761,8 @@ CSeq: 1 INVITE\r\nContact: <sip:flooder@127.0.0.9:21109>\r\nContent-Length: 0\r\
         .stderr(Stdio::null())
         .spawn()
         .expect("sipp is installed (Debian package sip-tester)");
-    let mut screen = String::new();
-    caller
-        .stdout
-        .take()
-        .expect("piped stdout")
-        .read_to_string(&mut screen)
-        .expect("SIPp's screen");
-    assert!(caller.wait().expect("sipp ends").success(), "{screen}");
+    let (screen, ok) = sipp_screen(&mut caller);
+    assert!(ok, "{screen}");
     assert_eq!(
         screen_count::<u64>(&screen, "Successful call"),
         CALLS,

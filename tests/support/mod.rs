@@ -19,6 +19,19 @@ impl Drop for Running {
     }
 }
 
+/// Reads a SIPp process's screen (its piped stdout) to the end and waits
+/// for it: the screen, and whether SIPp exited 0.
+pub fn sipp_screen(sipp: &mut Child) -> (String, bool) {
+    let mut screen = String::new();
+    sipp.stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut screen)
+        .expect("SIPp's screen");
+    let ok = sipp.wait().expect("sipp ends").success();
+    (screen, ok)
+}
+
 /// A bundled SIPp scenario.
 pub fn scenario(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -58,7 +71,19 @@ pub fn wait_for_listener(address: &str) {
 
 /// A plain HTTP/1.1 request to `address`; returns the status and the body.
 pub fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("the admin API listens");
+    let stream = TcpStream::connect(address).expect("the admin API listens");
+    http_on(stream, address, method, path, body)
+}
+
+/// One HTTP/1.1 request on a connected `stream` (to `address`): status and
+/// body. For callers that connect from a source address of their own.
+pub fn http_on(
+    mut stream: TcpStream,
+    address: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("a timeout");
