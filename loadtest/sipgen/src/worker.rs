@@ -229,7 +229,6 @@ pub struct Worker<'a> {
     in_flight: u64,
     next_seq: u64,
     stats: Stats,
-    scratch: Vec<u8>,
     /// `sip:uas@<backend>` for each backend socket, built once.
     contacts: Vec<String>,
 }
@@ -269,7 +268,6 @@ impl<'a> Worker<'a> {
             in_flight: 0,
             next_seq: 1,
             stats: Stats::new(),
-            scratch: Vec::with_capacity(2048),
             contacts: sockets
                 .backend_addrs
                 .iter()
@@ -364,6 +362,9 @@ impl<'a> Worker<'a> {
 
     /// Reads every socket once; true when anything came in.
     fn receive(&mut self, now: u64) -> bool {
+        // The batch is taken out of `self` while its datagrams are handled
+        // in place, so the handlers can borrow `self` mutably.
+        let mut receiver = std::mem::replace(&mut self.receiver, Receiver::new(0));
         let mut any = false;
         let callers = self.sockets.callers.len();
         for index in 0..callers + self.sockets.backends.len() {
@@ -372,28 +373,21 @@ impl<'a> Worker<'a> {
             } else {
                 &self.sockets.backends[index - callers]
             };
-            let n = self.receiver.recv(socket);
+            let n = receiver.recv(socket);
             any |= n > 0;
             self.stats.received += n as u64;
             for i in 0..n {
-                // Copy out, so the handlers can borrow self mutably.
-                self.scratch.clear();
-                let from = match self.receiver.get(i) {
-                    Some((bytes, from)) => {
-                        self.scratch.extend_from_slice(bytes);
-                        from
-                    }
-                    None => continue,
+                let Some((datagram, from)) = receiver.get(i) else {
+                    continue;
                 };
-                let datagram = std::mem::take(&mut self.scratch);
                 if index < callers {
-                    self.on_response(&datagram, now);
+                    self.on_response(datagram, now);
                 } else {
-                    self.on_request(index, &datagram, from, now);
+                    self.on_request(index, datagram, from, now);
                 }
-                self.scratch = datagram;
             }
         }
+        self.receiver = receiver;
         any
     }
 
