@@ -77,7 +77,9 @@ struct Cli {
     /// CPUs to pin the workers to, e.g. 0 or 0,1; default: not pinned.
     #[arg(long, value_delimiter = ',')]
     cpus: Vec<usize>,
-    /// Seconds after its first request that an unfinished call has failed.
+    /// Seconds after its first request that an unfinished call has failed;
+    /// once admitted (a provisional came back), it has as long again from
+    /// then.
     #[arg(long, default_value_t = 8.0)]
     call_timeout: f64,
     #[arg(long, default_value_t = 500)]
@@ -267,7 +269,7 @@ fn report(cli: &Cli, rate: f64, stats: &Stats, elapsed: f64) {
         "FAIL"
     };
     println!(
-        "rate {rate:>9.0}/s  {verdict}  started {}  completed {}  failed {} (timeout {}, status {}, rejected {}; admitted and failed {})  retransmissions {}  \
+        "rate {rate:>9.0}/s  {verdict}  started {}  completed {}  failed {} (timeout {}, status {}, rejected {}; admitted and failed {}, {} of them with no final answer)  retransmissions {}  \
          datagrams {:.0}/s  sipgen CPU {:.0}%  added p50 {:.0} us p99 {:.0} us  setup p50 {:.0} us p99 {:.0} us  stray {}  send errors {}",
         stats.started,
         stats.completed,
@@ -276,6 +278,7 @@ fn report(cli: &Cli, rate: f64, stats: &Stats, elapsed: f64) {
         stats.failed_status,
         stats.rejected,
         stats.admitted_failed,
+        stats.admitted_no_final,
         stats.retransmissions,
         (stats.received + stats.sent) as f64 / elapsed.max(1e-9),
         stats.cpu_ns as f64 / 1e7 / elapsed.max(1e-9) / cli.workers as f64,

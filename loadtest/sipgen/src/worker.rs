@@ -57,7 +57,10 @@ pub struct Plan {
     /// Calls per second this worker starts.
     pub rate: f64,
     pub duration_ns: u64,
-    /// A call not over this long after its first request has failed.
+    /// A call has failed when it is not over this long after its first
+    /// request or, once admitted, this long after its admission: a call
+    /// admitted on a late retransmission of its INVITE gets the whole time
+    /// to finish, as a UA's transaction timers would give it.
     pub call_timeout_ns: u64,
     pub t1_ns: u64,
     pub t2_ns: u64,
@@ -89,6 +92,9 @@ pub struct Stats {
     /// Failed calls (either kind) that the target had admitted: a
     /// provisional response came back before the failure.
     pub admitted_failed: u64,
+    /// Of those, the ones still waiting for the INVITE's final response
+    /// (the rest were waiting for the BYE's, or got a failure status).
+    pub admitted_no_final: u64,
     pub retransmissions: u64,
     pub received: u64,
     pub sent: u64,
@@ -125,6 +131,7 @@ impl Stats {
             failed_status: 0,
             rejected: 0,
             admitted_failed: 0,
+            admitted_no_final: 0,
             retransmissions: 0,
             received: 0,
             sent: 0,
@@ -153,6 +160,7 @@ impl Stats {
         self.failed_status += other.failed_status;
         self.rejected += other.rejected;
         self.admitted_failed += other.admitted_failed;
+        self.admitted_no_final += other.admitted_no_final;
         self.retransmissions += other.retransmissions;
         self.received += other.received;
         self.sent += other.sent;
@@ -193,6 +201,9 @@ struct Call {
     source: usize,
     /// A provisional response came back: the target took the call on.
     admitted: bool,
+    /// When the call fails if it is not over; older Timeout entries in the
+    /// heap are stale.
+    deadline_ns: u64,
     /// The request in progress, kept for retransmission.
     request: Vec<u8>,
     /// The ACK for the 2xx, sent again if the 2xx is.
@@ -235,7 +246,8 @@ pub struct Worker<'a> {
 
 impl<'a> Worker<'a> {
     pub fn new(plan: Plan, sockets: &'a Sockets, progress: &'a Progress, workers: usize) -> Self {
-        let timeout_s = plan.call_timeout_ns.div_ceil(1_000_000_000) + 1;
+        // A call lives up to two timeouts: one to admission, one after.
+        let timeout_s = 2 * plan.call_timeout_ns.div_ceil(1_000_000_000) + 1;
         let slots = ((plan.rate * timeout_s as f64) as u64)
             .max(1024)
             .next_power_of_two();
@@ -248,6 +260,7 @@ impl<'a> Worker<'a> {
                 interval_ns: 0,
                 source: 0,
                 admitted: false,
+                deadline_ns: 0,
                 request: Vec::new(),
                 ack: Vec::new(),
             })
@@ -479,11 +492,9 @@ impl<'a> Worker<'a> {
         self.senders[source].push(&self.calls[index].request, target);
         self.timers
             .push(Reverse((retransmit_at, seq, Timer::Retransmit)));
-        self.timers.push(Reverse((
-            now + self.plan.call_timeout_ns,
-            seq,
-            Timer::Timeout,
-        )));
+        let deadline = now + self.plan.call_timeout_ns;
+        self.calls[index].deadline_ns = deadline;
+        self.timers.push(Reverse((deadline, seq, Timer::Timeout)));
         self.in_flight += 1;
     }
 
@@ -498,6 +509,16 @@ impl<'a> Worker<'a> {
             self.stats.failed_status += 1;
             self.stats.admitted_failed += u64::from(admitted);
         }
+    }
+
+    /// The first provisional response: the call is admitted, and its
+    /// deadline starts again.
+    fn admit(&mut self, index: usize, seq: u64, now: u64) {
+        let deadline = now + self.plan.call_timeout_ns;
+        let call = &mut self.calls[index];
+        call.admitted = true;
+        call.deadline_ns = deadline;
+        self.timers.push(Reverse((deadline, seq, Timer::Timeout)));
     }
 
     /// A 503 before the call was admitted: turned away, not failed.
@@ -537,8 +558,11 @@ impl<'a> Worker<'a> {
         let target = self.plan.target;
         match (state, answer.cseq_method) {
             (State::Inviting | State::Proceeding, b"INVITE") if status < 200 => {
-                self.calls[index].state = State::Proceeding;
-                self.calls[index].admitted = true;
+                let call = &mut self.calls[index];
+                call.state = State::Proceeding;
+                if !call.admitted {
+                    self.admit(index, seq, now);
+                }
             }
             (State::Inviting | State::Proceeding, b"INVITE") if status < 300 => {
                 let started = self.calls[index].started_ns;
@@ -590,8 +614,8 @@ impl<'a> Worker<'a> {
                     } else {
                         self.finish(seq, status < 300);
                     }
-                } else {
-                    self.calls[index].admitted = true;
+                } else if !self.calls[index].admitted {
+                    self.admit(index, seq, now);
                 }
             }
             _ => self.stats.stray += 1,
@@ -747,10 +771,16 @@ impl<'a> Worker<'a> {
             }
             match timer {
                 Timer::Timeout => {
+                    if call.deadline_ns != at {
+                        continue;
+                    }
+                    if call.admitted {
+                        self.stats.admitted_failed += 1;
+                        self.stats.admitted_no_final += u64::from(call.state == State::Proceeding);
+                    }
                     call.state = State::Free;
                     self.in_flight -= 1;
                     self.stats.failed_timeout += 1;
-                    self.stats.admitted_failed += u64::from(call.admitted);
                 }
                 Timer::Retransmit => {
                     if call.retransmit_at != at || call.state == State::Proceeding {
