@@ -108,6 +108,7 @@ pub struct OverloadFile {
     pub queue_high_pct: Option<Spanned<u32>>,
     pub queue_low_pct: Option<Spanned<u32>>,
     pub reject_per_s: Option<Spanned<u32>>,
+    pub shed_in_kernel: Option<bool>,
 }
 
 /// Health probes: OPTIONS to every backend (off unless `enabled`).
@@ -857,6 +858,7 @@ fn overload(
         queue_high: fraction(queue.0),
         queue_low: fraction(queue.1),
         reject_per_s,
+        shed_in_kernel: file.shed_in_kernel.unwrap_or(d.shed_in_kernel),
     }
 }
 

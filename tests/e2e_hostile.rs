@@ -696,11 +696,17 @@ CSeq: 1 INVITE\r\nContact: <sip:flooder@127.0.0.9:21109>\r\nContent-Length: 0\r\
     // Overload control may shed some (503 or dropped) once the flood
     // fills the shard's queues.
     let shed = d("sipshard_shed_total{action=503}") + d("sipshard_shed_total{action=dropped}");
+    // And, past its 503 budget, have the steering program shed some in
+    // the kernel, into the sink socket, whose drops count with the
+    // listen sockets'.
+    let kernel_shed = d("sipshard_shed_total{action=kernel}");
     eprintln!(
         "flood: {FLOOD} INVITEs sent in {flood_took:?}; gateway received {received}, \
          kernel dropped {kernel} at its sockets and {backlog} before them; \
-         {started} transactions, {rejected} answered 503 (table full), {shed} shed; RSS {flood_rss} KiB"
+         {started} transactions, {rejected} answered 503 (table full), {shed} shed, \
+         {kernel_shed} shed in the kernel; RSS {flood_rss} KiB"
     );
+    assert!(kernel_shed <= kernel, "{kernel_shed} > {kernel}");
     // Every INVITE sent was received or dropped by the kernel, and every
     // one received started a transaction, got 503, or was shed.
     assert!(received + kernel <= FLOOD as u64);

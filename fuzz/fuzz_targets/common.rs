@@ -683,6 +683,8 @@ fn counter_array(c: &Counters) -> [u64; 12] {
         overload_rejected: _,
         unavailable_rejected: _,
         shed_rejected: _,
+        // Counted besides the outcome (admitted, answered 503 or dropped).
+        admission_checked: _,
         local_acks_absorbed: _,
         // Counted besides the outcome (a 400 for too many headers is a reply too).
         limits: _,
@@ -1278,6 +1280,7 @@ fn all_counters(c: &Counters) -> Vec<u64> {
         unavailable_rejected,
         shed_rejected,
         shed_dropped,
+        admission_checked,
         local_acks_absorbed,
         limits,
     } = *c;
@@ -1309,6 +1312,7 @@ fn all_counters(c: &Counters) -> Vec<u64> {
         unavailable_rejected,
         shed_rejected,
         shed_dropped,
+        admission_checked,
         local_acks_absorbed,
     ];
     all.extend_from_slice(&limits.0);

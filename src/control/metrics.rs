@@ -80,6 +80,7 @@ pub enum Stat {
     OverloadEntered,
     ShedRejected,
     ShedDropped,
+    ShedInKernel,
     LocalAcksAbsorbed,
 }
 
@@ -92,7 +93,7 @@ struct Meta {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 47] = [
+    pub const ALL: [Stat; 48] = [
         Stat::Received,
         Stat::Sent,
         Stat::HandedOff,
@@ -139,6 +140,7 @@ impl Stat {
         Stat::OverloadEntered,
         Stat::ShedRejected,
         Stat::ShedDropped,
+        Stat::ShedInKernel,
         Stat::LocalAcksAbsorbed,
     ];
 
@@ -245,6 +247,12 @@ impl Stat {
                 "New INVITEs and REGISTERs turned away while overloaded.",
                 Counter,
                 Some(("action", "dropped")),
+            ),
+            Stat::ShedInKernel => (
+                "shed_total",
+                "New INVITEs and REGISTERs turned away while overloaded.",
+                Counter,
+                Some(("action", "kernel")),
             ),
             Stat::LocalAcksAbsorbed => (
                 "local_acks_absorbed_total",

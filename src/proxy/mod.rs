@@ -132,6 +132,10 @@ pub struct Counters {
     /// overloaded, and those dropped past the 503 budget.
     pub shed_rejected: u64,
     pub shed_dropped: u64,
+    /// New INVITEs and REGISTERs that met admission while the shard
+    /// admitted only a share: what the shard's in-kernel shedding
+    /// measures its share against.
+    pub admission_checked: u64,
     /// ACKs for the proxy's own final answers, absorbed.
     pub local_acks_absorbed: u64,
     /// Messages and requests that ran into each limit.
@@ -529,6 +533,7 @@ impl Core {
         {
             // Admit an even `admit` share: each new request earns that
             // much credit, and a whole credit buys an admission.
+            self.counters.admission_checked += 1;
             self.admit_credit += self.admit;
             if self.admit_credit >= 1.0 {
                 self.admit_credit -= 1.0;

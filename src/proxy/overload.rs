@@ -33,6 +33,9 @@ pub struct OverloadConfig {
     /// 503 answers a second while overloaded; new requests past them are
     /// dropped (and retransmitted by their callers).
     pub reject_per_s: u32,
+    /// Whether the shard may shed new requests in the kernel (the eBPF
+    /// steering program and a sink socket) rather than read and drop them.
+    pub shed_in_kernel: bool,
 }
 
 impl Default for OverloadConfig {
@@ -47,6 +50,7 @@ impl Default for OverloadConfig {
             queue_high: 0.70,
             queue_low: 0.30,
             reject_per_s: 2_000,
+            shed_in_kernel: true,
         }
     }
 }

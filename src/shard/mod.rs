@@ -191,8 +191,10 @@ impl Handle {
 pub struct Runtime {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
-    /// The in-kernel steering program, kept loaded while the shards run.
+    /// The in-kernel steering program, kept loaded while the shards run,
+    /// and the sink socket it sheds into (see `steer`).
     _steering: Option<steer::Steering>,
+    _sink: Option<Socket>,
 }
 
 impl Runtime {
@@ -219,18 +221,36 @@ impl Runtime {
             .collect::<io::Result<Vec<_>>>()?;
         // Steer each datagram to its owner's socket in the kernel; without
         // it (no eBPF here) the shards hand datagrams over, as always.
-        let steering = match sockets.len() {
-            _ if !config.steering => None,
-            1 => None,
-            _ => match steer::attach(&sockets.iter().map(|s| s.as_raw_fd()).collect::<Vec<_>>()) {
-                Ok(steering) => Some(steering),
-                Err(error) => {
-                    tracing::warn!(%error, "no in-kernel steering by Call-ID (eBPF); shards hand datagrams to their owners");
-                    None
+        // With overload control, the program also sheds new requests into
+        // a sink socket of the group while a shard asks it to (one shard
+        // then loads it for that alone).
+        let shed_in_kernel = config.overload.enabled && config.overload.shed_in_kernel;
+        let (steering, sink) = match sockets.len() {
+            _ if !config.steering => (None, None),
+            1 if !shed_in_kernel => (None, None),
+            _ => {
+                let fds = sockets.iter().map(|s| s.as_raw_fd()).collect::<Vec<_>>();
+                let sink = match shed_in_kernel.then(|| bind_sink(&config)).transpose() {
+                    Ok(sink) => sink,
+                    Err(error) => {
+                        tracing::warn!(%error, "no sink socket: new requests are shed by the shards, not in the kernel");
+                        None
+                    }
+                };
+                // A sink left in the group without the program would take
+                // its share of datagrams: on failure it is closed here.
+                match steer::attach(&fds, sink.as_ref().map(|s| s.as_raw_fd())) {
+                    Ok(steering) => (Some(steering), sink),
+                    Err(error) => {
+                        tracing::warn!(%error, "no in-kernel steering by Call-ID nor shedding (eBPF); shards hand datagrams to their owners");
+                        (None, None)
+                    }
                 }
-            },
+            }
         };
         let steered = steering.is_some();
+        let shed_map = steering.as_ref().and_then(steer::Steering::shed_map);
+        let shed_in_kernel = shed_map.is_some();
         let own_ports = own_sockets
             .iter()
             .map(|s| {
@@ -297,6 +317,7 @@ impl Runtime {
             let shared = shared.clone();
             let overload = config.overload.clone();
             let max_transactions = config.txn.max_transactions;
+            let shed_map = shed_map.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{index}"))
                 .spawn(move || {
@@ -315,8 +336,7 @@ impl Runtime {
                         own_socket,
                         proxy,
                         shared,
-                        overload,
-                        max_transactions,
+                        (overload, max_transactions, shed_map),
                     );
                     if let Err(error) = shard.run(use_uring) {
                         // Its calls cannot go on, and the others should not
@@ -330,11 +350,12 @@ impl Runtime {
             threads.push(thread);
         }
         let io = if use_uring { "io_uring" } else { "epoll" };
-        tracing::info!(listen = %config.listen, shards, io, steered, backends = config.backends.len(), ?own_ports, "sipshard is running");
+        tracing::info!(listen = %config.listen, shards, io, steered, shed_in_kernel, backends = config.backends.len(), ?own_ports, "sipshard is running");
         Ok(Runtime {
             shared,
             threads,
             _steering: steering,
+            _sink: sink,
         })
     }
 
@@ -421,6 +442,20 @@ fn bind(config: &Config, address: SocketAddr, reuse_port: bool) -> io::Result<So
     Ok(socket)
 }
 
+/// The in-kernel shedding's sink: a socket of the listen group that
+/// refuses every datagram the steering program gives it.
+fn bind_sink(config: &Config) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(config.listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    sys::refuse_all_datagrams(socket.as_raw_fd())?;
+    socket.bind(&config.listen.into())?;
+    Ok(socket)
+}
+
 const TOKEN_SOCKET: u64 = 0;
 const TOKEN_DOORBELL: u64 = 1;
 const TOKEN_OWN_SOCKET: u64 = 2;
@@ -457,8 +492,86 @@ struct Shard {
     overload_window: (Instant, u64),
     /// The bounds the load is a fraction of.
     max_transactions: usize,
+    /// In-kernel shedding, when the steering program has a sink.
+    kernel_shed: Option<KernelShed>,
     output: Output,
 }
+
+/// A shard's share of new requests shed in the kernel (see `steer`).
+///
+/// The shard's core admits a share of new INVITEs and REGISTERs, answers
+/// 503 to some of the rest and drops the others; each window the kernel
+/// takes over what the core dropped: the share that reaches the shard is
+/// cut by the fraction the core dropped, and grows by a tenth when it
+/// dropped none, so that the shard reads about what it admits or answers.
+/// A receive buffer past its high mark, or one the kernel dropped at,
+/// halves the share: those drops hit admitted calls too. Out of overload
+/// the share comes back by a quarter a window, not at once, so that the
+/// backlog of retransmissions does not overflow the buffer at the next
+/// window.
+struct KernelShed {
+    map: Arc<steer::ShedMap>,
+    /// The share of new requests that reaches the shard (1.0: no shedding).
+    passed: f64,
+    /// The core's `admission_checked` and `shed_dropped` at the window's
+    /// start.
+    checked: u64,
+    dropped: u64,
+    /// What the program has shed for this shard, as last read.
+    shed: u64,
+    /// The listen socket's drop count (`SO_MEMINFO`), as last read.
+    socket_drops: u32,
+}
+
+impl KernelShed {
+    /// The share to pass in the next window, from what the core saw and
+    /// from the listen socket's buffer.
+    fn next_share(&self, overloaded: bool, checked: u64, dropped: u64, buffer: Buffer) -> f64 {
+        next_pass_share(
+            self.passed,
+            overloaded,
+            checked - self.checked,
+            dropped - self.dropped,
+            buffer,
+        )
+    }
+}
+
+/// [`KernelShed::next_share`] from the share passed in the window that
+/// ended and the new requests the core saw and dropped in it.
+fn next_pass_share(passed: f64, overloaded: bool, seen: u64, dropped: u64, buffer: Buffer) -> f64 {
+    let passed = match buffer {
+        Buffer::Idle => 1.0,
+        Buffer::Full => passed * 0.5,
+        Buffer::Fine if !overloaded => passed * 1.25,
+        Buffer::Fine if seen == 0 => passed,
+        Buffer::Fine if dropped == 0 => passed * 1.1,
+        Buffer::Fine => passed * (1.0 - dropped.min(seen) as f64 / seen as f64),
+    };
+    // Always pass a few, so that the core sees the demand and answers
+    // some of it with 503.
+    passed.clamp(KERNEL_PASS_MIN, 1.0)
+}
+
+/// What a shard's overload control is built from: its thresholds, the
+/// transaction bound the table's fill is measured against, and the
+/// kernel's shed controls when the steering program has a sink.
+type Overload = (OverloadConfig, usize, Option<Arc<steer::ShedMap>>);
+
+/// The listen socket's receive buffer over a window, for [`KernelShed`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Buffer {
+    /// A stale window: the shard slept, nothing loads it.
+    Idle,
+    /// Under its high mark, and nothing dropped at it.
+    Fine,
+    /// Past its high mark, or the kernel dropped at it.
+    Full,
+}
+
+/// The least share of new requests the kernel passes to an overloaded
+/// shard.
+const KERNEL_PASS_MIN: f64 = 0.02;
 
 /// Everything that turns a datagram into bytes on the wire: the proxy
 /// core and the wire it writes to. Apart from the receive batch so that a
@@ -511,8 +624,7 @@ impl Shard {
         own_socket: Socket,
         proxy: Proxy,
         shared: Arc<Shared>,
-        overload: OverloadConfig,
-        max_transactions: usize,
+        (overload, max_transactions, shed_map): Overload,
     ) -> Shard {
         let shards = shared.inboxes.len();
         let gate = shared.guard.as_ref().map(|g| {
@@ -531,6 +643,14 @@ impl Shard {
             overload: Detector::new(overload),
             overload_window: (Instant::now(), 0),
             max_transactions: max_transactions.max(1),
+            kernel_shed: shed_map.map(|map| KernelShed {
+                map,
+                passed: 1.0,
+                checked: 0,
+                dropped: 0,
+                shed: 0,
+                socket_drops: 0,
+            }),
             output: Output {
                 proxy,
                 wire: Wire {
@@ -703,6 +823,7 @@ impl Shard {
                 self.output.proxy.set_admission(admit, reject_per_s, now);
                 tracing::info!(shard = self.index, "no longer overloaded (idle)");
             }
+            self.update_kernel_shed(Buffer::Idle);
             return;
         }
         let inbox = &self.shared.inboxes[self.index];
@@ -711,7 +832,9 @@ impl Shard {
         // us, and drops past).
         let wire = &self.output.wire;
         let sockets = [wire.socket.as_raw_fd(), wire.own_socket.as_raw_fd()]
-            .map(|fd| sys::receive_queue_fill(fd).unwrap_or(0.0));
+            .map(|fd| sys::receive_queue(fd).unwrap_or((0.0, 0)));
+        let socket_drops = sockets[0].1;
+        let sockets = sockets.map(|(fill, _)| fill);
         let load = Load {
             busy: (busy_ns - busy_then) as f64 / elapsed.as_nanos().max(1) as f64,
             transactions: self.output.proxy.transactions().0 as f64 / self.max_transactions as f64,
@@ -745,6 +868,39 @@ impl Shard {
             } else {
                 tracing::info!(shard = self.index, "no longer overloaded");
             }
+        }
+        let queue_high = sockets[0] > self.overload.config().queue_high;
+        let dropped_here = self
+            .kernel_shed
+            .as_mut()
+            .is_some_and(|k| std::mem::replace(&mut k.socket_drops, socket_drops) != socket_drops);
+        self.update_kernel_shed(match queue_high || dropped_here {
+            true => Buffer::Full,
+            false => Buffer::Fine,
+        });
+    }
+
+    /// Gives the kernel the next window's share of new requests to shed
+    /// for this shard (see [`KernelShed`]) and reads what it has shed.
+    fn update_kernel_shed(&mut self, buffer: Buffer) {
+        let Some(kernel) = &mut self.kernel_shed else {
+            return;
+        };
+        let counters = self.output.proxy.counters();
+        let (checked, dropped) = (counters.admission_checked, counters.shed_dropped);
+        let passed = kernel.next_share(self.overload.overloaded(), checked, dropped, buffer);
+        (kernel.checked, kernel.dropped) = (checked, dropped);
+        let index = self.index as u32;
+        if passed != kernel.passed {
+            match kernel.map.set(index, 1.0 - passed) {
+                Ok(()) => kernel.passed = passed,
+                Err(error) => {
+                    tracing::debug!(shard = self.index, %error, "could not set the in-kernel shed share")
+                }
+            }
+        }
+        if let Ok(shed) = kernel.map.shed(index) {
+            kernel.shed = shed;
         }
     }
 
@@ -798,6 +954,10 @@ impl Shard {
             (Stat::OverloadEntered, self.overload.entered),
             (Stat::ShedRejected, p.shed_rejected),
             (Stat::ShedDropped, p.shed_dropped),
+            (
+                Stat::ShedInKernel,
+                self.kernel_shed.as_ref().map_or(0, |k| k.shed),
+            ),
             (Stat::LocalAcksAbsorbed, p.local_acks_absorbed),
         ] {
             stats.set(stat, value);
@@ -1112,5 +1272,45 @@ impl Transmit for Wire {
             .count(metrics::classify(&message[..len.min(message.len())]));
         self.send.push(to, len, !response);
         self.in_flight.push(self.received_at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_takes_over_what_the_core_dropped() {
+        // The core dropped 3 in 4 of what reached it: a quarter passes.
+        let share = next_pass_share(1.0, true, 400, 300, Buffer::Fine);
+        assert!((share - 0.25).abs() < 1e-9, "{share}");
+        // Then it drops none: the share grows a tenth a window.
+        let grown = next_pass_share(share, true, 100, 0, Buffer::Fine);
+        assert!((grown - 0.275).abs() < 1e-9, "{grown}");
+        // Nothing seen: unchanged.
+        assert_eq!(next_pass_share(0.5, true, 0, 0, Buffer::Fine), 0.5);
+        // Never below the floor, even when the core dropped everything.
+        assert_eq!(
+            next_pass_share(0.03, true, 100, 100, Buffer::Fine),
+            KERNEL_PASS_MIN
+        );
+    }
+
+    #[test]
+    fn a_full_buffer_halves_and_recovery_is_gradual() {
+        assert_eq!(next_pass_share(0.8, true, 100, 0, Buffer::Full), 0.4);
+        assert_eq!(next_pass_share(0.8, false, 0, 0, Buffer::Full), 0.4);
+        // Out of overload: a quarter more a window, up to all of it.
+        assert_eq!(next_pass_share(0.4, false, 100, 0, Buffer::Fine), 0.5);
+        assert_eq!(next_pass_share(0.9, false, 100, 0, Buffer::Fine), 1.0);
+        let mut share = KERNEL_PASS_MIN;
+        let mut windows = 0;
+        while share < 1.0 {
+            share = next_pass_share(share, false, 0, 0, Buffer::Fine);
+            windows += 1;
+        }
+        assert!((15..=20).contains(&windows), "{windows}");
+        // Idle: everything passes at once.
+        assert_eq!(next_pass_share(0.1, true, 0, 0, Buffer::Idle), 1.0);
     }
 }

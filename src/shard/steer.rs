@@ -12,6 +12,21 @@
 //! and the shard hands the datagram over as before; ownership is always
 //! decided in user space.
 //!
+//! It also sheds in the kernel. While a shard is overloaded and its proxy
+//! core would drop new INVITEs and REGISTERs anyway (past its budget of
+//! 503s), the shard gives the program a share of them to drop
+//! ([`ShedMap::set`]): the program draws a random number per datagram of
+//! that shard and, for a new INVITE or REGISTER (no tag in To), selects a
+//! *sink* socket that takes nothing (a socket filter drops every datagram)
+//! instead of the shard's. Such a datagram costs the shard nothing, so the
+//! receive buffer stays free for what admitted calls send: an ACK or BYE
+//! lost to a full buffer is what fails a call that was let in. The sink
+//! exists because a program that returns `SK_DROP` makes UDP answer with
+//! ICMP port unreachable, which a caller would read as a dead gateway.
+//! Anything the program cannot read whole (no To line in the first
+//! `SCAN_BYTES`, a To line over `TO_LINE_BYTES`) goes to the shard, which
+//! decides.
+//!
 //! The program is assembled here by hand (no BPF toolchain is needed to
 //! build sipshard) and loaded with the `bpf` system call; this file holds
 //! those calls' `unsafe`.
@@ -19,20 +34,30 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 /// How far into a datagram the program looks for the Call-ID line.
 const SCAN_BYTES: i32 = 1536;
 /// The longest Call-ID value it hashes; longer ones fall back.
 const CALL_ID_BYTES: i32 = 256;
+/// The longest To value it looks for a tag in; longer ones go to the shard.
+const TO_LINE_BYTES: i32 = 512;
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_REUSEPORT_SOCKARRAY: u32 = 20;
 const BPF_PROG_TYPE_SK_REUSEPORT: u32 = 21;
 const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
+/// Where the payload starts: a UDP program's `data` is the UDP header.
+const UDP_HEADER: i32 = 8;
+/// `struct sk_reuseport_md`'s `hash`: the kernel's 4-tuple hash.
+const CTX_HASH: i16 = 32;
 const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
+const HELPER_GET_PRANDOM_U32: i32 = 7;
 const HELPER_SK_SELECT_REUSEPORT: i32 = 82;
 const SK_PASS: i32 = 1;
 
@@ -41,18 +66,67 @@ pub(crate) struct Steering {
     _map: OwnedFd,
     _scratch: OwnedFd,
     _program: OwnedFd,
+    shed: Option<Arc<ShedMap>>,
+}
+
+/// Per shard, the share of new INVITEs and REGISTERs the program sends to
+/// the sink, and how many it has sent. Entry `i` holds shard `i`'s
+/// threshold (a datagram is shed when a random `u32` falls under it);
+/// entry `shards + i` its count, which the program adds to atomically.
+pub(crate) struct ShedMap {
+    map: OwnedFd,
+    shards: u32,
+}
+
+impl ShedMap {
+    /// Sheds `share` (0.0 to 1.0) of shard `shard`'s new INVITEs and
+    /// REGISTERs in the kernel from now on.
+    pub(crate) fn set(&self, shard: u32, share: f64) -> io::Result<()> {
+        let threshold = (share.clamp(0.0, 1.0) * f64::from(u32::MAX)) as u64;
+        update_map(self.map.as_raw_fd(), shard, threshold)
+    }
+
+    /// How many of shard `shard`'s datagrams the program has shed so far.
+    pub(crate) fn shed(&self, shard: u32) -> io::Result<u64> {
+        lookup_u64(self.map.as_raw_fd(), self.shards + shard)
+    }
+}
+
+impl Steering {
+    /// The shed controls, when the program was built with a sink.
+    pub(crate) fn shed_map(&self) -> Option<Arc<ShedMap>> {
+        self.shed.clone()
+    }
 }
 
 /// Loads the program for `sockets` (shard `i`'s listen socket at index
-/// `i`, all bound in one `SO_REUSEPORT` group) and attaches it.
-pub(crate) fn attach(sockets: &[RawFd]) -> io::Result<Steering> {
+/// `i`, all bound in one `SO_REUSEPORT` group) and attaches it. With
+/// `sink` (a socket of the same group that drops what it gets), the
+/// program can also shed new requests into it (see the module's text).
+pub(crate) fn attach(sockets: &[RawFd], sink: Option<RawFd>) -> io::Result<Steering> {
     let shards = u32::try_from(sockets.len()).map_err(io::Error::other)?;
-    let map = create_map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 8, shards)?;
-    for (index, &fd) in sockets.iter().enumerate() {
-        update_map(map.as_raw_fd(), index as u32, fd)?;
+    let map = create_map(
+        BPF_MAP_TYPE_REUSEPORT_SOCKARRAY,
+        8,
+        shards + u32::from(sink.is_some()),
+    )?;
+    for (index, &fd) in sockets.iter().chain(sink.iter()).enumerate() {
+        update_map(map.as_raw_fd(), index as u32, fd as u64)?;
     }
     let scratch = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 1)?;
-    let program = load(&program(map.as_raw_fd(), scratch.as_raw_fd(), shards))?;
+    let shed = match sink {
+        Some(_) => Some(Arc::new(ShedMap {
+            map: create_map(BPF_MAP_TYPE_ARRAY, 8, 2 * shards)?,
+            shards,
+        })),
+        None => None,
+    };
+    let program = load(&program(
+        map.as_raw_fd(),
+        scratch.as_raw_fd(),
+        shed.as_ref().map(|s| s.map.as_raw_fd()),
+        shards,
+    ))?;
     let fd = program.as_raw_fd();
     // SAFETY: passes a pointer to a live c_int and its size.
     let result = unsafe {
@@ -71,6 +145,7 @@ pub(crate) fn attach(sockets: &[RawFd]) -> io::Result<Steering> {
         _map: map,
         _scratch: scratch,
         _program: program,
+        shed,
     })
 }
 
@@ -109,13 +184,24 @@ fn create_map(kind: u32, value_size: u32, entries: u32) -> io::Result<OwnedFd> {
     owned(bpf(BPF_MAP_CREATE, &mut attr)?)
 }
 
-fn update_map(map: RawFd, index: u32, socket: RawFd) -> io::Result<()> {
-    let value = socket as u64;
+/// Writes a u64 value (a socket descriptor, a threshold) at `index`.
+fn update_map(map: RawFd, index: u32, value: u64) -> io::Result<()> {
     let mut attr = [0u8; 128];
     put_u32(&mut attr, 0, map as u32);
     put_u64(&mut attr, 8, &index as *const u32 as u64);
     put_u64(&mut attr, 16, &value as *const u64 as u64);
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// Reads the u64 value at `index` of an array map.
+fn lookup_u64(map: RawFd, index: u32) -> io::Result<u64> {
+    let mut value = 0u64;
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, map as u32);
+    put_u64(&mut attr, 8, &index as *const u32 as u64);
+    put_u64(&mut attr, 16, &mut value as *mut u64 as u64);
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+    Ok(value)
 }
 
 /// Loads the program; on failure, loads it again with the verifier's log
@@ -163,11 +249,13 @@ struct Insn {
 }
 
 // Instruction classes, operations and sizes (linux/bpf.h).
+const ST: u8 = 0x02;
 const LDX: u8 = 0x01;
 const STX: u8 = 0x03;
 const JMP: u8 = 0x05;
 const ALU64: u8 = 0x07;
 const MEM: u8 = 0x60;
+const ATOMIC: u8 = 0xc0;
 const K: u8 = 0x00;
 const X: u8 = 0x08;
 const B: u8 = 0x10;
@@ -278,7 +366,8 @@ fn load_byte_at_index(asm: &mut Asm, limit: i32, window: i32, fail: usize) {
     asm.load(B, 4, 2, 0);
 }
 
-/// The steering program for `shards` sockets in map `map`.
+/// The steering program for `shards` sockets in map `map` (and, with
+/// `shed`, the sink at index `shards`: see [`shed_new_requests`]).
 ///
 /// The verifier walks every path through the loops with the index as a
 /// known constant, so a search loop followed by a hashing loop would cost
@@ -286,9 +375,11 @@ fn load_byte_at_index(asm: &mut Asm, limit: i32, window: i32, fail: usize) {
 /// Call-ID name is found, the index goes through a one-slot per-CPU map
 /// (`scratch`): read back, it is a bounded unknown to the verifier, and
 /// every match position shares one walk of the rest.
-fn program(map: RawFd, scratch: RawFd, shards: u32) -> Vec<Insn> {
+fn program(map: RawFd, scratch: RawFd, shed: Option<RawFd>, shards: u32) -> Vec<Insn> {
     let mut a = Asm::new();
     let pass = a.label();
+    let owner = a.label();
+    let select = a.label();
     let scan = a.label();
     let compact = a.label();
     let name_end = a.label();
@@ -396,19 +487,174 @@ fn program(map: RawFd, scratch: RawFd, shards: u32) -> Vec<Insn> {
     a.jump_k(JEQ, 1, 0, pass);
     a.alu_x(MUL, 0, 5);
     a.alu_k(MOD, 0, shards as i32);
-    // key = r0 on the stack; bpf_sk_select_reuseport(ctx, map, &key, 0).
+    a.goto(owner);
+
+    // No Call-ID to steer by: the kernel's 4-tuple hash picks, as it would
+    // by itself, but among the shards only, never the sink.
+    a.here(pass);
+    a.load(W, 0, 6, CTX_HASH);
+    a.alu_k(MOD, 0, shards as i32);
+
+    // The owner's index in r0, kept on the stack as the map key.
+    a.here(owner);
     a.emit(STX | W | MEM, 10, 0, -4, 0);
+    if let Some(shed) = shed {
+        shed_new_requests(&mut a, shed, scratch, shards, select);
+    }
+
+    // bpf_sk_select_reuseport(ctx, map, &key, 0).
+    a.here(select);
     a.alu_x(MOV, 1, 6);
     a.load_imm64(2, map as u64, true);
     a.alu_x(MOV, 3, 10);
     a.alu_k(ADD, 3, -4);
     a.alu_k(MOV, 4, 0);
     a.emit(JMP | CALL, 0, 0, 0, HELPER_SK_SELECT_REUSEPORT);
-
-    a.here(pass);
     a.alu_k(MOV, 0, SK_PASS);
     a.emit(JMP | EXIT, 0, 0, 0, 0);
     a.finish()
+}
+
+/// Goes to `fail` unless the datagram (r7 = data) holds `bytes` at
+/// `offset`; the caller has checked that they are inside it.
+fn expect_bytes(a: &mut Asm, offset: i16, bytes: &[u8], fail: usize) {
+    for (i, &byte) in bytes.iter().enumerate() {
+        a.load(B, 4, 7, offset + i as i16);
+        a.jump_k(JNE, 4, i32::from(byte), fail);
+    }
+}
+
+/// With the owner's index at r10 - 4: while the owner's threshold in
+/// `shed` is above a random `u32`, a new INVITE or REGISTER (its To line
+/// has no `;tag`) has the key changed to the sink's index (`shards`) and
+/// is counted. Everything else, and whatever cannot be read whole, falls
+/// through to `select` with the owner's key.
+fn shed_new_requests(a: &mut Asm, shed: RawFd, scratch: RawFd, shards: u32, select: usize) {
+    let request = a.label();
+    let register = a.label();
+    let to_scan = a.label();
+    let to_line = a.label();
+    let to_long = a.label();
+    let to_name_end = a.label();
+    let tag_scan = a.label();
+    let semicolon = a.label();
+    let new_request = a.label();
+    let to_sink = a.label();
+
+    // threshold = shed[key]; nothing to shed when 0 or above the draw.
+    a.load_imm64(1, shed as u64, true);
+    a.alu_x(MOV, 2, 10);
+    a.alu_k(ADD, 2, -4);
+    a.emit(JMP | CALL, 0, 0, 0, HELPER_MAP_LOOKUP_ELEM);
+    a.jump_k(JEQ, 0, 0, select);
+    a.load(DW, 1, 0, 0);
+    a.jump_k(JEQ, 1, 0, select);
+    a.emit(STX | DW | MEM, 10, 1, -16, 0);
+    a.emit(JMP | CALL, 0, 0, 0, HELPER_GET_PRANDOM_U32);
+    a.load(DW, 1, 10, -16);
+    a.jump_x(JGE, 0, 1, select);
+
+    // "INVITE " or "REGISTER " first (methods are case-sensitive), after
+    // the UDP header that `data` starts with.
+    a.load(DW, 7, 6, 0);
+    a.load(DW, 8, 6, 8);
+    a.alu_x(MOV, 2, 7);
+    a.alu_k(ADD, 2, UDP_HEADER + 9);
+    a.jump_x(JGT, 2, 8, select);
+    expect_bytes(a, UDP_HEADER as i16, b"INVITE ", register);
+    a.goto(request);
+    a.here(register);
+    expect_bytes(a, UDP_HEADER as i16, b"REGISTER ", select);
+    a.here(request);
+
+    // The To line: "\nto" or "\nt" (any case), then a blank or the colon.
+    a.alu_k(MOV, 9, 0);
+    a.here(to_scan);
+    load_byte_at_index(a, SCAN_BYTES, 4, select);
+    a.alu_k(ADD, 9, 1);
+    a.jump_k(JEQ, 4, i32::from(b'\n'), to_line);
+    a.goto(to_scan);
+    a.here(to_line);
+    a.load(B, 4, 2, 1);
+    a.alu_k(OR, 4, 0x20);
+    a.jump_k(JNE, 4, i32::from(b't'), to_scan);
+    a.load(B, 4, 2, 2);
+    a.alu_x(MOV, 3, 4);
+    a.alu_k(OR, 3, 0x20);
+    a.jump_k(JEQ, 3, i32::from(b'o'), to_long);
+    // "t" alone: r9 moves past it.
+    let compact = a.label();
+    for blank in [b':', b' ', b'\t'] {
+        a.jump_k(JEQ, 4, i32::from(blank), compact);
+    }
+    a.goto(to_scan);
+    a.here(compact);
+    a.alu_k(ADD, 9, 1);
+    a.goto(to_name_end);
+    a.here(to_long);
+    a.load(B, 4, 2, 3);
+    let long = a.label();
+    for blank in [b':', b' ', b'\t'] {
+        a.jump_k(JEQ, 4, i32::from(blank), long);
+    }
+    a.goto(to_scan);
+    a.here(long);
+    a.alu_k(ADD, 9, 2);
+
+    // Launder the index through the scratch map, as for the Call-ID, so
+    // that the tag search below is walked once, not once per position.
+    a.here(to_name_end);
+    a.emit(ST | W | MEM, 10, 0, -8, 0);
+    a.load_imm64(1, scratch as u64, true);
+    a.alu_x(MOV, 2, 10);
+    a.alu_k(ADD, 2, -8);
+    a.emit(JMP | CALL, 0, 0, 0, HELPER_MAP_LOOKUP_ELEM);
+    a.jump_k(JEQ, 0, 0, select);
+    a.emit(STX | W | MEM, 0, 9, 0, 0);
+    a.load(W, 9, 0, 0);
+    a.jump_k(JGT, 9, SCAN_BYTES + 8, select);
+    a.alu_x(ADD, 7, 9);
+    a.alu_k(MOV, 9, 0);
+
+    // "tag" (any case) after a ";" before the line ends: a To tag, so a
+    // request inside a dialog. A "tag" elsewhere after a ";" (a parameter
+    // value) counts too: the shard then decides, which is the safe way to
+    // be wrong. r5 = a ";" seen.
+    a.alu_k(MOV, 5, 0);
+    a.here(tag_scan);
+    load_byte_at_index(a, TO_LINE_BYTES, 3, select);
+    a.alu_k(ADD, 9, 1);
+    a.jump_k(JEQ, 4, i32::from(b'\n'), new_request);
+    a.jump_k(JEQ, 4, i32::from(b';'), semicolon);
+    a.jump_k(JEQ, 5, 0, tag_scan);
+    a.alu_k(OR, 4, 0x20);
+    a.jump_k(JNE, 4, i32::from(b't'), tag_scan);
+    a.load(B, 4, 2, 1);
+    a.alu_k(OR, 4, 0x20);
+    a.jump_k(JNE, 4, i32::from(b'a'), tag_scan);
+    a.load(B, 4, 2, 2);
+    a.alu_k(OR, 4, 0x20);
+    a.jump_k(JNE, 4, i32::from(b'g'), tag_scan);
+    a.goto(select);
+    a.here(semicolon);
+    a.alu_k(MOV, 5, 1);
+    a.goto(tag_scan);
+
+    // A new request to shed: shed[shards + key] += 1, then the sink.
+    a.here(new_request);
+    a.load(W, 0, 10, -4);
+    a.alu_k(ADD, 0, shards as i32);
+    a.emit(STX | W | MEM, 10, 0, -8, 0);
+    a.load_imm64(1, shed as u64, true);
+    a.alu_x(MOV, 2, 10);
+    a.alu_k(ADD, 2, -8);
+    a.emit(JMP | CALL, 0, 0, 0, HELPER_MAP_LOOKUP_ELEM);
+    a.jump_k(JEQ, 0, 0, to_sink);
+    a.alu_k(MOV, 1, 1);
+    a.emit(STX | DW | ATOMIC, 0, 1, 0, 0);
+    a.here(to_sink);
+    a.alu_k(MOV, 0, shards as i32);
+    a.emit(STX | W | MEM, 10, 0, -4, 0);
 }
 
 #[cfg(test)]
@@ -439,7 +685,7 @@ mod tests {
         let address = sockets[0].local_addr().unwrap().as_socket().unwrap();
         sockets[1].bind(&address.into()).unwrap();
         let fds: Vec<RawFd> = sockets.iter().map(|s| s.as_raw_fd()).collect();
-        let _steering = match attach(&fds) {
+        let _steering = match attach(&fds, None) {
             Ok(steering) => steering,
             // A kernel or sandbox without eBPF: the gateway falls back to
             // handoffs, and there is nothing to test here.
@@ -468,9 +714,100 @@ mod tests {
         assert!(landed[0] > 0 && landed[1] > 0, "{landed:?}");
     }
 
+    /// A group of two shard sockets and a sink that refuses all: with a
+    /// shard's share at 1.0, its new INVITEs and REGISTERs go to the sink
+    /// (and are counted); requests with a To tag, other methods, and
+    /// anything after the share is back at 0 reach the owner.
+    #[test]
+    fn new_requests_are_shed_into_the_sink() {
+        let bind = |address: SocketAddr| {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+            s.set_reuse_port(true).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            s.bind(&address.into()).unwrap();
+            s
+        };
+        let first = bind("127.0.0.1:0".parse().unwrap());
+        let address = first.local_addr().unwrap().as_socket().unwrap();
+        let sockets = [first, bind(address)];
+        let sink = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        sink.set_reuse_port(true).unwrap();
+        crate::shard::sys::refuse_all_datagrams(sink.as_raw_fd()).unwrap();
+        sink.bind(&address.into()).unwrap();
+        let fds: Vec<RawFd> = sockets.iter().map(|s| s.as_raw_fd()).collect();
+        let steering = match attach(&fds, Some(sink.as_raw_fd())) {
+            Ok(steering) => steering,
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => return,
+            Err(error) => panic!("{error}"),
+        };
+        let shed = steering.shed_map().unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Where a datagram lands: Some(shard), or None (the sink).
+        let send = |i: usize, start: &str, to: &str| {
+            let datagram = format!(
+                "{start} sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK{i}\r\n\
+                 From: <sip:a@example.com>;tag=1\r\n{to}\r\nCall-ID: {i}-shed@example.com\r\n\
+                 CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+            );
+            let owner = (fnv1a(&[find_call_id(datagram.as_bytes()).unwrap()]) % 2) as usize;
+            client.send_to(datagram.as_bytes(), address).unwrap();
+            let mut buf = [std::mem::MaybeUninit::new(0u8); 2048];
+            let landed = sockets.iter().position(|s| s.recv(&mut buf).is_ok());
+            assert!(
+                landed.is_none() || landed == Some(owner),
+                "{i}: not its owner"
+            );
+            landed
+        };
+        for shard in 0..2 {
+            shed.set(shard, 1.0).unwrap();
+        }
+        let shed_before: u64 = (0..2).map(|s| shed.shed(s).unwrap()).sum();
+        assert_eq!(shed_before, 0);
+        let new = [
+            ("INVITE", "To: <sip:b@example.com>"),
+            ("REGISTER", "To: <sip:b@example.com>"),
+            (
+                "INVITE",
+                "t: \"x\" <sip:b@example.com;transport=udp>;foo=bar",
+            ),
+            ("INVITE", "TO : <sip:b@example.com>"),
+        ];
+        for (i, (start, to)) in new.iter().enumerate() {
+            assert_eq!(send(i, start, to), None, "{start} {to}: not shed");
+        }
+        let in_dialog = [
+            ("INVITE", "To: <sip:b@example.com>;tag=9"),
+            ("INVITE", "t: <sip:b@example.com> ; TAG=9"),
+            ("BYE", "To: <sip:b@example.com>"),
+            ("OPTIONS", "To: <sip:b@example.com>"),
+            ("ACK", "To: <sip:b@example.com>"),
+        ];
+        for (i, (start, to)) in in_dialog.iter().enumerate() {
+            assert!(send(100 + i, start, to).is_some(), "{start} {to}: shed");
+        }
+        let shed_after: u64 = (0..2).map(|s| shed.shed(s).unwrap()).sum();
+        assert_eq!(shed_after, new.len() as u64);
+        for shard in 0..2 {
+            shed.set(shard, 0.0).unwrap();
+        }
+        for i in 0..8 {
+            assert!(send(200 + i, "INVITE", "To: <sip:b@example.com>").is_some());
+        }
+        // A datagram without a Call-ID still reaches a shard, never the sink.
+        for i in 0..8 {
+            client
+                .send_to(format!("garbage {i}\r\n\r\n").as_bytes(), address)
+                .unwrap();
+            let mut buf = [std::mem::MaybeUninit::new(0u8); 2048];
+            assert!(sockets.iter().any(|s| s.recv(&mut buf).is_ok()), "{i}");
+        }
+    }
+
     #[test]
     fn jumps_land_inside_the_program() {
-        let program = program(3, 4, 2);
+        let program = program(3, 4, Some(5), 2);
         for (at, insn) in program.iter().enumerate() {
             if insn.code & 0x07 == JMP && insn.code != JMP | CALL && insn.code != JMP | EXIT {
                 let target = at as i64 + 1 + i64::from(insn.off);

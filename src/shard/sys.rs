@@ -144,9 +144,10 @@ pub(crate) fn raise_sigterm() {
 /// How full a socket's receive buffer is (0.0 to 1.0), from `SO_MEMINFO`:
 /// datagrams the shard has not taken yet. Under overload this is where
 /// they wait, and past the buffer the kernel drops them, admitted calls'
-/// messages as readily as new INVITEs. `None` where the kernel does not
-/// say.
-pub(crate) fn receive_queue_fill(fd: RawFd) -> Option<f64> {
+/// messages as readily as new INVITEs. With it, how many datagrams the
+/// kernel has dropped at the socket since it was opened (at a full
+/// buffer, mostly). `None` where the kernel does not say.
+pub(crate) fn receive_queue(fd: RawFd) -> Option<(f64, u32)> {
     let mut info = [0u32; 9];
     let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
     // SAFETY: a valid fd; `info` is writable for `len` bytes, and the
@@ -162,7 +163,41 @@ pub(crate) fn receive_queue_fill(fd: RawFd) -> Option<f64> {
     };
     let queued = info[libc::SK_MEMINFO_RMEM_ALLOC as usize];
     let size = info[libc::SK_MEMINFO_RCVBUF as usize];
-    (rc == 0 && size > 0).then(|| f64::from(queued) / f64::from(size))
+    let drops = info[libc::SK_MEMINFO_DROPS as usize];
+    (rc == 0 && size > 0).then(|| (f64::from(queued) / f64::from(size), drops))
+}
+
+/// Attaches a classic socket filter that refuses every datagram: the
+/// kernel drops them at the socket's door (counted, never queued). The
+/// in-kernel shedding's sink is such a socket.
+pub(crate) fn refuse_all_datagrams(fd: RawFd) -> io::Result<()> {
+    // BPF_RET | BPF_K with k = 0: keep no byte of the packet.
+    let mut refuse = libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    };
+    let program = libc::sock_fprog {
+        len: 1,
+        filter: &mut refuse,
+    };
+    // SAFETY: a valid fd; `program` and the instruction it points to live
+    // through the call, and the kernel copies them.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&program as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 pub(crate) fn is_icmp_error(errno: i32) -> bool {
