@@ -1088,6 +1088,19 @@ mod tests {
     }
 
     #[test]
+    fn overload_values_are_checked_with_their_line() {
+        let config = parse(EXAMPLE).unwrap();
+        assert_eq!(config.overload, OverloadConfig::default());
+        let text = "listen = \"127.0.0.1:5060\"\n[overload]\nqueue_high_pct = 20\nqueue_low_pct = 30\nshed_in_kernel = false\n[backends]\nmembers = [\"sip:127.0.0.1:5080\"]\n";
+        let problems = parse(text).unwrap_err();
+        let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![4], "{problems:#?}");
+        let good = parse(&text.replace("queue_low_pct = 30", "queue_low_pct = 10")).unwrap();
+        assert!(!good.overload.shed_in_kernel);
+        assert_eq!(good.overload.queue_high, 0.2);
+    }
+
+    #[test]
     fn the_example_routes_register_to_its_own_set() {
         let (config, routing) = parse_with_routing(EXAMPLE, None).unwrap();
         assert_eq!(routing.sets().len(), 2);
