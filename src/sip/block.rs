@@ -248,6 +248,94 @@ pub(crate) fn host16_scalar(chunk: &[u8; 16]) -> u32 {
     bits
 }
 
+/// What [`find16`] looks for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Needle {
+    /// This byte.
+    Byte(u8),
+    /// Either of two bytes.
+    Either(u8, u8),
+    /// What a URI or a Call-ID may not hold unescaped: a byte up to SP
+    /// (controls, SP) or DEL; bytes from 0x80 are allowed.
+    Illegal,
+}
+
+/// Bit `i` is set when byte `i` of `chunk` is what `needle` looks for;
+/// bits 16 and above are clear.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[inline(always)]
+pub(crate) fn needle16(chunk: &[u8; 16], needle: Needle) -> u32 {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64 CPU has
+    // these instructions; the load reads the 16 bytes of `chunk`, and
+    // loadu has no alignment requirement.
+    unsafe {
+        let v = _mm_loadu_si128(chunk.as_ptr().cast());
+        let hit = match needle {
+            Needle::Byte(b) => _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8)),
+            Needle::Either(a, b) => _mm_or_si128(
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(a as i8)),
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8)),
+            ),
+            Needle::Illegal => _mm_or_si128(
+                // Unsigned `v <= 0x20`: the minimum is `v` itself.
+                _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x20)), v),
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f)),
+            ),
+        };
+        _mm_movemask_epi8(hit) as u32 & 0xffff
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+pub(crate) fn needle16(chunk: &[u8; 16], needle: Needle) -> u32 {
+    needle16_scalar(chunk, needle)
+}
+
+/// The portable definition of [`needle16`], and its reference in tests.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+#[inline]
+pub(crate) fn needle16_scalar(chunk: &[u8; 16], needle: Needle) -> u32 {
+    let mut bits = 0;
+    for (i, &b) in chunk.iter().enumerate() {
+        let hit = match needle {
+            Needle::Byte(x) => b == x,
+            Needle::Either(x, y) => b == x || b == y,
+            Needle::Illegal => b <= b' ' || b == 0x7f,
+        };
+        bits |= u32::from(hit) << i;
+    }
+    bits
+}
+
+/// The index of the first byte of `s` that `needle` matches, 16 bytes per
+/// step, or `None`; `s` must be at least 16 bytes long (the last step reads
+/// the last 16 bytes again, without the bits of those already looked at).
+/// The callers take shorter slices eight bytes at a time.
+#[inline(always)]
+pub(crate) fn find16(s: &[u8], needle: Needle) -> Option<usize> {
+    debug_assert!(s.len() >= 16);
+    let mut at = 0;
+    while let Some(chunk) = s.get(at..).and_then(<[u8]>::first_chunk::<16>) {
+        let hits = needle16(chunk, needle);
+        if hits != 0 {
+            return Some(at + hits.trailing_zeros() as usize);
+        }
+        at += 16;
+    }
+    let last = s.last_chunk::<16>()?;
+    if at == s.len() {
+        return None;
+    }
+    let hits = needle16(last, needle) >> (at - (s.len() - 16));
+    (hits != 0).then(|| at + hits.trailing_zeros() as usize)
+}
+
 /// Finds the next `\n` or `:` at or after a position, 64-byte blocks of
 /// the datagram at a time, and notes the first stray control character of
 /// the blocks it loads.
@@ -444,6 +532,58 @@ impl<'d> BlockCursor<'d> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn needle16_matches_scalar() {
+        let needles = [
+            Needle::Byte(b'>'),
+            Needle::Byte(0),
+            Needle::Byte(0xff),
+            Needle::Either(b'"', b'\\'),
+            Needle::Illegal,
+        ];
+        for first in 0..=255u8 {
+            let chunk: [u8; 16] = std::array::from_fn(|i| first.wrapping_add(i as u8));
+            for needle in needles {
+                assert_eq!(
+                    needle16(&chunk, needle),
+                    needle16_scalar(&chunk, needle),
+                    "{first} {needle:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn find16_matches_position() {
+        let alphabet = [
+            b'a', b'>', b'"', b'\\', b' ', 0x7f, 0x80, 0, b'!', 0x21, 0xff,
+        ];
+        let mut seed = 5u64;
+        for _ in 0..50_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let len = 16 + (seed >> 58) as usize;
+            let mut s = vec![b'a'; len];
+            for (k, b) in s.iter_mut().enumerate() {
+                let r = seed.rotate_left(7 * k as u32);
+                if r % 11 == 0 {
+                    *b = alphabet[((r >> 8) % alphabet.len() as u64) as usize];
+                }
+            }
+            for needle in [
+                Needle::Byte(b'>'),
+                Needle::Either(b'"', b'\\'),
+                Needle::Illegal,
+            ] {
+                let want = s.iter().position(|&b| match needle {
+                    Needle::Byte(x) => b == x,
+                    Needle::Either(x, y) => b == x || b == y,
+                    Needle::Illegal => b <= b' ' || b == 0x7f,
+                });
+                assert_eq!(find16(&s, needle), want, "{s:?} {needle:?}");
+            }
+        }
+    }
 
     #[test]
     fn host16_matches_table() {

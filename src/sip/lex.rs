@@ -7,7 +7,7 @@
 //! inside a value is part of a fold, which is what lets [`skip_lws`] treat
 //! them all alike.
 
-use super::block::host16;
+use super::block::{find16, host16, Needle};
 
 /// Character classes, one bit each in [`CLASS`]: one table load answers
 /// any of them, where `matches!` over several ranges costs a compare each.
@@ -158,7 +158,12 @@ pub(crate) fn quoted_string_end(s: &[u8], at: usize) -> Option<usize> {
     debug_assert_eq!(s.get(at), Some(&b'"'));
     let mut i = at + 1;
     loop {
-        i += find_first(&s[i..], |w| bytes_equal(w, b'"') | bytes_equal(w, b'\\'))?;
+        let rest = &s[i..];
+        i += if rest.len() >= 16 {
+            find16(rest, Needle::Either(b'"', b'\\'))?
+        } else {
+            find_first(rest, |w| bytes_equal(w, b'"') | bytes_equal(w, b'\\'))?
+        };
         if s[i] == b'"' {
             return Some(i + 1);
         }
@@ -295,12 +300,16 @@ pub(crate) fn find_first(s: &[u8], marks: impl Fn(u64) -> u64) -> Option<usize> 
     (m != 0).then(|| at + (m.trailing_zeros() / 8) as usize)
 }
 
-/// The index of the first `b` in `s`: [`find_first`] inline, for the
-/// short slices a scan searches, where a call into memchr costs more than
-/// the search.
+/// The index of the first `b` in `s`: [`find16`] or, under 16 bytes,
+/// [`find_first`], inline, for the short slices a scan searches, where a
+/// call into memchr costs more than the search.
 #[inline(always)]
 pub(crate) fn find_byte(s: &[u8], b: u8) -> Option<usize> {
-    find_first(s, |w| bytes_equal(w, b))
+    if s.len() >= 16 {
+        find16(s, Needle::Byte(b))
+    } else {
+        find_first(s, |w| bytes_equal(w, b))
+    }
 }
 
 /// `a == b` inline for the short strings a scan compares (method names):

@@ -821,15 +821,23 @@ fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(),
     let method_text = &line[..first_sp];
     let uri_text = &line[first_sp + 1..last_sp];
     let version = &line[last_sp + 1..];
-    let has_lws = any_byte(
-        uri_text,
-        |w| bytes_equal(w, b' ') | bytes_equal(w, b'\t'),
-        |b| b == b' ' || b == b'\t',
-    );
-    if !is_token_str(method_text) || uri_text.is_empty() || has_lws {
+    if !is_token_str(method_text) || uri_text.is_empty() {
         return Err(Fault::StartLine);
     }
-    check_version(version)?;
+    // LWS inside the Request-URI makes the line malformed, whatever else
+    // is wrong after it. A URI that parses has none (a scheme is letters,
+    // digits and `+-.`, and no scheme's rest may hold a byte up to SP), so
+    // the URI is looked at for it only when something fails.
+    let has_lws = || {
+        any_byte(
+            uri_text,
+            |w| bytes_equal(w, b' ') | bytes_equal(w, b'\t'),
+            |b| b == b' ' || b == b'\t',
+        )
+    };
+    if let Err(fault) = check_version(version) {
+        return Err(if has_lws() { Fault::StartLine } else { fault });
+    }
     *out = StartLine::Request {
         method: Method::from_token(method_text),
         method_text,
@@ -837,8 +845,15 @@ fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(),
         uri_text,
     };
     if let StartLine::Request { uri, .. } = out {
-        Uri::parse_into(uri_text, uri).map_err(Fault::RequestUri)?;
+        if let Err(fault) = Uri::parse_into(uri_text, uri) {
+            return Err(if has_lws() {
+                Fault::StartLine
+            } else {
+                Fault::RequestUri(fault)
+            });
+        }
     }
+    debug_assert!(!has_lws());
     Ok(())
 }
 
