@@ -589,7 +589,9 @@ fn validate<'m>(
     };
     parse_start_line(frame.start_line.of(datagram), frame.kind, &mut start_line)?;
     let mut via_count = 0usize;
-    let (mut top_via, mut lower_via) = (Via::EMPTY, Via::EMPTY);
+    // Values below the top one are parsed into a scratch value made where
+    // one is needed: most messages have none.
+    let mut top_via = Via::EMPTY;
     let first_via = known.first(HeaderName::Via);
     let vias = match first_via {
         Some(first) => usize::from(first)..usize::from(known.last[HeaderName::Via as usize]) + 1,
@@ -609,12 +611,12 @@ fn validate<'m>(
         // no split. A value that parses has no `,` or `<` outside quoted
         // strings (no class the parser accepts holds them), so the split
         // would have yielded it alone.
-        let into = if via_count == 0 {
-            &mut top_via
+        let parsed = if via_count == 0 {
+            Via::parse_into(value, &mut top_via)
         } else {
-            &mut lower_via
+            Via::parse_into(value, &mut Via::EMPTY)
         };
-        if Via::parse_into(value, into).is_ok() {
+        if parsed.is_ok() {
             via_count += 1;
             if via_count > limits.via_values_max {
                 return Err(Fault::TooManyVia);
@@ -626,12 +628,12 @@ fn validate<'m>(
             if via_count > limits.via_values_max {
                 return Err(Fault::TooManyVia);
             }
-            let into = if via_count == 1 {
-                &mut top_via
+            if via_count == 1 {
+                Via::parse_into(value, &mut top_via)
             } else {
-                &mut lower_via
-            };
-            Via::parse_into(value, into).map_err(Fault::Via)?;
+                Via::parse_into(value, &mut Via::EMPTY)
+            }
+            .map_err(Fault::Via)?;
         }
     }
     if let Some(slot) = slots.get(usize::from(known.duplicate)) {
@@ -899,30 +901,46 @@ fn check_version(version: &[u8]) -> Result<(), Fault> {
 /// `CSeq: 1*DIGIT LWS Method`, the number a u32. A request's CSeq names
 /// its own method, already recognised on the start line.
 fn parse_cseq<'m>(value: &'m [u8], start_line: &StartLine<'m>) -> Result<CSeq<'m>, Fault> {
-    let digits = value
-        .iter()
-        .position(|b| !b.is_ascii_digit())
-        .ok_or(Fault::CSeq)?;
-    let number = parse_decimal(&value[..digits], u64::from(u32::MAX)).ok_or(Fault::CSeq)? as u32;
+    // The number and the end of its digits in one pass.
+    let mut digits = 0;
+    let mut number = 0u64;
+    while let Some(digit) = value.get(digits).map(|b| b.wrapping_sub(b'0')) {
+        if digit > 9 {
+            break;
+        }
+        number = number * 10 + u64::from(digit);
+        if number > u64::from(u32::MAX) {
+            return Err(Fault::CSeq);
+        }
+        digits += 1;
+    }
     let method_start = super::lex::skip_lws(value, digits);
-    if method_start == digits {
+    if digits == 0 || method_start == digits {
         return Err(Fault::CSeq);
     }
+    let number = number as u32;
     let method_text = &value[method_start..];
-    if !method_text.iter().all(|&b| is_token(b)) || method_text.is_empty() {
+    // A request's CSeq names the method of its start line, a token already.
+    if let StartLine::Request {
+        method,
+        method_text: text,
+        ..
+    } = *start_line
+    {
+        if same_bytes(text, method_text) {
+            return Ok(CSeq {
+                number,
+                method,
+                method_text,
+            });
+        }
+    }
+    if method_text.is_empty() || !method_text.iter().all(|&b| is_token(b)) {
         return Err(Fault::CSeq);
     }
-    let method = match *start_line {
-        StartLine::Request {
-            method,
-            method_text: text,
-            ..
-        } if same_bytes(text, method_text) => method,
-        _ => Method::from_token(method_text),
-    };
     Ok(CSeq {
         number,
-        method,
+        method: Method::from_token(method_text),
         method_text,
     })
 }
