@@ -405,22 +405,31 @@ fn frame_field(
     };
     // The usual spelling, `Name: value CRLF` with nothing to trim and no
     // fold after it, is told by a few byte tests; the loops that handle
-    // the rest are out of line.
+    // the rest are out of line. LWS before the colon is not looked for
+    // here: it leaves a name that is not a token (no known name holds SP
+    // or HT), which sends the field the long way too.
     let value_start = colon + 1 + usize::from(datagram[colon + 1] == b' ');
     let value_end = first_nl - usize::from(datagram[first_nl - 1] == b'\r');
-    let usual = colon > start
-        && value_start < value_end
-        && !matches!(datagram[colon - 1], b' ' | b'\t')
+    let usual = value_start < value_end
         && !is_lws(datagram[value_start])
         && !is_lws(datagram[value_end - 1])
         && !matches!(datagram.get(first_nl + 1), Some(b' ' | b'\t'));
-    let (name_end, nl, value_start, value_end) = if usual {
-        (colon, first_nl, value_start, value_end)
-    } else {
-        unusual_field(datagram, start, colon, first_nl, until, cursor)?
-    };
+    if usual {
+        let name = &datagram[start..colon];
+        // A known name is a token by construction; only others are checked.
+        let header = HeaderName::classify(name);
+        if header != HeaderName::Other || is_token_str(name) {
+            return Ok(HeaderSlot {
+                name: header,
+                name_span: Span::new(start, colon),
+                value: Span::new(value_start, value_end),
+                line: Span::new(start, first_nl + 1),
+            });
+        }
+    }
+    let (name_end, nl, value_start, value_end) =
+        unusual_field(datagram, start, colon, first_nl, until, cursor)?;
     let name = &datagram[start..name_end];
-    // A known name is a token by construction; only others are checked.
     let header = HeaderName::classify(name);
     if header == HeaderName::Other && !is_token_str(name) {
         return Err(Fault::HeaderName);
