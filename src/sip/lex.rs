@@ -123,6 +123,17 @@ pub(crate) fn host_end(s: &[u8], mut at: usize) -> usize {
     }
 }
 
+/// [`long_class_end`] for a class that holds every [`HOST`] character
+/// (tokens, parameter values): the run of host characters first, 16 bytes
+/// a step ([`host_end`]), then the class byte by byte from where that
+/// stops. Branches, tags and most other parameter values are made of
+/// letters, digits, `-` and `.` only.
+#[inline(always)]
+pub(crate) fn wide_class_end(s: &[u8], at: usize, mask: u8) -> usize {
+    debug_assert!((0..=255u8).all(|b| !is(b, HOST) || is(b, mask)));
+    long_class_end(s, host_end(s, at), mask)
+}
+
 /// Index of the first byte at or after `at` that is not LWS.
 #[inline]
 pub(crate) fn skip_lws(s: &[u8], at: usize) -> usize {
@@ -512,6 +523,35 @@ mod tests {
                         let want = s.contains(&0x7f);
                         assert_eq!(any_byte(&s, |w| bytes_equal(w, 0x7f), |c| c == 0x7f), want);
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wide_class_end_matches_byte_loop() {
+        let alphabet = [
+            b'a', b'Z', b'0', b'-', b'.', b'!', b'%', b':', b'[', b']', b';', b' ', b'"', b'=',
+            b'~', 0, 0x80,
+        ];
+        let mut seed = 9u64;
+        for _ in 0..20_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let len = (seed >> 58) as usize;
+            let mut s = vec![b'b'; len];
+            for (k, b) in s.iter_mut().enumerate() {
+                let r = seed.rotate_left(5 * k as u32);
+                if r % 4 == 0 {
+                    *b = alphabet[((r >> 8) % alphabet.len() as u64) as usize];
+                }
+            }
+            for at in 0..=len + 1 {
+                for mask in [TOKEN, GEN_VALUE] {
+                    assert_eq!(
+                        wide_class_end(&s, at, mask),
+                        class_end(&s, at, mask),
+                        "{s:?} {at}"
+                    );
                 }
             }
         }
