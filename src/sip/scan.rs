@@ -623,7 +623,8 @@ fn validate<'m>(
         let parsed = if via_count == 0 {
             Via::parse_into(value, &mut top_via)
         } else {
-            Via::parse_into(value, &mut Via::EMPTY)
+            let mut scratch = Via::EMPTY;
+            Via::parse_into(value, &mut scratch)
         };
         if parsed.is_ok() {
             via_count += 1;
@@ -640,7 +641,8 @@ fn validate<'m>(
             if via_count == 1 {
                 Via::parse_into(value, &mut top_via)
             } else {
-                Via::parse_into(value, &mut Via::EMPTY)
+                let mut scratch = Via::EMPTY;
+                Via::parse_into(value, &mut scratch)
             }
             .map_err(Fault::Via)?;
         }
