@@ -8,7 +8,7 @@
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use rsip::prelude::*;
 use sipshard::sip::{Editor, Forward, Limits, LocalAddress, Scanner};
 
@@ -155,4 +155,48 @@ fn edit(c: &mut Criterion) {
 }
 
 criterion_group!(benches, scan, edit);
-criterion_main!(benches);
+
+/// `SCAN_LOOP=<message>,<n> target/release/deps/scan-*` scans one message
+/// `n` times with the bench's accessors and exits, before criterion: run
+/// under `valgrind --tool=callgrind` with two counts, the difference over
+/// the difference in counts is the instructions per scan, which do not
+/// move with the machine's load. `<message>`: `invite`, `ringing`, `ok`,
+/// `bye` or `rfc4475` (one round of the set), with `-frame` for framing
+/// alone (`invite-frame`).
+fn scan_loop(spec: &str) {
+    let (name, n) = spec.split_once(',').expect("SCAN_LOOP=<message>,<n>");
+    let n: usize = n.parse().expect("a count");
+    let (name, frame_only) = match name.strip_suffix("-frame") {
+        Some(name) => (name, true),
+        None => (name, false),
+    };
+    let set = match name {
+        "invite" => vec![INVITE.to_vec()],
+        "ringing" => vec![RINGING.to_vec()],
+        "ok" => vec![OK.to_vec()],
+        "bye" => vec![BYE.to_vec()],
+        "rfc4475" => torture_set(),
+        _ => panic!("unknown message {name}"),
+    };
+    let mut scanner = Scanner::new(Limits::default());
+    let mut sum = 0usize;
+    for _ in 0..n {
+        for d in &set {
+            sum += if frame_only {
+                usize::from(scanner.frame_only(black_box(d)))
+            } else {
+                sipshard_scan(&mut scanner, black_box(d))
+            };
+        }
+    }
+    black_box(sum);
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("SCAN_LOOP") {
+        scan_loop(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

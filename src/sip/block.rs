@@ -28,11 +28,98 @@ pub(crate) struct Masks {
 /// A block and the byte after it (whether a CR at its end ends a line).
 pub(crate) type Window = [u8; 65];
 
+/// Whether this CPU has AVX2, asked once per process: std caches CPUID.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    false
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Set by tests that frame with the SSE2 path on a CPU with AVX2.
+    pub(crate) static FORCE_SSE2: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+fn sse2_forced() -> bool {
+    FORCE_SSE2.with(std::cell::Cell::get)
+}
+
+#[cfg(not(test))]
+#[inline(always)]
+fn sse2_forced() -> bool {
+    false
+}
+
+/// [`masks_with`] for this CPU.
+#[cfg(test)]
+pub(crate) fn masks(window: &Window) -> Masks {
+    masks_with(window, has_avx2())
+}
+
+/// The masks of `window`, with AVX2 when `avx2` says this CPU has it (the
+/// caller asks [`has_avx2`] once), else with SSE2.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-pub(crate) fn masks(window: &Window) -> Masks {
-    // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64 CPU has it.
-    unsafe { masks_sse2(window) }
+#[inline(always)]
+pub(crate) fn masks_with(window: &Window, avx2: bool) -> Masks {
+    if avx2 {
+        // SAFETY: `avx2` is true only when `has_avx2` found AVX2 on this CPU.
+        unsafe { masks_avx2(window) }
+    } else {
+        // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64 CPU
+        // has it.
+        unsafe { masks_sse2(window) }
+    }
+}
+
+/// [`masks_sse2`] 32 bytes at a time: half the instructions per block.
+/// Not inlined into framing (it cannot be, without AVX2 enabled there),
+/// so it costs a call per block.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2")]
+fn masks_avx2(window: &Window) -> Masks {
+    use std::arch::x86_64::{
+        _mm256_and_si256, _mm256_andnot_si256, _mm256_cmpeq_epi8, _mm256_cmpgt_epi8,
+        _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi8,
+        _mm256_setzero_si256, _mm256_testz_si256,
+    };
+    let newline = _mm256_set1_epi8(b'\n' as i8);
+    let colon = _mm256_set1_epi8(b':' as i8);
+    let cr = _mm256_set1_epi8(b'\r' as i8);
+    let space = _mm256_set1_epi8(0x20);
+    let mut masks = Masks::default();
+    let mut suspect = _mm256_setzero_si256();
+    for k in 0..2 {
+        // SAFETY: bytes 32k..32k+33 lie inside the 65-byte array; loadu
+        // has no alignment requirement.
+        let (v, next) = unsafe {
+            let at = window.as_ptr().add(32 * k);
+            (
+                _mm256_loadu_si256(at.cast()),
+                _mm256_loadu_si256(at.add(1).cast()),
+            )
+        };
+        let is_newline = _mm256_cmpeq_epi8(v, newline);
+        masks.newline |= u64::from(_mm256_movemask_epi8(is_newline) as u32) << (32 * k);
+        masks.colon |=
+            u64::from(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, colon)) as u32) << (32 * k);
+        // Signed `v < 0x20`, as in the SSE2 version.
+        let control = _mm256_cmpgt_epi8(space, v);
+        let crlf = _mm256_and_si256(_mm256_cmpeq_epi8(v, cr), _mm256_cmpeq_epi8(next, newline));
+        let allowed = _mm256_or_si256(is_newline, crlf);
+        suspect = _mm256_or_si256(suspect, _mm256_andnot_si256(allowed, control));
+    }
+    masks.suspect = _mm256_testz_si256(suspect, suspect) == 0;
+    masks
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -74,7 +161,8 @@ fn masks_sse2(window: &Window) -> Masks {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub(crate) fn masks(window: &Window) -> Masks {
+#[inline(always)]
+pub(crate) fn masks_with(window: &Window, _avx2: bool) -> Masks {
     masks_scalar(window)
 }
 
@@ -160,19 +248,116 @@ pub(crate) fn host16_scalar(chunk: &[u8; 16]) -> u32 {
     bits
 }
 
-/// Finds the next `\n` or `:` at or after a position, one 64-byte block of
+/// What [`find16`] looks for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Needle {
+    /// This byte.
+    Byte(u8),
+    /// Either of two bytes.
+    Either(u8, u8),
+    /// What a URI or a Call-ID may not hold unescaped: a byte up to SP
+    /// (controls, SP) or DEL; bytes from 0x80 are allowed.
+    Illegal,
+}
+
+/// Bit `i` is set when byte `i` of `chunk` is what `needle` looks for;
+/// bits 16 and above are clear.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[inline(always)]
+pub(crate) fn needle16(chunk: &[u8; 16], needle: Needle) -> u32 {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64 CPU has
+    // these instructions; the load reads the 16 bytes of `chunk`, and
+    // loadu has no alignment requirement.
+    unsafe {
+        let v = _mm_loadu_si128(chunk.as_ptr().cast());
+        let hit = match needle {
+            Needle::Byte(b) => _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8)),
+            Needle::Either(a, b) => _mm_or_si128(
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(a as i8)),
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8)),
+            ),
+            Needle::Illegal => _mm_or_si128(
+                // Unsigned `v <= 0x20`: the minimum is `v` itself.
+                _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x20)), v),
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f)),
+            ),
+        };
+        _mm_movemask_epi8(hit) as u32 & 0xffff
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+pub(crate) fn needle16(chunk: &[u8; 16], needle: Needle) -> u32 {
+    needle16_scalar(chunk, needle)
+}
+
+/// The portable definition of [`needle16`], and its reference in tests.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+#[inline]
+pub(crate) fn needle16_scalar(chunk: &[u8; 16], needle: Needle) -> u32 {
+    let mut bits = 0;
+    for (i, &b) in chunk.iter().enumerate() {
+        let hit = match needle {
+            Needle::Byte(x) => b == x,
+            Needle::Either(x, y) => b == x || b == y,
+            Needle::Illegal => b <= b' ' || b == 0x7f,
+        };
+        bits |= u32::from(hit) << i;
+    }
+    bits
+}
+
+/// The index of the first byte of `s` that `needle` matches, 16 bytes per
+/// step, or `None`; `s` must be at least 16 bytes long (the last step reads
+/// the last 16 bytes again, without the bits of those already looked at).
+/// The callers take shorter slices eight bytes at a time.
+#[inline(always)]
+pub(crate) fn find16(s: &[u8], needle: Needle) -> Option<usize> {
+    debug_assert!(s.len() >= 16);
+    let mut at = 0;
+    while let Some(chunk) = s.get(at..).and_then(<[u8]>::first_chunk::<16>) {
+        let hits = needle16(chunk, needle);
+        if hits != 0 {
+            return Some(at + hits.trailing_zeros() as usize);
+        }
+        at += 16;
+    }
+    let last = s.last_chunk::<16>()?;
+    if at == s.len() {
+        return None;
+    }
+    let hits = needle16(last, needle) >> (at - (s.len() - 16));
+    (hits != 0).then(|| at + hits.trailing_zeros() as usize)
+}
+
+/// Finds the next `\n` or `:` at or after a position, 64-byte blocks of
 /// the datagram at a time, and notes the first stray control character of
 /// the blocks it loads.
+///
+/// It holds two neighbouring blocks: a header line is about 45 bytes, so
+/// most lines that start in one block end in the next, and with both held
+/// the line's colon and line end are a shift away.
 pub(crate) struct BlockCursor<'d> {
     datagram: &'d [u8],
+    /// Offset of the first block held; the second starts 64 bytes later.
     base: usize,
-    masks: Masks,
+    /// Bit `i` of word `w`: byte `base + 64 w + i` is `\n` (`:`).
+    newline: [u64; 2],
+    colon: [u64; 2],
     /// The first control character (see [`BlockCursor::first_stray_control`])
     /// in the blocks loaded so far, or `usize::MAX`.
     stray_control: usize,
     /// Where the message starts: the CRs and LFs of keep-alives before it
     /// are not checked.
     controls_from: usize,
+    /// [`has_avx2`], asked once per cursor.
+    avx2: bool,
 }
 
 impl<'d> BlockCursor<'d> {
@@ -180,12 +365,14 @@ impl<'d> BlockCursor<'d> {
     pub(crate) fn new(datagram: &'d [u8], from: usize) -> Self {
         BlockCursor {
             datagram,
-            // A window no position falls in (`at - base` wraps to at least
-            // 64), so the first query loads.
-            base: usize::MAX & !63,
-            masks: Masks::default(),
+            // Blocks no position falls in (`at - base` wraps to at least
+            // 192), nor the block after them: the first query loads two.
+            base: 0usize.wrapping_sub(256),
+            newline: [0; 2],
+            colon: [0; 2],
             stray_control: usize::MAX,
             controls_from: from,
+            avx2: has_avx2() && !sse2_forced(),
         }
     }
 
@@ -199,97 +386,144 @@ impl<'d> BlockCursor<'d> {
         self.stray_control
     }
 
-    /// Finds the first stray control character of the block just loaded,
+    /// Finds the first stray control character of the block at `block`,
     /// if none was found before. Out of line: nearly every block has no
     /// control character but LF and the CR before it, which the masks rule
     /// out without looking at bytes.
     #[cold]
     #[inline(never)]
-    fn note_controls(&mut self) {
+    fn note_controls(&mut self, block: usize) {
         if self.stray_control != usize::MAX {
             return;
         }
-        let from = self.base.max(self.controls_from);
-        let end = (self.base + 64).min(self.datagram.len());
+        let from = block.max(self.controls_from);
+        let end = (block + 64).min(self.datagram.len());
         if let Some(at) = (from..end).find(|&at| is_stray(self.datagram, at)) {
             self.stray_control = at;
         }
     }
 
-    /// Loads the 64-byte-aligned block (relative to the datagram) that holds
-    /// `at`, so that every block is loaded once per scan. Inlined into
-    /// framing, with what is rare out of line.
+    /// The masks of the block at `block` (a multiple of 64), noting its
+    /// stray control characters. Blocks are loaded in order, each once, so
+    /// the first stray byte noted is the first of the message.
     #[inline(always)]
-    fn load(&mut self, at: usize) {
-        let at = at & !63;
-        self.base = at;
-        self.masks = match self.datagram.get(at..).and_then(<[u8]>::first_chunk) {
-            Some(window) => masks(window),
-            None => self.tail_masks(),
+    fn block(&mut self, block: usize) -> (u64, u64) {
+        let masks = match self.datagram.get(block..).and_then(<[u8]>::first_chunk) {
+            Some(window) => masks_with(window, self.avx2),
+            None => self.tail_masks(block),
         };
-        if self.masks.suspect {
-            self.note_controls();
+        if masks.suspect {
+            self.note_controls(block);
         }
+        (masks.newline, masks.colon)
+    }
+
+    /// Makes the first block held the one that holds `at`: the second
+    /// moves down when `at` is in it, else both are loaded.
+    #[inline(always)]
+    fn reach(&mut self, at: usize) {
+        if at.wrapping_sub(self.base) >= 64 {
+            self.advance(at);
+        }
+    }
+
+    #[inline(always)]
+    fn advance(&mut self, at: usize) {
+        let block = at & !63;
+        if block == self.base.wrapping_add(64) {
+            let (newline, colon) = self.block(block + 64);
+            self.newline = [self.newline[1], newline];
+            self.colon = [self.colon[1], colon];
+        } else {
+            let (newline0, colon0) = self.block(block);
+            let (newline1, colon1) = self.block(block + 64);
+            self.newline = [newline0, newline1];
+            self.colon = [colon0, colon1];
+        }
+        self.base = block;
     }
 
     /// The masks of the last block, padded with bytes that are neither
-    /// `\n`, `:` nor control characters.
+    /// `\n`, `:` nor control characters; none past the end.
     #[inline(never)]
-    fn tail_masks(&self) -> Masks {
+    fn tail_masks(&self, block: usize) -> Masks {
         let mut window = [b'x'; 65];
-        let tail = self.datagram.get(self.base..).unwrap_or_default();
+        let tail = self.datagram.get(block..).unwrap_or_default();
+        if tail.is_empty() {
+            return Masks::default();
+        }
         let tail = &tail[..tail.len().min(65)];
         window[..tail.len()].copy_from_slice(tail);
-        masks(&window)
+        masks_with(&window, self.avx2)
     }
 
-    /// The first `:` and the first `\n` at or after `from`, when both are
-    /// in the block already loaded: one look where a header line would
-    /// otherwise take two queries.
-    #[inline]
-    pub(crate) fn colon_and_newline_here(&self, from: usize) -> Option<(usize, usize)> {
-        let offset = from.wrapping_sub(self.base);
-        if offset >= 64 {
+    /// The 64 bits of `words` from bit `offset` (below 64) of the first.
+    #[inline(always)]
+    fn window(words: [u64; 2], offset: u32) -> u64 {
+        ((u128::from(words[1]) << 64 | u128::from(words[0])) >> (offset & 63)) as u64
+    }
+
+    /// The first `:` and the first `\n` at or after `from`, when the two
+    /// blocks held from `from`'s on have both: one look where a header line
+    /// would otherwise take two queries. The colon is looked for in the 64
+    /// bytes from `from`, the line end to the end of the second block.
+    #[inline(always)]
+    pub(crate) fn colon_and_newline(&mut self, from: usize) -> Option<(usize, usize)> {
+        self.reach(from);
+        let offset = (from - self.base) as u32;
+        let colon = Self::window(self.colon, offset);
+        if colon == 0 {
             return None;
         }
-        let colon = self.masks.colon >> offset;
-        let newline = self.masks.newline >> offset;
-        if colon == 0 || newline == 0 {
-            return None;
-        }
-        Some((
-            from + colon.trailing_zeros() as usize,
-            from + newline.trailing_zeros() as usize,
-        ))
+        let newline = Self::window(self.newline, offset);
+        let nl = if newline != 0 {
+            from + newline.trailing_zeros() as usize
+        } else {
+            let rest = self.newline[1] & (u64::MAX << (offset & 63));
+            if rest == 0 {
+                return None;
+            }
+            self.base + 64 + rest.trailing_zeros() as usize
+        };
+        Some((from + colon.trailing_zeros() as usize, nl))
     }
 
     /// The first `\n` at or after `from`, looking no further than `until`.
     #[inline]
     pub(crate) fn newline(&mut self, from: usize, until: usize) -> Option<usize> {
-        self.find(from, until, |m| m.newline)
+        self.find(from, until, |c| c.newline)
     }
 
     /// The first `:` at or after `from`, looking no further than `until`.
     #[inline]
     pub(crate) fn colon(&mut self, from: usize, until: usize) -> Option<usize> {
-        self.find(from, until, |m| m.colon)
+        self.find(from, until, |c| c.colon)
     }
 
     #[inline]
-    fn find(&mut self, from: usize, until: usize, pick: impl Fn(&Masks) -> u64) -> Option<usize> {
+    fn find(
+        &mut self,
+        from: usize,
+        until: usize,
+        pick: impl Fn(&Self) -> [u64; 2],
+    ) -> Option<usize> {
         let end = until.min(self.datagram.len());
         let mut at = from;
         while at < end {
-            if at.wrapping_sub(self.base) >= 64 {
-                self.load(at);
-            }
-            let offset = at - self.base;
-            let hits = pick(&self.masks) & (u64::MAX << offset);
+            self.reach(at);
+            let words = pick(self);
+            let offset = (at - self.base) as u32;
+            let hits = Self::window(words, offset);
             if hits != 0 {
-                let found = self.base + hits.trailing_zeros() as usize;
+                let found = at + hits.trailing_zeros() as usize;
                 return (found < end).then_some(found);
             }
-            at = self.base + 64;
+            let rest = words[1] & (u64::MAX << (offset & 63));
+            if rest != 0 {
+                let found = self.base + 64 + rest.trailing_zeros() as usize;
+                return (found < end).then_some(found);
+            }
+            at = self.base + 128;
         }
         None
     }
@@ -300,6 +534,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn needle16_matches_scalar() {
+        let needles = [
+            Needle::Byte(b'>'),
+            Needle::Byte(0),
+            Needle::Byte(0xff),
+            Needle::Either(b'"', b'\\'),
+            Needle::Illegal,
+        ];
+        for first in 0..=255u8 {
+            let chunk: [u8; 16] = std::array::from_fn(|i| first.wrapping_add(i as u8));
+            for needle in needles {
+                assert_eq!(
+                    needle16(&chunk, needle),
+                    needle16_scalar(&chunk, needle),
+                    "{first} {needle:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn find16_matches_position() {
+        let alphabet = [
+            b'a', b'>', b'"', b'\\', b' ', 0x7f, 0x80, 0, b'!', 0x21, 0xff,
+        ];
+        let mut seed = 5u64;
+        for _ in 0..50_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let len = 16 + (seed >> 58) as usize;
+            let mut s = vec![b'a'; len];
+            for (k, b) in s.iter_mut().enumerate() {
+                let r = seed.rotate_left(7 * k as u32);
+                if r % 11 == 0 {
+                    *b = alphabet[((r >> 8) % alphabet.len() as u64) as usize];
+                }
+            }
+            for needle in [
+                Needle::Byte(b'>'),
+                Needle::Either(b'"', b'\\'),
+                Needle::Illegal,
+            ] {
+                let want = s.iter().position(|&b| match needle {
+                    Needle::Byte(x) => b == x,
+                    Needle::Either(x, y) => b == x || b == y,
+                    Needle::Illegal => b <= b' ' || b == 0x7f,
+                });
+                assert_eq!(find16(&s, needle), want, "{s:?} {needle:?}");
+            }
+        }
+    }
+
+    #[test]
     fn host16_matches_table() {
         for first in (0..=255u8).step_by(16) {
             let mut chunk = [0u8; 16];
@@ -307,6 +593,37 @@ mod tests {
                 *b = first.wrapping_add(i as u8);
             }
             assert_eq!(host16(&chunk), host16_scalar(&chunk), "{first}");
+        }
+    }
+
+    /// The SSE2 and (where the CPU has it) the AVX2 masks of `window`,
+    /// each checked against the scalar definition.
+    fn check_paths(window: &Window, what: &str) -> Masks {
+        let want = masks_scalar(window);
+        assert_eq!(masks_with(window, false), want, "SSE2 {what}");
+        if has_avx2() {
+            assert_eq!(masks_with(window, true), want, "AVX2 {what}");
+        }
+        want
+    }
+
+    #[test]
+    fn vector_paths_match_scalar_on_random_windows() {
+        let alphabet = [
+            b'a', b'\n', b'\r', b':', 0, b'\t', 0x1f, 0x20, 0x7f, 0x80, 0xff, b'\\',
+        ];
+        let mut seed = 11u64;
+        for round in 0..20_000 {
+            let mut window = [0u8; 65];
+            for b in window.iter_mut() {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                *b = if round % 2 == 0 {
+                    alphabet[(seed >> 59) as usize % alphabet.len()]
+                } else {
+                    (seed >> 56) as u8
+                };
+            }
+            check_paths(&window, &format!("{window:?}"));
         }
     }
 
@@ -320,6 +637,7 @@ mod tests {
                 *b = b':';
             }
         }
+        check_paths(&window, "sevens and fives");
         assert_eq!(masks(&window), masks_scalar(&window));
         assert_eq!(masks_scalar(&window).newline & 1, 1);
         assert!(!masks_scalar(&window).suspect);
@@ -327,23 +645,22 @@ mod tests {
         // position (the last one's LF beyond the block), and a lone CR.
         for first in 0..=255u8 {
             let window: Window = std::array::from_fn(|i| first.wrapping_add(i as u8));
-            assert_eq!(masks(&window), masks_scalar(&window), "{first}");
+            check_paths(&window, &format!("{first}"));
         }
         for at in 0..64 {
             let mut window = [b'a'; 65];
             window[at] = b'\r';
             window[at + 1] = b'\n';
-            assert_eq!(masks(&window), masks_scalar(&window), "{at}");
-            assert!(!masks(&window).suspect, "{at}");
+            assert!(!check_paths(&window, &format!("{at}")).suspect, "{at}");
             window[at + 1] = b'b';
-            assert!(masks(&window).suspect, "{at}");
+            assert!(check_paths(&window, &format!("{at}")).suspect, "{at}");
             window[at] = b'\t';
-            assert!(masks(&window).suspect, "{at}");
+            assert!(check_paths(&window, &format!("{at}")).suspect, "{at}");
         }
         let mut window = [b'a'; 65];
         window[64] = 0;
         assert!(
-            !masks(&window).suspect,
+            !check_paths(&window, "NUL after").suspect,
             "the byte after the block is not its own"
         );
     }
@@ -354,10 +671,16 @@ mod tests {
     #[test]
     fn stray_controls_are_found_in_loaded_blocks() {
         let first = |data: &[u8], from: usize| {
-            let mut c = BlockCursor::new(data, from);
-            c.newline(0, data.len());
-            while c.newline(c.base + 64, data.len()).is_some() {}
-            c.first_stray_control()
+            let mut stray = Vec::new();
+            for avx2 in [false, has_avx2()] {
+                let mut c = BlockCursor::new(data, from);
+                c.avx2 = avx2;
+                c.newline(0, data.len());
+                while c.newline(c.base + 128, data.len()).is_some() {}
+                stray.push(c.first_stray_control());
+            }
+            assert_eq!(stray[0], stray[1], "SSE2 and AVX2");
+            stray[0]
         };
         assert_eq!(first(b"a\tb\r\nc\n", 0), usize::MAX);
         assert_eq!(first(b"a\\\x00b\\\x07\n", 0), usize::MAX);
@@ -387,6 +710,29 @@ mod tests {
         data[70] = b'\n';
         data[150] = b':';
         data[199] = b'\n';
+        let mut c = BlockCursor::new(&data, 0);
+        assert_eq!(c.colon_and_newline(0), Some((3, 70)));
+        assert_eq!(c.colon_and_newline(71), None, "the colon is 79 bytes on");
+        assert_eq!(c.colon_and_newline(140), Some((150, 199)));
+        assert_eq!(c.colon_and_newline(151), None);
+        let mut long = vec![b'x'; 300];
+        long[10] = b':';
+        long[130] = b'\n';
+        long[260] = b'\n';
+        let mut c = BlockCursor::new(&long, 0);
+        assert_eq!(
+            c.colon_and_newline(0),
+            None,
+            "the line end is past the blocks held"
+        );
+        assert_eq!(c.colon_and_newline(9), None);
+        long[100] = b'\n';
+        let mut c = BlockCursor::new(&long, 0);
+        assert_eq!(
+            c.colon_and_newline(9),
+            Some((10, 100)),
+            "in the second block"
+        );
         let mut c = BlockCursor::new(&data, 0);
         assert_eq!(c.colon(0, 200), Some(3));
         assert_eq!(c.newline(0, 200), Some(70));

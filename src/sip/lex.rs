@@ -7,7 +7,7 @@
 //! inside a value is part of a fold, which is what lets [`skip_lws`] treat
 //! them all alike.
 
-use super::block::host16;
+use super::block::{find16, host16, Needle};
 
 /// Character classes, one bit each in [`CLASS`]: one table load answers
 /// any of them, where `matches!` over several ranges costs a compare each.
@@ -123,6 +123,18 @@ pub(crate) fn host_end(s: &[u8], mut at: usize) -> usize {
     }
 }
 
+/// [`long_class_end`] for a class that holds every [`HOST`] character
+/// (tokens, parameter values): the run of host characters first, 16 bytes
+/// a step ([`host_end`]), then the class byte by byte from where that
+/// stops. Branches, tags and most other parameter values are made of
+/// letters, digits, `-` and `.` only.
+#[inline(always)]
+pub(crate) fn wide_class_end(s: &[u8], at: usize, mask: u8) -> usize {
+    // Every host character is in each of these classes.
+    debug_assert!(mask & (HOST | TOKEN | GEN_VALUE) != 0);
+    long_class_end(s, host_end(s, at), mask)
+}
+
 /// Index of the first byte at or after `at` that is not LWS.
 #[inline]
 pub(crate) fn skip_lws(s: &[u8], at: usize) -> usize {
@@ -158,7 +170,12 @@ pub(crate) fn quoted_string_end(s: &[u8], at: usize) -> Option<usize> {
     debug_assert_eq!(s.get(at), Some(&b'"'));
     let mut i = at + 1;
     loop {
-        i += find_first(&s[i..], |w| bytes_equal(w, b'"') | bytes_equal(w, b'\\'))?;
+        let rest = &s[i..];
+        i += if rest.len() >= 16 {
+            find16(rest, Needle::Either(b'"', b'\\'))?
+        } else {
+            find_first(rest, |w| bytes_equal(w, b'"') | bytes_equal(w, b'\\'))?
+        };
         if s[i] == b'"' {
             return Some(i + 1);
         }
@@ -295,12 +312,16 @@ pub(crate) fn find_first(s: &[u8], marks: impl Fn(u64) -> u64) -> Option<usize> 
     (m != 0).then(|| at + (m.trailing_zeros() / 8) as usize)
 }
 
-/// The index of the first `b` in `s`: [`find_first`] inline, for the
-/// short slices a scan searches, where a call into memchr costs more than
-/// the search.
+/// The index of the first `b` in `s`: [`find16`] or, under 16 bytes,
+/// [`find_first`], inline, for the short slices a scan searches, where a
+/// call into memchr costs more than the search.
 #[inline(always)]
 pub(crate) fn find_byte(s: &[u8], b: u8) -> Option<usize> {
-    find_first(s, |w| bytes_equal(w, b))
+    if s.len() >= 16 {
+        find16(s, Needle::Byte(b))
+    } else {
+        find_first(s, |w| bytes_equal(w, b))
+    }
 }
 
 /// `a == b` inline for the short strings a scan compares (method names):
@@ -503,6 +524,35 @@ mod tests {
                         let want = s.contains(&0x7f);
                         assert_eq!(any_byte(&s, |w| bytes_equal(w, 0x7f), |c| c == 0x7f), want);
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wide_class_end_matches_byte_loop() {
+        let alphabet = [
+            b'a', b'Z', b'0', b'-', b'.', b'!', b'%', b':', b'[', b']', b';', b' ', b'"', b'=',
+            b'~', 0, 0x80,
+        ];
+        let mut seed = 9u64;
+        for _ in 0..20_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let len = (seed >> 58) as usize;
+            let mut s = vec![b'b'; len];
+            for (k, b) in s.iter_mut().enumerate() {
+                let r = seed.rotate_left(5 * k as u32);
+                if r % 4 == 0 {
+                    *b = alphabet[((r >> 8) % alphabet.len() as u64) as usize];
+                }
+            }
+            for at in 0..=len + 1 {
+                for mask in [TOKEN, GEN_VALUE] {
+                    assert_eq!(
+                        wide_class_end(&s, at, mask),
+                        class_end(&s, at, mask),
+                        "{s:?} {at}"
+                    );
                 }
             }
         }

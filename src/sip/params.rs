@@ -1,7 +1,7 @@
 //! Header parameters: `*( SEMI generic-param )` with the LWS RFC 3261 allows
 //! around `;` and `=` (`tag = 98asjd8` is legal).
 
-use super::lex::{long_class_end, quoted_string_end, skip_lws, GEN_VALUE, TOKEN};
+use super::lex::{quoted_string_end, skip_lws, wide_class_end, GEN_VALUE, TOKEN};
 
 /// One header parameter. `value` keeps its quotes when it was quoted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +39,7 @@ impl<'m> HeaderParams<'m> {
             return Err(ParamError);
         }
         i = skip_lws(s, i + 1);
-        let name_end = long_class_end(s, i, TOKEN);
+        let name_end = wide_class_end(s, i, TOKEN);
         if name_end == i {
             return Err(ParamError);
         }
@@ -51,7 +51,7 @@ impl<'m> HeaderParams<'m> {
             let value_end = if s.get(i) == Some(&b'"') {
                 quoted_string_end(s, i).ok_or(ParamError)?
             } else {
-                long_class_end(s, i, GEN_VALUE)
+                wide_class_end(s, i, GEN_VALUE)
             };
             if value_end == i {
                 return Err(ParamError);

@@ -388,7 +388,7 @@ fn frame_field(
     // first, then the line end after it: the cursor only moves forward.
     // A line end before the colon leaves a non-token byte in the name.
     // Most lines fit in the block the cursor holds, which answers both.
-    let (colon, first_nl) = match cursor.colon_and_newline_here(start) {
+    let (colon, first_nl) = match cursor.colon_and_newline(start) {
         Some((colon, nl)) if colon < nl && nl < until => (colon, nl),
         _ => {
             let Some(colon) = cursor.colon(start, until) else {
@@ -405,22 +405,31 @@ fn frame_field(
     };
     // The usual spelling, `Name: value CRLF` with nothing to trim and no
     // fold after it, is told by a few byte tests; the loops that handle
-    // the rest are out of line.
+    // the rest are out of line. LWS before the colon is not looked for
+    // here: it leaves a name that is not a token (no known name holds SP
+    // or HT), which sends the field the long way too.
     let value_start = colon + 1 + usize::from(datagram[colon + 1] == b' ');
     let value_end = first_nl - usize::from(datagram[first_nl - 1] == b'\r');
-    let usual = colon > start
-        && value_start < value_end
-        && !matches!(datagram[colon - 1], b' ' | b'\t')
+    let usual = value_start < value_end
         && !is_lws(datagram[value_start])
         && !is_lws(datagram[value_end - 1])
         && !matches!(datagram.get(first_nl + 1), Some(b' ' | b'\t'));
-    let (name_end, nl, value_start, value_end) = if usual {
-        (colon, first_nl, value_start, value_end)
-    } else {
-        unusual_field(datagram, start, colon, first_nl, until, cursor)?
-    };
+    if usual {
+        let name = &datagram[start..colon];
+        // A known name is a token by construction; only others are checked.
+        let header = HeaderName::classify(name);
+        if header != HeaderName::Other || is_token_str(name) {
+            return Ok(HeaderSlot {
+                name: header,
+                name_span: Span::new(start, colon),
+                value: Span::new(value_start, value_end),
+                line: Span::new(start, first_nl + 1),
+            });
+        }
+    }
+    let (name_end, nl, value_start, value_end) =
+        unusual_field(datagram, start, colon, first_nl, until, cursor)?;
     let name = &datagram[start..name_end];
-    // A known name is a token by construction; only others are checked.
     let header = HeaderName::classify(name);
     if header == HeaderName::Other && !is_token_str(name) {
         return Err(Fault::HeaderName);
@@ -589,7 +598,9 @@ fn validate<'m>(
     };
     parse_start_line(frame.start_line.of(datagram), frame.kind, &mut start_line)?;
     let mut via_count = 0usize;
-    let (mut top_via, mut lower_via) = (Via::EMPTY, Via::EMPTY);
+    // Values below the top one are parsed into a scratch value made where
+    // one is needed: most messages have none.
+    let mut top_via = Via::EMPTY;
     let first_via = known.first(HeaderName::Via);
     let vias = match first_via {
         Some(first) => usize::from(first)..usize::from(known.last[HeaderName::Via as usize]) + 1,
@@ -609,12 +620,13 @@ fn validate<'m>(
         // no split. A value that parses has no `,` or `<` outside quoted
         // strings (no class the parser accepts holds them), so the split
         // would have yielded it alone.
-        let into = if via_count == 0 {
-            &mut top_via
+        let parsed = if via_count == 0 {
+            Via::parse_into(value, &mut top_via)
         } else {
-            &mut lower_via
+            let mut scratch = Via::EMPTY;
+            Via::parse_into(value, &mut scratch)
         };
-        if Via::parse_into(value, into).is_ok() {
+        if parsed.is_ok() {
             via_count += 1;
             if via_count > limits.via_values_max {
                 return Err(Fault::TooManyVia);
@@ -626,12 +638,13 @@ fn validate<'m>(
             if via_count > limits.via_values_max {
                 return Err(Fault::TooManyVia);
             }
-            let into = if via_count == 1 {
-                &mut top_via
+            if via_count == 1 {
+                Via::parse_into(value, &mut top_via)
             } else {
-                &mut lower_via
-            };
-            Via::parse_into(value, into).map_err(Fault::Via)?;
+                let mut scratch = Via::EMPTY;
+                Via::parse_into(value, &mut scratch)
+            }
+            .map_err(Fault::Via)?;
         }
     }
     if let Some(slot) = slots.get(usize::from(known.duplicate)) {
@@ -821,15 +834,23 @@ fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(),
     let method_text = &line[..first_sp];
     let uri_text = &line[first_sp + 1..last_sp];
     let version = &line[last_sp + 1..];
-    let has_lws = any_byte(
-        uri_text,
-        |w| bytes_equal(w, b' ') | bytes_equal(w, b'\t'),
-        |b| b == b' ' || b == b'\t',
-    );
-    if !is_token_str(method_text) || uri_text.is_empty() || has_lws {
+    if !is_token_str(method_text) || uri_text.is_empty() {
         return Err(Fault::StartLine);
     }
-    check_version(version)?;
+    // LWS inside the Request-URI makes the line malformed, whatever else
+    // is wrong after it. A URI that parses has none (a scheme is letters,
+    // digits and `+-.`, and no scheme's rest may hold a byte up to SP), so
+    // the URI is looked at for it only when something fails.
+    let has_lws = || {
+        any_byte(
+            uri_text,
+            |w| bytes_equal(w, b' ') | bytes_equal(w, b'\t'),
+            |b| b == b' ' || b == b'\t',
+        )
+    };
+    if let Err(fault) = check_version(version) {
+        return Err(if has_lws() { Fault::StartLine } else { fault });
+    }
     *out = StartLine::Request {
         method: Method::from_token(method_text),
         method_text,
@@ -837,8 +858,15 @@ fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(),
         uri_text,
     };
     if let StartLine::Request { uri, .. } = out {
-        Uri::parse_into(uri_text, uri).map_err(Fault::RequestUri)?;
+        if let Err(fault) = Uri::parse_into(uri_text, uri) {
+            return Err(if has_lws() {
+                Fault::StartLine
+            } else {
+                Fault::RequestUri(fault)
+            });
+        }
     }
+    debug_assert!(!has_lws());
     Ok(())
 }
 
@@ -884,30 +912,46 @@ fn check_version(version: &[u8]) -> Result<(), Fault> {
 /// `CSeq: 1*DIGIT LWS Method`, the number a u32. A request's CSeq names
 /// its own method, already recognised on the start line.
 fn parse_cseq<'m>(value: &'m [u8], start_line: &StartLine<'m>) -> Result<CSeq<'m>, Fault> {
-    let digits = value
-        .iter()
-        .position(|b| !b.is_ascii_digit())
-        .ok_or(Fault::CSeq)?;
-    let number = parse_decimal(&value[..digits], u64::from(u32::MAX)).ok_or(Fault::CSeq)? as u32;
+    // The number and the end of its digits in one pass.
+    let mut digits = 0;
+    let mut number = 0u64;
+    while let Some(digit) = value.get(digits).map(|b| b.wrapping_sub(b'0')) {
+        if digit > 9 {
+            break;
+        }
+        number = number * 10 + u64::from(digit);
+        if number > u64::from(u32::MAX) {
+            return Err(Fault::CSeq);
+        }
+        digits += 1;
+    }
     let method_start = super::lex::skip_lws(value, digits);
-    if method_start == digits {
+    if digits == 0 || method_start == digits {
         return Err(Fault::CSeq);
     }
+    let number = number as u32;
     let method_text = &value[method_start..];
-    if !method_text.iter().all(|&b| is_token(b)) || method_text.is_empty() {
+    // A request's CSeq names the method of its start line, a token already.
+    if let StartLine::Request {
+        method,
+        method_text: text,
+        ..
+    } = *start_line
+    {
+        if same_bytes(text, method_text) {
+            return Ok(CSeq {
+                number,
+                method,
+                method_text,
+            });
+        }
+    }
+    if method_text.is_empty() || !method_text.iter().all(|&b| is_token(b)) {
         return Err(Fault::CSeq);
     }
-    let method = match *start_line {
-        StartLine::Request {
-            method,
-            method_text: text,
-            ..
-        } if same_bytes(text, method_text) => method,
-        _ => Method::from_token(method_text),
-    };
     Ok(CSeq {
         number,
-        method,
+        method: Method::from_token(method_text),
         method_text,
     })
 }
@@ -1441,6 +1485,8 @@ v=0\r\n";
         let alphabet = b"ab:: \t\r\n\n\r\nTo:;\x01\\\x00";
         let mut seed = 7u64;
         for round in 0..200_000 {
+            // Every other round on the SSE2 path, where the CPU has AVX2.
+            crate::sip::block::FORCE_SSE2.with(|f| f.set(round % 2 == 1));
             seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             let len = 1 + (seed >> 57) as usize + if round % 8 == 0 { 150 } else { 0 };
             let mut d = b"X a b\r\n".to_vec();
