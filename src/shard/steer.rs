@@ -428,21 +428,11 @@ fn program(map: RawFd, scratch: RawFd, shed: Option<RawFd>, shards: u32) -> Vec<
     a.here(compact);
     a.alu_k(ADD, 9, 1);
 
-    // Launder the index through the scratch map (see above).
+    // Launder the index through the scratch map (see above). From here r7
+    // points after the name and r9 counts from 0 again, so the loops
+    // below end by a counter the verifier knows.
     a.here(name_end);
-    a.emit(0x62, 10, 0, -8, 0); // *(u32 *)(r10 - 8) = 0: the key
-    a.load_imm64(1, scratch as u64, true);
-    a.alu_x(MOV, 2, 10);
-    a.alu_k(ADD, 2, -8);
-    a.emit(JMP | CALL, 0, 0, 0, HELPER_MAP_LOOKUP_ELEM);
-    a.jump_k(JEQ, 0, 0, pass);
-    a.emit(STX | W | MEM, 0, 9, 0, 0);
-    a.load(W, 9, 0, 0);
-    a.jump_k(JGT, 9, SCAN_BYTES + 8, pass);
-    // From here r7 points after the name and r9 counts from 0 again, so
-    // the loops below end by a counter the verifier knows.
-    a.alu_x(ADD, 7, 9);
-    a.alu_k(MOV, 9, 0);
+    launder_index(&mut a, scratch, pass);
 
     // Then optional blanks and the colon; anything else is another header.
     a.here(colon);
@@ -515,6 +505,31 @@ fn program(map: RawFd, scratch: RawFd, shed: Option<RawFd>, shards: u32) -> Vec<
     a.finish()
 }
 
+/// r0 = a pointer to the value of `map` at the u32 key stored at
+/// `r10 + key`, or goes to `missing` when there is none.
+fn lookup(a: &mut Asm, map: RawFd, key: i16, missing: usize) {
+    a.load_imm64(1, map as u64, true);
+    a.alu_x(MOV, 2, 10);
+    a.alu_k(ADD, 2, i32::from(key));
+    a.emit(JMP | CALL, 0, 0, 0, HELPER_MAP_LOOKUP_ELEM);
+    a.jump_k(JEQ, 0, 0, missing);
+}
+
+/// Moves r7 (a position in the datagram) on by r9 and sets r9 to 0,
+/// after passing r9 through the one-slot `scratch` map: read back, it is
+/// a bounded unknown to the verifier, so the code after is walked once
+/// for every position r9 might have held (see [`program`]). Goes to
+/// `fail` if the map is missing or r9 is past `SCAN_BYTES + 8`.
+fn launder_index(a: &mut Asm, scratch: RawFd, fail: usize) {
+    a.emit(ST | W | MEM, 10, 0, -8, 0); // *(u32 *)(r10 - 8) = 0: the key
+    lookup(a, scratch, -8, fail);
+    a.emit(STX | W | MEM, 0, 9, 0, 0);
+    a.load(W, 9, 0, 0);
+    a.jump_k(JGT, 9, SCAN_BYTES + 8, fail);
+    a.alu_x(ADD, 7, 9);
+    a.alu_k(MOV, 9, 0);
+}
+
 /// Goes to `fail` unless the datagram (r7 = data) holds `bytes` at
 /// `offset`; the caller has checked that they are inside it.
 fn expect_bytes(a: &mut Asm, offset: i16, bytes: &[u8], fail: usize) {
@@ -542,11 +557,7 @@ fn shed_new_requests(a: &mut Asm, shed: RawFd, scratch: RawFd, shards: u32, sele
     let to_sink = a.label();
 
     // threshold = shed[key]; nothing to shed when 0 or above the draw.
-    a.load_imm64(1, shed as u64, true);
-    a.alu_x(MOV, 2, 10);
-    a.alu_k(ADD, 2, -4);
-    a.emit(JMP | CALL, 0, 0, 0, HELPER_MAP_LOOKUP_ELEM);
-    a.jump_k(JEQ, 0, 0, select);
+    lookup(a, shed, -4, select);
     a.load(DW, 1, 0, 0);
     a.jump_k(JEQ, 1, 0, select);
     a.emit(STX | DW | MEM, 10, 1, -16, 0);
@@ -604,17 +615,7 @@ fn shed_new_requests(a: &mut Asm, shed: RawFd, scratch: RawFd, shards: u32, sele
     // Launder the index through the scratch map, as for the Call-ID, so
     // that the tag search below is walked once, not once per position.
     a.here(to_name_end);
-    a.emit(ST | W | MEM, 10, 0, -8, 0);
-    a.load_imm64(1, scratch as u64, true);
-    a.alu_x(MOV, 2, 10);
-    a.alu_k(ADD, 2, -8);
-    a.emit(JMP | CALL, 0, 0, 0, HELPER_MAP_LOOKUP_ELEM);
-    a.jump_k(JEQ, 0, 0, select);
-    a.emit(STX | W | MEM, 0, 9, 0, 0);
-    a.load(W, 9, 0, 0);
-    a.jump_k(JGT, 9, SCAN_BYTES + 8, select);
-    a.alu_x(ADD, 7, 9);
-    a.alu_k(MOV, 9, 0);
+    launder_index(a, scratch, select);
 
     // "tag" (any case) after a ";" before the line ends: a To tag, so a
     // request inside a dialog. A "tag" elsewhere after a ";" (a parameter
@@ -645,11 +646,7 @@ fn shed_new_requests(a: &mut Asm, shed: RawFd, scratch: RawFd, shards: u32, sele
     a.load(W, 0, 10, -4);
     a.alu_k(ADD, 0, shards as i32);
     a.emit(STX | W | MEM, 10, 0, -8, 0);
-    a.load_imm64(1, shed as u64, true);
-    a.alu_x(MOV, 2, 10);
-    a.alu_k(ADD, 2, -8);
-    a.emit(JMP | CALL, 0, 0, 0, HELPER_MAP_LOOKUP_ELEM);
-    a.jump_k(JEQ, 0, 0, to_sink);
+    lookup(a, shed, -8, to_sink);
     a.alu_k(MOV, 1, 1);
     a.emit(STX | DW | ATOMIC, 0, 1, 0, 0);
     a.here(to_sink);
