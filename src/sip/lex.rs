@@ -406,6 +406,28 @@ pub(crate) fn parse_decimal(s: &[u8], max: u64) -> Option<u64> {
     Some(n)
 }
 
+/// The value of the run of digits at `from` and where it ends, in one
+/// pass (`(0, from)` when there is none); `None` when the value passes
+/// `max`, however many digits are left. `max` is a `u32`, so the value
+/// cannot overflow before it is caught: no checked arithmetic, which
+/// [`parse_decimal`] needs for its `u64` bound.
+#[inline(always)]
+pub(crate) fn leading_decimal(s: &[u8], from: usize, max: u32) -> Option<(u32, usize)> {
+    let mut end = from;
+    let mut n: u64 = 0;
+    while let Some(digit) = s.get(end).map(|b| b.wrapping_sub(b'0')) {
+        if digit > 9 {
+            break;
+        }
+        n = n * 10 + u64::from(digit);
+        if n > u64::from(max) {
+            return None;
+        }
+        end += 1;
+    }
+    Some((n as u32, end))
+}
+
 /// Byte offset of `inner` within `outer`. `inner` must be a sub-slice of
 /// `outer`; this is how parsed fields (slices) become edit positions.
 #[inline]
@@ -705,6 +727,18 @@ mod tests {
         assert_eq!(parse_decimal(b"-1", 255), None);
         assert_eq!(parse_decimal(b"", 255), None);
         assert_eq!(parse_decimal(b"99999999999999999999999", u64::MAX), None);
+        assert_eq!(leading_decimal(b"12 INVITE", 0, 100), Some((12, 2)));
+        assert_eq!(leading_decimal(b":5060;x", 1, 65535), Some((5060, 5)));
+        assert_eq!(leading_decimal(b"x", 0, 9), Some((0, 0)));
+        assert_eq!(leading_decimal(b"65536", 0, 65535), None);
+        assert_eq!(
+            leading_decimal(b"99999999999999999999999", 0, u32::MAX),
+            None
+        );
+        assert_eq!(
+            leading_decimal(b"4294967295", 0, u32::MAX),
+            Some((u32::MAX, 10))
+        );
     }
 
     #[test]

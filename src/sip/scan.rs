@@ -913,23 +913,11 @@ fn check_version(version: &[u8]) -> Result<(), Fault> {
 /// its own method, already recognised on the start line.
 fn parse_cseq<'m>(value: &'m [u8], start_line: &StartLine<'m>) -> Result<CSeq<'m>, Fault> {
     // The number and the end of its digits in one pass.
-    let mut digits = 0;
-    let mut number = 0u64;
-    while let Some(digit) = value.get(digits).map(|b| b.wrapping_sub(b'0')) {
-        if digit > 9 {
-            break;
-        }
-        number = number * 10 + u64::from(digit);
-        if number > u64::from(u32::MAX) {
-            return Err(Fault::CSeq);
-        }
-        digits += 1;
-    }
+    let (number, digits) = super::lex::leading_decimal(value, 0, u32::MAX).ok_or(Fault::CSeq)?;
     let method_start = super::lex::skip_lws(value, digits);
     if digits == 0 || method_start == digits {
         return Err(Fault::CSeq);
     }
-    let number = number as u32;
     let method_text = &value[method_start..];
     // A request's CSeq names the method of its start line, a token already.
     if let StartLine::Request {

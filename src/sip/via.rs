@@ -1,6 +1,6 @@
 //! Via values (RFC 3261 §20.42, §18.2.1; RFC 3581 rport).
 
-use super::lex::{host_end, is_name, parse_decimal, skip_lws, token_end};
+use super::lex::{host_end, is_name, leading_decimal, parse_decimal, skip_lws, token_end};
 use super::params::HeaderParams;
 use super::uri::is_host;
 
@@ -180,18 +180,8 @@ fn parse_sent_by(s: &[u8], at: usize) -> Result<(&[u8], Option<u16>, usize), Via
     }
     let port_start = skip_lws(s, colon + 1);
     // The digits found and their value in one pass.
-    let mut port_end = port_start;
-    let mut port = 0u32;
-    while let Some(digit) = s.get(port_end).map(|b| b.wrapping_sub(b'0')) {
-        if digit > 9 {
-            break;
-        }
-        port = port * 10 + u32::from(digit);
-        if port > u32::from(u16::MAX) {
-            return Err(ViaError::SentBy);
-        }
-        port_end += 1;
-    }
+    let (port, port_end) =
+        leading_decimal(s, port_start, u32::from(u16::MAX)).ok_or(ViaError::SentBy)?;
     if port_end == port_start {
         return Err(ViaError::SentBy);
     }
