@@ -823,7 +823,7 @@ impl Shard {
                 self.output.proxy.set_admission(admit, reject_per_s, now);
                 tracing::info!(shard = self.index, "no longer overloaded (idle)");
             }
-            self.update_kernel_shed(Buffer::Idle);
+            self.update_kernel_shed(None);
             return;
         }
         let inbox = &self.shared.inboxes[self.index];
@@ -831,16 +831,14 @@ impl Shard {
         // and the two sockets' receive buffers (what the kernel holds for
         // us, and drops past).
         let wire = &self.output.wire;
-        let sockets = [wire.socket.as_raw_fd(), wire.own_socket.as_raw_fd()]
+        let [listen, own] = [wire.socket.as_raw_fd(), wire.own_socket.as_raw_fd()]
             .map(|fd| sys::receive_queue(fd).unwrap_or((0.0, 0)));
-        let socket_drops = sockets[0].1;
-        let sockets = sockets.map(|(fill, _)| fill);
         let load = Load {
             busy: (busy_ns - busy_then) as f64 / elapsed.as_nanos().max(1) as f64,
             transactions: self.output.proxy.transactions().0 as f64 / self.max_transactions as f64,
             queue: (inbox.len() as f64 / inbox.capacity() as f64)
-                .max(sockets[0])
-                .max(sockets[1]),
+                .max(listen.0)
+                .max(own.0),
         };
         let was_overloaded = self.overload.overloaded();
         if let Some(admit) = self.overload.observe(load) {
@@ -869,22 +867,26 @@ impl Shard {
                 tracing::info!(shard = self.index, "no longer overloaded");
             }
         }
-        let queue_high = sockets[0] > self.overload.config().queue_high;
-        let dropped_here = self
-            .kernel_shed
-            .as_mut()
-            .is_some_and(|k| std::mem::replace(&mut k.socket_drops, socket_drops) != socket_drops);
-        self.update_kernel_shed(match queue_high || dropped_here {
-            true => Buffer::Full,
-            false => Buffer::Fine,
-        });
+        self.update_kernel_shed(Some(listen));
     }
 
     /// Gives the kernel the next window's share of new requests to shed
     /// for this shard (see [`KernelShed`]) and reads what it has shed.
-    fn update_kernel_shed(&mut self, buffer: Buffer) {
+    /// `listen`: the listen socket's fill and drop count (`SO_MEMINFO`)
+    /// at the end of the window, or `None` for a stale (idle) one.
+    fn update_kernel_shed(&mut self, listen: Option<(f64, u32)>) {
         let Some(kernel) = &mut self.kernel_shed else {
             return;
+        };
+        let buffer = match listen {
+            None => Buffer::Idle,
+            Some((fill, drops)) => {
+                let dropped = std::mem::replace(&mut kernel.socket_drops, drops) != drops;
+                match dropped || fill > self.overload.config().queue_high {
+                    true => Buffer::Full,
+                    false => Buffer::Fine,
+                }
+            }
         };
         let counters = self.output.proxy.counters();
         let (checked, dropped) = (counters.admission_checked, counters.shed_dropped);
