@@ -224,13 +224,13 @@ impl Runtime {
         // With overload control, the program also sheds new requests into
         // a sink socket of the group while a shard asks it to (one shard
         // then loads it for that alone).
-        let shed_in_kernel = config.overload.enabled && config.overload.shed_in_kernel;
+        let shed_wanted = config.overload.enabled && config.overload.shed_in_kernel;
         let (steering, sink) = match sockets.len() {
             _ if !config.steering => (None, None),
-            1 if !shed_in_kernel => (None, None),
+            1 if !shed_wanted => (None, None),
             _ => {
                 let fds = sockets.iter().map(|s| s.as_raw_fd()).collect::<Vec<_>>();
-                let sink = match shed_in_kernel.then(|| bind_sink(&config)).transpose() {
+                let sink = match shed_wanted.then(|| bind_sink(&config)).transpose() {
                     Ok(sink) => sink,
                     Err(error) => {
                         tracing::warn!(%error, "no sink socket: new requests are shed by the shards, not in the kernel");
