@@ -156,6 +156,8 @@ fn run(args: RunArgs) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_thread_names(true)
+        // Colour only for a person at a terminal, not in journald or files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let mut config = match &args.config {
         Some(path) => match load(path) {
