@@ -41,6 +41,8 @@ pub struct File {
     pub cpus: Vec<usize>,
     /// Slots in each shard's handoff queue.
     pub handoff_queue_len: Option<Spanned<usize>>,
+    /// Datagram bytes each shard's handoff queue may hold.
+    pub handoff_queue_bytes: Option<Spanned<usize>>,
     /// `auto` (io_uring where allowed, else epoll), `uring` or `epoll`.
     pub io: Option<Spanned<String>>,
     /// The admin HTTP API's address (`/healthz`, `/metrics`); off if absent.
@@ -311,6 +313,18 @@ pub fn parse_with_routing(
         Some(q) => *q.get_ref(),
         None => 8192,
     };
+    let handoff_queue_bytes = match &file.handoff_queue_bytes {
+        Some(b) if !(1 << 16..=1 << 30).contains(b.get_ref()) => {
+            problem(
+                b.span(),
+                format!("handoff_queue_bytes = {} is out of range", b.get_ref()),
+                "use 65536..=1073741824, room for at least one 64 KiB datagram (default 16777216)",
+            );
+            shard::HANDOFF_QUEUE_BYTES_DEFAULT
+        }
+        Some(b) => *b.get_ref(),
+        None => shard::HANDOFF_QUEUE_BYTES_DEFAULT,
+    };
     let routing = routing(&file, previous, &mut problem);
     let io = match file.io.as_ref().map(|i| (i.get_ref().as_str(), i.span())) {
         None | Some(("auto", _)) => shard::Io::Auto,
@@ -384,6 +398,7 @@ pub fn parse_with_routing(
                 limits,
                 txn,
                 handoff_queue_len,
+                handoff_queue_bytes,
                 socket_receive_buffer_bytes: file.socket.receive_buffer_bytes,
                 socket_send_buffer_bytes: file.socket.send_buffer_bytes,
                 shard_port_base: file.socket.shard_port_base,
@@ -1057,6 +1072,24 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].line, 2);
         assert!(problems[0].what.contains("admin"), "{problems:?}");
+    }
+
+    #[test]
+    fn the_handoff_queue_has_a_byte_bound_that_fits_a_datagram() {
+        let backends = "[backends]\nmembers = [\"sip:10.0.0.1\"]\n";
+        let listen = "listen = \"127.0.0.1:5060\"\n";
+        let config = parse(&format!("{listen}{backends}")).unwrap();
+        assert_eq!(
+            config.handoff_queue_bytes,
+            shard::HANDOFF_QUEUE_BYTES_DEFAULT
+        );
+        let config = parse(&format!("{listen}handoff_queue_bytes = 65536\n{backends}")).unwrap();
+        assert_eq!(config.handoff_queue_bytes, 65536);
+        let problems =
+            parse(&format!("{listen}handoff_queue_bytes = 65535\n{backends}")).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].line, 2);
+        assert!(problems[0].fix.contains("64 KiB"), "{problems:?}");
     }
 
     #[test]

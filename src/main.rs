@@ -176,6 +176,7 @@ fn run(args: RunArgs) -> ExitCode {
             limits: Limits::default(),
             txn: sipshard::txn::TxnConfig::default(),
             handoff_queue_len: 8192,
+            handoff_queue_bytes: sipshard::shard::HANDOFF_QUEUE_BYTES_DEFAULT,
             socket_receive_buffer_bytes: None,
             socket_send_buffer_bytes: None,
             shard_port_base: None,

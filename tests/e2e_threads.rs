@@ -98,3 +98,23 @@ fn one_thread_per_shard_each_pinned_to_a_cpu_of_its_own() {
         );
     }
 }
+
+#[test]
+fn a_cpu_the_process_may_not_use_stops_the_start_with_its_number() {
+    let dir = support::tempdir("cpus");
+    let config = dir.join("sipshard.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:22260\"\nshards = 2\ncpus = [0, 4095]\n\
+         [backends]\nmembers = [\"sip:127.0.0.1:22080\"]\n",
+    )
+    .expect("a config file");
+    let output = Command::new(env!("CARGO_BIN_EXE_sipshard"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("the sipshard binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("CPU 4095"), "{stderr}");
+}

@@ -58,6 +58,8 @@ pub struct Config {
     pub txn: TxnConfig,
     /// Slots in each shard's inbox.
     pub handoff_queue_len: usize,
+    /// Datagram bytes each shard's inbox may hold.
+    pub handoff_queue_bytes: usize,
     pub socket_receive_buffer_bytes: Option<usize>,
     pub socket_send_buffer_bytes: Option<usize>,
     /// Shard `i`'s own port is this plus `i`; `None`: the kernel picks.
@@ -79,12 +81,22 @@ pub struct Config {
     pub guard: crate::guard::GuardConfig,
 }
 
+/// The default of [`Config::handoff_queue_bytes`]: 2,048 datagrams of
+/// 8 KiB, far above what 8,192 slots of typical (1 KB) datagrams hold.
+pub const HANDOFF_QUEUE_BYTES_DEFAULT: usize = 16 << 20;
+
 /// Set when a shard stopped on an error: the process then exits 1.
 static SHARD_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Did a shard stop on an error (and the gateway with it)?
 pub fn shard_failed() -> bool {
     SHARD_FAILED.load(Ordering::Acquire)
+}
+
+/// A shard's loop, set up and ready to run.
+enum Loop {
+    Uring(Box<Uring>),
+    Epoll(Poller),
 }
 
 /// Which receive loop the shards run.
@@ -117,7 +129,7 @@ enum Handoff {
 /// What every shard shares: the inboxes and doorbells of all shards, and
 /// the flags the control thread sets.
 struct Shared {
-    inboxes: Vec<ArrayQueue<Handoff>>,
+    inboxes: Vec<Inbox>,
     doorbells: Vec<Doorbell>,
     stop: AtomicBool,
     /// Bumped on SIGUSR1; each shard logs its counters when it sees a new value.
@@ -131,6 +143,63 @@ struct Shared {
     /// The ban table and epoch of the shards' guards; `None` when the SIP
     /// side has no ACL and flood protection is off.
     guard: Option<gate::GateShared>,
+}
+
+/// A shard's inbox: what other shards hand it, bounded in slots and in
+/// datagram bytes. Slots alone would let a flood of 64 KiB datagrams hold
+/// `slots` × 64 KiB while the owner stalls.
+struct Inbox {
+    queue: ArrayQueue<Handoff>,
+    /// Datagram bytes in the queue, reserved before a push.
+    bytes: AtomicUsize,
+    bytes_max: usize,
+}
+
+impl Inbox {
+    fn new(slots: usize, bytes_max: usize) -> Inbox {
+        Inbox {
+            queue: ArrayQueue::new(slots.max(1)),
+            bytes: AtomicUsize::new(0),
+            bytes_max,
+        }
+    }
+
+    /// Queues a handoff, or gives it back when a slot or the bytes for it
+    /// are missing. Senders reserve the bytes first, so that two of them
+    /// cannot pass the bound together.
+    fn push(&self, handoff: Handoff) -> Result<(), Handoff> {
+        let len = handoff.bytes();
+        if self.bytes.fetch_add(len, Ordering::Relaxed) + len > self.bytes_max {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+            return Err(handoff);
+        }
+        self.queue.push(handoff).inspect_err(|_| {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+        })
+    }
+
+    fn pop(&self) -> Option<Handoff> {
+        let handoff = self.queue.pop()?;
+        self.bytes.fetch_sub(handoff.bytes(), Ordering::Relaxed);
+        Some(handoff)
+    }
+
+    /// How full it is, 0.0 to 1.0: the fuller of slots and bytes.
+    fn fill(&self) -> f64 {
+        let slots = self.queue.len() as f64 / self.queue.capacity() as f64;
+        let bytes = self.bytes.load(Ordering::Relaxed) as f64 / self.bytes_max.max(1) as f64;
+        slots.max(bytes)
+    }
+}
+
+impl Handoff {
+    /// What it holds against the inbox's byte bound.
+    fn bytes(&self) -> usize {
+        match self {
+            Handoff::Datagram { datagram, .. } => datagram.len(),
+            Handoff::Unreachable(_) => 0,
+        }
+    }
 }
 
 /// Counters of one shard, beside the proxy core's own.
@@ -262,7 +331,7 @@ impl Runtime {
             .collect::<io::Result<Vec<u16>>>()?;
         let shared = Arc::new(Shared {
             inboxes: (0..shards)
-                .map(|_| ArrayQueue::new(config.handoff_queue_len.max(1)))
+                .map(|_| Inbox::new(config.handoff_queue_len, config.handoff_queue_bytes))
                 .collect(),
             doorbells: (0..shards)
                 .map(|_| Doorbell::new())
@@ -280,7 +349,12 @@ impl Runtime {
         let use_uring = match config.io {
             Io::Epoll => false,
             Io::Uring => {
-                probe_uring()?;
+                probe_uring().map_err(|error| {
+                    io::Error::new(
+                        error.kind(),
+                        format!("io_uring, which --io uring (io = \"uring\") asks for, cannot be set up: {error}"),
+                    )
+                })?;
                 true
             }
             Io::Auto => match probe_uring() {
@@ -292,12 +366,29 @@ impl Runtime {
             },
         };
         let cores = core_affinity::get_core_ids().unwrap_or_default();
+        // A CPU the operator named but the process may not use would leave
+        // its shard unpinned, sharing cores unseen: refuse to start instead.
+        if let Some(cpu) = config
+            .cpus
+            .iter()
+            .find(|&&cpu| !cores.iter().any(|c| c.id == cpu))
+        {
+            let usable = cores.iter().map(|c| c.id.to_string()).collect::<Vec<_>>();
+            return Err(io::Error::other(format!(
+                "cpus: CPU {cpu} is not one this process may use (usable: {}); \
+                 name CPUs from that list, or leave cpus out to use the first ones",
+                usable.join(", ")
+            )));
+        }
         let host = host_text(config.listen);
         let mut local = LocalAddress::new(&host, config.listen.port());
         for &port in &own_ports {
             local = local.with_alias(&host, port);
         }
         let mut threads = Vec::with_capacity(shards);
+        // Each shard says which loop it set up before the start-up line is
+        // logged: one may fail to get a ring where the probe got one.
+        let (loop_tx, loop_rx) = std::sync::mpsc::channel::<(usize, io::Result<bool>)>();
         for (index, (socket, own_socket)) in sockets.into_iter().zip(own_sockets).enumerate() {
             let core = match config.cpus.is_empty() {
                 true => cores.get(index % cores.len().max(1)).copied(),
@@ -318,6 +409,8 @@ impl Runtime {
             let overload = config.overload.clone();
             let max_transactions = config.txn.max_transactions;
             let shed_map = shed_map.clone();
+            let loop_tx = loop_tx.clone();
+            let io = config.io;
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{index}"))
                 .spawn(move || {
@@ -338,7 +431,7 @@ impl Runtime {
                         shared,
                         (overload, max_transactions, shed_map),
                     );
-                    if let Err(error) = shard.run(use_uring) {
+                    if let Err(error) = shard.run(use_uring, io, loop_tx) {
                         // Its calls cannot go on, and the others should not
                         // go on without it: stop the gateway (cleanly) and
                         // exit non-zero, so a supervisor restarts it.
@@ -349,14 +442,37 @@ impl Runtime {
                 })?;
             threads.push(thread);
         }
-        let io = if use_uring { "io_uring" } else { "epoll" };
-        tracing::info!(listen = %config.listen, shards, io, steered, shed_in_kernel, backends = config.backends.len(), ?own_ports, "sipshard is running");
-        Ok(Runtime {
+        drop(loop_tx);
+        let runtime = Runtime {
             shared,
             threads,
             _steering: steering,
             _sink: sink,
-        })
+        };
+        let mut on_uring = 0;
+        for _ in 0..shards {
+            match loop_rx.recv() {
+                Ok((_, Ok(uring))) => on_uring += usize::from(uring),
+                Ok((index, Err(error))) => {
+                    runtime.stop();
+                    return Err(io::Error::new(
+                        error.kind(),
+                        format!("shard {index} could not start its loop: {error}"),
+                    ));
+                }
+                Err(_) => {
+                    runtime.stop();
+                    return Err(io::Error::other("a shard stopped while starting"));
+                }
+            }
+        }
+        let io = match on_uring {
+            0 => "epoll",
+            n if n == shards => "io_uring",
+            _ => "io_uring on some shards, epoll on the others (see the warnings above)",
+        };
+        tracing::info!(listen = %config.listen, shards, io, steered, shed_in_kernel, backends = config.backends.len(), ?own_ports, "sipshard is running");
+        Ok(runtime)
     }
 
     /// Every shard's published counters, by shard index.
@@ -675,27 +791,63 @@ impl Shard {
         }
     }
 
-    fn run(&mut self, use_uring: bool) -> io::Result<()> {
-        if use_uring {
-            match Uring::new(
+    /// Sets up the shard's loop, tells `started` which (io_uring: true)
+    /// or why none could be, and runs it until the stop. A ring that
+    /// fails here, after the start-up probe succeeded, is an error when
+    /// io_uring was asked for and a logged fallback to epoll otherwise.
+    fn run(
+        &mut self,
+        use_uring: bool,
+        io: Io,
+        started: std::sync::mpsc::Sender<(usize, io::Result<bool>)>,
+    ) -> io::Result<()> {
+        let ring = match use_uring {
+            false => None,
+            true => match Uring::new(
                 self.output.wire.socket.as_raw_fd(),
                 self.output.wire.own_socket.as_raw_fd(),
                 self.shared.doorbells[self.index].raw(),
             ) {
-                Ok(uring) => return self.run_uring(uring),
+                Ok(uring) => Some(Ok(Box::new(uring))),
+                Err(error) if io == Io::Uring => Some(Err(io::Error::new(
+                    error.kind(),
+                    format!("io_uring (asked for with --io uring) cannot be set up: {error}"),
+                ))),
                 Err(error) => {
-                    tracing::warn!(shard = self.index, %error, "io_uring set-up failed; this shard uses epoll")
+                    tracing::warn!(shard = self.index, %error, "io_uring set-up failed; this shard uses epoll");
+                    None
                 }
-            }
+            },
+        };
+        let ready = match ring {
+            Some(ring) => ring.map(Loop::Uring),
+            None => self.epoll_poller().map(Loop::Epoll),
+        };
+        let (word, ready) = match ready {
+            Ok(ready) => (Ok(matches!(ready, Loop::Uring(_))), Some(ready)),
+            Err(error) => (Err(error), None),
+        };
+        // Sent, and the sender dropped, before the loop runs: start-up
+        // waits for every shard's word or for all senders to be gone.
+        let _ = started.send((self.index, word));
+        drop(started);
+        match ready {
+            Some(Loop::Uring(uring)) => self.run_uring(*uring),
+            Some(Loop::Epoll(poller)) => self.run_epoll(poller),
+            None => Ok(()),
         }
-        self.run_epoll()
     }
 
-    fn run_epoll(&mut self) -> io::Result<()> {
-        let mut poller = Poller::new()?;
+    /// An epoll set of the shard's sockets and doorbell.
+    fn epoll_poller(&self) -> io::Result<Poller> {
+        let poller = Poller::new()?;
         poller.add(self.output.wire.socket.as_raw_fd(), TOKEN_SOCKET)?;
         poller.add(self.output.wire.own_socket.as_raw_fd(), TOKEN_OWN_SOCKET)?;
         poller.add(self.shared.doorbells[self.index].raw(), TOKEN_DOORBELL)?;
+        Ok(poller)
+    }
+
+    fn run_epoll(&mut self, mut poller: Poller) -> io::Result<()> {
         while !self.shared.stop.load(Ordering::Relaxed) {
             let mut socket_ready = false;
             let mut own_ready = false;
@@ -836,9 +988,7 @@ impl Shard {
         let load = Load {
             busy: (busy_ns - busy_then) as f64 / elapsed.as_nanos().max(1) as f64,
             transactions: self.output.proxy.transactions().0 as f64 / self.max_transactions as f64,
-            queue: (inbox.len() as f64 / inbox.capacity() as f64)
-                .max(listen.0)
-                .max(own.0),
+            queue: inbox.fill().max(listen.0).max(own.0),
         };
         let was_overloaded = self.overload.overloaded();
         if let Some(admit) = self.overload.observe(load) {
@@ -1280,6 +1430,42 @@ impl Transmit for Wire {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn datagram(len: usize) -> Handoff {
+        Handoff::Datagram {
+            source: "192.0.2.1:5060".parse().unwrap(),
+            datagram: vec![b'x'; len],
+            received_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn the_inbox_holds_no_more_bytes_than_its_bound() {
+        let inbox = Inbox::new(8, 100_000);
+        assert!(inbox.push(datagram(60_000)).is_ok());
+        // A second 60 KB datagram would pass the bound; a slot is free.
+        assert!(inbox.push(datagram(60_000)).is_err());
+        assert!(inbox.push(datagram(40_000)).is_ok(), "exactly the bound");
+        assert!(inbox.push(datagram(1)).is_err());
+        assert!((inbox.fill() - 1.0).abs() < 1e-9);
+        // ICMP news takes a slot, no bytes: it still gets in.
+        assert!(inbox
+            .push(Handoff::Unreachable("192.0.2.2:5060".parse().unwrap()))
+            .is_ok());
+        // What is taken out frees its bytes, and nothing is left counted.
+        while inbox.pop().is_some() {}
+        assert_eq!(inbox.bytes.load(Ordering::Relaxed), 0);
+        assert!(inbox.push(datagram(100_000)).is_ok());
+    }
+
+    #[test]
+    fn a_full_inbox_gives_the_bytes_back() {
+        let inbox = Inbox::new(1, 100_000);
+        assert!(inbox.push(datagram(10)).is_ok());
+        assert!(inbox.push(datagram(10)).is_err(), "no slot");
+        assert_eq!(inbox.bytes.load(Ordering::Relaxed), 10);
+        assert!((inbox.fill() - 1.0).abs() < 1e-9, "slots full");
+    }
 
     #[test]
     fn the_kernel_takes_over_what_the_core_dropped() {
