@@ -413,14 +413,14 @@ impl Scanner {
             let Some(entry) = self.slots.get_mut(count) else {
                 break Err(fail(Fault::TooManyHeaders));
             };
-            let slot = match frame_field(datagram, pos, line_max, &mut cursor) {
-                Ok(slot) => slot,
+            // Written in place: a slot returned in a `Result` was moved
+            // through registers and the stack on its way to the array.
+            pos = match frame_field(datagram, pos, line_max, &mut cursor, entry) {
+                Ok(end) => end,
                 Err(fault) => break Err(fail(fault)),
             };
-            *entry = slot;
-            pos = slot.line.end as usize;
             self.known
-                .note(&mut seen, &mut duplicate, slot.name, count as u16);
+                .note(&mut seen, &mut duplicate, entry.name, count as u16);
             count += 1;
         };
         self.framed = count;
@@ -428,16 +428,18 @@ impl Scanner {
     }
 }
 
-/// Frames the header field starting at `start`: its name, its value and
-/// its continuation lines. Runs once per header line, so it works on
-/// indices and mask bits rather than sub-slices.
+/// Frames the header field starting at `start` into `slot`: its name, its
+/// value and its continuation lines; returns where the next field starts.
+/// Runs once per header line, so it works on indices and mask bits rather
+/// than sub-slices.
 #[inline(always)]
 fn frame_field<const AVX2: bool>(
     datagram: &[u8],
     start: usize,
     line_max: usize,
     cursor: &mut LineCursor<'_, AVX2>,
-) -> Result<HeaderSlot, Fault> {
+    slot: &mut HeaderSlot,
+) -> Result<usize, Fault> {
     // One field, folds included, may not run past this. Limits are clamped
     // to 16 MiB, so the sum cannot overflow.
     let until = start + line_max + 1;
@@ -477,12 +479,13 @@ fn frame_field<const AVX2: bool>(
         // A known name is a token by construction; only others are checked.
         let header = HeaderName::classify(name);
         if header != HeaderName::Other || is_token_str(name) {
-            return Ok(HeaderSlot {
+            *slot = HeaderSlot {
                 name: header,
                 name_span: Span::new(start, colon),
                 value: Span::new(value_start, value_end),
                 line: Span::new(start, first_nl + 1),
-            });
+            };
+            return Ok(first_nl + 1);
         }
     }
     let (header, name_end) = unusual_name(datagram, start, colon)?;
@@ -495,12 +498,13 @@ fn frame_field<const AVX2: bool>(
         };
     }
     let (value_start, value_end) = unusual_value(datagram, start, colon, nl);
-    Ok(HeaderSlot {
+    *slot = HeaderSlot {
         name: header,
         name_span: Span::new(start, name_end),
         value: Span::new(value_start, value_end),
         line: Span::new(start, nl + 1),
-    })
+    };
+    Ok(nl + 1)
 }
 
 /// [`frame_field`] for a field with LWS before its colon or around its
