@@ -112,7 +112,7 @@ impl Default for Limits {
     }
 }
 
-/// A byte range of the datagram. `u32` keeps a header slot at 20 bytes.
+/// A byte range of the datagram. `u32` keeps a header slot at 24 bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Span {
     pub(crate) start: u32,
@@ -138,7 +138,8 @@ impl Span {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct HeaderSlot {
     pub(crate) name: HeaderName,
-    pub(crate) name_span: Span,
+    /// Where the name ends; it starts where `line` does.
+    pub(crate) name_end: u32,
     /// The value, trimmed of LWS; folds inside it are kept as written.
     pub(crate) value: Span,
     /// The whole field from the first byte of its name to the end of its
@@ -150,7 +151,7 @@ impl HeaderSlot {
     /// What fills the slots no framing has written yet.
     const EMPTY: HeaderSlot = HeaderSlot {
         name: HeaderName::Other,
-        name_span: Span { start: 0, end: 0 },
+        name_end: 0,
         value: Span { start: 0, end: 0 },
         line: Span { start: 0, end: 0 },
     };
@@ -481,7 +482,7 @@ fn frame_field<const AVX2: bool>(
         if header != HeaderName::Other || is_token_str(name) {
             *slot = HeaderSlot {
                 name: header,
-                name_span: Span::new(start, colon),
+                name_end: colon as u32,
                 value: Span::new(value_start, value_end),
                 line: Span::new(start, first_nl + 1),
             };
@@ -500,7 +501,7 @@ fn frame_field<const AVX2: bool>(
     let (value_start, value_end) = unusual_value(datagram, start, colon, nl);
     *slot = HeaderSlot {
         name: header,
-        name_span: Span::new(start, name_end),
+        name_end: name_end as u32,
         value: Span::new(value_start, value_end),
         line: Span::new(start, nl + 1),
     };
@@ -1068,7 +1069,11 @@ impl<'m> Message<'m> {
         let datagram = self.datagram;
         self.slots.iter().map(move |s| Header {
             name: s.name,
-            name_text: s.name_span.of(datagram),
+            name_text: Span {
+                start: s.line.start,
+                end: s.name_end,
+            }
+            .of(datagram),
             value: s.value.of(datagram),
         })
     }
@@ -1538,7 +1543,7 @@ v=0\r\n";
                 }
                 slots.push(HeaderSlot {
                     name,
-                    name_span: Span::new(pos, name_end),
+                    name_end: name_end as u32,
                     value: Span::new(value_start, value_end),
                     line: Span::new(pos, nl + 1),
                 });
