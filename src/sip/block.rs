@@ -465,10 +465,10 @@ impl<'d, const AVX2: bool> LineCursor<'d, AVX2> {
 /// The first `:` in `datagram[from..to]`. A header name is short, so its
 /// colon is nearly always in the 32 bytes from the line's start: one
 /// compare of those, where a search would set up for the whole line.
-#[inline(always)]
 ///
 /// Returns `usize::MAX` when there is none, or a position at or after `to`:
 /// the caller compares with `to` anyway.
+#[inline(always)]
 pub(crate) fn find_colon<const AVX2: bool>(datagram: &[u8], from: usize, to: usize) -> usize {
     if let Some(chunk) = datagram.get(from..).and_then(<[u8]>::first_chunk::<32>) {
         let hits = colon32(chunk, AVX2);
