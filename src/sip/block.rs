@@ -60,6 +60,7 @@ fn sse2_forced() -> bool {
 
 /// Whether framing takes the AVX2 masks: this CPU has AVX2 and no test
 /// asks for SSE2.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn use_avx2() -> bool {
     has_avx2() && !sse2_forced()
