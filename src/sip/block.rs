@@ -1,27 +1,27 @@
-//! Where the newlines and colons are, 64 bytes at a time, and whether a
-//! control character is out of place.
+//! Where the newlines are, 64 bytes at a time, and whether a control
+//! character is out of place; where a header name's colon is.
 //!
 //! Framing needs, for every header line, the `:` after its name and the
 //! `\n` that ends it. Asking memchr twice per line costs a call and a setup
-//! each time for lines of ~40 bytes; one SSE2 pass over 64 bytes answers
-//! both questions for one or two lines at once, and the next position is a
-//! `trailing_zeros` away.
+//! each time for lines of ~40 bytes; one SIMD pass over 64 bytes finds the
+//! line ends of one or two lines at once, the next one a `trailing_zeros`
+//! away, and one 32-byte compare at the line's start finds its colon.
 //!
-//! This is the crate's only `unsafe`: the SSE2 loads, each reading 16 bytes
-//! from inside a 65-byte or a 16-byte array. [`host16`] uses the same
-//! instructions to find where a host name ends.
+//! Most of the scanner's `unsafe` is here: the SIMD loads, each reading 16
+//! or 32 bytes from inside a 65-, 32- or 16-byte array. [`host16`] uses
+//! the same instructions to find where a host name ends. The rest is the
+//! scanner's entry into its AVX2 build (`Scanner::scan_avx2`).
 
 use super::lex;
 
-/// Bit `i` is set when byte `i` of the block is `\n` (`newline`) or `:`
-/// (`colon`); `suspect` when the block holds a control character that may
+/// Bit `i` is set when byte `i` of the block is `\n` (`newline`);
+/// `suspect` when the block holds a control character that may
 /// be stray (see [`is_stray`]): any but LF and the CR of a CRLF. Bytes
 /// from 0x80 (UTF-8) make a block suspect too: one signed compare finds
 /// both, and the look at the bytes clears them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Masks {
     pub(crate) newline: u64,
-    pub(crate) colon: u64,
     pub(crate) suspect: bool,
 }
 
@@ -58,6 +58,14 @@ fn sse2_forced() -> bool {
     false
 }
 
+/// Whether framing takes the AVX2 masks: this CPU has AVX2 and no test
+/// asks for SSE2.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[inline(always)]
+pub(crate) fn use_avx2() -> bool {
+    has_avx2() && !sse2_forced()
+}
+
 /// [`masks_with`] for this CPU.
 #[cfg(test)]
 pub(crate) fn masks(window: &Window) -> Masks {
@@ -81,11 +89,12 @@ pub(crate) fn masks_with(window: &Window, avx2: bool) -> Masks {
 }
 
 /// [`masks_sse2`] 32 bytes at a time: half the instructions per block.
-/// Not inlined into framing (it cannot be, without AVX2 enabled there),
-/// so it costs a call per block.
+/// Inlined where the caller is compiled for AVX2 too (the scanner's
+/// framing is), a call elsewhere.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx2")]
+#[inline]
 fn masks_avx2(window: &Window) -> Masks {
     use std::arch::x86_64::{
         _mm256_and_si256, _mm256_andnot_si256, _mm256_cmpeq_epi8, _mm256_cmpgt_epi8,
@@ -93,7 +102,6 @@ fn masks_avx2(window: &Window) -> Masks {
         _mm256_setzero_si256, _mm256_testz_si256,
     };
     let newline = _mm256_set1_epi8(b'\n' as i8);
-    let colon = _mm256_set1_epi8(b':' as i8);
     let cr = _mm256_set1_epi8(b'\r' as i8);
     let space = _mm256_set1_epi8(0x20);
     let mut masks = Masks::default();
@@ -110,8 +118,6 @@ fn masks_avx2(window: &Window) -> Masks {
         };
         let is_newline = _mm256_cmpeq_epi8(v, newline);
         masks.newline |= u64::from(_mm256_movemask_epi8(is_newline) as u32) << (32 * k);
-        masks.colon |=
-            u64::from(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, colon)) as u32) << (32 * k);
         // Signed `v < 0x20`, as in the SSE2 version.
         let control = _mm256_cmpgt_epi8(space, v);
         let crlf = _mm256_and_si256(_mm256_cmpeq_epi8(v, cr), _mm256_cmpeq_epi8(next, newline));
@@ -131,7 +137,6 @@ fn masks_sse2(window: &Window) -> Masks {
         _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128,
     };
     let newline = _mm_set1_epi8(b'\n' as i8);
-    let colon = _mm_set1_epi8(b':' as i8);
     let cr = _mm_set1_epi8(b'\r' as i8);
     let space = _mm_set1_epi8(0x20);
     let mut masks = Masks::default();
@@ -148,7 +153,6 @@ fn masks_sse2(window: &Window) -> Masks {
         };
         let is_newline = _mm_cmpeq_epi8(v, newline);
         masks.newline |= u64::from(_mm_movemask_epi8(is_newline) as u16) << (16 * k);
-        masks.colon |= u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(v, colon)) as u16) << (16 * k);
         // Signed `v < 0x20`: 0x00 to 0x1f, and 0x80 up. Not LF, nor CR
         // when LF follows: one OR a chunk, one test a block.
         let control = _mm_cmplt_epi8(v, space);
@@ -172,7 +176,6 @@ pub(crate) fn masks_scalar(window: &Window) -> Masks {
     let mut masks = Masks::default();
     for (i, &b) in window[..64].iter().enumerate() {
         masks.newline |= u64::from(b == b'\n') << i;
-        masks.colon |= u64::from(b == b':') << i;
         let crlf = b == b'\r' && window[i + 1] == b'\n';
         masks.suspect |= (b <= 0x1f || b >= 0x80) && b != b'\n' && !crlf;
     }
@@ -336,54 +339,96 @@ pub(crate) fn find16(s: &[u8], needle: Needle) -> Option<usize> {
     (hits != 0).then(|| at + hits.trailing_zeros() as usize)
 }
 
-/// Finds the next `\n` or `:` at or after a position, 64-byte blocks of
-/// the datagram at a time, and notes the first stray control character of
-/// the blocks it loads.
+/// Hands out the datagram's line ends (`\n`) in order, 64-byte blocks of
+/// it at a time, and notes the first stray control character of the
+/// blocks it loads.
 ///
-/// It holds two neighbouring blocks: a header line is about 45 bytes, so
-/// most lines that start in one block end in the next, and with both held
-/// the line's colon and line end are a shift away.
-pub(crate) struct BlockCursor<'d> {
+/// Framing wants every line end once, in order: each block's newline bits
+/// are popped lowest first (a `trailing_zeros` and a clear), so a line
+/// costs no search and no shift, and the next block is loaded only when
+/// the bits of this one run out.
+pub(crate) struct LineCursor<'d, const AVX2: bool> {
     datagram: &'d [u8],
-    /// Offset of the first block held; the second starts 64 bytes later.
-    base: usize,
-    /// Bit `i` of word `w`: byte `base + 64 w + i` is `\n` (`:`).
-    newline: [u64; 2],
-    colon: [u64; 2],
-    /// The first control character (see [`BlockCursor::first_stray_control`])
+    /// Offset of the block whose newlines are in `pending`.
+    block: usize,
+    /// Bit `i`: byte `block + i` is a `\n` not yet handed out.
+    pending: u64,
+    /// The first control character (see [`LineCursor::first_stray_control`])
     /// in the blocks loaded so far, or `usize::MAX`.
     stray_control: usize,
     /// Where the message starts: the CRs and LFs of keep-alives before it
     /// are not checked.
     controls_from: usize,
-    /// [`has_avx2`], asked once per cursor.
-    avx2: bool,
 }
 
-impl<'d> BlockCursor<'d> {
-    /// A cursor over `datagram` whose message starts at `from`.
+/// `AVX2`: whether to take the AVX2 masks ([`use_avx2`]), a constant so
+/// that each instance is compiled for one instruction set.
+impl<'d, const AVX2: bool> LineCursor<'d, AVX2> {
+    /// A cursor over `datagram` whose message starts at `from`: the first
+    /// line end it hands out is the first at or after `from`.
+    #[inline(always)]
     pub(crate) fn new(datagram: &'d [u8], from: usize) -> Self {
-        BlockCursor {
+        let mut cursor = LineCursor {
             datagram,
-            // Blocks no position falls in (`at - base` wraps to at least
-            // 192), nor the block after them: the first query loads two.
-            base: 0usize.wrapping_sub(256),
-            newline: [0; 2],
-            colon: [0; 2],
+            block: from & !63,
+            pending: 0,
             stray_control: usize::MAX,
             controls_from: from,
-            avx2: has_avx2() && !sse2_forced(),
-        }
+        };
+        cursor.pending = cursor.load(cursor.block) & (u64::MAX << (from & 63));
+        cursor
     }
 
     /// Where the first stray control character ([`is_stray`]) lies, from
     /// the message's start on, among the blocks loaded so far
-    /// (`usize::MAX`: none). Framing loads every block of the start line
-    /// and the header section, so a stray byte there is found: a NUL or a
-    /// lone CR that a parser behind us would read as the end of a string
-    /// or of a line, where we read on.
+    /// (`usize::MAX`: none). Framing loads every block up to the end of the
+    /// header section, so a stray byte there is found: a NUL or a lone CR
+    /// that a parser behind us would read as the end of a string or of a
+    /// line, where we read on.
     pub(crate) fn first_stray_control(&self) -> usize {
         self.stray_control
+    }
+
+    /// The next line end, or `None` past the last.
+    #[inline(always)]
+    pub(crate) fn next_newline(&mut self) -> Option<usize> {
+        if self.pending == 0 {
+            self.next_block()?;
+        }
+        let at = self.block + self.pending.trailing_zeros() as usize;
+        self.pending &= self.pending - 1;
+        Some(at)
+    }
+
+    /// Loads blocks until one has a line end; `None` at the end of the
+    /// datagram. Inlined, so that the masks are computed with the
+    /// caller's instruction set.
+    #[inline(always)]
+    fn next_block(&mut self) -> Option<()> {
+        while self.pending == 0 {
+            let next = self.block + 64;
+            if next >= self.datagram.len() {
+                return None;
+            }
+            self.block = next;
+            self.pending = self.load(next);
+        }
+        Some(())
+    }
+
+    /// The newline mask of the block at `block` (a multiple of 64), noting
+    /// its stray control characters. Blocks are loaded in order, each
+    /// once, so the first stray byte noted is the first of the message.
+    #[inline(always)]
+    fn load(&mut self, block: usize) -> u64 {
+        let masks = match self.datagram.get(block..).and_then(<[u8]>::first_chunk) {
+            Some(window) => masks_with(window, AVX2),
+            None => self.tail_masks(block),
+        };
+        if masks.suspect {
+            self.note_controls(block);
+        }
+        masks.newline
     }
 
     /// Finds the first stray control character of the block at `block`,
@@ -403,48 +448,8 @@ impl<'d> BlockCursor<'d> {
         }
     }
 
-    /// The masks of the block at `block` (a multiple of 64), noting its
-    /// stray control characters. Blocks are loaded in order, each once, so
-    /// the first stray byte noted is the first of the message.
-    #[inline(always)]
-    fn block(&mut self, block: usize) -> (u64, u64) {
-        let masks = match self.datagram.get(block..).and_then(<[u8]>::first_chunk) {
-            Some(window) => masks_with(window, self.avx2),
-            None => self.tail_masks(block),
-        };
-        if masks.suspect {
-            self.note_controls(block);
-        }
-        (masks.newline, masks.colon)
-    }
-
-    /// Makes the first block held the one that holds `at`: the second
-    /// moves down when `at` is in it, else both are loaded.
-    #[inline(always)]
-    fn reach(&mut self, at: usize) {
-        if at.wrapping_sub(self.base) >= 64 {
-            self.advance(at);
-        }
-    }
-
-    #[inline(always)]
-    fn advance(&mut self, at: usize) {
-        let block = at & !63;
-        if block == self.base.wrapping_add(64) {
-            let (newline, colon) = self.block(block + 64);
-            self.newline = [self.newline[1], newline];
-            self.colon = [self.colon[1], colon];
-        } else {
-            let (newline0, colon0) = self.block(block);
-            let (newline1, colon1) = self.block(block + 64);
-            self.newline = [newline0, newline1];
-            self.colon = [colon0, colon1];
-        }
-        self.base = block;
-    }
-
     /// The masks of the last block, padded with bytes that are neither
-    /// `\n`, `:` nor control characters; none past the end.
+    /// `\n` nor control characters; none past the end.
     #[inline(never)]
     fn tail_masks(&self, block: usize) -> Masks {
         let mut window = [b'x'; 65];
@@ -454,79 +459,78 @@ impl<'d> BlockCursor<'d> {
         }
         let tail = &tail[..tail.len().min(65)];
         window[..tail.len()].copy_from_slice(tail);
-        masks_with(&window, self.avx2)
+        masks_with(&window, AVX2)
     }
+}
 
-    /// The 64 bits of `words` from bit `offset` (below 64) of the first.
-    #[inline(always)]
-    fn window(words: [u64; 2], offset: u32) -> u64 {
-        ((u128::from(words[1]) << 64 | u128::from(words[0])) >> (offset & 63)) as u64
-    }
-
-    /// The first `:` and the first `\n` at or after `from`, when the two
-    /// blocks held from `from`'s on have both: one look where a header line
-    /// would otherwise take two queries. The colon is looked for in the 64
-    /// bytes from `from`, the line end to the end of the second block.
-    #[inline(always)]
-    pub(crate) fn colon_and_newline(&mut self, from: usize) -> Option<(usize, usize)> {
-        self.reach(from);
-        let offset = (from - self.base) as u32;
-        let colon = Self::window(self.colon, offset);
-        if colon == 0 {
-            return None;
+/// The first `:` in `datagram[from..to]`. A header name is short, so its
+/// colon is nearly always in the 32 bytes from the line's start: one
+/// compare of those, where a search would set up for the whole line.
+///
+/// Returns `usize::MAX` when there is none, or a position at or after `to`:
+/// the caller compares with `to` anyway.
+#[inline(always)]
+pub(crate) fn find_colon<const AVX2: bool>(datagram: &[u8], from: usize, to: usize) -> usize {
+    if let Some(chunk) = datagram.get(from..).and_then(<[u8]>::first_chunk::<32>) {
+        let hits = colon32(chunk, AVX2);
+        if hits != 0 {
+            return from + hits.trailing_zeros() as usize;
         }
-        let newline = Self::window(self.newline, offset);
-        let nl = if newline != 0 {
-            from + newline.trailing_zeros() as usize
-        } else {
-            let rest = self.newline[1] & (u64::MAX << (offset & 63));
-            if rest == 0 {
-                return None;
-            }
-            self.base + 64 + rest.trailing_zeros() as usize
+        if to <= from + 32 {
+            return usize::MAX;
+        }
+    }
+    find_colon_far(datagram, from, to)
+}
+
+/// [`find_colon`] for a name that does not end in 32 bytes, or a line
+/// near the end of the datagram.
+#[cold]
+#[inline(never)]
+fn find_colon_far(datagram: &[u8], from: usize, to: usize) -> usize {
+    datagram
+        .get(from..to)
+        .and_then(|s| memchr::memchr(b':', s))
+        .map_or(usize::MAX, |at| from + at)
+}
+
+/// Bit `i` is set when byte `i` of `chunk` is `:`.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[inline(always)]
+fn colon32(chunk: &[u8; 32], avx2: bool) -> u32 {
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn avx2_colons(chunk: &[u8; 32]) -> u32 {
+        use std::arch::x86_64::{
+            _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_set1_epi8,
         };
-        Some((from + colon.trailing_zeros() as usize, nl))
+        // SAFETY: the load reads the 32 bytes of `chunk`; loadu has no
+        // alignment requirement.
+        let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
+        _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_set1_epi8(b':' as i8))) as u32
     }
+    if avx2 {
+        // SAFETY: `avx2` is true only when `has_avx2` found AVX2 on this CPU.
+        unsafe { avx2_colons(chunk) }
+    } else {
+        let (low, high) = chunk.split_at(16);
+        let half = |h: &[u8]| {
+            h.first_chunk::<16>()
+                .map_or(0, |h| needle16(h, Needle::Byte(b':')))
+        };
+        half(low) | half(high) << 16
+    }
+}
 
-    /// The first `\n` at or after `from`, looking no further than `until`.
-    #[inline]
-    pub(crate) fn newline(&mut self, from: usize, until: usize) -> Option<usize> {
-        self.find(from, until, |c| c.newline)
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn colon32(chunk: &[u8; 32], _avx2: bool) -> u32 {
+    let mut bits = 0;
+    for (i, &b) in chunk.iter().enumerate() {
+        bits |= u32::from(b == b':') << i;
     }
-
-    /// The first `:` at or after `from`, looking no further than `until`.
-    #[inline]
-    pub(crate) fn colon(&mut self, from: usize, until: usize) -> Option<usize> {
-        self.find(from, until, |c| c.colon)
-    }
-
-    #[inline]
-    fn find(
-        &mut self,
-        from: usize,
-        until: usize,
-        pick: impl Fn(&Self) -> [u64; 2],
-    ) -> Option<usize> {
-        let end = until.min(self.datagram.len());
-        let mut at = from;
-        while at < end {
-            self.reach(at);
-            let words = pick(self);
-            let offset = (at - self.base) as u32;
-            let hits = Self::window(words, offset);
-            if hits != 0 {
-                let found = at + hits.trailing_zeros() as usize;
-                return (found < end).then_some(found);
-            }
-            let rest = words[1] & (u64::MAX << (offset & 63));
-            if rest != 0 {
-                let found = self.base + 64 + rest.trailing_zeros() as usize;
-                return (found < end).then_some(found);
-            }
-            at = self.base + 128;
-        }
-        None
-    }
+    bits
 }
 
 #[cfg(test)]
@@ -665,6 +669,22 @@ mod tests {
         );
     }
 
+    /// Every line end a cursor hands out from `from` on, and the first
+    /// stray control character it noted.
+    fn line_ends(data: &[u8], from: usize, avx2: bool) -> (Vec<usize>, usize) {
+        fn run<const AVX2: bool>(data: &[u8], from: usize) -> (Vec<usize>, usize) {
+            let mut c = LineCursor::<AVX2>::new(data, from);
+            let ends: Vec<usize> = std::iter::from_fn(|| c.next_newline()).collect();
+            assert_eq!(c.next_newline(), None);
+            (ends, c.first_stray_control())
+        }
+        if avx2 {
+            run::<true>(data, from)
+        } else {
+            run::<false>(data, from)
+        }
+    }
+
     /// A control character is stray unless it is HTAB, LF, the CR of a
     /// CRLF (across blocks too), or escaped; keep-alive bytes before the
     /// message are not checked, nor is the padding of the last block.
@@ -673,11 +693,7 @@ mod tests {
         let first = |data: &[u8], from: usize| {
             let mut stray = Vec::new();
             for avx2 in [false, has_avx2()] {
-                let mut c = BlockCursor::new(data, from);
-                c.avx2 = avx2;
-                c.newline(0, data.len());
-                while c.newline(c.base + 128, data.len()).is_some() {}
-                stray.push(c.first_stray_control());
+                stray.push(line_ends(data, from, avx2).1);
             }
             assert_eq!(stray[0], stray[1], "SSE2 and AVX2");
             stray[0]
@@ -704,42 +720,54 @@ mod tests {
     }
 
     #[test]
-    fn cursor_finds_across_blocks_and_tails() {
+    fn cursor_hands_out_every_line_end_in_order() {
+        let mut seed = 17u64;
+        for round in 0..5_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let len = 1 + (seed >> 55) as usize;
+            let data: Vec<u8> = (0..len)
+                .map(|k| {
+                    let r = seed.rotate_left(k as u32 % 64) ^ (k as u64).wrapping_mul(0x9e37);
+                    if r % 7 == 0 {
+                        b'\n'
+                    } else {
+                        b'a'
+                    }
+                })
+                .collect();
+            let from = round % len;
+            let want: Vec<usize> = (from..len).filter(|&i| data[i] == b'\n').collect();
+            for avx2 in [false, has_avx2()] {
+                assert_eq!(line_ends(&data, from, avx2).0, want, "{from} {data:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn colon_is_found_near_and_far() {
         let mut data = vec![b'x'; 200];
         data[3] = b':';
-        data[70] = b'\n';
+        data[70] = b':';
         data[150] = b':';
-        data[199] = b'\n';
-        let mut c = BlockCursor::new(&data, 0);
-        assert_eq!(c.colon_and_newline(0), Some((3, 70)));
-        assert_eq!(c.colon_and_newline(71), None, "the colon is 79 bytes on");
-        assert_eq!(c.colon_and_newline(140), Some((150, 199)));
-        assert_eq!(c.colon_and_newline(151), None);
-        let mut long = vec![b'x'; 300];
-        long[10] = b':';
-        long[130] = b'\n';
-        long[260] = b'\n';
-        let mut c = BlockCursor::new(&long, 0);
-        assert_eq!(
-            c.colon_and_newline(0),
-            None,
-            "the line end is past the blocks held"
-        );
-        assert_eq!(c.colon_and_newline(9), None);
-        long[100] = b'\n';
-        let mut c = BlockCursor::new(&long, 0);
-        assert_eq!(
-            c.colon_and_newline(9),
-            Some((10, 100)),
-            "in the second block"
-        );
-        let mut c = BlockCursor::new(&data, 0);
-        assert_eq!(c.colon(0, 200), Some(3));
-        assert_eq!(c.newline(0, 200), Some(70));
-        assert_eq!(c.colon(4, 200), Some(150));
-        assert_eq!(c.newline(71, 200), Some(199));
-        assert_eq!(c.newline(0, 50), None);
-        assert_eq!(c.colon(151, 200), None);
-        assert_eq!(c.newline(200, 300), None);
+        for avx2 in [false, has_avx2()] {
+            let find_colon = |d: &[u8], from, to, avx2| {
+                let at = if avx2 {
+                    super::find_colon::<true>(d, from, to)
+                } else {
+                    super::find_colon::<false>(d, from, to)
+                };
+                (at < to).then_some(at)
+            };
+            assert_eq!(find_colon(&data, 0, 200, avx2), Some(3));
+            assert_eq!(find_colon(&data, 0, 3, avx2), None);
+            assert_eq!(find_colon(&data, 0, 4, avx2), Some(3));
+            assert_eq!(find_colon(&data, 4, 200, avx2), Some(70), "past 32 bytes");
+            assert_eq!(find_colon(&data, 4, 70, avx2), None);
+            assert_eq!(find_colon(&data, 4, 36, avx2), None);
+            assert_eq!(find_colon(&data, 71, 200, avx2), Some(150));
+            assert_eq!(find_colon(&data, 151, 200, avx2), None, "near the end");
+            assert_eq!(find_colon(&data, 140, 200, avx2), Some(150));
+            assert_eq!(find_colon(&data, 199, 200, avx2), None);
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 /// A header name's first and last (up to) 8 bytes as little-endian words,
 /// read with overlapping loads so that no byte loop runs per header.
-#[inline]
+#[inline(always)]
 fn words(name: &[u8]) -> (u64, u64) {
     let load4 = |at: usize| {
         let mut w = [0u8; 4];

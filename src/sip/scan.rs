@@ -9,7 +9,7 @@
 //! Everything else stays an opaque range, to be copied byte for byte.
 
 use super::addr::NameAddr;
-use super::block::BlockCursor;
+use super::block::{self, LineCursor};
 use super::error::{Fault, ScanError, StartKind};
 use super::header::HeaderName;
 use super::lex::{
@@ -112,7 +112,7 @@ impl Default for Limits {
     }
 }
 
-/// A byte range of the datagram. `u32` keeps a header slot at 20 bytes.
+/// A byte range of the datagram. `u32` keeps a header slot at 24 bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Span {
     pub(crate) start: u32,
@@ -128,7 +128,7 @@ impl Span {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn of<'m>(&self, buf: &'m [u8]) -> &'m [u8] {
         &buf[self.start as usize..self.end as usize]
     }
@@ -138,12 +138,23 @@ impl Span {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct HeaderSlot {
     pub(crate) name: HeaderName,
-    pub(crate) name_span: Span,
+    /// Where the name ends; it starts where `line` does.
+    pub(crate) name_end: u32,
     /// The value, trimmed of LWS; folds inside it are kept as written.
     pub(crate) value: Span,
     /// The whole field from the first byte of its name to the end of its
     /// last line, line end included.
     pub(crate) line: Span,
+}
+
+impl HeaderSlot {
+    /// What fills the slots no framing has written yet.
+    const EMPTY: HeaderSlot = HeaderSlot {
+        name: HeaderName::Other,
+        name_end: 0,
+        value: Span { start: 0, end: 0 },
+        line: Span { start: 0, end: 0 },
+    };
 }
 
 /// A header field of a scanned message.
@@ -195,7 +206,10 @@ pub(crate) struct Frame {
 #[derive(Debug)]
 pub struct Scanner {
     limits: Limits,
-    slots: Vec<HeaderSlot>,
+    /// `headers_max` slots, the first `framed` of them filled by the last
+    /// framing: a fixed array, so that the limit check is the bounds check.
+    slots: Box<[HeaderSlot]>,
+    framed: usize,
     /// Where framing found the headers validation needs.
     known: Known,
     /// Extension option tags this proxy supports in Proxy-Require.
@@ -230,7 +244,8 @@ impl Scanner {
     pub fn new(limits: Limits) -> Scanner {
         let limits = limits.clamped();
         Scanner {
-            slots: Vec::with_capacity(limits.headers_max),
+            slots: vec![HeaderSlot::EMPTY; limits.headers_max].into_boxed_slice(),
+            framed: 0,
             known: Known::default(),
             limits,
             proxy_require_supported: Vec::new(),
@@ -254,11 +269,40 @@ impl Scanner {
 
     /// Scans and validates one datagram.
     pub fn scan<'m>(&'m mut self, datagram: &'m [u8]) -> Result<Message<'m>, ScanError> {
-        let frame = self.frame(datagram)?;
+        #[cfg(target_arch = "x86_64")]
+        if block::use_avx2() {
+            return self.scan_avx2(datagram);
+        }
+        self.scan_with::<false>(datagram)
+    }
+
+    /// [`Scanner::scan`] compiled for AVX2, so that the block masks inline
+    /// into framing instead of costing a call and a trip through memory
+    /// per block.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    fn scan_avx2<'m>(&'m mut self, datagram: &'m [u8]) -> Result<Message<'m>, ScanError> {
+        #[target_feature(enable = "avx2")]
+        fn scan<'m>(
+            scanner: &'m mut Scanner,
+            datagram: &'m [u8],
+        ) -> Result<Message<'m>, ScanError> {
+            scanner.scan_with::<true>(datagram)
+        }
+        // SAFETY: called only when `block::use_avx2` found AVX2 on this CPU.
+        unsafe { scan(self, datagram) }
+    }
+
+    #[inline(always)]
+    fn scan_with<'m, const AVX2: bool>(
+        &'m mut self,
+        datagram: &'m [u8],
+    ) -> Result<Message<'m>, ScanError> {
+        let frame = self.frame_with::<AVX2>(datagram)?;
         let kind = frame.kind;
         validate(
             datagram,
-            &self.slots,
+            self.slots.get(..self.framed).unwrap_or_default(),
             &self.known,
             frame,
             &self.limits,
@@ -273,7 +317,7 @@ impl Scanner {
     }
 
     pub(crate) fn slots(&self) -> &[HeaderSlot] {
-        &self.slots
+        self.slots.get(..self.framed).unwrap_or_default()
     }
 
     /// Frames the datagram without validating it; for benches that split
@@ -284,11 +328,33 @@ impl Scanner {
     }
 
     /// Finds the start line and every header field. Fills `self.slots`.
-    /// Inlined: a `Frame` returned through memory was read back by `scan`
-    /// with a load wider than the stores that wrote it, which stalls.
-    #[inline(always)]
     pub(crate) fn frame(&mut self, datagram: &[u8]) -> Result<Frame, ScanError> {
-        self.slots.clear();
+        #[cfg(target_arch = "x86_64")]
+        if block::use_avx2() {
+            return self.frame_avx2(datagram);
+        }
+        self.frame_with::<false>(datagram)
+    }
+
+    /// [`Scanner::frame`] compiled for AVX2, as [`Scanner::scan_avx2`].
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    fn frame_avx2(&mut self, datagram: &[u8]) -> Result<Frame, ScanError> {
+        #[target_feature(enable = "avx2")]
+        fn frame(scanner: &mut Scanner, datagram: &[u8]) -> Result<Frame, ScanError> {
+            scanner.frame_with::<true>(datagram)
+        }
+        // SAFETY: called only when `block::use_avx2` found AVX2 on this CPU.
+        unsafe { frame(self, datagram) }
+    }
+
+    /// [`Scanner::frame`] with the block masks of AVX2 or of SSE2, as
+    /// `AVX2` says. Inlined: a `Frame` returned through memory was read
+    /// back by `scan` with a load wider than the stores that wrote it,
+    /// which stalls.
+    #[inline(always)]
+    fn frame_with<const AVX2: bool>(&mut self, datagram: &[u8]) -> Result<Frame, ScanError> {
+        self.framed = 0;
         // Which names were seen and the first repeat, in registers; where
         // they were, in the scanner's arrays, which need no reset.
         let (mut seen, mut duplicate) = (0u32, u16::MAX);
@@ -308,10 +374,8 @@ impl Scanner {
         if at == datagram.len() {
             return Err(unknown(Fault::Empty));
         }
-        let mut cursor = BlockCursor::new(datagram, at);
-        let line_end = cursor
-            .newline(at, datagram.len())
-            .ok_or(unknown(Fault::Truncated))?;
+        let mut cursor = LineCursor::<AVX2>::new(datagram, at);
+        let line_end = cursor.next_newline().ok_or(unknown(Fault::Truncated))?;
         let start_line = Span::new(at, strip_cr(datagram, at, line_end));
         let kind = if start_line.of(datagram).starts_with(b"SIP/") {
             StartKind::Response
@@ -320,60 +384,63 @@ impl Scanner {
         };
         let fail = |fault| ScanError { fault, kind };
         let mut pos = line_end + 1;
-        loop {
+        // The slots framed so far, in a register; stored on every way out,
+        // errors included (the error-response path reads what was framed).
+        let mut count = 0;
+        let line_max = self.limits.header_line_bytes_max;
+        let result = loop {
             match datagram.get(pos) {
-                None => return Err(fail(Fault::Truncated)),
+                None => break Err(fail(Fault::Truncated)),
                 // The header section ends here. Every block of it has been
                 // loaded, so its control characters are known.
                 Some(b'\n') => {
                     if cursor.first_stray_control() < pos {
-                        return Err(fail(Fault::ControlCharacter));
+                        break Err(fail(Fault::ControlCharacter));
                     }
                     (self.known.seen, self.known.duplicate) = (seen, duplicate);
-                    return Ok(framed(start_line, pos, pos + 1, kind));
+                    break Ok(framed(start_line, pos, pos + 1, kind));
                 }
                 Some(b'\r') if datagram.get(pos + 1) == Some(&b'\n') => {
                     if cursor.first_stray_control() < pos {
-                        return Err(fail(Fault::ControlCharacter));
+                        break Err(fail(Fault::ControlCharacter));
                     }
                     (self.known.seen, self.known.duplicate) = (seen, duplicate);
-                    return Ok(framed(start_line, pos, pos + 2, kind));
+                    break Ok(framed(start_line, pos, pos + 2, kind));
                 }
-                Some(b' ' | b'\t') => return Err(fail(Fault::HeaderName)),
+                Some(b' ' | b'\t') => break Err(fail(Fault::HeaderName)),
                 Some(_) => {}
             }
-            if self.slots.len() == self.limits.headers_max {
-                return Err(fail(Fault::TooManyHeaders));
-            }
-            let slot = frame_field(
-                datagram,
-                pos,
-                self.limits.header_line_bytes_max,
-                &mut cursor,
-            )
-            .map_err(fail)?;
-            pos = slot.line.end as usize;
-            self.known.note(
-                &mut seen,
-                &mut duplicate,
-                slot.name,
-                self.slots.len() as u16,
-            );
-            self.slots.push(slot);
-        }
+            // The array holds `headers_max` slots: a full one is the limit.
+            let Some(entry) = self.slots.get_mut(count) else {
+                break Err(fail(Fault::TooManyHeaders));
+            };
+            // Written in place: a slot returned in a `Result` was moved
+            // through registers and the stack on its way to the array.
+            pos = match frame_field(datagram, pos, line_max, &mut cursor, entry) {
+                Ok(end) => end,
+                Err(fault) => break Err(fail(fault)),
+            };
+            self.known
+                .note(&mut seen, &mut duplicate, entry.name, count as u16);
+            count += 1;
+        };
+        self.framed = count;
+        result
     }
 }
 
-/// Frames the header field starting at `start`: its name, its value and
-/// its continuation lines. Runs once per header line, so it works on
-/// indices and mask bits rather than sub-slices.
+/// Frames the header field starting at `start` into `slot`: its name, its
+/// value and its continuation lines; returns where the next field starts.
+/// Runs once per header line, so it works on indices and mask bits rather
+/// than sub-slices.
 #[inline(always)]
-fn frame_field(
+fn frame_field<const AVX2: bool>(
     datagram: &[u8],
     start: usize,
     line_max: usize,
-    cursor: &mut BlockCursor<'_>,
-) -> Result<HeaderSlot, Fault> {
+    cursor: &mut LineCursor<'_, AVX2>,
+    slot: &mut HeaderSlot,
+) -> Result<usize, Fault> {
     // One field, folds included, may not run past this. Limits are clamped
     // to 16 MiB, so the sum cannot overflow.
     let until = start + line_max + 1;
@@ -384,30 +451,24 @@ fn frame_field(
             Fault::Truncated
         }
     };
-    // The name is a token, then HCOLON = *( SP / HTAB ) ":" SWS. Colon
-    // first, then the line end after it: the cursor only moves forward.
-    // A line end before the colon leaves a non-token byte in the name.
-    // Most lines fit in the block the cursor holds, which answers both.
-    let (colon, first_nl) = match cursor.colon_and_newline(start) {
-        Some((colon, nl)) if colon < nl && nl < until => (colon, nl),
-        _ => {
-            let Some(colon) = cursor.colon(start, until) else {
-                return Err(match cursor.newline(start, until) {
-                    Some(_) => Fault::HeaderName,
-                    None => too_long_or_truncated(),
-                });
-            };
-            let nl = cursor
-                .newline(colon, until)
-                .ok_or_else(too_long_or_truncated)?;
-            (colon, nl)
-        }
+    // The name is a token, then HCOLON = *( SP / HTAB ) ":" SWS. A line
+    // end before the colon leaves the name without one, or with a byte
+    // that is not a token character in it: either way a bad name.
+    // The cursor's line ends are in the datagram; saying so once here
+    // lets the compiler drop the bounds checks of the byte tests below.
+    let first_nl = match cursor.next_newline() {
+        Some(nl) if nl < until && nl < datagram.len() => nl,
+        _ => return Err(too_long_or_truncated()),
     };
+    let colon = block::find_colon::<AVX2>(datagram, start, first_nl);
+    if colon >= first_nl {
+        return Err(no_colon(datagram, start, until));
+    }
     // The usual spelling, `Name: value CRLF` with nothing to trim and no
-    // fold after it, is told by a few byte tests; the loops that handle
-    // the rest are out of line. LWS before the colon is not looked for
-    // here: it leaves a name that is not a token (no known name holds SP
-    // or HT), which sends the field the long way too.
+    // fold after it, is told by a few byte tests; the rest is handled out
+    // of line. LWS before the colon is not looked for here: it leaves a
+    // name that is not a token (no known name holds SP or HT), which sends
+    // the field the long way too.
     let value_start = colon + 1 + usize::from(datagram[colon + 1] == b' ');
     let value_end = first_nl - usize::from(datagram[first_nl - 1] == b'\r');
     let usual = value_start < value_end
@@ -419,59 +480,55 @@ fn frame_field(
         // A known name is a token by construction; only others are checked.
         let header = HeaderName::classify(name);
         if header != HeaderName::Other || is_token_str(name) {
-            return Ok(HeaderSlot {
+            *slot = HeaderSlot {
                 name: header,
-                name_span: Span::new(start, colon),
+                name_end: colon as u32,
                 value: Span::new(value_start, value_end),
                 line: Span::new(start, first_nl + 1),
-            });
+            };
+            return Ok(first_nl + 1);
         }
     }
-    let (name_end, nl, value_start, value_end) =
-        unusual_field(datagram, start, colon, first_nl, until, cursor)?;
+    let (header, name_end) = unusual_name(datagram, start, colon)?;
+    // Follow folds: a line that starts with SP or HT continues this one.
+    let mut nl = first_nl;
+    while matches!(datagram.get(nl + 1), Some(b' ' | b'\t')) {
+        nl = match cursor.next_newline() {
+            Some(next) if next < until => next,
+            _ => return Err(too_long_or_truncated()),
+        };
+    }
+    let (value_start, value_end) = unusual_value(datagram, start, colon, nl);
+    *slot = HeaderSlot {
+        name: header,
+        name_end: name_end as u32,
+        value: Span::new(value_start, value_end),
+        line: Span::new(start, nl + 1),
+    };
+    Ok(nl + 1)
+}
+
+/// [`frame_field`] for a field with LWS before its colon or around its
+/// value, or folded: the name and where it ends, checked before any fold
+/// is followed, so that a bad name is the fault reported.
+#[inline(never)]
+fn unusual_name(datagram: &[u8], start: usize, colon: usize) -> Result<(HeaderName, usize), Fault> {
+    let mut name_end = colon;
+    while name_end > start && matches!(datagram[name_end - 1], b' ' | b'\t') {
+        name_end -= 1;
+    }
     let name = &datagram[start..name_end];
     let header = HeaderName::classify(name);
     if header == HeaderName::Other && !is_token_str(name) {
         return Err(Fault::HeaderName);
     }
-    Ok(HeaderSlot {
-        name: header,
-        name_span: Span::new(start, name_end),
-        value: Span::new(value_start, value_end),
-        line: Span::new(start, nl + 1),
-    })
+    Ok((header, name_end))
 }
 
-/// [`frame_field`] for a field with LWS before its colon or around its
-/// value, or folded: the name's end, the last line end and the value.
+/// [`frame_field`]'s value when it is not the usual one: from the colon to
+/// the last line end `nl`, trimmed of LWS.
 #[inline(never)]
-fn unusual_field(
-    datagram: &[u8],
-    start: usize,
-    colon: usize,
-    first_nl: usize,
-    until: usize,
-    cursor: &mut BlockCursor<'_>,
-) -> Result<(usize, usize, usize, usize), Fault> {
-    let mut name_end = colon;
-    while name_end > start && matches!(datagram[name_end - 1], b' ' | b'\t') {
-        name_end -= 1;
-    }
-    // A bad name is reported before a bad fold, as the caller would.
-    if !is_header_name(&datagram[start..name_end]) {
-        return Err(Fault::HeaderName);
-    }
-    // Follow folds: a line that starts with SP or HT continues this one.
-    let mut nl = first_nl;
-    while matches!(datagram.get(nl + 1), Some(b' ' | b'\t')) {
-        nl = cursor
-            .newline(nl + 1, until)
-            .ok_or(if datagram.len() > until {
-                Fault::HeaderLineTooLong
-            } else {
-                Fault::Truncated
-            })?;
-    }
+fn unusual_value(datagram: &[u8], start: usize, colon: usize, nl: usize) -> (usize, usize) {
     let mut value_end = strip_cr(datagram, start, nl);
     let mut value_start = colon + 1;
     while value_start < value_end && is_lws(datagram[value_start]) {
@@ -480,11 +537,29 @@ fn unusual_field(
     while value_end > value_start && is_lws(datagram[value_end - 1]) {
         value_end -= 1;
     }
-    Ok((name_end, nl, value_start, value_end))
+    (value_start, value_end)
 }
 
-fn is_header_name(name: &[u8]) -> bool {
-    HeaderName::classify(name) != HeaderName::Other || is_token_str(name)
+/// The fault of a field with no colon before its line end, which ends
+/// before `until`: a bad name, unless a colon follows before `until` with
+/// no line end after it there, which makes the field too long (or cut
+/// short), as it would be for a name that ran on to that colon.
+#[cold]
+#[inline(never)]
+fn no_colon(datagram: &[u8], start: usize, until: usize) -> Fault {
+    let field = datagram
+        .get(start..until.min(datagram.len()))
+        .unwrap_or_default();
+    match memchr::memchr(b':', field) {
+        Some(colon) if memchr::memchr(b'\n', &field[colon..]).is_none() => {
+            if datagram.len() > until {
+                Fault::HeaderLineTooLong
+            } else {
+                Fault::Truncated
+            }
+        }
+        _ => Fault::HeaderName,
+    }
 }
 
 fn framed(start_line: Span, headers_end: usize, body_start: usize, kind: StartKind) -> Frame {
@@ -584,6 +659,7 @@ impl Known {
     }
 }
 
+#[inline(always)]
 fn validate<'m>(
     datagram: &'m [u8],
     slots: &'m [HeaderSlot],
@@ -993,7 +1069,11 @@ impl<'m> Message<'m> {
         let datagram = self.datagram;
         self.slots.iter().map(move |s| Header {
             name: s.name,
-            name_text: s.name_span.of(datagram),
+            name_text: Span {
+                start: s.line.start,
+                end: s.name_end,
+            }
+            .of(datagram),
             value: s.value.of(datagram),
         })
     }
@@ -1463,7 +1543,7 @@ v=0\r\n";
                 }
                 slots.push(HeaderSlot {
                     name,
-                    name_span: Span::new(pos, name_end),
+                    name_end: name_end as u32,
                     value: Span::new(value_start, value_end),
                     line: Span::new(pos, nl + 1),
                 });
