@@ -105,6 +105,11 @@ fn split_address(value: &[u8]) -> Result<Split<'_>, AddrError> {
         let (uri, after) = bracketed(value, lt)?;
         return Ok((Some(&value[..end]), uri, after));
     }
+    // `<` first: no display name, nothing to search for or check.
+    if value[0] == b'<' {
+        let (uri, after) = bracketed(value, 0)?;
+        return Ok((None, uri, after));
+    }
     if let Some(lt) = find_byte(value, b'<') {
         let display = &value[..lt];
         if !display.iter().all(|&b| is_token(b) || is_lws(b)) {

@@ -30,6 +30,9 @@ impl<'m> HeaderParams<'m> {
 
     #[inline(always)]
     fn parse_one(&mut self) -> Result<Option<Param<'m>>, ParamError> {
+        if let Some(param) = self.parse_plain() {
+            return Ok(Some(param));
+        }
         let s = self.s;
         let mut i = skip_lws(s, self.at);
         if i == s.len() {
@@ -63,6 +66,46 @@ impl<'m> HeaderParams<'m> {
         }
         self.at = i;
         Ok(Some(Param { name, value }))
+    }
+
+    /// The usual parameter, `;name=value` or `;name` with no LWS anywhere
+    /// and an unquoted value, or `None` to let [`HeaderParams::parse_one`]
+    /// take it from the same place. It yields exactly what the general
+    /// walk would, without its four LWS skips.
+    #[inline(always)]
+    fn parse_plain(&mut self) -> Option<Param<'m>> {
+        let s = self.s;
+        if s.get(self.at) != Some(&b';') {
+            return None;
+        }
+        let name_start = self.at + 1;
+        // LWS after `;` is no token character: it ends the name at once.
+        let name_end = wide_class_end(s, name_start, TOKEN);
+        if name_end == name_start {
+            return None;
+        }
+        let name = &s[name_start..name_end];
+        match s.get(name_end) {
+            None | Some(b';') => {
+                self.at = name_end;
+                Some(Param { name, value: None })
+            }
+            Some(b'=') => {
+                let value_start = name_end + 1;
+                // LWS and `"` are not value characters: a value after LWS,
+                // or quoted, leaves this empty and goes the general way.
+                let value_end = wide_class_end(s, value_start, GEN_VALUE);
+                if value_end == value_start {
+                    return None;
+                }
+                self.at = value_end;
+                Some(Param {
+                    name,
+                    value: Some(&s[value_start..value_end]),
+                })
+            }
+            _ => None,
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Via values (RFC 3261 §20.42, §18.2.1; RFC 3581 rport).
 
-use super::lex::{host_end, is_name, leading_decimal, parse_decimal, skip_lws, token_end};
+use super::lex::{
+    host_end, is_lws, is_name, is_token, leading_decimal, parse_decimal, skip_lws, token_end,
+};
 use super::params::HeaderParams;
 use super::uri::is_host;
 
@@ -79,16 +81,28 @@ impl<'m> Via<'m> {
             i = expect_token(value, i, Some(b"2.0"))?;
             expect_slash(value, i)?
         };
-        let transport_start = skip_lws(value, i);
-        let transport_end = token_end(value, transport_start);
-        if transport_end == transport_start {
-            return Err(ViaError::Protocol);
-        }
+        // A three-letter transport and one SP (`UDP `, `TCP `, `TLS `) is
+        // told by a few byte tests; anything else takes the walks.
+        let (transport_start, transport_end, host_start) = match value.get(i..i + 5) {
+            Some(&[a, b, c, b' ', h])
+                if is_token(a) && is_token(b) && is_token(c) && !is_lws(h) =>
+            {
+                (i, i + 3, i + 4)
+            }
+            _ => {
+                let transport_start = skip_lws(value, i);
+                let transport_end = token_end(value, transport_start);
+                if transport_end == transport_start {
+                    return Err(ViaError::Protocol);
+                }
+                let host_start = skip_lws(value, transport_end);
+                if host_start == transport_end {
+                    return Err(ViaError::Protocol);
+                }
+                (transport_start, transport_end, host_start)
+            }
+        };
         let transport = &value[transport_start..transport_end];
-        let host_start = skip_lws(value, transport_end);
-        if host_start == transport_end {
-            return Err(ViaError::Protocol);
-        }
         let (host, port, after) = parse_sent_by(value, host_start)?;
         *out = Via {
             value,
