@@ -544,6 +544,17 @@ fn expect_bytes(a: &mut Asm, offset: i16, bytes: &[u8], fail: usize) {
 /// has no `;tag`) has the key changed to the sink's index (`shards`) and
 /// is counted. Everything else, and whatever cannot be read whole, falls
 /// through to `select` with the owner's key.
+/// Goes on when r4, the byte after a header name, ends it (the colon, or
+/// a blank before it); jumps to `otherwise` when it does not.
+fn name_ends_or(a: &mut Asm, otherwise: usize) {
+    let ends = a.label();
+    for blank in [b':', b' ', b'\t'] {
+        a.jump_k(JEQ, 4, i32::from(blank), ends);
+    }
+    a.goto(otherwise);
+    a.here(ends);
+}
+
 fn shed_new_requests(a: &mut Asm, shed: RawFd, scratch: RawFd, shards: u32, select: usize) {
     let request = a.label();
     let register = a.label();
@@ -594,22 +605,12 @@ fn shed_new_requests(a: &mut Asm, shed: RawFd, scratch: RawFd, shards: u32, sele
     a.alu_k(OR, 3, 0x20);
     a.jump_k(JEQ, 3, i32::from(b'o'), to_long);
     // "t" alone: r9 moves past it.
-    let compact = a.label();
-    for blank in [b':', b' ', b'\t'] {
-        a.jump_k(JEQ, 4, i32::from(blank), compact);
-    }
-    a.goto(to_scan);
-    a.here(compact);
+    name_ends_or(a, to_scan);
     a.alu_k(ADD, 9, 1);
     a.goto(to_name_end);
     a.here(to_long);
     a.load(B, 4, 2, 3);
-    let long = a.label();
-    for blank in [b':', b' ', b'\t'] {
-        a.jump_k(JEQ, 4, i32::from(blank), long);
-    }
-    a.goto(to_scan);
-    a.here(long);
+    name_ends_or(a, to_scan);
     a.alu_k(ADD, 9, 2);
 
     // Launder the index through the scratch map, as for the Call-ID, so
