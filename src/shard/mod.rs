@@ -349,12 +349,7 @@ impl Runtime {
         let use_uring = match config.io {
             Io::Epoll => false,
             Io::Uring => {
-                probe_uring().map_err(|error| {
-                    io::Error::new(
-                        error.kind(),
-                        format!("io_uring, which --io uring (io = \"uring\") asks for, cannot be set up: {error}"),
-                    )
-                })?;
+                probe_uring().map_err(uring_required)?;
                 true
             }
             Io::Auto => match probe_uring() {
@@ -519,6 +514,16 @@ fn probe_uring() -> io::Result<()> {
     let own = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     own.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
     Uring::new(socket.as_raw_fd(), own.as_raw_fd(), doorbell.raw()).map(drop)
+}
+
+/// An io_uring set-up error where the operator asked for io_uring alone:
+/// named as such, since the kernel's own error (EPERM, ENOSYS) does not
+/// say what was being set up.
+fn uring_required(error: io::Error) -> io::Error {
+    io::Error::new(
+        error.kind(),
+        format!("io_uring, which --io uring (io = \"uring\") asks for, cannot be set up: {error}"),
+    )
 }
 
 /// A per-shard key for the transaction hashes, from the standard
@@ -801,27 +806,20 @@ impl Shard {
         io: Io,
         started: std::sync::mpsc::Sender<(usize, io::Result<bool>)>,
     ) -> io::Result<()> {
-        let ring = match use_uring {
-            false => None,
+        let ready = match use_uring {
+            false => self.epoll_poller().map(Loop::Epoll),
             true => match Uring::new(
                 self.output.wire.socket.as_raw_fd(),
                 self.output.wire.own_socket.as_raw_fd(),
                 self.shared.doorbells[self.index].raw(),
             ) {
-                Ok(uring) => Some(Ok(Box::new(uring))),
-                Err(error) if io == Io::Uring => Some(Err(io::Error::new(
-                    error.kind(),
-                    format!("io_uring (asked for with --io uring) cannot be set up: {error}"),
-                ))),
+                Ok(uring) => Ok(Loop::Uring(Box::new(uring))),
+                Err(error) if io == Io::Uring => Err(uring_required(error)),
                 Err(error) => {
                     tracing::warn!(shard = self.index, %error, "io_uring set-up failed; this shard uses epoll");
-                    None
+                    self.epoll_poller().map(Loop::Epoll)
                 }
             },
-        };
-        let ready = match ring {
-            Some(ring) => ring.map(Loop::Uring),
-            None => self.epoll_poller().map(Loop::Epoll),
         };
         let (word, ready) = match ready {
             Ok(ready) => (Ok(matches!(ready, Loop::Uring(_))), Some(ready)),
