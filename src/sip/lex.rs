@@ -551,6 +551,20 @@ mod tests {
         }
     }
 
+    /// The next random string of up to 63 bytes (the seed steps once): `fill`
+    /// with, about one byte in `one_in`, a byte of `alphabet`.
+    fn sprinkled(seed: &mut u64, fill: u8, alphabet: &[u8], one_in: u64) -> Vec<u8> {
+        *seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let mut s = vec![fill; (*seed >> 58) as usize];
+        for (k, b) in s.iter_mut().enumerate() {
+            let r = seed.rotate_left(5 * k as u32);
+            if r % one_in == 0 {
+                *b = alphabet[((r >> 8) % alphabet.len() as u64) as usize];
+            }
+        }
+        s
+    }
+
     #[test]
     fn wide_class_end_matches_byte_loop() {
         let alphabet = [
@@ -559,16 +573,8 @@ mod tests {
         ];
         let mut seed = 9u64;
         for _ in 0..20_000 {
-            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            let len = (seed >> 58) as usize;
-            let mut s = vec![b'b'; len];
-            for (k, b) in s.iter_mut().enumerate() {
-                let r = seed.rotate_left(5 * k as u32);
-                if r % 4 == 0 {
-                    *b = alphabet[((r >> 8) % alphabet.len() as u64) as usize];
-                }
-            }
-            for at in 0..=len + 1 {
+            let s = sprinkled(&mut seed, b'b', &alphabet, 4);
+            for at in 0..=s.len() + 1 {
                 for mask in [TOKEN, GEN_VALUE] {
                     assert_eq!(
                         wide_class_end(&s, at, mask),
@@ -588,17 +594,9 @@ mod tests {
         ];
         let mut seed = 7u64;
         for _ in 0..20_000 {
-            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            let len = (seed >> 58) as usize;
-            let mut s = vec![b'a'; len];
             // Mostly host characters, so runs cross the 16-byte steps.
-            for (k, b) in s.iter_mut().enumerate() {
-                let r = seed.rotate_left(5 * k as u32);
-                if r % 5 == 0 {
-                    *b = alphabet[((r >> 8) % alphabet.len() as u64) as usize];
-                }
-            }
-            for at in 0..=len + 1 {
+            let s = sprinkled(&mut seed, b'a', &alphabet, 5);
+            for at in 0..=s.len() + 1 {
                 let want = class_end(&s, at, HOST);
                 assert_eq!(host_end(&s, at), want, "{s:?} {at}");
             }
