@@ -581,8 +581,6 @@ const TOKEN_SOCKET: u64 = 0;
 const TOKEN_DOORBELL: u64 = 1;
 const TOKEN_OWN_SOCKET: u64 = 2;
 
-/// How long a shard sleeps with nothing to do before it looks at the stop
-/// and report flags again (the doorbell wakes it sooner).
 /// How often a busy shard publishes its counters for `/metrics` (an idle
 /// one still turns, and publishes, every `IDLE_WAIT`).
 const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
@@ -590,6 +588,8 @@ const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
 /// How often a shard copies its latency histogram out for `/metrics`.
 const LATENCY_OFFER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a shard sleeps with nothing to do before it looks at the stop
+/// and report flags again (the doorbell wakes it sooner).
 const IDLE_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The latency histogram's range, in nanoseconds: anything past 10 s is a

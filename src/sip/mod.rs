@@ -4,6 +4,7 @@
 
 mod addr;
 mod block;
+mod call_id;
 mod edit;
 mod error;
 mod header;
@@ -17,6 +18,7 @@ mod uri;
 mod via;
 
 pub use addr::{AddrError, NameAddr};
+pub use call_id::find_call_id;
 pub use edit::{EditError, Editor, Forward, HopMethod, LocalAddress, Source};
 pub use error::{Answer, Fault, ScanError, StartKind};
 pub use header::HeaderName;
@@ -24,9 +26,7 @@ pub use method::Method;
 pub use out::BufferFull;
 pub use params::{Param, ParamError};
 pub use response::{local_to_tag, write_rejection, write_response, LocalResponse, ResponseError};
-pub use scan::{
-    find_call_id, CSeq, Contact, Header, LimitError, Limits, Message, Scanner, StartLine,
-};
+pub use scan::{CSeq, Contact, Header, LimitError, Limits, Message, Scanner, StartLine};
 pub use uri::{host_ip, Scheme, Uri, UriError};
 pub use via::{Via, ViaError, MAGIC_COOKIE};
 

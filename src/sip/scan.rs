@@ -14,7 +14,7 @@ use super::error::{Fault, ScanError, StartKind};
 use super::header::HeaderName;
 use super::lex::{
     any_byte, bytes_equal, find_byte, is_lws, is_token, is_token_str, parse_decimal, same_bytes,
-    trim_lws, CommaSplit,
+    CommaSplit,
 };
 use super::method::Method;
 use super::uri::{Scheme, Uri};
@@ -825,41 +825,6 @@ fn supports(supported: &[Box<[u8]>], tag: &[u8]) -> bool {
     supported.iter().any(|s| s.eq_ignore_ascii_case(tag))
 }
 
-/// The Call-ID of a datagram, found without scanning it: all a shard needs
-/// to know which shard owns the message. Returns the same bytes as
-/// [`Message::call_id`] when the value is on one line; `None` when there is
-/// no Call-ID before the end of the headers (the receiving shard then
-/// handles the datagram itself, and the scanner rejects it).
-pub fn find_call_id(datagram: &[u8]) -> Option<&[u8]> {
-    // Keep-alive CRLFs before the start line are skipped, as scanning does.
-    let start = datagram.iter().position(|&b| b != b'\r' && b != b'\n')?;
-    let mut pos = memchr::memchr(b'\n', &datagram[start..])? + start + 1;
-    while pos < datagram.len() {
-        let mut end = memchr::memchr(b'\n', &datagram[pos..]).map_or(datagram.len(), |e| pos + e);
-        let line = &datagram[pos..strip_cr(datagram, pos, end)];
-        if line.is_empty() {
-            return None;
-        }
-        // The field runs on over folded continuation lines.
-        while matches!(datagram.get(end + 1), Some(b' ' | b'\t')) {
-            end =
-                memchr::memchr(b'\n', &datagram[end + 1..]).map_or(datagram.len(), |e| end + 1 + e);
-        }
-        if let Some(colon) = memchr::memchr(b':', line) {
-            let mut name_end = colon;
-            while name_end > 0 && matches!(line[name_end - 1], b' ' | b'\t') {
-                name_end -= 1;
-            }
-            if HeaderName::classify(&line[..name_end]) == HeaderName::CallId {
-                let value = trim_lws(&datagram[pos + colon + 1..end.min(datagram.len())]);
-                return (!value.is_empty()).then_some(value);
-            }
-        }
-        pos = end + 1;
-    }
-    None
-}
-
 /// Every option tag of every Proxy-Require header, in order.
 pub(crate) fn proxy_require_tags<'m>(
     datagram: &'m [u8],
@@ -1347,40 +1312,6 @@ v=0\r\n";
     }
 
     #[test]
-    fn call_id_without_a_scan() {
-        assert_eq!(
-            find_call_id(INVITE),
-            Some(&b"a84b4c76e66710@pc33.atlanta.example.com"[..])
-        );
-        assert_eq!(
-            find_call_id(b"BYE sip:a@b SIP/2.0\r\ni :  x1 \r\n\r\nCall-ID: body"),
-            Some(&b"x1"[..])
-        );
-        assert_eq!(
-            find_call_id(b"BYE sip:a@b SIP/2.0\r\nVia: x\r\n\r\nCall-ID: body"),
-            None
-        );
-        assert_eq!(find_call_id(b"garbage"), None);
-        assert_eq!(
-            find_call_id(b"\r\n\r\nBYE sip:a@b SIP/2.0\r\nCall-ID: k\r\n\r\n"),
-            Some(&b"k"[..])
-        );
-        assert_eq!(
-            find_call_id(b"BYE sip:a@b SIP/2.0\r\nCall-ID:\r\n k\r\nVia: x\r\n\r\n"),
-            Some(&b"k"[..])
-        );
-        assert_eq!(
-            find_call_id(b"BYE sip:a@b SIP/2.0\r\nX: a\r\n b: c\r\ni: z\r\n\r\n"),
-            Some(&b"z"[..])
-        );
-        let mut scanner = Scanner::new(Limits::default());
-        assert_eq!(
-            Some(scanner.scan(INVITE).unwrap().call_id()),
-            find_call_id(INVITE)
-        );
-    }
-
-    #[test]
     fn keepalive_and_garbage() {
         assert_eq!(fault(b"\r\n\r\n"), Fault::Empty);
         assert_eq!(fault(b""), Fault::Empty);
@@ -1597,7 +1528,7 @@ v=0\r\n";
                     .wrapping_add(1442695040888963407);
                 v.push(alphabet[(r >> 58) as usize % alphabet.len()]);
             }
-            let v = trim_lws(&v);
+            let v = crate::sip::lex::trim_lws(&v);
             if Via::parse(v).is_ok() {
                 parsed += 1;
                 assert_eq!(CommaSplit::new(v).collect::<Vec<_>>(), vec![v], "{v:?}");

@@ -295,12 +295,42 @@ pub(crate) fn has_scheme(s: &[u8]) -> bool {
 /// A host as SIP writes it (IPv4, or IPv6 in brackets) as an IP address;
 /// `None` for a host name.
 pub fn host_ip(host: &[u8]) -> Option<std::net::IpAddr> {
+    if let Some(v4) = dotted_quad(host) {
+        return Some(v4.into());
+    }
     let host = std::str::from_utf8(host).ok()?;
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
     host.parse().ok()
+}
+
+/// An IPv4 address in the one form `Ipv4Addr`'s parser takes (four
+/// decimal octets of up to three digits, no leading zero), read by hand:
+/// the parser's UTF-8 check and state machine were a visible share of
+/// forwarding a request. Anything else is `None` and goes to the parser.
+fn dotted_quad(host: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = host.split(|&b| b == b'.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
+            return None;
+        }
+        let mut value = 0u16;
+        for &b in part {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            value = value * 10 + u16::from(b - b'0');
+        }
+        *octet = u8::try_from(value).ok()?;
+    }
+    match parts.next() {
+        None => Some(octets.into()),
+        Some(_) => None,
+    }
 }
 
 /// A hostname, IPv4 address or bracketed IPv6 reference, by character class.
@@ -320,6 +350,47 @@ pub(crate) fn is_host(h: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-read dotted quad takes exactly what `Ipv4Addr`'s parser
+    /// takes, on every string over a small alphabet up to 16 bytes long
+    /// (sampled) and on edge cases.
+    #[test]
+    fn dotted_quad_as_the_parser() {
+        for case in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "256.1.1.1",
+            "1.2.3",
+            "1.2.3.4.",
+            "01.2.3.4",
+            "1..2.3",
+            "1.2.3.04",
+            "1.2.3.4 ",
+            "",
+            "1.2.3.1000",
+            "00.1.1.1",
+            "9.99.199.249",
+        ] {
+            let want = case.parse::<std::net::Ipv4Addr>().ok();
+            assert_eq!(dotted_quad(case.as_bytes()), want, "{case:?}");
+        }
+        let alphabet = b"0125689.x";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..200_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 17) as usize;
+            let text: Vec<u8> = (0..len)
+                .map(|i| alphabet[((seed >> (4 + 3 * i)) % 9) as usize])
+                .collect();
+            let want = std::str::from_utf8(&text)
+                .unwrap()
+                .parse::<std::net::Ipv4Addr>()
+                .ok();
+            assert_eq!(dotted_quad(&text), want, "{}", text.escape_ascii());
+        }
+    }
 
     #[test]
     fn sip_uri_fields() {
