@@ -1418,8 +1418,15 @@ impl Core {
                 .status_code()
                 .is_some_and(|c| (200..300).contains(&c));
         if !accepted {
-            server.response.clear();
-            server.response.extend_from_slice(&tx.buffer()[..len]);
+            let bytes = &tx.buffer()[..len];
+            if server.response.capacity() < len {
+                // A fresh buffer: growing the old one would copy the
+                // 100 Trying (or the 1xx) it held, only to overwrite it.
+                server.response = bytes.to_vec();
+            } else {
+                server.response.clear();
+                server.response.extend_from_slice(bytes);
+            }
         }
         tx.send(server.reply_to, len);
         self.counters.responses_forwarded += 1;
