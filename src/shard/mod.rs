@@ -1253,7 +1253,11 @@ impl Output {
         }
         self.counters.messages.count(metrics::classify(datagram));
         let shards = shared.inboxes.len() as u64;
-        let owner = find_call_id(datagram).map_or(index, |id| (fnv1a(&[id]) % shards) as usize);
+        // One shard owns every call: no Call-ID to look for.
+        let owner = match shards {
+            1 => index,
+            _ => find_call_id(datagram).map_or(index, |id| (fnv1a(&[id]) % shards) as usize),
+        };
         if owner == index {
             self.handle(source, datagram, received_at);
             return;
