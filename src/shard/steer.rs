@@ -24,8 +24,8 @@
 //! exists because a program that returns `SK_DROP` makes UDP answer with
 //! ICMP port unreachable, which a caller would read as a dead gateway.
 //! Anything the program cannot read whole (no To line in the first
-//! `SCAN_BYTES`, a To line over `TO_LINE_BYTES`) goes to the shard, which
-//! decides.
+//! `SCAN_BYTES`, a To line over `TO_LINE_BYTES`, a To value folded onto
+//! a continuation line) goes to the shard, which decides.
 //!
 //! The program is assembled here by hand (no BPF toolchain is needed to
 //! build sipshard) and loaded with the `bpf` system call; this file holds
@@ -539,11 +539,6 @@ fn expect_bytes(a: &mut Asm, offset: i16, bytes: &[u8], fail: usize) {
     }
 }
 
-/// With the owner's index at r10 - 4: while the owner's threshold in
-/// `shed` is above a random `u32`, a new INVITE or REGISTER (its To line
-/// has no `;tag`) has the key changed to the sink's index (`shards`) and
-/// is counted. Everything else, and whatever cannot be read whole, falls
-/// through to `select` with the owner's key.
 /// Goes on when r4, the byte after a header name, ends it (the colon, or
 /// a blank before it); jumps to `otherwise` when it does not.
 fn name_ends_or(a: &mut Asm, otherwise: usize) {
@@ -555,6 +550,12 @@ fn name_ends_or(a: &mut Asm, otherwise: usize) {
     a.here(ends);
 }
 
+/// With the owner's index at r10 - 4: while the owner's threshold in
+/// `shed` is above a random `u32`, a new INVITE or REGISTER (its To line
+/// has no `;tag`) has the key changed to the sink's index (`shards`) and
+/// is counted. Everything else, and whatever cannot be read whole (a To
+/// value folded onto a continuation line among it), falls through to
+/// `select` with the owner's key.
 fn shed_new_requests(a: &mut Asm, shed: RawFd, scratch: RawFd, shards: u32, select: usize) {
     let request = a.label();
     let register = a.label();
@@ -564,6 +565,7 @@ fn shed_new_requests(a: &mut Asm, shed: RawFd, scratch: RawFd, shards: u32, sele
     let to_name_end = a.label();
     let tag_scan = a.label();
     let semicolon = a.label();
+    let to_line_end = a.label();
     let new_request = a.label();
     let to_sink = a.label();
 
@@ -626,7 +628,7 @@ fn shed_new_requests(a: &mut Asm, shed: RawFd, scratch: RawFd, shards: u32, sele
     a.here(tag_scan);
     load_byte_at_index(a, TO_LINE_BYTES, 3, select);
     a.alu_k(ADD, 9, 1);
-    a.jump_k(JEQ, 4, i32::from(b'\n'), new_request);
+    a.jump_k(JEQ, 4, i32::from(b'\n'), to_line_end);
     a.jump_k(JEQ, 4, i32::from(b';'), semicolon);
     a.jump_k(JEQ, 5, 0, tag_scan);
     a.alu_k(OR, 4, 0x20);
@@ -641,6 +643,14 @@ fn shed_new_requests(a: &mut Asm, shed: RawFd, scratch: RawFd, shards: u32, sele
     a.here(semicolon);
     a.alu_k(MOV, 5, 1);
     a.goto(tag_scan);
+
+    // The line ends without a tag. A blank next continues the value on a
+    // folded line, where a tag may be: the shard reads it (the window of 3
+    // made the byte after the "\n" readable).
+    a.here(to_line_end);
+    a.load(B, 4, 2, 1);
+    a.jump_k(JEQ, 4, i32::from(b' '), select);
+    a.jump_k(JEQ, 4, i32::from(b'\t'), select);
 
     // A new request to shed: shed[shards + key] += 1, then the sink.
     a.here(new_request);
@@ -778,6 +788,8 @@ mod tests {
         let in_dialog = [
             ("INVITE", "To: <sip:b@example.com>;tag=9"),
             ("INVITE", "t: <sip:b@example.com> ; TAG=9"),
+            ("INVITE", "To: <sip:b@example.com>\r\n ;tag=9"),
+            ("INVITE", "To: <sip:b@example.com>\r\n\t;tag=9"),
             ("BYE", "To: <sip:b@example.com>"),
             ("OPTIONS", "To: <sip:b@example.com>"),
             ("ACK", "To: <sip:b@example.com>"),
