@@ -756,9 +756,7 @@ fn validate<'m>(
         None => None,
     };
     let content_length = match known.first(HeaderName::ContentLength) {
-        Some(index) => Some(
-            parse_decimal(value!(index), u64::from(u32::MAX)).ok_or(Fault::ContentLength)? as u32,
-        ),
+        Some(index) => Some(parse_decimal(value!(index), u32::MAX).ok_or(Fault::ContentLength)?),
         None => None,
     };
     // RFC 3261 §18.3: over UDP, octets past Content-Length are ignored; a
