@@ -273,6 +273,13 @@ impl Scanner {
         if block::use_avx2() {
             return self.scan_avx2(datagram);
         }
+        self.scan_sse2(datagram)
+    }
+
+    /// [`Scanner::scan`] with the SSE2 masks. Out of line: inlined, it gave
+    /// `scan` its stack frame and register saves, paid on the AVX2 path too.
+    #[inline(never)]
+    fn scan_sse2<'m>(&'m mut self, datagram: &'m [u8]) -> Result<Message<'m>, ScanError> {
         self.scan_with::<false>(datagram)
     }
 
