@@ -927,11 +927,12 @@ fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(),
     }
     let line = &line[..end];
     let first_sp = find_byte(line, b' ').ok_or(Fault::StartLine)?;
-    // `SIP/2.0` has no SP: a line that ends with it has its last SP before.
-    let last_sp = if line.len() > 8 && line[line.len() - 8..] == *b" SIP/2.0" {
-        line.len() - 8
+    // `SIP/2.0` has no SP: a line that ends with it has its last SP before,
+    // and a version that needs no further check.
+    let (last_sp, sip_2_0) = if line.len() > 8 && line[line.len() - 8..] == *b" SIP/2.0" {
+        (line.len() - 8, true)
     } else {
-        memchr::memrchr(b' ', line).ok_or(Fault::StartLine)?
+        (memchr::memrchr(b' ', line).ok_or(Fault::StartLine)?, false)
     };
     if first_sp == last_sp {
         return Err(Fault::StartLine);
@@ -939,7 +940,9 @@ fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(),
     let method_text = &line[..first_sp];
     let uri_text = &line[first_sp + 1..last_sp];
     let version = &line[last_sp + 1..];
-    if !is_token_str(method_text) || uri_text.is_empty() {
+    // A method we know is a token by construction; only others are checked.
+    let method = Method::from_token(method_text);
+    if (method == Method::Other && !is_token_str(method_text)) || uri_text.is_empty() {
         return Err(Fault::StartLine);
     }
     // LWS inside the Request-URI makes the line malformed, whatever else
@@ -953,11 +956,15 @@ fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(),
             |b| b == b' ' || b == b'\t',
         )
     };
-    if let Err(fault) = check_version(version) {
+    if let Err(fault) = if sip_2_0 {
+        Ok(())
+    } else {
+        check_version(version)
+    } {
         return Err(if has_lws() { Fault::StartLine } else { fault });
     }
     *out = StartLine::Request {
-        method: Method::from_token(method_text),
+        method,
         method_text,
         uri: Uri::EMPTY,
         uri_text,
