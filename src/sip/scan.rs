@@ -478,9 +478,11 @@ fn frame_field<const AVX2: bool>(
     // the field the long way too.
     let value_start = colon + 1 + usize::from(datagram[colon + 1] == b' ');
     let value_end = first_nl - usize::from(datagram[first_nl - 1] == b'\r');
-    let usual = value_start < value_end
-        && !is_lws(datagram[value_start])
-        && !is_lws(datagram[value_end - 1])
+    // The value as a sub-slice, so that its first and last bytes are read
+    // without bounds checks of their own.
+    let value = datagram[..value_end].get(value_start..).unwrap_or_default();
+    let usual = matches!((value.first(), value.last()), (Some(&first), Some(&last))
+            if !is_lws(first) && !is_lws(last))
         && !matches!(datagram.get(first_nl + 1), Some(b' ' | b'\t'));
     if usual {
         let name = &datagram[start..colon];
@@ -778,7 +780,7 @@ fn validate<'m>(
     if call_id.is_empty() || super::uri::has_illegal_byte(call_id) {
         return Err(Fault::CallId);
     }
-    let cseq = parse_cseq(value!(cseq_slot), &start_line)?;
+    let (cseq, cseq_names_method) = parse_cseq(value!(cseq_slot), &start_line)?;
     let (mut from, mut to) = (NameAddr::EMPTY, NameAddr::EMPTY);
     NameAddr::parse_into(value!(from_slot), &mut from).map_err(Fault::From)?;
     NameAddr::parse_into(value!(to_slot), &mut to).map_err(Fault::To)?;
@@ -802,7 +804,7 @@ fn validate<'m>(
     };
 
     if let StartLine::Request { method, uri, .. } = start_line {
-        if !same_bytes(cseq.method_text, frame_method(&start_line)) {
+        if !cseq_names_method {
             return Err(Fault::CSeqMethod);
         }
         debug_assert_eq!(cseq.method, method);
@@ -840,13 +842,6 @@ fn validate<'m>(
         to,
         content_length,
     })
-}
-
-fn frame_method<'m>(start_line: &StartLine<'m>) -> &'m [u8] {
-    match start_line {
-        StartLine::Request { method_text, .. } => method_text,
-        StartLine::Response { .. } => &[],
-    }
 }
 
 /// Option tags are tokens, and RFC 3261 §7.3.1 makes tokens case-insensitive.
@@ -1022,8 +1017,12 @@ fn check_version(version: &[u8]) -> Result<(), Fault> {
 }
 
 /// `CSeq: 1*DIGIT LWS Method`, the number a u32. A request's CSeq names
-/// its own method, already recognised on the start line.
-fn parse_cseq<'m>(value: &'m [u8], start_line: &StartLine<'m>) -> Result<CSeq<'m>, Fault> {
+/// its own method, already recognised on the start line: the flag says
+/// whether it does (always `false` for a response), so that validation
+/// need not compare the two again.
+/// Inlined: a `CSeq` returned through memory cost a frame and a copy.
+#[inline(always)]
+fn parse_cseq<'m>(value: &'m [u8], start_line: &StartLine<'m>) -> Result<(CSeq<'m>, bool), Fault> {
     // The number and the end of its digits in one pass.
     let (number, digits) = super::lex::leading_decimal(value, 0, u32::MAX).ok_or(Fault::CSeq)?;
     let method_start = super::lex::skip_lws(value, digits);
@@ -1039,21 +1038,23 @@ fn parse_cseq<'m>(value: &'m [u8], start_line: &StartLine<'m>) -> Result<CSeq<'m
     } = *start_line
     {
         if same_bytes(text, method_text) {
-            return Ok(CSeq {
+            let cseq = CSeq {
                 number,
                 method,
                 method_text,
-            });
+            };
+            return Ok((cseq, true));
         }
     }
     if method_text.is_empty() || !method_text.iter().all(|&b| is_token(b)) {
         return Err(Fault::CSeq);
     }
-    Ok(CSeq {
+    let cseq = CSeq {
         number,
         method: Method::from_token(method_text),
         method_text,
-    })
+    };
+    Ok((cseq, false))
 }
 
 impl<'m> Message<'m> {
