@@ -387,9 +387,11 @@ fn short_word(s: &[u8]) -> u64 {
 
 /// Parses an unsigned decimal number that must fit `max`. Leading zeros are
 /// allowed (`Max-Forwards: 0068`); an empty string, a sign or an overflow
-/// is `None`.
+/// is `None`. `max` is a `u32`, so the `u64` value cannot overflow before
+/// it is caught: no checked arithmetic, which cost a multiply-overflow
+/// test per digit of Content-Length.
 #[inline(always)]
-pub(crate) fn parse_decimal(s: &[u8], max: u64) -> Option<u64> {
+pub(crate) fn parse_decimal(s: &[u8], max: u32) -> Option<u32> {
     if s.is_empty() {
         return None;
     }
@@ -398,12 +400,12 @@ pub(crate) fn parse_decimal(s: &[u8], max: u64) -> Option<u64> {
         if !b.is_ascii_digit() {
             return None;
         }
-        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-        if n > max {
+        n = n * 10 + u64::from(b - b'0');
+        if n > u64::from(max) {
             return None;
         }
     }
-    Some(n)
+    Some(n as u32)
 }
 
 /// The value of the run of digits at `from` and where it ends, in one
@@ -724,7 +726,9 @@ mod tests {
         assert_eq!(parse_decimal(b"300", 255), None);
         assert_eq!(parse_decimal(b"-1", 255), None);
         assert_eq!(parse_decimal(b"", 255), None);
-        assert_eq!(parse_decimal(b"99999999999999999999999", u64::MAX), None);
+        assert_eq!(parse_decimal(b"99999999999999999999999", u32::MAX), None);
+        assert_eq!(parse_decimal(b"4294967295", u32::MAX), Some(u32::MAX));
+        assert_eq!(parse_decimal(b"4294967296", u32::MAX), None);
         assert_eq!(leading_decimal(b"12 INVITE", 0, 100), Some((12, 2)));
         assert_eq!(leading_decimal(b":5060;x", 1, 65535), Some((5060, 5)));
         assert_eq!(leading_decimal(b"x", 0, 9), Some((0, 0)));

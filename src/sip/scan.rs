@@ -273,6 +273,13 @@ impl Scanner {
         if block::use_avx2() {
             return self.scan_avx2(datagram);
         }
+        self.scan_sse2(datagram)
+    }
+
+    /// [`Scanner::scan`] with the SSE2 masks. Out of line: inlined, it gave
+    /// `scan` its stack frame and register saves, paid on the AVX2 path too.
+    #[inline(never)]
+    fn scan_sse2<'m>(&'m mut self, datagram: &'m [u8]) -> Result<Message<'m>, ScanError> {
         self.scan_with::<false>(datagram)
     }
 
@@ -355,9 +362,9 @@ impl Scanner {
     #[inline(always)]
     fn frame_with<const AVX2: bool>(&mut self, datagram: &[u8]) -> Result<Frame, ScanError> {
         self.framed = 0;
-        // Which names were seen and the first repeat, in registers; where
-        // they were, in the scanner's arrays, which need no reset.
-        let (mut seen, mut duplicate) = (0u32, u16::MAX);
+        // Which names were seen and which more than once, in registers;
+        // where they were, in the scanner's array, which needs no reset.
+        let (mut seen, mut repeated) = (0u32, 0u32);
         self.known.seen = 0;
         let unknown = |fault| ScanError {
             fault,
@@ -397,14 +404,14 @@ impl Scanner {
                     if cursor.first_stray_control() < pos {
                         break Err(fail(Fault::ControlCharacter));
                     }
-                    (self.known.seen, self.known.duplicate) = (seen, duplicate);
+                    (self.known.seen, self.known.repeated) = (seen, repeated);
                     break Ok(framed(start_line, pos, pos + 1, kind));
                 }
                 Some(b'\r') if datagram.get(pos + 1) == Some(&b'\n') => {
                     if cursor.first_stray_control() < pos {
                         break Err(fail(Fault::ControlCharacter));
                     }
-                    (self.known.seen, self.known.duplicate) = (seen, duplicate);
+                    (self.known.seen, self.known.repeated) = (seen, repeated);
                     break Ok(framed(start_line, pos, pos + 2, kind));
                 }
                 Some(b' ' | b'\t') => break Err(fail(Fault::HeaderName)),
@@ -421,7 +428,7 @@ impl Scanner {
                 Err(fault) => break Err(fail(fault)),
             };
             self.known
-                .note(&mut seen, &mut duplicate, entry.name, count as u16);
+                .note(&mut seen, &mut repeated, entry.name, count as u16);
             count += 1;
         };
         self.framed = count;
@@ -471,9 +478,11 @@ fn frame_field<const AVX2: bool>(
     // the field the long way too.
     let value_start = colon + 1 + usize::from(datagram[colon + 1] == b' ');
     let value_end = first_nl - usize::from(datagram[first_nl - 1] == b'\r');
-    let usual = value_start < value_end
-        && !is_lws(datagram[value_start])
-        && !is_lws(datagram[value_end - 1])
+    // The value as a sub-slice, so that its first and last bytes are read
+    // without bounds checks of their own.
+    let value = datagram[..value_end].get(value_start..).unwrap_or_default();
+    let usual = matches!((value.first(), value.last()), (Some(&first), Some(&last))
+            if !is_lws(first) && !is_lws(last))
         && !matches!(datagram.get(first_nl + 1), Some(b' ' | b'\t'));
     if usual {
         let name = &datagram[start..colon];
@@ -584,17 +593,19 @@ fn strip_cr(datagram: &[u8], start: usize, nl: usize) -> usize {
 /// Where the headers are, noted by framing as it pushes each slot (a few
 /// instructions, no branch), so that validation does not walk the slots
 /// again to find Call-ID, CSeq, From, To and the rest.
+///
+/// Only the last slot of each name is kept: a name in [`SINGLE`] that is
+/// not repeated has one, and the top Via is found by validation's walk
+/// from the first slot (it is nearly always that slot). Where a repeat is,
+/// only a malformed message needs to know, so a walk finds it then.
 #[derive(Clone, Copy, Debug)]
 struct Known {
     /// Bit `n` set when a header named `HeaderName` `n` was framed.
     seen: u32,
-    /// The first header that repeats one named in [`SINGLE`], or
-    /// `u16::MAX`: validation reports it where a walk of every header in
-    /// order would, after the Via headers before it.
-    duplicate: u16,
-    /// Slot of the first and of the last header of each name; valid only
-    /// where `seen` has the name's bit.
-    first: [u16; NAMES],
+    /// Bit `n` set when more than one was.
+    repeated: u32,
+    /// Slot of the last header of each name; valid only where `seen` has
+    /// the name's bit.
     last: [u16; NAMES],
 }
 
@@ -625,8 +636,7 @@ impl Default for Known {
     fn default() -> Self {
         Known {
             seen: 0,
-            duplicate: u16::MAX,
-            first: [0; NAMES],
+            repeated: 0,
             last: [0; NAMES],
         }
     }
@@ -634,29 +644,49 @@ impl Default for Known {
 
 impl Known {
     #[inline(always)]
-    fn note(&mut self, seen: &mut u32, duplicate: &mut u16, name: HeaderName, index: u16) {
+    fn note(&mut self, seen: &mut u32, repeated: &mut u32, name: HeaderName, index: u16) {
         let n = name as usize % NAMES;
         let bit = 1u32 << n;
-        debug_assert_eq!(bit & SINGLE != 0, name.is_single());
-        let before = *seen & bit != 0;
-        // Slots only grow, so the first repeat is the least.
-        let repeat = if before && bit & SINGLE != 0 {
-            index
-        } else {
-            u16::MAX
-        };
-        *duplicate = (*duplicate).min(repeat);
-        self.first[n] = if before { self.first[n] } else { index };
-        self.last[n] = index;
+        *repeated |= *seen & bit;
         *seen |= bit;
+        self.last[n] = index;
     }
 
-    /// The slot of the first header named `name`, if any.
+    /// The slot of the last header named `name`, if any: for a name in
+    /// [`SINGLE`], the only one once [`Known::first_repeat`] found none.
     #[inline(always)]
-    fn first(&self, name: HeaderName) -> Option<u16> {
+    fn last(&self, name: HeaderName) -> Option<u16> {
         let n = name as usize % NAMES;
-        (self.seen & 1 << n != 0).then_some(self.first[n])
+        (self.seen & 1 << n != 0).then_some(self.last[n])
     }
+
+    /// The first slot that repeats a name in [`SINGLE`] (`usize::MAX`:
+    /// none): validation reports it where a walk of every header in order
+    /// would, after the Via headers before it.
+    #[inline(always)]
+    fn first_repeat(&self, slots: &[HeaderSlot]) -> usize {
+        if self.repeated & SINGLE == 0 {
+            return usize::MAX;
+        }
+        first_repeat(slots)
+    }
+}
+
+/// [`Known::first_repeat`] for a message that has one: out of line, as
+/// only a malformed message gets here.
+#[cold]
+#[inline(never)]
+fn first_repeat(slots: &[HeaderSlot]) -> usize {
+    let mut seen = 0u32;
+    for (index, slot) in slots.iter().enumerate() {
+        let bit = 1u32 << (slot.name as usize % NAMES);
+        debug_assert_eq!(bit & SINGLE != 0, slot.name.is_single());
+        if seen & bit & SINGLE != 0 {
+            return index;
+        }
+        seen |= bit;
+    }
+    usize::MAX
 }
 
 #[inline(always)]
@@ -677,19 +707,22 @@ fn validate<'m>(
     // Values below the top one are parsed into a scratch value made where
     // one is needed: most messages have none.
     let mut top_via = Via::EMPTY;
-    let first_via = known.first(HeaderName::Via);
-    let vias = match first_via {
-        Some(first) => usize::from(first)..usize::from(known.last[HeaderName::Via as usize]) + 1,
-        None => 0..0,
-    };
-    for (index, slot) in slots.iter().enumerate().take(vias.end).skip(vias.start) {
+    let mut top_via_slot = 0;
+    let duplicate = known.first_repeat(slots);
+    let vias_end = known
+        .last(HeaderName::Via)
+        .map_or(0, |last| usize::from(last) + 1);
+    for (index, slot) in slots.iter().enumerate().take(vias_end) {
         // A repeated header before this Via is reported first, as a walk
         // of every header in order would.
-        if usize::from(known.duplicate) < index {
+        if duplicate < index {
             break;
         }
         if slot.name != HeaderName::Via {
             continue;
+        }
+        if via_count == 0 {
+            top_via_slot = index as u16;
         }
         let value = slot.value.of(datagram);
         // Nearly every Via header holds one value: parsed whole, it needs
@@ -723,7 +756,7 @@ fn validate<'m>(
             .map_err(Fault::Via)?;
         }
     }
-    if let Some(slot) = slots.get(usize::from(known.duplicate)) {
+    if let Some(slot) = slots.get(duplicate) {
         return Err(Fault::Duplicate(slot.name));
     }
     // A macro, not a closure: the closure was not inlined.
@@ -736,29 +769,27 @@ fn validate<'m>(
     if via_count == 0 {
         return Err(Fault::Missing(HeaderName::Via));
     }
-    let from_slot = required(known.first(HeaderName::From), HeaderName::From)?;
-    let to_slot = required(known.first(HeaderName::To), HeaderName::To)?;
+    let from_slot = required(known.last(HeaderName::From), HeaderName::From)?;
+    let to_slot = required(known.last(HeaderName::To), HeaderName::To)?;
     let call_id = value!(required(
-        known.first(HeaderName::CallId),
+        known.last(HeaderName::CallId),
         HeaderName::CallId
     )?);
-    let cseq_slot = required(known.first(HeaderName::CSeq), HeaderName::CSeq)?;
+    let cseq_slot = required(known.last(HeaderName::CSeq), HeaderName::CSeq)?;
 
     if call_id.is_empty() || super::uri::has_illegal_byte(call_id) {
         return Err(Fault::CallId);
     }
-    let cseq = parse_cseq(value!(cseq_slot), &start_line)?;
+    let (cseq, cseq_names_method) = parse_cseq(value!(cseq_slot), &start_line)?;
     let (mut from, mut to) = (NameAddr::EMPTY, NameAddr::EMPTY);
     NameAddr::parse_into(value!(from_slot), &mut from).map_err(Fault::From)?;
     NameAddr::parse_into(value!(to_slot), &mut to).map_err(Fault::To)?;
-    let max_forwards = match known.first(HeaderName::MaxForwards) {
+    let max_forwards = match known.last(HeaderName::MaxForwards) {
         Some(index) => Some(parse_decimal(value!(index), 255).ok_or(Fault::MaxForwards)? as u8),
         None => None,
     };
-    let content_length = match known.first(HeaderName::ContentLength) {
-        Some(index) => Some(
-            parse_decimal(value!(index), u64::from(u32::MAX)).ok_or(Fault::ContentLength)? as u32,
-        ),
+    let content_length = match known.last(HeaderName::ContentLength) {
+        Some(index) => Some(parse_decimal(value!(index), u32::MAX).ok_or(Fault::ContentLength)?),
         None => None,
     };
     // RFC 3261 §18.3: over UDP, octets past Content-Length are ignored; a
@@ -773,7 +804,7 @@ fn validate<'m>(
     };
 
     if let StartLine::Request { method, uri, .. } = start_line {
-        if !same_bytes(cseq.method_text, frame_method(&start_line)) {
+        if !cseq_names_method {
             return Err(Fault::CSeqMethod);
         }
         debug_assert_eq!(cseq.method, method);
@@ -786,7 +817,7 @@ fn validate<'m>(
         if max_forwards == Some(0) {
             return Err(Fault::MaxForwardsZero);
         }
-        if known.first(HeaderName::ProxyRequire).is_some()
+        if known.last(HeaderName::ProxyRequire).is_some()
             && proxy_require_tags(datagram, slots)
                 .any(|tag| !supports(proxy_require_supported, tag))
         {
@@ -801,23 +832,16 @@ fn validate<'m>(
         start_line,
         body: &datagram[frame.body_start..body_end],
         top_via,
-        top_via_slot: first_via.unwrap_or(0),
+        top_via_slot,
         via_count: via_count as u16,
         call_id,
         cseq,
         max_forwards,
-        max_forwards_slot: known.first(HeaderName::MaxForwards),
+        max_forwards_slot: known.last(HeaderName::MaxForwards),
         from,
         to,
         content_length,
     })
-}
-
-fn frame_method<'m>(start_line: &StartLine<'m>) -> &'m [u8] {
-    match start_line {
-        StartLine::Request { method_text, .. } => method_text,
-        StartLine::Response { .. } => &[],
-    }
 }
 
 /// Option tags are tokens, and RFC 3261 §7.3.1 makes tokens case-insensitive.
@@ -863,11 +887,12 @@ fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(),
     }
     let line = &line[..end];
     let first_sp = find_byte(line, b' ').ok_or(Fault::StartLine)?;
-    // `SIP/2.0` has no SP: a line that ends with it has its last SP before.
-    let last_sp = if line.len() > 8 && line[line.len() - 8..] == *b" SIP/2.0" {
-        line.len() - 8
+    // `SIP/2.0` has no SP: a line that ends with it has its last SP before,
+    // and a version that needs no further check.
+    let (last_sp, sip_2_0) = if line.len() > 8 && line[line.len() - 8..] == *b" SIP/2.0" {
+        (line.len() - 8, true)
     } else {
-        memchr::memrchr(b' ', line).ok_or(Fault::StartLine)?
+        (memchr::memrchr(b' ', line).ok_or(Fault::StartLine)?, false)
     };
     if first_sp == last_sp {
         return Err(Fault::StartLine);
@@ -875,7 +900,9 @@ fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(),
     let method_text = &line[..first_sp];
     let uri_text = &line[first_sp + 1..last_sp];
     let version = &line[last_sp + 1..];
-    if !is_token_str(method_text) || uri_text.is_empty() {
+    // A method we know is a token by construction; only others are checked.
+    let method = Method::from_token(method_text);
+    if (method == Method::Other && !is_token_str(method_text)) || uri_text.is_empty() {
         return Err(Fault::StartLine);
     }
     // LWS inside the Request-URI makes the line malformed, whatever else
@@ -889,11 +916,15 @@ fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(),
             |b| b == b' ' || b == b'\t',
         )
     };
-    if let Err(fault) = check_version(version) {
+    if let Err(fault) = if sip_2_0 {
+        Ok(())
+    } else {
+        check_version(version)
+    } {
         return Err(if has_lws() { Fault::StartLine } else { fault });
     }
     *out = StartLine::Request {
-        method: Method::from_token(method_text),
+        method,
         method_text,
         uri: Uri::EMPTY,
         uri_text,
@@ -951,8 +982,12 @@ fn check_version(version: &[u8]) -> Result<(), Fault> {
 }
 
 /// `CSeq: 1*DIGIT LWS Method`, the number a u32. A request's CSeq names
-/// its own method, already recognised on the start line.
-fn parse_cseq<'m>(value: &'m [u8], start_line: &StartLine<'m>) -> Result<CSeq<'m>, Fault> {
+/// its own method, already recognised on the start line: the flag says
+/// whether it does (always `false` for a response), so that validation
+/// need not compare the two again.
+/// Inlined: a `CSeq` returned through memory cost a frame and a copy.
+#[inline(always)]
+fn parse_cseq<'m>(value: &'m [u8], start_line: &StartLine<'m>) -> Result<(CSeq<'m>, bool), Fault> {
     // The number and the end of its digits in one pass.
     let (number, digits) = super::lex::leading_decimal(value, 0, u32::MAX).ok_or(Fault::CSeq)?;
     let method_start = super::lex::skip_lws(value, digits);
@@ -968,21 +1003,23 @@ fn parse_cseq<'m>(value: &'m [u8], start_line: &StartLine<'m>) -> Result<CSeq<'m
     } = *start_line
     {
         if same_bytes(text, method_text) {
-            return Ok(CSeq {
+            let cseq = CSeq {
                 number,
                 method,
                 method_text,
-            });
+            };
+            return Ok((cseq, true));
         }
     }
     if method_text.is_empty() || !method_text.iter().all(|&b| is_token(b)) {
         return Err(Fault::CSeq);
     }
-    Ok(CSeq {
+    let cseq = CSeq {
         number,
         method: Method::from_token(method_text),
         method_text,
-    })
+    };
+    Ok((cseq, false))
 }
 
 impl<'m> Message<'m> {

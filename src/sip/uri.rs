@@ -161,7 +161,7 @@ impl<'m> Uri<'m> {
                 .position(|&b| matches!(b, b';' | b'?'))
                 .map_or(rest.len(), |p| p + i + 1);
             let port =
-                parse_decimal(&rest[i + 1..port_end], u64::from(u16::MAX)).ok_or(UriError::Port)?;
+                parse_decimal(&rest[i + 1..port_end], u32::from(u16::MAX)).ok_or(UriError::Port)?;
             self.port = Some(port as u16);
             i = port_end;
         }

@@ -128,7 +128,7 @@ impl<'m> Via<'m> {
                 let port = match param.value {
                     None => None,
                     Some(v) => Some(
-                        parse_decimal(v, u64::from(u16::MAX)).ok_or(ViaError::Parameter)? as u16,
+                        parse_decimal(v, u32::from(u16::MAX)).ok_or(ViaError::Parameter)? as u16,
                     ),
                 };
                 via.rport = Some(port);
