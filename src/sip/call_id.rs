@@ -9,6 +9,7 @@
 
 use super::block::{self, LineCursor};
 use super::lex::trim_lws;
+use super::scan::strip_cr;
 
 /// The Call-ID of a datagram. Returns the same bytes as
 /// [`super::Message::call_id`] for every datagram the scanner accepts,
@@ -45,8 +46,7 @@ fn find_with<const AVX2: bool>(datagram: &[u8]) -> Option<&[u8]> {
     while at < datagram.len() {
         let newline = next.unwrap_or(datagram.len());
         next = lines.next_newline();
-        let line = &datagram[at..newline];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = &datagram[at..strip_cr(datagram, at, newline)];
         if line.is_empty() {
             return None;
         }

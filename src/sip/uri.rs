@@ -318,14 +318,7 @@ fn dotted_quad(host: &[u8]) -> Option<std::net::Ipv4Addr> {
         if part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
             return None;
         }
-        let mut value = 0u16;
-        for &b in part {
-            if !b.is_ascii_digit() {
-                return None;
-            }
-            value = value * 10 + u16::from(b - b'0');
-        }
-        *octet = u8::try_from(value).ok()?;
+        *octet = parse_decimal(part, 255)? as u8;
     }
     match parts.next() {
         None => Some(octets.into()),
