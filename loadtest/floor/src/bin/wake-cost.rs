@@ -9,8 +9,15 @@
 //! what a wake-up across CPUs adds: on a VM whose idle vCPUs halt, an
 //! interrupt to another vCPU and its return from halt, which can cost
 //! more CPU than the SIP work a datagram carries.
+//!
+//! A third row runs the same bounce across the two CPUs while a spinning
+//! thread keeps each of them busy, as SIPp and the other shard keep a
+//! gateway's cores busy under load: the wake-up then has to interrupt a
+//! running vCPU, which halt polling cannot spare.
 
 use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -32,15 +39,16 @@ fn main() {
         kernel_release()
     );
     println!(
-        "{:<14} {:>22} {:>22} {:>22}",
+        "{:<20} {:>22} {:>22} {:>22}",
         "threads on", "wall µs / round trip", "CPU µs / trip, ping", "CPU µs / trip, pong"
     );
-    let mut pairs = vec![(first, first)];
+    let mut runs = vec![(first, first, false)];
     if let Some(&second) = cores.get(1) {
-        pairs.push((first, second));
+        runs.push((first, second, false));
+        runs.push((first, second, true));
     }
-    for (ping, pong) in pairs {
-        let (wall, ping_cpu, pong_cpu) = match bounce(ping, pong, rounds) {
+    for (ping, pong, busy) in runs {
+        let (wall, ping_cpu, pong_cpu) = match bounce(ping, pong, rounds, busy) {
             Ok(figures) => figures,
             Err(error) => {
                 eprintln!("wake-cost: {error}");
@@ -49,8 +57,13 @@ fn main() {
         };
         let per = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(rounds);
         println!(
-            "{:<14} {:>22.2} {:>22.2} {:>22.2}",
-            format!("CPU {} + {}", ping.id, pong.id),
+            "{:<20} {:>22.2} {:>22.2} {:>22.2}",
+            format!(
+                "CPU {} + {}{}",
+                ping.id,
+                pong.id,
+                if busy { ", busy" } else { "" }
+            ),
             per(wall),
             per(ping_cpu),
             per(pong_cpu)
@@ -59,8 +72,36 @@ fn main() {
 }
 
 /// Runs the bounce with the pinger on `ping` and the ponger on `pong`:
-/// (wall time, pinger's CPU time, ponger's CPU time).
+/// (wall time, pinger's CPU time, ponger's CPU time). With `busy`, a
+/// spinning thread runs on each of the two CPUs for the whole bounce.
 fn bounce(
+    ping: core_affinity::CoreId,
+    pong: core_affinity::CoreId,
+    rounds: u32,
+    busy: bool,
+) -> std::io::Result<(Duration, Duration, Duration)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinners: Vec<_> = if busy { vec![ping, pong] } else { Vec::new() }
+        .into_iter()
+        .map(|core| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                core_affinity::set_for_current(core);
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let figures = bounce_once(ping, pong, rounds);
+    stop.store(true, Ordering::Relaxed);
+    for spinner in spinners {
+        let _ = spinner.join();
+    }
+    figures
+}
+
+fn bounce_once(
     ping: core_affinity::CoreId,
     pong: core_affinity::CoreId,
     rounds: u32,
