@@ -1130,6 +1130,7 @@ impl Core {
         let Some(client) = self.txns.clients.get_mut(slot) else {
             return Outcome::Absorbed;
         };
+        let first = client.state == ClientState::Calling;
         client.state = ClientState::Proceeding;
         let invite = client.invite;
         let mut stop = [None; 2];
@@ -1140,7 +1141,12 @@ impl Core {
             let wait = client.cancel == CancelState::Sent;
             let timer_b = if wait { None } else { client.timers[1].take() };
             stop = [client.timers[0].take(), timer_b];
-            if code > 100 || client.timers[2].is_some() {
+            // Timer C starts with the first provisional, even a 100 that
+            // comes after the per-try timer fired with nothing else to try:
+            // with Timer B stopped it is all that ends the try. After that
+            // only a provisional above 100 restarts it (§16.7 step 2), so a
+            // backend repeating 100 cannot keep a try alive for ever.
+            if first || code > 100 {
                 if let Some(id) = client.timers[2].take() {
                     self.txns.wheel.cancel(id);
                 }
@@ -1500,8 +1506,12 @@ impl Core {
                     return;
                 }
                 let server = client.server;
+                // An in-dialog request without our Route has one place to
+                // go (where its Call-ID hashes): no other member may take
+                // it, so the per-try timer leaves it to Timer B.
                 let untried = self.txns.servers.get(server).is_some_and(|s| {
                     !s.cancelled
+                        && !s.sticky
                         && match &s.target {
                             // Another member could still take it.
                             Target::Pool {

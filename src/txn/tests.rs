@@ -667,6 +667,89 @@ Call-ID: sticky-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
     assert!(targets.iter().all(|t| *t == targets[0]), "{targets:?}");
 }
 
+/// The per-try timer fired with nothing else to try, then a 100 came:
+/// it stopped Timers A and B but armed Timer C only for a provisional
+/// above 100 or with the per-try timer still armed, so the try and its
+/// server transaction held their slots for ever when nothing followed.
+#[test]
+fn a_100_after_the_per_try_timer_still_arms_timer_c() {
+    let mut lab = one_backend();
+    let fwd = start_invite(&mut lab, "c100");
+    lab.advance(2_500);
+    lab.take();
+    lab.recv(BACKEND_A, &fwd.answer(100, None));
+    assert!(lab.take().is_empty(), "a 100 goes no further");
+    lab.advance(180_000);
+    assert_eq!(lab.proxy.counters().timer_c_fired, 1);
+    let cancel = lab.one();
+    assert_eq!((cancel.method(), cancel.to), ("CANCEL", fwd.to));
+    lab.advance(32_000);
+    let sent = lab.take();
+    assert!(
+        sent.iter().any(|s| s.code() == 408 && s.to() == CALLER),
+        "{sent:#?}"
+    );
+    lab.advance(600_000);
+    assert_eq!(lab.proxy.transactions(), (0, 0));
+    assert_eq!(lab.proxy.next_deadline(), None, "no timer left");
+}
+
+/// Only a provisional above 100 restarts Timer C (§16.7 step 2): a
+/// backend that rang and then repeats 100 is still cancelled on time.
+#[test]
+fn a_repeated_100_does_not_restart_timer_c() {
+    let mut lab = one_backend();
+    let fwd = start_invite(&mut lab, "c101");
+    lab.recv(BACKEND_A, &fwd.answer(180, Some("b")));
+    assert_eq!(lab.one().code(), 180);
+    for _ in 0..3 {
+        lab.advance(59_000);
+        lab.recv(BACKEND_A, &fwd.answer(100, None));
+        assert!(lab.take().is_empty());
+    }
+    lab.advance(3_000);
+    assert_eq!(lab.proxy.counters().timer_c_fired, 1, "180 s after the 180");
+    let cancel = lab.one();
+    assert_eq!((cancel.method(), cancel.to), ("CANCEL", fwd.to));
+}
+
+/// An in-dialog INVITE without our Route goes where its Call-ID hashes
+/// and nowhere else. Its per-try timer used to see the pool's other
+/// members as free, give the try up at 2 s and then find nothing to try
+/// (in-dialog requests do not fail over): the caller got a 408, which
+/// ends a dialog (§12.2.1.2), while the backend never saw a retransmission.
+#[test]
+fn an_in_dialog_invite_waits_for_timer_b_not_the_per_try_timer() {
+    let mut lab = three_backends(TxnConfig::default());
+    let reinvite = format!(
+        "INVITE sip:+15551230001@{LB} SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5070;branch=z9hG4bKreinv1\r\n\
+Max-Forwards: 70\r\nTo: <sip:b@{LB}>;tag=b1\r\nFrom: <sip:a@example.com>;tag=f1\r\n\
+Call-ID: sticky-2\r\nCSeq: 3 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(lab.recv(CALLER, &reinvite), Outcome::Forwarded);
+    let sent = lab.take();
+    let fwd = sent
+        .iter()
+        .find(|s| s.method() == "INVITE")
+        .unwrap()
+        .clone();
+    let sent = sends_until(&mut lab, 4_000);
+    assert!(
+        sent.iter()
+            .all(|(_, s)| s.to == fwd.to && s.method() == "INVITE"),
+        "only retransmissions to the same backend: {sent:#?}"
+    );
+    assert_eq!(sent.len(), 3, "Timer A at 0.5, 1.5 and 3.5 s: {sent:#?}");
+    assert_eq!(lab.proxy.counters().try_timeouts, 0);
+    lab.recv(&fwd.to(), &fwd.answer(200, Some("b1")));
+    let sent = lab.take();
+    assert!(
+        sent.iter().any(|s| s.code() == 200 && s.to() == CALLER),
+        "{sent:#?}"
+    );
+}
+
 // ---- requests whose forwarded form does not scan again ----
 
 /// An INVITE that came with `Max-Forwards: 1` goes on with 0, which the
