@@ -197,7 +197,8 @@ pub struct Proxy {
 /// the scanner) and the state can be used at once.
 #[derive(Debug)]
 struct Core {
-    /// Scans requests stored in transactions (local answers, new tries).
+    /// Scans requests stored in transactions (local answers, new tries,
+    /// CANCEL and ACK), with room for what forwarding added to them.
     rescanner: Scanner,
     /// The share of new INVITEs and REGISTERs the shard admits (1.0 unless
     /// overloaded), and the admissions it has earned toward the next one.
@@ -277,7 +278,7 @@ impl Proxy {
     ) -> Proxy {
         Proxy {
             core: Core {
-                rescanner: Scanner::new(scanner.limits().clone()),
+                rescanner: Scanner::for_sent(scanner.limits()),
                 editor: Editor::new(local),
                 routing: routing.as_ref().map(private),
                 selector: Selector::new(),

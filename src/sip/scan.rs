@@ -30,9 +30,10 @@ pub struct Limits {
     pub headers_max: usize,
     /// Bytes in one header field, folded continuation lines included.
     pub header_line_bytes_max: usize,
-    /// Via values per message; each costs a parse on every request. The
+    /// Via values per request; each costs a parse on every request. The
     /// default is 64, not 32: RFC 4475's longreq, a legal message every
-    /// element must process, carries 34.
+    /// element must process, carries 34. A response may carry one more:
+    /// ours, on top of those of the request it answers.
     pub via_values_max: usize,
 }
 
@@ -100,6 +101,11 @@ impl std::fmt::Display for LimitError {
 }
 
 impl std::error::Error for LimitError {}
+
+/// Bytes forwarding may add to a request or to its longest header line:
+/// our Via and Record-Route (each well under 200 bytes), a Max-Forwards,
+/// and `received` with an IPv6 address and `rport` on the top Via.
+const FORWARD_ROOM_BYTES: usize = 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -214,6 +220,8 @@ pub struct Scanner {
     known: Known,
     /// Extension option tags this proxy supports in Proxy-Require.
     proxy_require_supported: Vec<Box<[u8]>>,
+    /// Reads requests this proxy sent on (see [`Scanner::for_sent`]).
+    sent_on: bool,
 }
 
 /// A scanned, validated SIP message. Every accessor returns a slice of the
@@ -249,6 +257,29 @@ impl Scanner {
             known: Known::default(),
             limits,
             proxy_require_supported: Vec::new(),
+            sent_on: false,
+        }
+    }
+
+    /// A scanner for requests this proxy has already sent on, read again
+    /// to write their CANCEL or ACK (§9.1, §17.1.1.3) or to send them to
+    /// the next backend. Its limits leave room for what forwarding adds (a
+    /// Via value, a Record-Route, a Max-Forwards, `received` and `rport`),
+    /// and it takes Max-Forwards 0 and any Proxy-Require: a request that
+    /// came with Max-Forwards 1 went on with 0, and one that passed the
+    /// checks on the way in must not fail them on the way back.
+    pub fn for_sent(limits: &Limits) -> Scanner {
+        let room = Limits {
+            datagram_bytes_max: limits.datagram_bytes_max.saturating_add(FORWARD_ROOM_BYTES),
+            headers_max: limits.headers_max.saturating_add(3),
+            header_line_bytes_max: limits
+                .header_line_bytes_max
+                .saturating_add(FORWARD_ROOM_BYTES),
+            via_values_max: limits.via_values_max.saturating_add(1),
+        };
+        Scanner {
+            sent_on: true,
+            ..Scanner::new(room)
         }
     }
 
@@ -314,6 +345,7 @@ impl Scanner {
             frame,
             &self.limits,
             &self.proxy_require_supported,
+            self.sent_on,
         )
         .map_err(|fault| ScanError { fault, kind })
     }
@@ -697,12 +729,20 @@ fn validate<'m>(
     frame: Frame,
     limits: &Limits,
     proxy_require_supported: &[Box<[u8]>],
+    sent_on: bool,
 ) -> Result<Message<'m>, Fault> {
     let mut start_line = StartLine::Response {
         code: 0,
         reason: &[],
     };
     parse_start_line(frame.start_line.of(datagram), frame.kind, &mut start_line)?;
+    // A response carries the Via values of the request it answers and
+    // ours on top: one more than the request could bring in, or the answer
+    // to a request at the limit would be dropped on its way back.
+    let via_values_max = match frame.kind {
+        StartKind::Response => limits.via_values_max.saturating_add(1),
+        StartKind::Request | StartKind::Unknown => limits.via_values_max,
+    };
     let mut via_count = 0usize;
     // Values below the top one are parsed into a scratch value made where
     // one is needed: most messages have none.
@@ -737,14 +777,14 @@ fn validate<'m>(
         };
         if parsed.is_ok() {
             via_count += 1;
-            if via_count > limits.via_values_max {
+            if via_count > via_values_max {
                 return Err(Fault::TooManyVia);
             }
             continue;
         }
         for value in CommaSplit::new(value) {
             via_count += 1;
-            if via_count > limits.via_values_max {
+            if via_count > via_values_max {
                 return Err(Fault::TooManyVia);
             }
             if via_count == 1 {
@@ -814,10 +854,11 @@ fn validate<'m>(
         if uri.headers.is_some() {
             return Err(Fault::RequestUriHeaders);
         }
-        if max_forwards == Some(0) {
+        if max_forwards == Some(0) && !sent_on {
             return Err(Fault::MaxForwardsZero);
         }
-        if known.last(HeaderName::ProxyRequire).is_some()
+        if !sent_on
+            && known.last(HeaderName::ProxyRequire).is_some()
             && proxy_require_tags(datagram, slots)
                 .any(|tag| !supports(proxy_require_supported, tag))
         {
@@ -1320,6 +1361,74 @@ v=0\r\n";
                 .scan(two_vias.as_bytes())
                 .unwrap_err()
                 .fault,
+            Fault::TooManyVia
+        );
+    }
+
+    #[test]
+    fn a_response_may_carry_one_via_more_than_a_request() {
+        let limits = Limits {
+            via_values_max: 1,
+            ..Limits::default()
+        };
+        let invite = std::str::from_utf8(INVITE).unwrap();
+        let two_vias = "SIP/2.0/UDP lb.example.com;branch=z9hG4bKlb1, SIP/2.0/UDP pc33";
+        let response = |vias: &str| {
+            invite
+                .replace(
+                    "INVITE sip:bob@biloxi.example.com SIP/2.0",
+                    "SIP/2.0 180 Ringing",
+                )
+                .replacen("SIP/2.0/UDP pc33", vias, 1)
+        };
+        let mut scanner = Scanner::new(limits.clone());
+        assert!(scanner.scan(response(two_vias).as_bytes()).is_ok());
+        let three_vias = format!("SIP/2.0/UDP p2, {two_vias}");
+        assert_eq!(
+            scanner
+                .scan(response(&three_vias).as_bytes())
+                .unwrap_err()
+                .fault,
+            Fault::TooManyVia
+        );
+        let request = invite.replacen("SIP/2.0/UDP pc33", two_vias, 1);
+        assert_eq!(
+            scanner.scan(request.as_bytes()).unwrap_err().fault,
+            Fault::TooManyVia
+        );
+    }
+
+    /// What the proxy sent on is read again to write its CANCEL and ACK:
+    /// Max-Forwards 0 (a request that came with 1), a Proxy-Require it
+    /// does not support and one Via, one line and a few header fields over
+    /// the limits (what forwarding adds) are all taken there, and only there.
+    #[test]
+    fn the_scanner_for_sent_requests_takes_what_forwarding_made() {
+        let limits = Limits {
+            via_values_max: 1,
+            headers_max: 11,
+            ..Limits::default()
+        };
+        let sent = std::str::from_utf8(INVITE)
+            .unwrap()
+            .replace("Max-Forwards: 70", "Max-Forwards: 0\r\nProxy-Require: foo")
+            .replacen(
+                "Via: ",
+                "Record-Route: <sip:lb.example.com;lr>\r\nVia: SIP/2.0/UDP lb.example.com;branch=z9hG4bKlb1\r\nVia: ",
+                1,
+            );
+        let mut received = Scanner::new(limits.clone());
+        assert!(received.scan(sent.as_bytes()).is_err());
+        let mut again = Scanner::for_sent(&limits);
+        let message = again.scan(sent.as_bytes()).unwrap();
+        assert_eq!(message.max_forwards(), Some(0));
+        let over = sent.replacen(
+            "Via: ",
+            "Via: SIP/2.0/UDP extra;branch=z9hG4bKx\r\nVia: ",
+            1,
+        );
+        assert_eq!(
+            again.scan(over.as_bytes()).unwrap_err().fault,
             Fault::TooManyVia
         );
     }
