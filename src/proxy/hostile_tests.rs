@@ -258,3 +258,33 @@ fn control_characters_are_answered_400_and_never_forwarded() {
     assert_eq!(lab.proxy.counters().replies, 4);
     assert_eq!(lab.proxy.counters().requests_forwarded, 1);
 }
+
+/// An ACK is never answered (§17): one with Max-Forwards 0 or a CSeq
+/// naming another method is counted and dropped, where an INVITE with the
+/// same fault gets its 483 or 400.
+#[test]
+fn a_bad_ack_is_dropped_not_answered() {
+    let mut lab = Lab::new(Algorithm::RoundRobin);
+    let ack = request("ACK", "ack-bad", 1);
+    let cases = [
+        (
+            ack.replace("Max-Forwards: 70", "Max-Forwards: 0"),
+            Fault::MaxForwardsZero,
+        ),
+        (ack.replace("1 ACK", "1 INVITE"), Fault::CSeqMethod),
+        (
+            format!("\r\n{}", ack.replace("Max-Forwards: 70", "Max-Forwards: 0")),
+            Fault::MaxForwardsZero,
+        ),
+    ];
+    for (text, fault) in cases {
+        assert_eq!(
+            lab.recv(CALLER, &text),
+            Outcome::Dropped(DropReason::Malformed(fault))
+        );
+        assert!(lab.take().is_empty(), "{text}");
+    }
+    let invite = invite("inv-bad").replace("Max-Forwards: 70", "Max-Forwards: 0");
+    assert_eq!(lab.recv(CALLER, &invite), Outcome::Replied);
+    assert_eq!(lab.one().code(), 483);
+}
