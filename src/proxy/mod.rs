@@ -1314,11 +1314,16 @@ impl Core {
             return;
         }
         let (code, bytes) = match server.best.take() {
-            Some(best) => best,
-            None => {
-                let local = match server.cancelled {
-                    true => LocalResponse::new(487, "Request Terminated"),
-                    false => LocalResponse::REQUEST_TIMEOUT,
+            Some(best) if best.0 != 503 => best,
+            best => {
+                let local = match (best, server.cancelled) {
+                    // §16.7 step 6: a backend's 503 says that it cannot
+                    // serve; passed on (with its Retry-After), it would tell
+                    // the caller that this proxy cannot. Our own 503s
+                    // (overload) are sent before any try, not from here.
+                    (Some(_), _) => LocalResponse::new(500, "Server Internal Error"),
+                    (None, true) => LocalResponse::new(487, "Request Terminated"),
+                    (None, false) => LocalResponse::REQUEST_TIMEOUT,
                 };
                 let request = std::mem::take(&mut server.request);
                 let source = server.source;

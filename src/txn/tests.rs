@@ -473,6 +473,37 @@ fn when_every_backend_fails_the_caller_gets_the_best_final() {
     assert_eq!(order.len(), 3);
 }
 
+/// §16.7 step 6: when every backend answered 503, the caller gets 500,
+/// not a 503 (with the backends' Retry-After) that would tell it this
+/// proxy cannot serve; a better final from any try still wins.
+#[test]
+fn a_503_from_every_backend_reaches_the_caller_as_500() {
+    let mut lab = one_backend();
+    let fwd = start_invite(&mut lab, "s503");
+    let busy = fwd
+        .answer(503, Some("b"))
+        .replace("Content-Length: 0", "Retry-After: 60\r\nContent-Length: 0");
+    lab.recv(BACKEND_A, &busy);
+    let sent = lab.take();
+    let upstream: Vec<_> = sent.iter().filter(|s| s.to() == CALLER).collect();
+    assert_eq!(upstream.len(), 1, "{sent:#?}");
+    assert_eq!(upstream[0].code(), 500);
+    assert_eq!(upstream[0].header("Retry-After"), None);
+    assert!(sent.iter().any(|s| s.method() == "ACK" && s.to == fwd.to));
+
+    let mut lab = three_backends(TxnConfig::default());
+    let first = start_invite(&mut lab, "s486");
+    lab.recv(&first.to(), &first.answer(503, Some("b")));
+    let sent = lab.take();
+    let second = sent.iter().find(|s| s.method() == "INVITE").unwrap();
+    lab.recv(&second.to(), &second.answer(486, Some("b")));
+    let sent = lab.take();
+    assert!(
+        sent.iter().any(|s| s.code() == 486 && s.to() == CALLER),
+        "{sent:#?}"
+    );
+}
+
 #[test]
 fn a_dead_backend_costs_the_per_try_timer_not_timer_b() {
     let mut lab = Lab::new(Algorithm::RoundRobin);
@@ -524,10 +555,12 @@ fn no_failover_after_a_6xx_or_after_ringing_unless_asked() {
     lab.recv(&fwd.to(), &fwd.answer(180, Some("b")));
     lab.recv(&fwd.to(), &fwd.answer(503, Some("b")));
     let sent = lab.take();
+    // The backend's 503 goes upstream as 500 (§16.7 step 6).
     assert!(
-        sent.iter().any(|s| s.code() == 503 && s.to() == CALLER),
+        sent.iter().any(|s| s.code() == 500 && s.to() == CALLER),
         "{sent:#?}"
     );
+    assert!(sent.iter().all(|s| s.code() != 503), "{sent:#?}");
 
     let config = TxnConfig {
         failover_after_provisional: true,
@@ -560,7 +593,7 @@ Call-ID: d1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
     lab.recv(BACKEND_B, &fwd.answer(503, None));
     let sent = lab.take();
     assert_eq!(sent.len(), 1);
-    assert_eq!((sent[0].code(), sent[0].to().as_str()), (503, CALLER));
+    assert_eq!((sent[0].code(), sent[0].to().as_str()), (500, CALLER));
 }
 
 // ---- bounds ----
