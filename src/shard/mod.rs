@@ -132,6 +132,9 @@ struct Shared {
     inboxes: Vec<Inbox>,
     doorbells: Vec<Doorbell>,
     stop: AtomicBool,
+    /// Shards past their last receive on the way out: once all are, no
+    /// more handoffs can come, and each takes its inbox for the last time.
+    stopped: AtomicUsize,
     /// Bumped on SIGUSR1; each shard logs its counters when it sees a new value.
     report: AtomicUsize,
     /// What each shard publishes for the control thread, by shard index.
@@ -337,6 +340,7 @@ impl Runtime {
                 .map(|_| Doorbell::new())
                 .collect::<io::Result<_>>()?,
             stop: AtomicBool::new(false),
+            stopped: AtomicUsize::new(0),
             report: AtomicUsize::new(0),
             stats: (0..shards).map(|_| Arc::default()).collect(),
             routing: ArcSwap::new(config.routing.clone()),
@@ -587,6 +591,10 @@ const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How often a shard copies its latency histogram out for `/metrics`.
 const LATENCY_OFFER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a stopping shard waits for the others to pass their last
+/// receive (a shard that failed never does).
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// How long a shard sleeps with nothing to do before it looks at the stop
 /// and report flags again (the doorbell wakes it sooner).
@@ -875,10 +883,7 @@ impl Shard {
             self.output.flush();
             self.end_turn(Instant::now());
         }
-        // Stop: take what others handed us, send what we hold, then leave.
-        self.drain_inbox();
-        self.output.flush();
-        self.log_counters();
+        self.finish();
         Ok(())
     }
 
@@ -892,21 +897,7 @@ impl Shard {
             self.output.counters.turns += 1;
             let icmp = flushed.icmp_pending;
             self.output.ring_sent(flushed);
-            let received_at = self.output.tick();
-            for &r in &ready {
-                self.output.counters.received += 1;
-                match uring.datagram(r) {
-                    Some((source, datagram)) => self.output.dispatch(
-                        self.index,
-                        &self.shared,
-                        source,
-                        datagram,
-                        received_at,
-                    ),
-                    None => self.output.counters.truncated += 1,
-                }
-            }
-            uring.recycle(&ready);
+            self.handle_ready(&mut uring, &ready);
             self.output.ring_owners(&self.shared);
             self.drain_inbox();
             if icmp | std::mem::take(&mut self.output.wire.icmp_pending) {
@@ -920,14 +911,49 @@ impl Shard {
             }
             self.end_turn(done);
         }
-        // Stop: the queued sends go out with this last wait.
+        // Stop: the queued sends go out with this last wait, and what it
+        // received is handled like any turn's (its answers leave with the
+        // flush in `finish`).
         let flushed = uring.wait(std::time::Duration::ZERO, &mut ready)?;
         self.output.ring_sent(flushed);
-        uring.recycle(&ready);
+        self.handle_ready(&mut uring, &ready);
+        self.output.ring_owners(&self.shared);
+        self.finish();
+        Ok(())
+    }
+
+    /// Dispatches the datagrams a wait collected and gives their buffers
+    /// back to the ring.
+    fn handle_ready(&mut self, uring: &mut Uring, ready: &[uring::Ready]) {
+        let received_at = self.output.tick();
+        for &r in ready {
+            self.output.counters.received += 1;
+            match uring.datagram(r) {
+                Some((source, datagram)) => {
+                    self.output
+                        .dispatch(self.index, &self.shared, source, datagram, received_at)
+                }
+                None => self.output.counters.truncated += 1,
+            }
+        }
+        uring.recycle(ready);
+    }
+
+    /// The way out, after the last receive: wait (at most `STOP_WAIT`)
+    /// until every shard is past its own, so that nothing can be handed to
+    /// this one after its inbox is taken for the last time; then send what
+    /// it holds.
+    fn finish(&mut self) {
+        let shards = self.shared.inboxes.len();
+        self.shared.stopped.fetch_add(1, Ordering::AcqRel);
+        let deadline = Instant::now() + STOP_WAIT;
+        while self.shared.stopped.load(Ordering::Acquire) < shards && Instant::now() < deadline {
+            self.drain_inbox();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         self.drain_inbox();
         self.output.flush();
         self.log_counters();
-        Ok(())
     }
 
     /// Counts the turn's work, publishes the counters, and logs them if
