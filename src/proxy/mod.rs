@@ -1232,22 +1232,39 @@ impl Core {
         };
         // Completed: nothing will be sent again but the ACK.
         client.request = Vec::new();
-        if client.abandoned {
-            return Outcome::Absorbed;
-        }
-        let provisional = client.provisional;
+        let (abandoned, provisional) = (client.abandoned, client.provisional);
         let edited = match self.editor.forward_response(message, tx.buffer()) {
             Ok(len) => Some(tx.buffer()[..len].to_vec()),
             Err(_) => None,
         };
         let failover_code = self.txns.config.failover_codes.contains(&code)
             && (!provisional || self.txns.config.failover_after_provisional);
-        if let Some(server) = self.txns.servers.get_mut(server_slot) {
-            if let Some(bytes) = edited {
-                if better(code, server.best.as_ref().map(|b| b.0)) {
-                    server.best = Some((code, bytes));
+        let Some(server) = self
+            .txns
+            .servers
+            .get_mut(server_slot)
+            .filter(|s| s.state == ServerState::Proceeding)
+        else {
+            return Outcome::Absorbed;
+        };
+        // §16.7 step 6: the best final is chosen from every try's answer,
+        // a try given up on (per-try timer, ICMP) included.
+        if let Some(bytes) = edited {
+            if better(code, server.best.as_ref().map(|b| b.0)) {
+                server.best = Some((code, bytes));
+            }
+        }
+        if abandoned {
+            // §16.7 step 5: a 6xx ends the search even from a try given up
+            // on. The try in progress is cancelled, and its answer (a 487)
+            // loses to the 6xx when the caller is answered.
+            if (600..=699).contains(&code) {
+                server.cancelled = true;
+                if let Some(current) = server.client.filter(|&c| c != slot) {
+                    self.cancel_client(now, current, tx);
                 }
             }
+            return Outcome::Absorbed;
         }
         if failover_code && self.try_next(now, server_slot, None, tx) {
             return Outcome::Absorbed;
@@ -1539,7 +1556,10 @@ impl Core {
                             Target::Fixed(_) => false,
                         }
                 });
-                if untried {
+                // With the client table full no next try could start:
+                // giving this one up would only answer 408 at once, where
+                // Timer B still leaves a slow backend time to answer.
+                if untried && !self.txns.clients.is_full() {
                     self.counters.try_timeouts += 1;
                     self.try_failed(now, slot, tx);
                 }

@@ -530,6 +530,84 @@ fn a_dead_backend_costs_the_per_try_timer_not_timer_b() {
     );
 }
 
+/// §16.7 steps 5 and 6 with a try given up on: its late 603 cancels the
+/// try in progress and is what the caller gets (not that try's 487), and
+/// its late 486 is remembered, so when every later try fails the caller
+/// hears 486 and not a 500 made of the others' 503s.
+#[test]
+fn a_late_final_from_a_try_given_up_on_counts_for_the_best() {
+    let mut lab = Lab::new(Algorithm::RoundRobin);
+    let first = start_invite(&mut lab, "late6");
+    lab.advance(2_000);
+    let second = lab
+        .take()
+        .into_iter()
+        .find(|s| s.method() == "INVITE" && s.to != first.to)
+        .unwrap();
+    lab.recv(&second.to(), &second.answer(180, Some("b")));
+    assert_eq!(lab.one().code(), 180);
+    lab.recv(&first.to(), &first.answer(603, Some("a")));
+    let sent = lab.take();
+    assert!(
+        sent.iter()
+            .any(|s| s.method() == "CANCEL" && s.to == second.to),
+        "{sent:#?}"
+    );
+    assert!(sent.iter().all(|s| s.to() != CALLER), "{sent:#?}");
+    lab.recv(&second.to(), &second.answer(487, Some("b")));
+    let sent = lab.take();
+    let upstream: Vec<_> = sent.iter().filter(|s| s.to() == CALLER).collect();
+    assert_eq!(upstream.len(), 1, "{sent:#?}");
+    assert_eq!(upstream[0].code(), 603);
+
+    let mut lab = Lab::new(Algorithm::RoundRobin);
+    let first = start_invite(&mut lab, "late4");
+    lab.advance(2_000);
+    let second = lab
+        .take()
+        .into_iter()
+        .find(|s| s.method() == "INVITE" && s.to != first.to)
+        .unwrap();
+    lab.recv(&first.to(), &first.answer(486, Some("a")));
+    assert!(lab.take().iter().all(|s| s.to() != CALLER));
+    lab.recv(&second.to(), &second.answer(503, Some("b")));
+    let sent = lab.take();
+    let upstream: Vec<_> = sent.iter().filter(|s| s.to() == CALLER).collect();
+    assert_eq!(upstream.len(), 1, "{sent:#?}");
+    assert_eq!(upstream[0].code(), 486);
+}
+
+/// With the client table full, the per-try timer used to give the try up
+/// and, unable to start another, answer 408 at 2 s; the try now runs on
+/// to Timer B, so a backend that is slow but alive still gets the call.
+#[test]
+fn a_full_client_table_leaves_a_slow_try_running() {
+    let config = TxnConfig {
+        max_transactions: 1,
+        ..TxnConfig::default()
+    };
+    // A table of two tries: the first, given up on at 2 s, still holds
+    // its slot, and the second fills the table.
+    let mut lab = three_backends(config);
+    let first = start_invite(&mut lab, "full1");
+    lab.advance(2_000);
+    let second = lab
+        .take()
+        .into_iter()
+        .find(|s| s.method() == "INVITE" && s.to != first.to)
+        .unwrap();
+    lab.advance(2_500);
+    let sent = lab.take();
+    assert!(sent.iter().all(|s| s.to() != CALLER), "{sent:#?}");
+    assert_eq!(lab.proxy.counters().try_timeouts, 1);
+    lab.recv(&second.to(), &second.answer(200, Some("b")));
+    let sent = lab.take();
+    assert!(
+        sent.iter().any(|s| s.code() == 200 && s.to() == CALLER),
+        "{sent:#?}"
+    );
+}
+
 #[test]
 fn an_icmp_error_fails_over_at_once() {
     let mut lab = Lab::new(Algorithm::RoundRobin);
