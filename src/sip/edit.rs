@@ -387,15 +387,21 @@ impl Editor {
         out.put(&self.local.via_prefix)?;
         out.put(branch_key)?;
         out.put(b"\r\n")?;
-        let mut routes = request.routes().peekable();
-        if let Some(Ok(top)) = routes.peek() {
-            if self.local.is_named_by(top) {
-                routes.next();
+        // §9.1, §17.1.1.3: the Route set of the request as sent, byte for
+        // byte (a value this proxy cannot parse is still the next hop's to
+        // judge), without our own entry where it leads.
+        let datagram = request.datagram;
+        let mut first = true;
+        for slot in request.slots.iter().filter(|s| s.name == HeaderName::Route) {
+            let mut value = slot.value.of(datagram);
+            if std::mem::take(&mut first) && self.names_us(value) {
+                match split_first_value(value) {
+                    Some((_, rest)) => value = rest,
+                    None => continue,
+                }
             }
-        }
-        for route in routes.flatten() {
             out.put(b"Route: ")?;
-            out.put(route.value)?;
+            out.put(value)?;
             out.put(b"\r\n")?;
         }
         out.put(b"Max-Forwards: 70\r\nFrom: ")?;
@@ -455,14 +461,20 @@ pub(crate) fn received_edits<'a>(
 /// field: the whole field when it has one value, else the value and its
 /// comma up to the next value.
 fn first_value_span(datagram: &[u8], slot: &HeaderSlot) -> (usize, usize) {
-    let mut values = CommaSplit::new(slot.value.of(datagram));
-    let first = values.next().unwrap_or_default();
-    match values.next() {
-        Some(second) if !first.is_empty() => {
-            (offset_in(datagram, first), offset_in(datagram, second))
-        }
-        _ => (slot.line.start as usize, slot.line.end as usize),
+    match split_first_value(slot.value.of(datagram)) {
+        Some((first, rest)) => (offset_in(datagram, first), offset_in(datagram, rest)),
+        None => (slot.line.start as usize, slot.line.end as usize),
     }
+}
+
+/// A comma-separated header value's first value and what follows it from
+/// the next value that is not empty; `None` when nothing does, so that the
+/// whole field goes and no `Route: ` is left with no value behind.
+fn split_first_value(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut values = CommaSplit::new(value);
+    let first = values.next().filter(|first| !first.is_empty())?;
+    let next = values.find(|v| !v.is_empty())?;
+    Some((first, value.get(offset_in(value, next)..)?))
 }
 
 #[cfg(test)]
@@ -540,6 +552,63 @@ Content-Length: 0\r\n\
             "{got}"
         );
         assert!(!got.contains("Record-Route"));
+    }
+
+    /// Our Route popped from a list with empty elements: what is left
+    /// starts at the next real value, and a list of ours alone (plus
+    /// commas) goes whole, never leaving `Route: ` with no value.
+    #[test]
+    fn popping_our_route_skips_empty_list_elements() {
+        let ours = "Route: <sip:10.0.0.1:5060;lr>, <sip:core.example.com;lr>\r\n";
+        let got = forward(
+            &INVITE.replace(
+                ours,
+                "Route: <sip:10.0.0.1:5060;lr>, , <sip:core.example.com;lr>\r\n",
+            ),
+            "192.0.2.7:6000",
+            false,
+        );
+        assert!(
+            got.contains("\r\nRoute: <sip:core.example.com;lr>\r\n"),
+            "{got}"
+        );
+        let got = forward(
+            &INVITE.replace(ours, "Route: <sip:10.0.0.1:5060;lr>, \r\n"),
+            "192.0.2.7:6000",
+            false,
+        );
+        assert!(!got.contains("Route:"), "{got}");
+    }
+
+    /// A CANCEL (or ACK) carries the Route set of the request it goes
+    /// with (§9.1): a value this proxy cannot parse is copied too, where it
+    /// used to be left out.
+    #[test]
+    fn a_hop_request_keeps_every_route_but_ours() {
+        let sent = INVITE.replace(
+            "Route: <sip:10.0.0.1:5060;lr>, <sip:core.example.com;lr>\r\n",
+            "Route: <sip:10.0.0.1:5060;lr>, <sip:core.example.com;lr>\r\nRoute: <sip:edge.example.com;lr\r\n",
+        );
+        let mut scanner = Scanner::new(Limits::default());
+        let m = scanner.scan(sent.as_bytes()).unwrap();
+        let mut out = [0u8; 4096];
+        let n = editor()
+            .write_hop_request(
+                &m,
+                HopMethod::Cancel,
+                b"Bob <sip:bob@biloxi.example.com>",
+                b"k",
+                &mut out,
+            )
+            .unwrap();
+        let got = std::str::from_utf8(&out[..n]).unwrap();
+        assert!(
+            got.contains(
+                "\r\nRoute: <sip:core.example.com;lr>\r\nRoute: <sip:edge.example.com;lr\r\n"
+            ),
+            "{got}"
+        );
+        assert!(!got.contains("10.0.0.1:5060;lr"), "{got}");
     }
 
     #[test]
