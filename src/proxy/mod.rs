@@ -519,7 +519,20 @@ impl Core {
                     return self.caller_cancel(now, slot, message, source, tx);
                 }
                 // §16.10: no transaction to cancel: forward it statelessly.
-                return self.stateless(message, source, tx);
+                // Where it can go nowhere (no member up, a next hop by
+                // name), the answer a UAS would give (§9.2): 481, so the
+                // caller does not retransmit it for 64·T1 into silence.
+                return match self.stateless(message, source, tx) {
+                    Outcome::Dropped(DropReason::NoBackend | DropReason::UnresolvedNextHop) => {
+                        reply(
+                            message,
+                            source,
+                            &LocalResponse::new(481, "Call/Transaction Does Not Exist"),
+                            tx,
+                        )
+                    }
+                    outcome => outcome,
+                };
             }
             _ => {}
         }

@@ -429,6 +429,27 @@ fn cancel_with_no_invite_here_is_forwarded_statelessly() {
     assert_eq!(lab.proxy.transactions(), (0, 0));
 }
 
+/// A CANCEL with no INVITE here that can go nowhere (no backend, or a
+/// next hop named by host name) is answered 481 (§9.2), not dropped in
+/// silence while the caller retransmits it for 64·T1.
+#[test]
+fn cancel_with_no_invite_here_and_no_way_on_gets_481() {
+    let mut lab = Lab::with(Algorithm::RoundRobin, TxnConfig::default(), &[]);
+    assert_eq!(lab.recv(CALLER, &cancel("x6")), Outcome::Replied);
+    let sent = lab.one();
+    assert_eq!((sent.code(), sent.to().as_str()), (481, CALLER));
+
+    let mut lab = one_backend();
+    let named = cancel("x7").replacen(
+        "Max-Forwards: 70\r\n",
+        &format!("Max-Forwards: 70\r\nRoute: <sip:{LB}:5060;lr>, <sip:pbx.example.com;lr>\r\n"),
+        1,
+    );
+    assert_eq!(lab.recv(CALLER, &named), Outcome::Replied);
+    assert_eq!(lab.one().code(), 481);
+    assert_eq!(lab.proxy.transactions(), (0, 0));
+}
+
 // ---- failover ----
 
 #[test]
