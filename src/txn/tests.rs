@@ -40,6 +40,47 @@ fn sends_until(lab: &mut Lab, until: u64) -> Vec<(u64, Sent)> {
     out
 }
 
+/// The INVITE the per-try timer sends to another backend when it gives
+/// `first` up at 2 s.
+fn next_try_after_per_try_timer(lab: &mut Lab, first: &Sent) -> Sent {
+    lab.advance(2_000);
+    lab.take()
+        .into_iter()
+        .find(|s| s.method() == "INVITE" && s.to != first.to)
+        .unwrap()
+}
+
+/// The one datagram among `sent` that goes upstream to the caller.
+fn the_one_upstream(sent: &[Sent]) -> &Sent {
+    let upstream: Vec<_> = sent.iter().filter(|s| s.to() == CALLER).collect();
+    assert_eq!(upstream.len(), 1, "{sent:#?}");
+    upstream[0]
+}
+
+/// Timer C fires 180 s on: its CANCEL goes to the try `fwd`, and with
+/// no answer to it the caller gets 408 64·T1 later. Returns the CANCEL.
+fn timer_c_cancels_then_408(lab: &mut Lab, fwd: &Sent) -> Sent {
+    lab.advance(180_000);
+    assert_eq!(lab.proxy.counters().timer_c_fired, 1);
+    let cancel = lab.one();
+    assert_eq!((cancel.method(), cancel.to), ("CANCEL", fwd.to));
+    lab.advance(32_000);
+    let sent = lab.take();
+    assert!(
+        sent.iter().any(|s| s.code() == 408 && s.to() == CALLER),
+        "{sent:#?}"
+    );
+    cancel
+}
+
+/// Runs the clock past every wait state: no transaction and no timer
+/// may be left.
+fn assert_all_ended(lab: &mut Lab) {
+    lab.advance(600_000);
+    assert_eq!(lab.proxy.transactions(), (0, 0));
+    assert_eq!(lab.proxy.next_deadline(), None, "no timer left");
+}
+
 // ---- INVITE server transaction (figure 7) ----
 
 #[test]
@@ -506,10 +547,9 @@ fn a_503_from_every_backend_reaches_the_caller_as_500() {
         .replace("Content-Length: 0", "Retry-After: 60\r\nContent-Length: 0");
     lab.recv(BACKEND_A, &busy);
     let sent = lab.take();
-    let upstream: Vec<_> = sent.iter().filter(|s| s.to() == CALLER).collect();
-    assert_eq!(upstream.len(), 1, "{sent:#?}");
-    assert_eq!(upstream[0].code(), 500);
-    assert_eq!(upstream[0].header("Retry-After"), None);
+    let upstream = the_one_upstream(&sent);
+    assert_eq!(upstream.code(), 500);
+    assert_eq!(upstream.header("Retry-After"), None);
     assert!(sent.iter().any(|s| s.method() == "ACK" && s.to == fwd.to));
 
     let mut lab = three_backends(TxnConfig::default());
@@ -559,12 +599,7 @@ fn a_dead_backend_costs_the_per_try_timer_not_timer_b() {
 fn a_late_final_from_a_try_given_up_on_counts_for_the_best() {
     let mut lab = Lab::new(Algorithm::RoundRobin);
     let first = start_invite(&mut lab, "late6");
-    lab.advance(2_000);
-    let second = lab
-        .take()
-        .into_iter()
-        .find(|s| s.method() == "INVITE" && s.to != first.to)
-        .unwrap();
+    let second = next_try_after_per_try_timer(&mut lab, &first);
     lab.recv(&second.to(), &second.answer(180, Some("b")));
     assert_eq!(lab.one().code(), 180);
     lab.recv(&first.to(), &first.answer(603, Some("a")));
@@ -577,25 +612,16 @@ fn a_late_final_from_a_try_given_up_on_counts_for_the_best() {
     assert!(sent.iter().all(|s| s.to() != CALLER), "{sent:#?}");
     lab.recv(&second.to(), &second.answer(487, Some("b")));
     let sent = lab.take();
-    let upstream: Vec<_> = sent.iter().filter(|s| s.to() == CALLER).collect();
-    assert_eq!(upstream.len(), 1, "{sent:#?}");
-    assert_eq!(upstream[0].code(), 603);
+    assert_eq!(the_one_upstream(&sent).code(), 603);
 
     let mut lab = Lab::new(Algorithm::RoundRobin);
     let first = start_invite(&mut lab, "late4");
-    lab.advance(2_000);
-    let second = lab
-        .take()
-        .into_iter()
-        .find(|s| s.method() == "INVITE" && s.to != first.to)
-        .unwrap();
+    let second = next_try_after_per_try_timer(&mut lab, &first);
     lab.recv(&first.to(), &first.answer(486, Some("a")));
     assert!(lab.take().iter().all(|s| s.to() != CALLER));
     lab.recv(&second.to(), &second.answer(503, Some("b")));
     let sent = lab.take();
-    let upstream: Vec<_> = sent.iter().filter(|s| s.to() == CALLER).collect();
-    assert_eq!(upstream.len(), 1, "{sent:#?}");
-    assert_eq!(upstream[0].code(), 486);
+    assert_eq!(the_one_upstream(&sent).code(), 486);
 }
 
 /// With the client table full, the per-try timer used to give the try up
@@ -611,12 +637,7 @@ fn a_full_client_table_leaves_a_slow_try_running() {
     // its slot, and the second fills the table.
     let mut lab = three_backends(config);
     let first = start_invite(&mut lab, "full1");
-    lab.advance(2_000);
-    let second = lab
-        .take()
-        .into_iter()
-        .find(|s| s.method() == "INVITE" && s.to != first.to)
-        .unwrap();
+    let second = next_try_after_per_try_timer(&mut lab, &first);
     lab.advance(2_500);
     let sent = lab.take();
     assert!(sent.iter().all(|s| s.to() != CALLER), "{sent:#?}");
@@ -811,19 +832,8 @@ fn a_100_after_the_per_try_timer_still_arms_timer_c() {
     lab.take();
     lab.recv(BACKEND_A, &fwd.answer(100, None));
     assert!(lab.take().is_empty(), "a 100 goes no further");
-    lab.advance(180_000);
-    assert_eq!(lab.proxy.counters().timer_c_fired, 1);
-    let cancel = lab.one();
-    assert_eq!((cancel.method(), cancel.to), ("CANCEL", fwd.to));
-    lab.advance(32_000);
-    let sent = lab.take();
-    assert!(
-        sent.iter().any(|s| s.code() == 408 && s.to() == CALLER),
-        "{sent:#?}"
-    );
-    lab.advance(600_000);
-    assert_eq!(lab.proxy.transactions(), (0, 0));
-    assert_eq!(lab.proxy.next_deadline(), None, "no timer left");
+    timer_c_cancels_then_408(&mut lab, &fwd);
+    assert_all_ended(&mut lab);
 }
 
 /// Only a provisional above 100 restarts Timer C (§16.7 step 2): a
@@ -908,17 +918,9 @@ fn timer_c_cancels_a_try_sent_on_with_max_forwards_0() {
     let fwd = start_one_hop_invite(&mut lab, "h1");
     lab.recv(BACKEND_A, &fwd.answer(180, Some("b")));
     assert_eq!(lab.one().code(), 180);
-    lab.advance(180_000);
-    assert_eq!(lab.proxy.counters().timer_c_fired, 1);
-    let cancel = lab.one();
-    assert_eq!((cancel.method(), cancel.to), ("CANCEL", fwd.to));
+    let cancel = timer_c_cancels_then_408(&mut lab, &fwd);
     assert_eq!(cancel.header("Max-Forwards"), Some("70"));
-    lab.advance(32_000);
-    let sent = lab.take();
-    assert!(sent.iter().any(|s| s.code() == 408 && s.to() == CALLER));
-    lab.advance(600_000);
-    assert_eq!(lab.proxy.transactions(), (0, 0));
-    assert_eq!(lab.proxy.next_deadline(), None, "no timer left");
+    assert_all_ended(&mut lab);
 }
 
 /// The caller's CANCEL is answered 200 and sent on; the backend's 487
@@ -938,8 +940,7 @@ fn a_cancel_of_a_try_sent_on_with_max_forwards_0_reaches_the_backend() {
     let sent = lab.take();
     assert!(sent.iter().any(|s| s.code() == 487 && s.to() == CALLER));
     assert!(sent.iter().any(|s| s.method() == "ACK" && s.to == fwd.to));
-    lab.advance(600_000);
-    assert_eq!(lab.proxy.transactions(), (0, 0));
+    assert_all_ended(&mut lab);
 }
 
 /// The backend's 486 is ACKed hop by hop, and so is its retransmission.
@@ -1025,7 +1026,5 @@ fn a_provisional_after_our_cancel_does_not_stop_its_wait() {
     lab.advance(32_000);
     let sent = lab.take();
     assert!(sent.iter().any(|s| s.code() == 487 && s.to() == CALLER));
-    lab.advance(600_000);
-    assert_eq!(lab.proxy.transactions(), (0, 0));
-    assert_eq!(lab.proxy.next_deadline(), None, "no timer left");
+    assert_all_ended(&mut lab);
 }
