@@ -350,11 +350,6 @@ impl Proxy {
             Ok(message) => self.core.on_response(now, &message, tx),
             Err(error) => match error.answer() {
                 Answer::Drop => Outcome::Dropped(DropReason::Malformed(error.fault)),
-                // An ACK is never answered (§17.1.1.3, §17.2.1): a bad one
-                // is counted and dropped like a bad response.
-                Answer::Reply { .. } if is_ack(datagram) => {
-                    Outcome::Dropped(DropReason::Malformed(error.fault))
-                }
                 // A malformed request's Via cannot be trusted: the answer
                 // goes back to where the packet came from.
                 Answer::Reply { .. } => {
@@ -1637,16 +1632,6 @@ fn emit(tx: &mut impl Transmit, to: SocketAddr, bytes: &[u8], counters: &mut Cou
         }
         None => counters.dropped_buffer_full += 1,
     }
-}
-
-/// Whether a datagram that did not scan is an ACK: its request line (past
-/// the blank lines §7.5 lets a sender put first) starts with `ACK `.
-fn is_ack(datagram: &[u8]) -> bool {
-    let start = datagram
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(datagram.len());
-    datagram[start..].starts_with(b"ACK ")
 }
 
 /// Whether a final response `code` is better for the caller than `than`

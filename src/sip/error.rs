@@ -77,6 +77,8 @@ pub enum Fault {
 pub struct ScanError {
     pub fault: Fault,
     pub kind: StartKind,
+    /// The request is an ACK, which nothing answers (§17.1.1.3, §17.2.1).
+    pub ack: bool,
 }
 
 /// What the proxy puts on the wire for a rejected datagram.
@@ -84,15 +86,15 @@ pub struct ScanError {
 pub enum Answer {
     /// Send a response with this code and reason phrase.
     Reply { code: u16, reason: &'static str },
-    /// Send nothing: count it and log at debug. Responses are never
-    /// answered, and a message we cannot read has nobody to answer.
+    /// Send nothing: count it and log at debug. Responses and ACKs are
+    /// never answered, and a message we cannot read has nobody to answer.
     Drop,
 }
 
 impl ScanError {
     /// The answer RFC 3261 asks for.
     pub fn answer(&self) -> Answer {
-        if self.kind != StartKind::Request {
+        if self.kind != StartKind::Request || self.ack {
             return Answer::Drop;
         }
         let (code, reason) = match self.fault {

@@ -337,7 +337,7 @@ impl Scanner {
         datagram: &'m [u8],
     ) -> Result<Message<'m>, ScanError> {
         let frame = self.frame_with::<AVX2>(datagram)?;
-        let kind = frame.kind;
+        let (kind, start_line) = (frame.kind, frame.start_line);
         validate(
             datagram,
             self.slots.get(..self.framed).unwrap_or_default(),
@@ -347,7 +347,11 @@ impl Scanner {
             &self.proxy_require_supported,
             self.sent_on,
         )
-        .map_err(|fault| ScanError { fault, kind })
+        .map_err(|fault| ScanError {
+            fault,
+            kind,
+            ack: is_ack(kind, start_line.of(datagram)),
+        })
     }
 
     /// Whether `tag` is one of the Proxy-Require tags we support.
@@ -401,6 +405,7 @@ impl Scanner {
         let unknown = |fault| ScanError {
             fault,
             kind: StartKind::Unknown,
+            ack: false,
         };
         if datagram.len() > self.limits.datagram_bytes_max {
             return Err(unknown(Fault::TooLarge));
@@ -421,7 +426,11 @@ impl Scanner {
         } else {
             StartKind::Request
         };
-        let fail = |fault| ScanError { fault, kind };
+        let fail = |fault| ScanError {
+            fault,
+            kind,
+            ack: is_ack(kind, start_line.of(datagram)),
+        };
         let mut pos = line_end + 1;
         // The slots framed so far, in a register; stored on every way out,
         // errors included (the error-response path reads what was framed).
@@ -719,6 +728,13 @@ fn first_repeat(slots: &[HeaderSlot]) -> usize {
         seen |= bit;
     }
     usize::MAX
+}
+
+/// Whether a rejected message is an ACK, told from its start line alone
+/// (the method may be what failed to parse around it). Only on the error
+/// path: a message that scans knows its method.
+fn is_ack(kind: StartKind, start_line: &[u8]) -> bool {
+    kind == StartKind::Request && start_line.starts_with(b"ACK ")
 }
 
 #[inline(always)]
@@ -1234,6 +1250,7 @@ pub enum Contact<'m> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::error::Answer;
     use crate::sip::via::ViaError;
     use crate::sip::Method;
 
@@ -1363,6 +1380,41 @@ v=0\r\n";
                 .fault,
             Fault::TooManyVia
         );
+    }
+
+    /// An ACK is never answered (§17): whether it fails in validation or
+    /// in framing, its error asks for silence where an INVITE's asks for
+    /// a response.
+    #[test]
+    fn a_rejected_ack_asks_for_silence() {
+        let invite = std::str::from_utf8(INVITE).unwrap();
+        let ack = invite
+            .replacen("INVITE sip:", "ACK sip:", 1)
+            .replace("314159 INVITE", "314159 ACK");
+        for (text, fault) in [
+            (
+                ack.replace("Max-Forwards: 70", "Max-Forwards: 0"),
+                Fault::MaxForwardsZero,
+            ),
+            (
+                ack[..ack.find("\r\n\r\n").unwrap() + 2].to_string(),
+                Fault::Truncated,
+            ),
+        ] {
+            let err = scan(text.as_bytes()).unwrap_err();
+            assert_eq!(
+                (err.fault, err.ack, err.answer()),
+                (fault, true, Answer::Drop)
+            );
+        }
+        let err = scan(
+            invite
+                .replace("Max-Forwards: 70", "Max-Forwards: 0")
+                .as_bytes(),
+        )
+        .unwrap_err();
+        assert!(!err.ack);
+        assert!(matches!(err.answer(), Answer::Reply { code: 483, .. }));
     }
 
     #[test]
