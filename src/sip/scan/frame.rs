@@ -3,7 +3,7 @@
 
 use super::start_line::is_ack;
 use super::{HeaderSlot, Scanner, Span};
-use crate::sip::block::{self, LineCursor};
+use crate::sip::block::{self, Baseline, LineCursor, Width};
 use crate::sip::error::{Fault, ScanError, StartKind};
 use crate::sip::header::HeaderName;
 use crate::sip::lex::{is_lws, is_token_str};
@@ -30,32 +30,38 @@ impl Scanner {
     /// Finds the start line and every header field. Fills `self.slots`.
     pub(crate) fn frame(&mut self, datagram: &[u8]) -> Result<Frame, ScanError> {
         #[cfg(target_arch = "x86_64")]
-        if block::use_avx2() {
-            return self.frame_avx2(datagram);
+        if let Some(avx2) = block::Avx2::for_framing() {
+            return self.frame_avx2(datagram, avx2);
         }
-        self.frame_with::<false>(datagram)
+        self.frame_with(datagram, Baseline)
     }
 
     /// [`Scanner::frame`] compiled for AVX2, as [`Scanner::scan_avx2`].
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
-    fn frame_avx2(&mut self, datagram: &[u8]) -> Result<Frame, ScanError> {
+    fn frame_avx2(&mut self, datagram: &[u8], avx2: block::Avx2) -> Result<Frame, ScanError> {
         #[target_feature(enable = "avx2")]
-        fn frame(scanner: &mut Scanner, datagram: &[u8]) -> Result<Frame, ScanError> {
-            scanner.frame_with::<true>(datagram)
+        fn frame(
+            scanner: &mut Scanner,
+            datagram: &[u8],
+            avx2: block::Avx2,
+        ) -> Result<Frame, ScanError> {
+            scanner.frame_with(datagram, avx2)
         }
-        // SAFETY: called only when `block::use_avx2` found AVX2 on this CPU.
-        unsafe { frame(self, datagram) }
+        // SAFETY: `avx2` is an `Avx2`, which only `Avx2::detect` makes, and
+        // only on a CPU that has AVX2.
+        unsafe { frame(self, datagram, avx2) }
     }
 
     /// [`Scanner::frame`] with the block masks of AVX2 or of SSE2, as
-    /// `AVX2` says. Inlined: a `Frame` returned through memory was read
+    /// `width` says. Inlined: a `Frame` returned through memory was read
     /// back by `scan` with a load wider than the stores that wrote it,
     /// which stalls.
     #[inline(always)]
-    pub(super) fn frame_with<const AVX2: bool>(
+    pub(super) fn frame_with<W: Width>(
         &mut self,
         datagram: &[u8],
+        width: W,
     ) -> Result<Frame, ScanError> {
         self.framed = 0;
         // Which names were seen and which more than once, in registers;
@@ -78,7 +84,7 @@ impl Scanner {
         if at == datagram.len() {
             return Err(unknown(Fault::Empty));
         }
-        let mut cursor = LineCursor::<AVX2>::new(datagram, at);
+        let mut cursor = LineCursor::new(datagram, at, width);
         let line_end = cursor.next_newline().ok_or(unknown(Fault::Truncated))?;
         let start_line = Span::new(at, strip_cr(datagram, at, line_end));
         let kind = if start_line.of(datagram).starts_with(b"SIP/") {
@@ -142,11 +148,11 @@ impl Scanner {
 /// Runs once per header line, so it works on indices and mask bits rather
 /// than sub-slices.
 #[inline(always)]
-fn frame_field<const AVX2: bool>(
+fn frame_field<W: Width>(
     datagram: &[u8],
     start: usize,
     line_max: usize,
-    cursor: &mut LineCursor<'_, AVX2>,
+    cursor: &mut LineCursor<'_, W>,
     slot: &mut HeaderSlot,
 ) -> Result<usize, Fault> {
     // One field, folds included, may not run past this. Limits are clamped
@@ -168,7 +174,7 @@ fn frame_field<const AVX2: bool>(
         Some(nl) if nl < until && nl < datagram.len() => nl,
         _ => return Err(too_long_or_truncated()),
     };
-    let colon = block::find_colon::<AVX2>(datagram, start, first_nl);
+    let colon = block::find_colon(datagram, start, first_nl, cursor.width());
     if colon >= first_nl {
         return Err(no_colon(datagram, start, until));
     }

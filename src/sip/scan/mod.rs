@@ -27,7 +27,7 @@ pub use start_line::StartLine;
 pub(crate) use validate::proxy_require_tags;
 pub use validate::CSeq;
 
-use super::block;
+use super::block::{self, Baseline, Width};
 use super::error::ScanError;
 use super::header::HeaderName;
 use known::Known;
@@ -152,8 +152,8 @@ impl Scanner {
     /// Scans and validates one datagram.
     pub fn scan<'m>(&'m mut self, datagram: &'m [u8]) -> Result<Message<'m>, ScanError> {
         #[cfg(target_arch = "x86_64")]
-        if block::use_avx2() {
-            return self.scan_avx2(datagram);
+        if let Some(avx2) = block::Avx2::for_framing() {
+            return self.scan_avx2(datagram, avx2);
         }
         self.scan_sse2(datagram)
     }
@@ -162,7 +162,7 @@ impl Scanner {
     /// `scan` its stack frame and register saves, paid on the AVX2 path too.
     #[inline(never)]
     fn scan_sse2<'m>(&'m mut self, datagram: &'m [u8]) -> Result<Message<'m>, ScanError> {
-        self.scan_with::<false>(datagram)
+        self.scan_with(datagram, Baseline)
     }
 
     /// [`Scanner::scan`] compiled for AVX2, so that the block masks inline
@@ -170,24 +170,31 @@ impl Scanner {
     /// per block.
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
-    fn scan_avx2<'m>(&'m mut self, datagram: &'m [u8]) -> Result<Message<'m>, ScanError> {
+    fn scan_avx2<'m>(
+        &'m mut self,
+        datagram: &'m [u8],
+        avx2: block::Avx2,
+    ) -> Result<Message<'m>, ScanError> {
         #[target_feature(enable = "avx2")]
         fn scan<'m>(
             scanner: &'m mut Scanner,
             datagram: &'m [u8],
+            avx2: block::Avx2,
         ) -> Result<Message<'m>, ScanError> {
-            scanner.scan_with::<true>(datagram)
+            scanner.scan_with(datagram, avx2)
         }
-        // SAFETY: called only when `block::use_avx2` found AVX2 on this CPU.
-        unsafe { scan(self, datagram) }
+        // SAFETY: `avx2` is an `Avx2`, which only `Avx2::detect` makes, and
+        // only on a CPU that has AVX2.
+        unsafe { scan(self, datagram, avx2) }
     }
 
     #[inline(always)]
-    fn scan_with<'m, const AVX2: bool>(
+    fn scan_with<'m, W: Width>(
         &'m mut self,
         datagram: &'m [u8],
+        width: W,
     ) -> Result<Message<'m>, ScanError> {
-        let frame = self.frame_with::<AVX2>(datagram)?;
+        let frame = self.frame_with(datagram, width)?;
         let (kind, start_line) = (frame.kind, frame.start_line);
         validate(
             datagram,
