@@ -73,25 +73,10 @@ impl Scanner {
             kind: StartKind::Unknown,
             ack: false,
         };
-        if datagram.len() > self.limits.datagram_bytes_max {
-            return Err(unknown(Fault::TooLarge));
-        }
-        // RFC 3261 §7.5: CRLFs before the start line are ignored (keep-alives).
-        let mut at = 0;
-        while at < datagram.len() && matches!(datagram[at], b'\r' | b'\n') {
-            at += 1;
-        }
-        if at == datagram.len() {
-            return Err(unknown(Fault::Empty));
-        }
+        let at = message_start(datagram, self.limits.datagram_bytes_max).map_err(unknown)?;
         let mut cursor = LineCursor::new(datagram, at, width);
         let line_end = cursor.next_newline().ok_or(unknown(Fault::Truncated))?;
-        let start_line = Span::new(at, strip_cr(datagram, at, line_end));
-        let kind = if start_line.of(datagram).starts_with(b"SIP/") {
-            StartKind::Response
-        } else {
-            StartKind::Request
-        };
+        let (start_line, kind) = start_line(datagram, at, line_end);
         let fail = |fault| ScanError {
             fault,
             kind,
@@ -143,6 +128,37 @@ impl Scanner {
     }
 }
 
+/// Where the message starts in a datagram no larger than `bytes_max`:
+/// past the CRLFs before its start line, which RFC 3261 §7.5 says to
+/// ignore (keep-alives).
+#[inline(always)]
+fn message_start(datagram: &[u8], bytes_max: usize) -> Result<usize, Fault> {
+    if datagram.len() > bytes_max {
+        return Err(Fault::TooLarge);
+    }
+    let mut at = 0;
+    while at < datagram.len() && matches!(datagram[at], b'\r' | b'\n') {
+        at += 1;
+    }
+    if at == datagram.len() {
+        return Err(Fault::Empty);
+    }
+    Ok(at)
+}
+
+/// The start line from `at` to the line end `nl`, and whether it starts a
+/// request or a response.
+#[inline(always)]
+fn start_line(datagram: &[u8], at: usize, nl: usize) -> (Span, StartKind) {
+    let start_line = Span::new(at, strip_cr(datagram, at, nl));
+    let kind = if start_line.of(datagram).starts_with(b"SIP/") {
+        StartKind::Response
+    } else {
+        StartKind::Request
+    };
+    (start_line, kind)
+}
+
 /// Frames the header field starting at `start` into `slot`: its name, its
 /// value and its continuation lines; returns where the next field starts.
 /// Runs once per header line, so it works on indices and mask bits rather
@@ -158,13 +174,6 @@ fn frame_field<W: Width>(
     // One field, folds included, may not run past this. Limits are clamped
     // to 16 MiB, so the sum cannot overflow.
     let until = start + line_max + 1;
-    let too_long_or_truncated = || {
-        if datagram.len() > until {
-            Fault::HeaderLineTooLong
-        } else {
-            Fault::Truncated
-        }
-    };
     // The name is a token, then HCOLON = *( SP / HTAB ) ":" SWS. A line
     // end before the colon leaves the name without one, or with a byte
     // that is not a token character in it: either way a bad name.
@@ -172,7 +181,7 @@ fn frame_field<W: Width>(
     // lets the compiler drop the bounds checks of the byte tests below.
     let first_nl = match cursor.next_newline() {
         Some(nl) if nl < until && nl < datagram.len() => nl,
-        _ => return Err(too_long_or_truncated()),
+        _ => return Err(too_long_or_truncated(datagram, until)),
     };
     let colon = block::find_colon(datagram, start, first_nl, cursor.width());
     if colon >= first_nl {
@@ -206,14 +215,7 @@ fn frame_field<W: Width>(
         }
     }
     let (header, name_end) = unusual_name(datagram, start, colon)?;
-    // Follow folds: a line that starts with SP or HT continues this one.
-    let mut nl = first_nl;
-    while matches!(datagram.get(nl + 1), Some(b' ' | b'\t')) {
-        nl = match cursor.next_newline() {
-            Some(next) if next < until => next,
-            _ => return Err(too_long_or_truncated()),
-        };
-    }
+    let nl = last_line_end(datagram, first_nl, until, cursor)?;
     let (value_start, value_end) = unusual_value(datagram, start, colon, nl);
     *slot = HeaderSlot {
         name: header,
@@ -222,6 +224,37 @@ fn frame_field<W: Width>(
         line: Span::new(start, nl + 1),
     };
     Ok(nl + 1)
+}
+
+/// The end of a field's last line, its first ending at `first_nl`: a
+/// line that starts with SP or HT continues the one before it (a fold).
+/// The field may not run to `until`.
+#[inline(always)]
+fn last_line_end<W: Width>(
+    datagram: &[u8],
+    first_nl: usize,
+    until: usize,
+    cursor: &mut LineCursor<'_, W>,
+) -> Result<usize, Fault> {
+    let mut nl = first_nl;
+    while matches!(datagram.get(nl + 1), Some(b' ' | b'\t')) {
+        nl = match cursor.next_newline() {
+            Some(next) if next < until => next,
+            _ => return Err(too_long_or_truncated(datagram, until)),
+        };
+    }
+    Ok(nl)
+}
+
+/// The fault of a field that runs to `until` without ending: too long,
+/// unless the datagram ends first.
+#[inline(always)]
+fn too_long_or_truncated(datagram: &[u8], until: usize) -> Fault {
+    if datagram.len() > until {
+        Fault::HeaderLineTooLong
+    } else {
+        Fault::Truncated
+    }
 }
 
 /// [`frame_field`] for a field with LWS before its colon or around its
@@ -268,11 +301,7 @@ fn no_colon(datagram: &[u8], start: usize, until: usize) -> Fault {
         .unwrap_or_default();
     match memchr::memchr(b':', field) {
         Some(colon) if memchr::memchr(b'\n', &field[colon..]).is_none() => {
-            if datagram.len() > until {
-                Fault::HeaderLineTooLong
-            } else {
-                Fault::Truncated
-            }
+            too_long_or_truncated(datagram, until)
         }
         _ => Fault::HeaderName,
     }

@@ -20,6 +20,14 @@ pub enum StartLine<'m> {
     },
 }
 
+impl StartLine<'_> {
+    /// What validation parses the start line into.
+    pub(super) const EMPTY: StartLine<'static> = StartLine::Response {
+        code: 0,
+        reason: &[],
+    };
+}
+
 /// Whether a rejected message is an ACK, told from its start line alone
 /// (the method may be what failed to parse around it). Only on the error
 /// path: a message that scans knows its method.

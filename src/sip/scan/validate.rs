@@ -9,7 +9,7 @@ use crate::sip::error::{Fault, StartKind};
 use crate::sip::header::HeaderName;
 use crate::sip::lex::{is_token, parse_decimal, same_bytes, CommaSplit};
 use crate::sip::method::Method;
-use crate::sip::uri::Scheme;
+use crate::sip::uri::{Scheme, Uri};
 use crate::sip::via::Via;
 
 /// CSeq: the sequence number and the method it counts.
@@ -20,6 +20,10 @@ pub struct CSeq<'m> {
     pub method_text: &'m [u8],
 }
 
+/// Validates a framed message: the start line, every Via, the headers a
+/// proxy routes on, and what a request must satisfy to be forwarded. A
+/// fault is reported where a walk of the header fields in order would
+/// meet it.
 #[inline(always)]
 pub(super) fn validate<'m>(
     datagram: &'m [u8],
@@ -30,92 +34,20 @@ pub(super) fn validate<'m>(
     proxy_require_supported: &[Box<[u8]>],
     sent_on: bool,
 ) -> Result<Message<'m>, Fault> {
-    let mut start_line = StartLine::Response {
-        code: 0,
-        reason: &[],
-    };
+    let mut start_line = StartLine::EMPTY;
     parse_start_line(frame.start_line.of(datagram), frame.kind, &mut start_line)?;
-    // A response carries the Via values of the request it answers and
-    // ours on top: one more than the request could bring in, or the answer
-    // to a request at the limit would be dropped on its way back.
-    let via_values_max = match frame.kind {
-        StartKind::Response => limits.via_values_max.saturating_add(1),
-        StartKind::Request | StartKind::Unknown => limits.via_values_max,
-    };
-    let mut via_count = 0usize;
-    // Values below the top one are parsed into a scratch value made where
-    // one is needed: most messages have none.
+    // The top Via is parsed into the message's own value, in place.
     let mut top_via = Via::EMPTY;
-    let mut top_via_slot = 0;
-    let duplicate = known.first_repeat(slots);
-    let vias_end = known
-        .last(HeaderName::Via)
-        .map_or(0, |last| usize::from(last) + 1);
-    for (index, slot) in slots.iter().enumerate().take(vias_end) {
-        // A repeated header before this Via is reported first, as a walk
-        // of every header in order would.
-        if duplicate < index {
-            break;
-        }
-        if slot.name != HeaderName::Via {
-            continue;
-        }
-        if via_count == 0 {
-            top_via_slot = index as u16;
-        }
-        let value = slot.value.of(datagram);
-        // Nearly every Via header holds one value: parsed whole, it needs
-        // no split. A value that parses has no `,` or `<` outside quoted
-        // strings (no class the parser accepts holds them), so the split
-        // would have yielded it alone.
-        let parsed = if via_count == 0 {
-            Via::parse_into(value, &mut top_via)
-        } else {
-            let mut scratch = Via::EMPTY;
-            Via::parse_into(value, &mut scratch)
-        };
-        if parsed.is_ok() {
-            via_count += 1;
-            if via_count > via_values_max {
-                return Err(Fault::TooManyVia);
-            }
-            continue;
-        }
-        for value in CommaSplit::new(value) {
-            via_count += 1;
-            if via_count > via_values_max {
-                return Err(Fault::TooManyVia);
-            }
-            if via_count == 1 {
-                Via::parse_into(value, &mut top_via)
-            } else {
-                let mut scratch = Via::EMPTY;
-                Via::parse_into(value, &mut scratch)
-            }
-            .map_err(Fault::Via)?;
-        }
-    }
-    if let Some(slot) = slots.get(duplicate) {
-        return Err(Fault::Duplicate(slot.name));
-    }
+    let (via_count, top_via_slot) =
+        walk_vias(datagram, slots, known, frame.kind, limits, &mut top_via)?;
     // A macro, not a closure: the closure was not inlined.
     macro_rules! value {
         ($index:expr) => {
             slots[usize::from($index)].value.of(datagram)
         };
     }
-    let required = |cell: Option<u16>, name| cell.ok_or(Fault::Missing(name));
-    if via_count == 0 {
-        return Err(Fault::Missing(HeaderName::Via));
-    }
-    let from_slot = required(known.last(HeaderName::From), HeaderName::From)?;
-    let to_slot = required(known.last(HeaderName::To), HeaderName::To)?;
-    let call_id = value!(required(
-        known.last(HeaderName::CallId),
-        HeaderName::CallId
-    )?);
-    let cseq_slot = required(known.last(HeaderName::CSeq), HeaderName::CSeq)?;
-
+    let [from_slot, to_slot, call_id_slot, cseq_slot] = required_slots(known)?;
+    let call_id = value!(call_id_slot);
     if call_id.is_empty() || crate::sip::uri::has_illegal_byte(call_id) {
         return Err(Fault::CallId);
     }
@@ -123,46 +55,22 @@ pub(super) fn validate<'m>(
     let (mut from, mut to) = (NameAddr::EMPTY, NameAddr::EMPTY);
     NameAddr::parse_into(value!(from_slot), &mut from).map_err(Fault::From)?;
     NameAddr::parse_into(value!(to_slot), &mut to).map_err(Fault::To)?;
-    let max_forwards = match known.last(HeaderName::MaxForwards) {
-        Some(index) => Some(parse_decimal(value!(index), 255).ok_or(Fault::MaxForwards)? as u8),
-        None => None,
-    };
-    let content_length = match known.last(HeaderName::ContentLength) {
-        Some(index) => Some(parse_decimal(value!(index), u32::MAX).ok_or(Fault::ContentLength)?),
-        None => None,
-    };
-    // RFC 3261 §18.3: over UDP, octets past Content-Length are ignored; a
-    // missing Content-Length means the body runs to the end of the datagram.
-    let body_end = match content_length {
-        Some(length) => frame
-            .body_start
-            .checked_add(length as usize)
-            .filter(|&end| end <= datagram.len())
-            .ok_or(Fault::BodyTooShort)?,
-        None => datagram.len(),
-    };
-
+    let max_forwards = known.last(HeaderName::MaxForwards).map(|at| value!(at));
+    let max_forwards = decimal(max_forwards, 255, Fault::MaxForwards)?.map(|hops| hops as u8);
+    let content_length = known.last(HeaderName::ContentLength).map(|at| value!(at));
+    let content_length = decimal(content_length, u32::MAX, Fault::ContentLength)?;
+    let body_end = body_end(datagram, frame.body_start, content_length)?;
     if let StartLine::Request { method, uri, .. } = start_line {
-        if !cseq_names_method {
-            return Err(Fault::CSeqMethod);
-        }
-        debug_assert_eq!(cseq.method, method);
-        if uri.scheme == Scheme::Other {
-            return Err(Fault::UnsupportedScheme);
-        }
-        if uri.headers.is_some() {
-            return Err(Fault::RequestUriHeaders);
-        }
-        if max_forwards == Some(0) && !sent_on {
-            return Err(Fault::MaxForwardsZero);
-        }
-        if !sent_on
-            && known.last(HeaderName::ProxyRequire).is_some()
-            && proxy_require_tags(datagram, slots)
-                .any(|tag| !supports(proxy_require_supported, tag))
-        {
-            return Err(Fault::ProxyRequire);
-        }
+        debug_assert!(!cseq_names_method || cseq.method == method);
+        let forwarding = Forwarding {
+            cseq_names_method,
+            max_forwards,
+            sent_on,
+            proxy_require: known.last(HeaderName::ProxyRequire).is_some(),
+        };
+        check_request(&uri, forwarding, || {
+            proxy_require_tags(datagram, slots).any(|tag| !supports(proxy_require_supported, tag))
+        })?;
     }
 
     Ok(Message {
@@ -182,6 +90,181 @@ pub(super) fn validate<'m>(
         to,
         content_length,
     })
+}
+
+/// The slots of the headers every message must have (From, To, Call-ID,
+/// CSeq, in that order), or the first of them missing.
+#[inline(always)]
+fn required_slots(known: &Known) -> Result<[u16; 4], Fault> {
+    let required = |name| known.last(name).ok_or(Fault::Missing(name));
+    Ok([
+        required(HeaderName::From)?,
+        required(HeaderName::To)?,
+        required(HeaderName::CallId)?,
+        required(HeaderName::CSeq)?,
+    ])
+}
+
+/// The number in a decimal header's `value`, if there is one, up to
+/// `max`; `fault` when it is not a decimal number in range.
+#[inline(always)]
+fn decimal(value: Option<&[u8]>, max: u32, fault: Fault) -> Result<Option<u32>, Fault> {
+    match value {
+        Some(value) => parse_decimal(value, max).map(Some).ok_or(fault),
+        None => Ok(None),
+    }
+}
+
+/// Parses every Via value, the top one into `top_via`, and counts them
+/// against the limit; returns the count and the slot of the top Via. A
+/// header repeated before a bad Via is the fault reported, as a walk of
+/// every header in order would, and so is a missing Via.
+#[inline(always)]
+fn walk_vias<'m>(
+    datagram: &'m [u8],
+    slots: &[HeaderSlot],
+    known: &Known,
+    kind: StartKind,
+    limits: &Limits,
+    top_via: &mut Via<'m>,
+) -> Result<(usize, u16), Fault> {
+    // A response carries the Via values of the request it answers and
+    // ours on top: one more than the request could bring in, or the answer
+    // to a request at the limit would be dropped on its way back.
+    let via_values_max = match kind {
+        StartKind::Response => limits.via_values_max.saturating_add(1),
+        StartKind::Request | StartKind::Unknown => limits.via_values_max,
+    };
+    let mut via_count = 0usize;
+    let mut top_via_slot = 0;
+    let duplicate = known.first_repeat(slots);
+    let vias_end = known
+        .last(HeaderName::Via)
+        .map_or(0, |last| usize::from(last) + 1);
+    for (index, slot) in slots.iter().enumerate().take(vias_end) {
+        // A repeated header before this Via is reported first, as a walk
+        // of every header in order would.
+        if duplicate < index {
+            break;
+        }
+        if slot.name != HeaderName::Via {
+            continue;
+        }
+        if via_count == 0 {
+            top_via_slot = index as u16;
+        }
+        via_count = via_values(slot.value.of(datagram), via_count, via_values_max, top_via)?;
+    }
+    if let Some(slot) = slots.get(duplicate) {
+        return Err(Fault::Duplicate(slot.name));
+    }
+    if via_count == 0 {
+        return Err(Fault::Missing(HeaderName::Via));
+    }
+    Ok((via_count, top_via_slot))
+}
+
+/// Parses the values of one Via header, `count` values having come
+/// before it (the first one into `top_via`); returns the count after it.
+/// Values below the top one are parsed into a scratch value made where
+/// one is needed: most messages have none.
+#[inline(always)]
+fn via_values<'m>(
+    value: &'m [u8],
+    count: usize,
+    max: usize,
+    top_via: &mut Via<'m>,
+) -> Result<usize, Fault> {
+    // Nearly every Via header holds one value: parsed whole, it needs
+    // no split. A value that parses has no `,` or `<` outside quoted
+    // strings (no class the parser accepts holds them), so the split
+    // would have yielded it alone.
+    let parsed = if count == 0 {
+        Via::parse_into(value, top_via)
+    } else {
+        let mut scratch = Via::EMPTY;
+        Via::parse_into(value, &mut scratch)
+    };
+    if parsed.is_ok() {
+        return if count + 1 > max {
+            Err(Fault::TooManyVia)
+        } else {
+            Ok(count + 1)
+        };
+    }
+    let mut count = count;
+    for value in CommaSplit::new(value) {
+        count += 1;
+        if count > max {
+            return Err(Fault::TooManyVia);
+        }
+        if count == 1 {
+            Via::parse_into(value, top_via)
+        } else {
+            let mut scratch = Via::EMPTY;
+            Via::parse_into(value, &mut scratch)
+        }
+        .map_err(Fault::Via)?;
+    }
+    Ok(count)
+}
+
+/// Where the body ends. RFC 3261 §18.3: over UDP, octets past
+/// Content-Length are ignored; a missing Content-Length means the body
+/// runs to the end of the datagram.
+#[inline(always)]
+fn body_end(
+    datagram: &[u8],
+    body_start: usize,
+    content_length: Option<u32>,
+) -> Result<usize, Fault> {
+    match content_length {
+        Some(length) => body_start
+            .checked_add(length as usize)
+            .filter(|&end| end <= datagram.len())
+            .ok_or(Fault::BodyTooShort),
+        None => Ok(datagram.len()),
+    }
+}
+
+/// What a request's forwarding checks read besides its Request-URI.
+#[derive(Clone, Copy)]
+struct Forwarding {
+    /// Whether the CSeq names the method of the start line.
+    cseq_names_method: bool,
+    max_forwards: Option<u8>,
+    /// Whether the scanner reads requests this proxy sent on.
+    sent_on: bool,
+    /// Whether the request has a Proxy-Require header.
+    proxy_require: bool,
+}
+
+/// The checks only a request must pass: its CSeq names its method, its
+/// Request-URI is one we route, and (unless we sent it on ourselves) its
+/// Max-Forwards is not spent and `unsupported` finds no Proxy-Require tag
+/// we do not support.
+#[inline(always)]
+fn check_request(
+    uri: &Uri<'_>,
+    request: Forwarding,
+    unsupported: impl FnOnce() -> bool,
+) -> Result<(), Fault> {
+    if !request.cseq_names_method {
+        return Err(Fault::CSeqMethod);
+    }
+    if uri.scheme == Scheme::Other {
+        return Err(Fault::UnsupportedScheme);
+    }
+    if uri.headers.is_some() {
+        return Err(Fault::RequestUriHeaders);
+    }
+    if request.max_forwards == Some(0) && !request.sent_on {
+        return Err(Fault::MaxForwardsZero);
+    }
+    if !request.sent_on && request.proxy_require && unsupported() {
+        return Err(Fault::ProxyRequire);
+    }
+    Ok(())
 }
 
 /// Option tags are tokens, and RFC 3261 §7.3.1 makes tokens case-insensitive.
