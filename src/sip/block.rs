@@ -640,7 +640,7 @@ mod tests {
             let mut s = vec![b'a'; len];
             for (k, b) in s.iter_mut().enumerate() {
                 let r = seed.rotate_left(7 * k as u32);
-                if r % 11 == 0 {
+                if r.is_multiple_of(11) {
                     *b = alphabet[((r >> 8) % alphabet.len() as u64) as usize];
                 }
             }
@@ -797,7 +797,7 @@ mod tests {
             let data: Vec<u8> = (0..len)
                 .map(|k| {
                     let r = seed.rotate_left(k as u32 % 64) ^ (k as u64).wrapping_mul(0x9e37);
-                    if r % 7 == 0 {
+                    if r.is_multiple_of(7) {
                         b'\n'
                     } else {
                         b'a'
