@@ -104,17 +104,19 @@ impl Rule {
     ) -> bool {
         self.methods
             .as_ref()
-            .map_or(true, |methods| methods.iter().any(|m| **m == *method))
-            && self.user_prefix.as_ref().map_or(true, |prefix| {
-                ruri_user.is_some_and(|user| user.starts_with(prefix))
-            })
+            .is_none_or(|methods| methods.iter().any(|m| **m == *method))
+            && self
+                .user_prefix
+                .as_ref()
+                .is_none_or(|prefix| ruri_user.is_some_and(|user| user.starts_with(prefix)))
             && self
                 .domain
                 .as_ref()
-                .map_or(true, |domain| ruri_host.eq_ignore_ascii_case(domain))
-            && self.source.as_ref().map_or(true, |source_cidrs| {
-                source_cidrs.iter().any(|c| c.contains(source))
-            })
+                .is_none_or(|domain| ruri_host.eq_ignore_ascii_case(domain))
+            && self
+                .source
+                .as_ref()
+                .is_none_or(|source_cidrs| source_cidrs.iter().any(|c| c.contains(source)))
     }
 }
 

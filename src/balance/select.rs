@@ -228,7 +228,7 @@ fn smooth_weighted(weights: Weights<'_>, candidates: u64, current: &mut [i64]) -
         let weight = i64::from(weights.of(index));
         current[index] += weight;
         total += weight;
-        if best.map_or(true, |b| current[index] > current[b]) {
+        if best.is_none_or(|b| current[index] > current[b]) {
             best = Some(index);
         }
     }

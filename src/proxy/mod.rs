@@ -1192,7 +1192,7 @@ impl Core {
             .txns
             .servers
             .get(server)
-            .map_or(true, |s| s.state != ServerState::Proceeding);
+            .is_none_or(|s| s.state != ServerState::Proceeding);
         if abandoned || answered || code == 100 {
             // §16.7 step 3: a 100 is not forwarded; a try given up on
             // speaks no more to the caller.
@@ -1639,7 +1639,7 @@ fn emit(tx: &mut impl Transmit, to: SocketAddr, bytes: &[u8], counters: &mut Cou
 /// tie).
 fn better(code: u16, than: Option<u16>) -> bool {
     let rank = |c: u16| if c >= 600 { 0 } else { c / 100 };
-    than.map_or(true, |than| rank(code) < rank(than))
+    than.is_none_or(|than| rank(code) < rank(than))
 }
 
 /// The client transaction id in our branch on a response's top Via:

@@ -10,7 +10,13 @@
 //! Most of the scanner's `unsafe` is here: the SIMD loads, each reading 16
 //! or 32 bytes from inside a 65-, 32- or 16-byte array. [`host16`] uses
 //! the same instructions to find where a host name ends. The rest is the
-//! scanner's entry into its AVX2 build (`Scanner::scan_avx2`).
+//! entries into the AVX2 builds (`Scanner::scan_avx2`, `Scanner::frame_avx2`,
+//! `call_id::find_avx2`), each of which holds an [`Avx2`] token.
+//!
+//! Which instruction set computes the masks is a type, [`Width`]: framing is
+//! compiled once for [`Baseline`] and once for [`Avx2`], so its inner loops
+//! test nothing at run time, and the AVX2 code is reached only through an
+//! `Avx2` value, which only [`Avx2::detect`] makes, on a CPU that has AVX2.
 
 use super::lex;
 
@@ -28,17 +34,50 @@ pub(crate) struct Masks {
 /// A block and the byte after it (whether a CR at its end ends a line).
 pub(crate) type Window = [u8; 65];
 
-/// Whether this CPU has AVX2, asked once per process: std caches CPUID.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub(crate) fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2")
+/// The instruction set the block masks and the colon search are computed
+/// with. Each implementation is a zero-sized type, so a [`LineCursor`] or a
+/// [`find_colon`] generic over it is compiled for one instruction set.
+pub(crate) trait Width: Copy {
+    /// The masks of `window`.
+    fn masks(self, window: &Window) -> Masks;
+    /// Bit `i` is set when byte `i` of `chunk` is `:`.
+    fn colons(self, chunk: &[u8; 32]) -> u32;
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-#[inline]
-pub(crate) fn has_avx2() -> bool {
-    false
+/// What every CPU of the target has: SSE2 on x86_64, where it is part of
+/// the baseline, and portable code elsewhere.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Baseline;
+
+/// Proof that this CPU has AVX2: zero-sized, and made only by
+/// [`Avx2::detect`] (its field is private), so holding one is what lets
+/// safe code run the AVX2 masks.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) struct Avx2(());
+
+impl Avx2 {
+    /// An `Avx2` when this CPU has AVX2. Cheap after the first call: std
+    /// caches what CPUID said.
+    #[inline]
+    pub(crate) fn detect() -> Option<Avx2> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Some(Avx2(()));
+        }
+        None
+    }
+
+    /// [`Avx2::detect`], unless a test asks for the baseline path: what
+    /// the scanner's framing takes.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    #[inline(always)]
+    pub(crate) fn for_framing() -> Option<Avx2> {
+        if sse2_forced() {
+            return None;
+        }
+        Avx2::detect()
+    }
 }
 
 #[cfg(test)]
@@ -58,33 +97,50 @@ fn sse2_forced() -> bool {
     false
 }
 
-/// Whether framing takes the AVX2 masks: this CPU has AVX2 and no test
-/// asks for SSE2.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-#[inline(always)]
-pub(crate) fn use_avx2() -> bool {
-    has_avx2() && !sse2_forced()
-}
-
-/// [`masks_with`] for this CPU.
+/// The masks of `window` for this CPU.
 #[cfg(test)]
 pub(crate) fn masks(window: &Window) -> Masks {
-    masks_with(window, has_avx2())
+    match Avx2::detect() {
+        Some(avx2) => avx2.masks(window),
+        None => Baseline.masks(window),
+    }
 }
 
-/// The masks of `window`, with AVX2 when `avx2` says this CPU has it (the
-/// caller asks [`has_avx2`] once), else with SSE2.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-#[inline(always)]
-pub(crate) fn masks_with(window: &Window, avx2: bool) -> Masks {
-    if avx2 {
-        // SAFETY: `avx2` is true only when `has_avx2` found AVX2 on this CPU.
-        unsafe { masks_avx2(window) }
-    } else {
+impl Width for Baseline {
+    #[inline(always)]
+    fn masks(self, window: &Window) -> Masks {
         // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64 CPU
         // has it.
         unsafe { masks_sse2(window) }
+    }
+
+    #[inline(always)]
+    fn colons(self, chunk: &[u8; 32]) -> u32 {
+        let (low, high) = chunk.split_at(16);
+        let half = |h: &[u8]| {
+            h.first_chunk::<16>()
+                .map_or(0, |h| needle16(h, Needle::Byte(b':')))
+        };
+        half(low) | half(high) << 16
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+impl Width for Avx2 {
+    #[inline(always)]
+    fn masks(self, window: &Window) -> Masks {
+        // SAFETY: `self` is an `Avx2`, which only `Avx2::detect` makes, and
+        // only on a CPU that has AVX2.
+        unsafe { masks_avx2(window) }
+    }
+
+    #[inline(always)]
+    fn colons(self, chunk: &[u8; 32]) -> u32 {
+        // SAFETY: as for `masks`: `self` proves that this CPU has AVX2.
+        unsafe { colons_avx2(chunk) }
     }
 }
 
@@ -165,9 +221,34 @@ fn masks_sse2(window: &Window) -> Masks {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
-pub(crate) fn masks_with(window: &Window, _avx2: bool) -> Masks {
-    masks_scalar(window)
+impl Width for Baseline {
+    #[inline(always)]
+    fn masks(self, window: &Window) -> Masks {
+        masks_scalar(window)
+    }
+
+    #[inline(always)]
+    fn colons(self, chunk: &[u8; 32]) -> u32 {
+        let mut bits = 0;
+        for (i, &b) in chunk.iter().enumerate() {
+            bits |= u32::from(b == b':') << i;
+        }
+        bits
+    }
+}
+
+/// Never made off x86_64 ([`Avx2::detect`] says `None`); the portable code.
+#[cfg(not(target_arch = "x86_64"))]
+impl Width for Avx2 {
+    #[inline(always)]
+    fn masks(self, window: &Window) -> Masks {
+        Baseline.masks(window)
+    }
+
+    #[inline(always)]
+    fn colons(self, chunk: &[u8; 32]) -> u32 {
+        Baseline.colons(chunk)
+    }
 }
 
 /// The portable definition, and the reference the SSE2 path is tested against.
@@ -347,8 +428,10 @@ pub(crate) fn find16(s: &[u8], needle: Needle) -> Option<usize> {
 /// are popped lowest first (a `trailing_zeros` and a clear), so a line
 /// costs no search and no shift, and the next block is loaded only when
 /// the bits of this one run out.
-pub(crate) struct LineCursor<'d, const AVX2: bool> {
+pub(crate) struct LineCursor<'d, W: Width> {
     datagram: &'d [u8],
+    /// The instruction set of the masks: zero-sized.
+    width: W,
     /// Offset of the block whose newlines are in `pending`.
     block: usize,
     /// Bit `i`: byte `block + i` is a `\n` not yet handed out.
@@ -361,15 +444,16 @@ pub(crate) struct LineCursor<'d, const AVX2: bool> {
     controls_from: usize,
 }
 
-/// `AVX2`: whether to take the AVX2 masks ([`use_avx2`]), a constant so
-/// that each instance is compiled for one instruction set.
-impl<'d, const AVX2: bool> LineCursor<'d, AVX2> {
+/// `W`: the instruction set of the masks, a type so that each instance is
+/// compiled for one (see [`Width`]).
+impl<'d, W: Width> LineCursor<'d, W> {
     /// A cursor over `datagram` whose message starts at `from`: the first
     /// line end it hands out is the first at or after `from`.
     #[inline(always)]
-    pub(crate) fn new(datagram: &'d [u8], from: usize) -> Self {
+    pub(crate) fn new(datagram: &'d [u8], from: usize, width: W) -> Self {
         let mut cursor = LineCursor {
             datagram,
+            width,
             block: from & !63,
             pending: 0,
             stray_control: usize::MAX,
@@ -377,6 +461,12 @@ impl<'d, const AVX2: bool> LineCursor<'d, AVX2> {
         };
         cursor.pending = cursor.load(cursor.block) & (u64::MAX << (from & 63));
         cursor
+    }
+
+    /// The instruction set of the masks, for searches on the same lines.
+    #[inline(always)]
+    pub(crate) fn width(&self) -> W {
+        self.width
     }
 
     /// Where the first stray control character ([`is_stray`]) lies, from
@@ -422,7 +512,7 @@ impl<'d, const AVX2: bool> LineCursor<'d, AVX2> {
     #[inline(always)]
     fn load(&mut self, block: usize) -> u64 {
         let masks = match self.datagram.get(block..).and_then(<[u8]>::first_chunk) {
-            Some(window) => masks_with(window, AVX2),
+            Some(window) => self.width.masks(window),
             None => self.tail_masks(block),
         };
         if masks.suspect {
@@ -459,7 +549,7 @@ impl<'d, const AVX2: bool> LineCursor<'d, AVX2> {
         }
         let tail = &tail[..tail.len().min(65)];
         window[..tail.len()].copy_from_slice(tail);
-        masks_with(&window, AVX2)
+        self.width.masks(&window)
     }
 }
 
@@ -470,9 +560,9 @@ impl<'d, const AVX2: bool> LineCursor<'d, AVX2> {
 /// Returns `usize::MAX` when there is none, or a position at or after `to`:
 /// the caller compares with `to` anyway.
 #[inline(always)]
-pub(crate) fn find_colon<const AVX2: bool>(datagram: &[u8], from: usize, to: usize) -> usize {
+pub(crate) fn find_colon<W: Width>(datagram: &[u8], from: usize, to: usize, width: W) -> usize {
     if let Some(chunk) = datagram.get(from..).and_then(<[u8]>::first_chunk::<32>) {
-        let hits = colon32(chunk, AVX2);
+        let hits = width.colons(chunk);
         if hits != 0 {
             return from + hits.trailing_zeros() as usize;
         }
@@ -494,48 +584,28 @@ fn find_colon_far(datagram: &[u8], from: usize, to: usize) -> usize {
         .map_or(usize::MAX, |at| from + at)
 }
 
-/// Bit `i` is set when byte `i` of `chunk` is `:`.
+/// [`Width::colons`] with AVX2: one compare of the 32 bytes.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-#[inline(always)]
-fn colon32(chunk: &[u8; 32], avx2: bool) -> u32 {
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn avx2_colons(chunk: &[u8; 32]) -> u32 {
-        use std::arch::x86_64::{
-            _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_set1_epi8,
-        };
-        // SAFETY: the load reads the 32 bytes of `chunk`; loadu has no
-        // alignment requirement.
-        let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
-        _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_set1_epi8(b':' as i8))) as u32
-    }
-    if avx2 {
-        // SAFETY: `avx2` is true only when `has_avx2` found AVX2 on this CPU.
-        unsafe { avx2_colons(chunk) }
-    } else {
-        let (low, high) = chunk.split_at(16);
-        let half = |h: &[u8]| {
-            h.first_chunk::<16>()
-                .map_or(0, |h| needle16(h, Needle::Byte(b':')))
-        };
-        half(low) | half(high) << 16
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
-fn colon32(chunk: &[u8; 32], _avx2: bool) -> u32 {
-    let mut bits = 0;
-    for (i, &b) in chunk.iter().enumerate() {
-        bits |= u32::from(b == b':') << i;
-    }
-    bits
+#[target_feature(enable = "avx2")]
+#[inline]
+fn colons_avx2(chunk: &[u8; 32]) -> u32 {
+    use std::arch::x86_64::{
+        _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_set1_epi8,
+    };
+    // SAFETY: the load reads the 32 bytes of `chunk`; loadu has no
+    // alignment requirement.
+    let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
+    _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_set1_epi8(b':' as i8))) as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn has_avx2() -> bool {
+        Avx2::detect().is_some()
+    }
 
     #[test]
     fn needle16_matches_scalar() {
@@ -570,7 +640,7 @@ mod tests {
             let mut s = vec![b'a'; len];
             for (k, b) in s.iter_mut().enumerate() {
                 let r = seed.rotate_left(7 * k as u32);
-                if r % 11 == 0 {
+                if r.is_multiple_of(11) {
                     *b = alphabet[((r >> 8) % alphabet.len() as u64) as usize];
                 }
             }
@@ -604,9 +674,9 @@ mod tests {
     /// each checked against the scalar definition.
     fn check_paths(window: &Window, what: &str) -> Masks {
         let want = masks_scalar(window);
-        assert_eq!(masks_with(window, false), want, "SSE2 {what}");
-        if has_avx2() {
-            assert_eq!(masks_with(window, true), want, "AVX2 {what}");
+        assert_eq!(Baseline.masks(window), want, "SSE2 {what}");
+        if let Some(avx2) = Avx2::detect() {
+            assert_eq!(avx2.masks(window), want, "AVX2 {what}");
         }
         want
     }
@@ -672,16 +742,15 @@ mod tests {
     /// Every line end a cursor hands out from `from` on, and the first
     /// stray control character it noted.
     fn line_ends(data: &[u8], from: usize, avx2: bool) -> (Vec<usize>, usize) {
-        fn run<const AVX2: bool>(data: &[u8], from: usize) -> (Vec<usize>, usize) {
-            let mut c = LineCursor::<AVX2>::new(data, from);
+        fn run<W: Width>(data: &[u8], from: usize, width: W) -> (Vec<usize>, usize) {
+            let mut c = LineCursor::new(data, from, width);
             let ends: Vec<usize> = std::iter::from_fn(|| c.next_newline()).collect();
             assert_eq!(c.next_newline(), None);
             (ends, c.first_stray_control())
         }
-        if avx2 {
-            run::<true>(data, from)
-        } else {
-            run::<false>(data, from)
+        match Avx2::detect().filter(|_| avx2) {
+            Some(avx2) => run(data, from, avx2),
+            None => run(data, from, Baseline),
         }
     }
 
@@ -728,7 +797,7 @@ mod tests {
             let data: Vec<u8> = (0..len)
                 .map(|k| {
                     let r = seed.rotate_left(k as u32 % 64) ^ (k as u64).wrapping_mul(0x9e37);
-                    if r % 7 == 0 {
+                    if r.is_multiple_of(7) {
                         b'\n'
                     } else {
                         b'a'
@@ -751,10 +820,9 @@ mod tests {
         data[150] = b':';
         for avx2 in [false, has_avx2()] {
             let find_colon = |d: &[u8], from, to, avx2| {
-                let at = if avx2 {
-                    super::find_colon::<true>(d, from, to)
-                } else {
-                    super::find_colon::<false>(d, from, to)
+                let at = match Avx2::detect().filter(|_| avx2) {
+                    Some(avx2) => super::find_colon(d, from, to, avx2),
+                    None => super::find_colon(d, from, to, Baseline),
                 };
                 (at < to).then_some(at)
             };

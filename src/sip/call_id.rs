@@ -7,7 +7,7 @@
 //! Call-ID, so no colon is searched for. A search per line (two memchr
 //! calls and a name compare) cost about as much as a third of a scan.
 
-use super::block::{self, LineCursor};
+use super::block::{self, Baseline, LineCursor, Width};
 use super::lex::trim_lws;
 use super::scan::strip_cr;
 
@@ -18,29 +18,30 @@ use super::scan::strip_cr;
 /// and the scanner rejects it).
 pub fn find_call_id(datagram: &[u8]) -> Option<&[u8]> {
     #[cfg(target_arch = "x86_64")]
-    if block::use_avx2() {
-        return find_avx2(datagram);
+    if let Some(avx2) = block::Avx2::for_framing() {
+        return find_avx2(datagram, avx2);
     }
-    find_with::<false>(datagram)
+    find_with(datagram, Baseline)
 }
 
 /// [`find_call_id`] compiled for AVX2, as [`super::Scanner::scan`] is.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-fn find_avx2(datagram: &[u8]) -> Option<&[u8]> {
+fn find_avx2(datagram: &[u8], avx2: block::Avx2) -> Option<&[u8]> {
     #[target_feature(enable = "avx2")]
-    fn find(datagram: &[u8]) -> Option<&[u8]> {
-        find_with::<true>(datagram)
+    fn find(datagram: &[u8], avx2: block::Avx2) -> Option<&[u8]> {
+        find_with(datagram, avx2)
     }
-    // SAFETY: called only when `block::use_avx2` found AVX2 on this CPU.
-    unsafe { find(datagram) }
+    // SAFETY: `avx2` is an `Avx2`, which only `Avx2::detect` makes, and
+    // only on a CPU that has AVX2.
+    unsafe { find(datagram, avx2) }
 }
 
 #[inline(always)]
-fn find_with<const AVX2: bool>(datagram: &[u8]) -> Option<&[u8]> {
+fn find_with<W: Width>(datagram: &[u8], width: W) -> Option<&[u8]> {
     // Keep-alive CRLFs before the start line are skipped, as scanning does.
     let start = datagram.iter().position(|&b| b != b'\r' && b != b'\n')?;
-    let mut lines = LineCursor::<AVX2>::new(datagram, start);
+    let mut lines = LineCursor::new(datagram, start, width);
     let mut at = lines.next_newline()? + 1;
     let mut next = lines.next_newline();
     while at < datagram.len() {

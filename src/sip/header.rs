@@ -143,32 +143,46 @@ impl HeaderName {
     /// name other than [`HeaderName::Other`] is a valid token.
     #[inline(always)]
     pub fn classify(name: &[u8]) -> HeaderName {
-        use HeaderName::*;
         if name.len() == 1 {
-            return match name[0] | 0x20 {
-                b'a' => AcceptContact,
-                b'b' => ReferredBy,
-                b'c' => ContentType,
-                b'd' => RequestDisposition,
-                b'e' => ContentEncoding,
-                b'f' => From,
-                b'i' => CallId,
-                b'j' => RejectContact,
-                b'k' => Supported,
-                b'l' => ContentLength,
-                b'm' => Contact,
-                b'n' => IdentityInfo,
-                b'o' => Event,
-                b'r' => ReferTo,
-                b's' => Subject,
-                b't' => To,
-                b'u' => AllowEvents,
-                b'v' => Via,
-                b'x' => SessionExpires,
-                b'y' => Identity,
-                _ => Other,
-            };
+            return Self::classify_compact(name[0]);
         }
+        Self::classify_long(name)
+    }
+
+    /// A compact form (RFC 3261 §7.3.3 and the RFCs that add one): one
+    /// letter, in either case.
+    #[inline(always)]
+    fn classify_compact(letter: u8) -> HeaderName {
+        use HeaderName::*;
+        match letter | 0x20 {
+            b'a' => AcceptContact,
+            b'b' => ReferredBy,
+            b'c' => ContentType,
+            b'd' => RequestDisposition,
+            b'e' => ContentEncoding,
+            b'f' => From,
+            b'i' => CallId,
+            b'j' => RejectContact,
+            b'k' => Supported,
+            b'l' => ContentLength,
+            b'm' => Contact,
+            b'n' => IdentityInfo,
+            b'o' => Event,
+            b'r' => ReferTo,
+            b's' => Subject,
+            b't' => To,
+            b'u' => AllowEvents,
+            b'v' => Via,
+            b'x' => SessionExpires,
+            b'y' => Identity,
+            _ => Other,
+        }
+    }
+
+    /// A long name, in any case.
+    #[inline(always)]
+    fn classify_long(name: &[u8]) -> HeaderName {
+        use HeaderName::*;
         // Dispatch on length first: each candidate then costs two word
         // compares. Only Request-Disposition is longer than 16 bytes.
         macro_rules! table {

@@ -560,7 +560,7 @@ mod tests {
         let mut s = vec![fill; (*seed >> 58) as usize];
         for (k, b) in s.iter_mut().enumerate() {
             let r = seed.rotate_left(5 * k as u32);
-            if r % one_in == 0 {
+            if r.is_multiple_of(one_in) {
                 *b = alphabet[((r >> 8) % alphabet.len() as u64) as usize];
             }
         }

@@ -177,47 +177,8 @@ impl<'m> Echo<'m> {
         out.put(b" ")?;
         out.put(response.reason.as_bytes())?;
         out.put(b"\r\n")?;
-        for (index, via) in self.vias().enumerate() {
-            out.put(b"Via: ")?;
-            match Via::parse(via).ok().filter(|_| index == 0) {
-                Some(top) => {
-                    let mut edits = Edits::new();
-                    received_edits(&mut edits, self.datagram, &top, source);
-                    let start = offset_in(self.datagram, via);
-                    edits.apply_range(self.datagram, start, start + via.len(), &mut out)?;
-                }
-                None => out.put(via)?,
-            }
-            out.put(b"\r\n")?;
-        }
-        // A request missing From, To, Call-ID or CSeq (RFC 4475 insuf) still
-        // gets its 400, with what it has; the Via is enough to deliver it.
-        if let Some(from) = self.from {
-            out.put(b"From: ")?;
-            out.put(from)?;
-            out.put(b"\r\n")?;
-        }
-        if let Some(to) = self.to {
-            out.put(b"To: ")?;
-            out.put(to)?;
-            let has_tag = NameAddr::parse(to).is_ok_and(|to| to.tag.is_some());
-            // RFC 3261 §8.2.6.2: a 100 may go without a To tag; others need one.
-            if response.code > 100 && !has_tag {
-                out.put(b";tag=")?;
-                out.put(&self.to_tag())?;
-            }
-            out.put(b"\r\n")?;
-        }
-        if let Some(call_id) = self.call_id {
-            out.put(b"Call-ID: ")?;
-            out.put(call_id)?;
-            out.put(b"\r\n")?;
-        }
-        if let Some(cseq) = self.cseq {
-            out.put(b"CSeq: ")?;
-            out.put(cseq)?;
-            out.put(b"\r\n")?;
-        }
+        self.write_vias(source, &mut out)?;
+        self.write_dialog(response.code, &mut out)?;
         if let Some(seconds) = response.retry_after_s {
             out.put(b"Retry-After: ")?;
             out.put_decimal(u64::from(seconds))?;
@@ -235,6 +196,59 @@ impl<'m> Echo<'m> {
         }
         out.put(b"Content-Length: 0\r\n\r\n")?;
         Ok(out.len())
+    }
+
+    /// The request's Via lines, in order, the top one with `received` and
+    /// `rport` filled in for where it came from (RFC 3261 §18.2.1, RFC 3581).
+    fn write_vias(&self, source: Source, out: &mut Out<'_>) -> Result<(), ResponseError> {
+        for (index, via) in self.vias().enumerate() {
+            out.put(b"Via: ")?;
+            match Via::parse(via).ok().filter(|_| index == 0) {
+                Some(top) => {
+                    let mut edits = Edits::new();
+                    received_edits(&mut edits, self.datagram, &top, source);
+                    let start = offset_in(self.datagram, via);
+                    edits.apply_range(self.datagram, start, start + via.len(), out)?;
+                }
+                None => out.put(via)?,
+            }
+            out.put(b"\r\n")?;
+        }
+        Ok(())
+    }
+
+    /// From, To (tagged, but for a 100), Call-ID and CSeq, as the request
+    /// had them.
+    fn write_dialog(&self, code: u16, out: &mut Out<'_>) -> Result<(), ResponseError> {
+        // A request missing From, To, Call-ID or CSeq (RFC 4475 insuf) still
+        // gets its 400, with what it has; the Via is enough to deliver it.
+        if let Some(from) = self.from {
+            out.put(b"From: ")?;
+            out.put(from)?;
+            out.put(b"\r\n")?;
+        }
+        if let Some(to) = self.to {
+            out.put(b"To: ")?;
+            out.put(to)?;
+            let has_tag = NameAddr::parse(to).is_ok_and(|to| to.tag.is_some());
+            // RFC 3261 §8.2.6.2: a 100 may go without a To tag; others need one.
+            if code > 100 && !has_tag {
+                out.put(b";tag=")?;
+                out.put(&self.to_tag())?;
+            }
+            out.put(b"\r\n")?;
+        }
+        if let Some(call_id) = self.call_id {
+            out.put(b"Call-ID: ")?;
+            out.put(call_id)?;
+            out.put(b"\r\n")?;
+        }
+        if let Some(cseq) = self.cseq {
+            out.put(b"CSeq: ")?;
+            out.put(cseq)?;
+            out.put(b"\r\n")?;
+        }
+        Ok(())
     }
 
     /// The To tag of a local response: see [`local_to_tag`].

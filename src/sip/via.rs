@@ -116,8 +116,16 @@ impl<'m> Via<'m> {
             maddr: None,
             ttl: None,
         };
-        let via = out;
-        for param in HeaderParams::new(value, after) {
+        out.parse_params(after)
+    }
+
+    /// Reads the parameters the proxy uses (branch, received, rport,
+    /// maddr, ttl) from the parameters of `self.value` that start at
+    /// `after`; the others are checked for syntax only.
+    #[inline(always)]
+    fn parse_params(&mut self, after: usize) -> Result<(), ViaError> {
+        let via = self;
+        for param in HeaderParams::new(via.value, after) {
             let param = param.map_err(|_| ViaError::Parameter)?;
             let name = param.name;
             if is_name(name, b"branch") {
