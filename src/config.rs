@@ -14,13 +14,12 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::balance::{
-    self, Cidr, MemberSpec, Routing, RoutingError, RoutingSpec, RuleSpec, SetSpec,
+    self, Cidr, MemberSpec, ProbeConfig, Routing, RoutingError, RoutingSpec, RuleSpec, SetSpec,
 };
 use crate::proxy::overload::OverloadConfig;
 use crate::proxy::Algorithm;
 use std::sync::Arc;
 
-use crate::control::probe::ProbeConfig;
 use crate::guard::{self, Acl, FloodConfig, GuardConfig};
 use crate::shard;
 use crate::sip::{host_ip, Limits, Uri};

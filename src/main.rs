@@ -183,7 +183,7 @@ fn run(args: RunArgs) -> ExitCode {
             steering: true,
             io: Io::Auto,
             admin: None,
-            probes: sipshard::control::probe::ProbeConfig::default(),
+            probes: sipshard::balance::ProbeConfig::default(),
             routing: std::sync::Arc::new(
                 config::backends_routing(
                     &[

@@ -4,7 +4,6 @@
 
 pub mod admin;
 pub mod metrics;
-pub mod probe;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -13,10 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::balance::probe::{Event, ProbeConfig, ProbeResult, Prober, SendProbe};
 use crate::balance::{Routing, State};
 use crate::config;
 use crate::shard::Handle;
-use probe::{Event, ProbeConfig, ProbeResult, Prober, SendProbe};
 
 /// What the control thread(s) share: the shards' handle, the file to
 /// reload, and the probes' last results.

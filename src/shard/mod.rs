@@ -71,7 +71,7 @@ pub struct Config {
     /// thread serves it; the shards never see it.
     pub admin: Option<SocketAddr>,
     /// Health probes of the backends (the control thread sends them).
-    pub probes: crate::control::probe::ProbeConfig,
+    pub probes: crate::balance::ProbeConfig,
     /// Destination sets and rules: what the shards route by. `backends`
     /// and `algorithm` above describe its default set.
     pub routing: Arc<Routing>,
