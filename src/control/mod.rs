@@ -81,12 +81,11 @@ impl Control {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
         let text = std::fs::read_to_string(path).map_err(|e| ReloadError::Read(e.to_string()))?;
         let current = self.shards.routing();
-        let (settings, routing) =
-            config::parse_with_routing(&text, Some(&current)).map_err(|problems| {
-                ReloadError::Invalid(problems.iter().map(|p| p.to_string()).collect())
-            })?;
-        let backends = routing.backends().count();
-        self.shards.set_routing(routing);
+        let settings = config::parse_with_routing(&text, Some(&current)).map_err(|problems| {
+            ReloadError::Invalid(problems.iter().map(|p| p.to_string()).collect())
+        })?;
+        let backends = settings.shard.routing.backends().count();
+        self.shards.set_routing(settings.shard.routing);
         if let Ok(mut probes) = self.probe_config.lock() {
             *probes = settings.probes;
         }
