@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sipshard::config;
-use sipshard::proxy::Algorithm;
-use sipshard::shard::{Config, Io, Runtime};
+use sipshard::balance::Algorithm;
+use sipshard::config::{self, AppConfig};
+use sipshard::control::{self, Control};
+use sipshard::shard::{Io, Runtime};
 use sipshard::sip::{Answer, Limits, Message, Scanner, StartLine};
 
 /// mimalloc: the shards allocate little, but what the control plane and
@@ -85,10 +86,30 @@ enum IoArg {
     Epoll,
 }
 
+impl From<IoArg> for Io {
+    fn from(io: IoArg) -> Io {
+        match io {
+            IoArg::Auto => Io::Auto,
+            IoArg::Uring => Io::Uring,
+            IoArg::Epoll => Io::Epoll,
+        }
+    }
+}
+
+/// The algorithms `--algorithm` names: the two of `[backends]`.
 #[derive(Clone, Copy, ValueEnum)]
 enum AlgorithmArg {
     RoundRobin,
     CallIdHash,
+}
+
+impl From<AlgorithmArg> for Algorithm {
+    fn from(algorithm: AlgorithmArg) -> Algorithm {
+        match algorithm {
+            AlgorithmArg::RoundRobin => Algorithm::RoundRobin,
+            AlgorithmArg::CallIdHash => Algorithm::CallIdHash,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -159,115 +180,92 @@ fn run(args: RunArgs) -> ExitCode {
         // Colour only for a person at a terminal, not in journald or files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+    match configure(&args) {
+        Ok(config) => serve(config, args.config),
+        Err(code) => code,
+    }
+}
+
+/// The configuration file's settings, or the defaults without one, with
+/// the command line's flags over them.
+fn configure(args: &RunArgs) -> Result<AppConfig, ExitCode> {
     let mut config = match &args.config {
-        Some(path) => match load(path) {
-            Ok(config) => config,
-            Err(code) => return code,
-        },
-        None => Config {
-            listen: "127.0.0.1:5060".parse().expect("a literal address"),
-            backends: vec![
-                "127.0.0.1:5080".parse().expect("a literal address"),
-                "127.0.0.1:5081".parse().expect("a literal address"),
-            ],
-            algorithm: Algorithm::RoundRobin,
-            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            cpus: Vec::new(),
-            limits: Limits::default(),
-            txn: sipshard::txn::TxnConfig::default(),
-            handoff_queue_len: 8192,
-            handoff_queue_bytes: sipshard::shard::HANDOFF_QUEUE_BYTES_DEFAULT,
-            socket_receive_buffer_bytes: None,
-            socket_send_buffer_bytes: None,
-            shard_port_base: None,
-            steering: true,
-            io: Io::Auto,
-            admin: None,
-            probes: sipshard::control::probe::ProbeConfig::default(),
-            routing: std::sync::Arc::new(
-                config::backends_routing(
-                    &[
-                        "127.0.0.1:5080".parse().expect("a literal address"),
-                        "127.0.0.1:5081".parse().expect("a literal address"),
-                    ],
-                    sipshard::balance::Algorithm::RoundRobin,
-                    None,
-                )
-                .expect("two loopback backends make a valid set"),
-            ),
-            overload: sipshard::proxy::overload::OverloadConfig::default(),
-            guard: sipshard::guard::GuardConfig::default(),
-        },
+        Some(path) => load(path)?,
+        None => AppConfig::default(),
     };
+    let shard = &mut config.shard;
     if let Some(io) = args.io {
-        config.io = match io {
-            IoArg::Auto => Io::Auto,
-            IoArg::Uring => Io::Uring,
-            IoArg::Epoll => Io::Epoll,
-        };
+        shard.io = io.into();
     }
     if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if !args.backends.is_empty() {
-        config.backends.clear();
-        for backend in &args.backends {
-            match config::backend_address(backend) {
-                Ok(address) => config.backends.push(address),
-                Err(why) => {
-                    eprintln!("sipshard: --backend {backend}: {why}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
+        shard.listen = listen;
     }
     if let Some(shards) = args.shards {
-        config.shards = shards;
-    }
-    if let Some(algorithm) = args.algorithm {
-        config.algorithm = match algorithm {
-            AlgorithmArg::RoundRobin => Algorithm::RoundRobin,
-            AlgorithmArg::CallIdHash => Algorithm::CallIdHash,
-        };
+        shard.shards = shards;
     }
     if let Some(len) = args.handoff_queue_len {
-        config.handoff_queue_len = len;
+        shard.handoff_queue_len = len;
     }
     if args.no_steering {
-        config.steering = false;
+        shard.steering = false;
     }
     // `--backend` and `--algorithm` replace the file's routing with one set.
     if !args.backends.is_empty() || args.algorithm.is_some() {
-        match config::backends_routing(&config.backends, config.algorithm.into(), None) {
-            Ok(routing) => config.routing = std::sync::Arc::new(routing),
-            Err(why) => {
-                eprintln!("sipshard: --backend: {why}");
-                return ExitCode::from(2);
-            }
-        }
+        let backends = backend_addresses(&args.backends)?;
+        let algorithm = args.algorithm.map(Algorithm::from);
+        config.route_to(backends, algorithm).map_err(|why| {
+            eprintln!("sipshard: --backend: {why}");
+            ExitCode::from(2)
+        })?;
     }
     if args.admin.is_some() {
-        config.admin = args.admin;
+        config.admin.address = args.admin;
     }
-    let admin = config.admin;
-    let admin_acl = config.guard.admin.clone();
-    let probes = config.probes.clone();
-    let listen = config.listen;
-    let runtime = match Runtime::start(config) {
+    Ok(config)
+}
+
+/// The `--backend`s' addresses; `None` when there are none.
+fn backend_addresses(backends: &[String]) -> Result<Option<Vec<SocketAddr>>, ExitCode> {
+    if backends.is_empty() {
+        return Ok(None);
+    }
+    let parse = |backend: &String| {
+        config::backend_address(backend).map_err(|why| {
+            eprintln!("sipshard: --backend {backend}: {why}");
+            ExitCode::from(2)
+        })
+    };
+    backends
+        .iter()
+        .map(parse)
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+/// Starts the shards, then the probes and the admin API beside them, and
+/// waits for signals.
+fn serve(config: AppConfig, path: Option<PathBuf>) -> ExitCode {
+    let AppConfig {
+        shard,
+        probes,
+        admin,
+    } = config;
+    let listen = shard.listen;
+    let runtime = match Runtime::start(shard) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("sipshard: cannot start on {listen}: {error}");
             return ExitCode::from(1);
         }
     };
-    let control = sipshard::control::Control::new(runtime.handle(), args.config.clone());
+    let control = Control::new(runtime.handle(), path);
     if let Err(error) = control.start_probes(probes, listen.ip()) {
         eprintln!("sipshard: cannot start the health probes: {error}");
         runtime.stop();
         return ExitCode::from(1);
     }
-    if let Some(address) = admin {
-        match sipshard::control::admin::start(address, control.clone(), admin_acl) {
+    if let Some(address) = admin.address {
+        match control::admin::start(address, control.clone(), admin.acl) {
             Ok(_) => tracing::info!(%address, "admin API is listening"),
             Err(error) => {
                 eprintln!("sipshard: cannot serve the admin API on {address}: {error}");
@@ -281,7 +279,7 @@ fn run(args: RunArgs) -> ExitCode {
 
 /// Reads and checks a configuration file; on failure prints every problem
 /// and returns the exit code (2).
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &PathBuf) -> Result<AppConfig, ExitCode> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         eprintln!("{}: {e}", path.display());
         ExitCode::from(2)
@@ -297,7 +295,7 @@ fn load(path: &PathBuf) -> Result<Config, ExitCode> {
 /// The control thread: SIGUSR1 logs every shard's counters, SIGHUP reloads
 /// the configuration file's routing; SIGTERM or SIGINT stops receiving,
 /// flushes what the shards hold, and exits 0.
-fn wait_for_signals(runtime: Runtime, control: &sipshard::control::Control) -> ExitCode {
+fn wait_for_signals(runtime: Runtime, control: &Control) -> ExitCode {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP])
     {

@@ -5,7 +5,9 @@
 //! The control thread builds a [`Routing`] snapshot from the configuration
 //! and swaps it on reload; each shard holds a [`Selector`] for its own
 //! round-robin state; [`MemberHealth`] is the only state shared between
-//! them (relaxed atomics: state, active dialogs, latency).
+//! them (relaxed atomics: state, active dialogs, latency). [`probe`] is
+//! the health prober that moves members between states; the control
+//! thread runs it on a socket of its own.
 //!
 //! ```text
 //!  initial request ──► Routing::pick_set(method, ruri user, ruri host, source) ──► SetId
@@ -16,10 +18,12 @@
 //! ```
 
 mod health;
+pub mod probe;
 mod routing;
 mod select;
 
 pub use health::{ActiveDialog, MemberHealth, State};
+pub use probe::ProbeConfig;
 pub use routing::{
     Cidr, CidrError, DestinationSet, Member, MemberSpec, Routing, RoutingError, RoutingSpec, Rule,
     RuleSpec, SetId, SetSpec, MEMBERS_MAX, RULES_MAX, SETS_MAX, WEIGHT_MAX,

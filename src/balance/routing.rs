@@ -354,20 +354,7 @@ impl Routing {
         spec: &RoutingSpec,
         previous: Option<&Routing>,
     ) -> Result<Routing, Vec<RoutingError>> {
-        let mut errors = Vec::new();
-        if spec.sets.is_empty() {
-            errors.push(RoutingError::NoSets);
-        }
-        if spec.sets.len() > SETS_MAX {
-            errors.push(RoutingError::TooManySets {
-                count: spec.sets.len(),
-            });
-        }
-        if spec.rules.len() > RULES_MAX {
-            errors.push(RoutingError::TooManyRules {
-                count: spec.rules.len(),
-            });
-        }
+        let mut errors = spec.count_errors();
         let mut backends: BTreeMap<Box<str>, Arc<MemberHealth>> = BTreeMap::new();
         let mut sets = Vec::with_capacity(spec.sets.len());
         for (set_index, set) in spec.sets.iter().enumerate() {
@@ -385,27 +372,8 @@ impl Routing {
                 &mut errors,
             ));
         }
-        let set_id = |name: &str| {
-            spec.sets
-                .iter()
-                .position(|s| s.name == name)
-                .and_then(|i| u16::try_from(i).ok())
-                .map(SetId)
-        };
-        let mut rules = Vec::with_capacity(spec.rules.len());
-        for (rule_index, rule) in spec.rules.iter().enumerate() {
-            let set = set_id(&rule.set);
-            if set.is_none() {
-                errors.push(RoutingError::UnknownSet {
-                    rule: rule_index,
-                    name: rule.set.clone(),
-                });
-            }
-            if let Some(rule) = build_rule(rule_index, rule, set.unwrap_or(SetId(0)), &mut errors) {
-                rules.push(rule);
-            }
-        }
-        let default_set = set_id(&spec.default_set);
+        let rules = build_rules(spec, &mut errors);
+        let default_set = spec.set_id(&spec.default_set);
         if default_set.is_none() && !spec.sets.is_empty() {
             errors.push(RoutingError::UnknownDefaultSet {
                 name: spec.default_set.clone(),
@@ -476,6 +444,54 @@ impl Routing {
     }
 }
 
+impl RoutingSpec {
+    /// Too few or too many sets, too many rules.
+    fn count_errors(&self) -> Vec<RoutingError> {
+        let mut errors = Vec::new();
+        if self.sets.is_empty() {
+            errors.push(RoutingError::NoSets);
+        }
+        if self.sets.len() > SETS_MAX {
+            errors.push(RoutingError::TooManySets {
+                count: self.sets.len(),
+            });
+        }
+        if self.rules.len() > RULES_MAX {
+            errors.push(RoutingError::TooManyRules {
+                count: self.rules.len(),
+            });
+        }
+        errors
+    }
+
+    /// The first set named `name`.
+    fn set_id(&self, name: &str) -> Option<SetId> {
+        self.sets
+            .iter()
+            .position(|s| s.name == name)
+            .and_then(|i| u16::try_from(i).ok())
+            .map(SetId)
+    }
+}
+
+/// Every rule that checks out, each naming a set that exists.
+fn build_rules(spec: &RoutingSpec, errors: &mut Vec<RoutingError>) -> Vec<Rule> {
+    let mut rules = Vec::with_capacity(spec.rules.len());
+    for (rule_index, rule) in spec.rules.iter().enumerate() {
+        let set = spec.set_id(&rule.set);
+        if set.is_none() {
+            errors.push(RoutingError::UnknownSet {
+                rule: rule_index,
+                name: rule.set.clone(),
+            });
+        }
+        if let Some(rule) = build_rule(rule_index, rule, set.unwrap_or(SetId(0)), errors) {
+            rules.push(rule);
+        }
+    }
+    rules
+}
+
 fn build_set(
     set_index: usize,
     set: &SetSpec,
@@ -496,43 +512,9 @@ fn build_set(
             count: set.members.len(),
         });
     }
-    let mut members = Vec::with_capacity(set.members.len());
-    for (member_index, member) in set.members.iter().enumerate() {
-        if set.members[..member_index]
-            .iter()
-            .any(|m| m.uri == member.uri)
-        {
-            errors.push(RoutingError::DuplicateMember {
-                set: set_index,
-                member: member_index,
-                uri: member.uri.clone(),
-            });
-        }
-        if member.weight > WEIGHT_MAX {
-            errors.push(RoutingError::WeightOutOfRange {
-                set: set_index,
-                member: member_index,
-                weight: member.weight,
-            });
-        }
-        let health = backends
-            .entry(member.uri.as_str().into())
-            .or_insert_with(|| {
-                previous
-                    .and_then(|p| p.backend(&member.uri))
-                    .map_or_else(|| Arc::new(MemberHealth::new()), Arc::clone)
-            })
-            .clone();
-        members.push(Member {
-            uri: member.uri.as_str().into(),
-            address: member.address,
-            weight: member.weight,
-            priority: member.priority,
-            attrs: member.attrs.clone(),
-            health,
-            seed: member_seed(&member.uri),
-        });
-    }
+    let members: Vec<Member> = (0..set.members.len())
+        .map(|member_index| build_member(set_index, set, member_index, previous, backends, errors))
+        .collect();
     let positive_weights = members
         .iter()
         .take(MEMBERS_MAX)
@@ -548,6 +530,54 @@ fn build_set(
         members: members.into(),
         positive_weights,
         weights_equal,
+    }
+}
+
+/// Member `member_index` of `set`, with the health `backends` holds for
+/// its URI: shared with the same URI in another set, or carried over from
+/// `previous`, or new.
+fn build_member(
+    set_index: usize,
+    set: &SetSpec,
+    member_index: usize,
+    previous: Option<&Routing>,
+    backends: &mut BTreeMap<Box<str>, Arc<MemberHealth>>,
+    errors: &mut Vec<RoutingError>,
+) -> Member {
+    let member = &set.members[member_index];
+    if set.members[..member_index]
+        .iter()
+        .any(|m| m.uri == member.uri)
+    {
+        errors.push(RoutingError::DuplicateMember {
+            set: set_index,
+            member: member_index,
+            uri: member.uri.clone(),
+        });
+    }
+    if member.weight > WEIGHT_MAX {
+        errors.push(RoutingError::WeightOutOfRange {
+            set: set_index,
+            member: member_index,
+            weight: member.weight,
+        });
+    }
+    let health = backends
+        .entry(member.uri.as_str().into())
+        .or_insert_with(|| {
+            previous
+                .and_then(|p| p.backend(&member.uri))
+                .map_or_else(|| Arc::new(MemberHealth::new()), Arc::clone)
+        })
+        .clone();
+    Member {
+        uri: member.uri.as_str().into(),
+        address: member.address,
+        weight: member.weight,
+        priority: member.priority,
+        attrs: member.attrs.clone(),
+        health,
+        seed: member_seed(&member.uri),
     }
 }
 

@@ -31,8 +31,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::metrics::{self, ShardStats};
-use super::probe::ProbeResult;
 use super::{state_name, state_named, Control};
+use crate::balance::probe::ProbeResult;
 use crate::guard::Acl;
 
 /// Binds `address` now (so that a taken port fails at start-up, with the

@@ -613,12 +613,20 @@ fn offer(slot: &Mutex<Option<Histogram<u64>>>, histogram: &Histogram<u64>) {
 /// The Prometheus text format (version 0.0.4) of every shard's stats.
 pub fn render(shards: &[&ShardStats]) -> String {
     let mut out = String::with_capacity(16 * 1024);
+    render_stats(&mut out, shards);
+    render_messages(&mut out, shards);
+    latency(&mut out, shards);
+    out
+}
+
+/// Every [`Stat`], family by family, per shard.
+fn render_stats(out: &mut String, shards: &[&ShardStats]) {
     let mut family = "";
     for stat in Stat::ALL {
         let meta = stat.meta();
         if meta.family != family {
             family = meta.family;
-            header(&mut out, family, meta.help, meta.kind);
+            header(out, family, meta.help, meta.kind);
         }
         for (shard, stats) in shards.iter().enumerate() {
             let value = stats.get(stat);
@@ -636,6 +644,11 @@ pub fn render(shards: &[&ShardStats]) -> String {
             }
         }
     }
+}
+
+/// Requests by method and responses by class, received and sent, per
+/// shard.
+fn render_messages(out: &mut String, shards: &[&ShardStats]) {
     for (family, help, pick) in [
         (
             "requests_received_total",
@@ -658,7 +671,7 @@ pub fn render(shards: &[&ShardStats]) -> String {
             Pick::SentResponses,
         ),
     ] {
-        header(&mut out, family, help, Kind::Counter);
+        header(out, family, help, Kind::Counter);
         for (shard, stats) in shards.iter().enumerate() {
             let (counts, requests) = match pick {
                 Pick::ReceivedRequests => (&stats.received, true),
@@ -687,8 +700,6 @@ pub fn render(shards: &[&ShardStats]) -> String {
             }
         }
     }
-    latency(&mut out, shards);
-    out
 }
 
 /// Each backend's state, active calls and latency, and the state
@@ -699,6 +710,14 @@ pub fn render_backends(
     transitions: &[u64; 4],
     probes: &BTreeMap<String, [u64; 3]>,
 ) {
+    probes_family(out, probes);
+    backend_states(out, routing);
+    backend_load(out, routing);
+    transitions_family(out, transitions);
+}
+
+/// Probes that ended, by backend and result.
+fn probes_family(out: &mut String, probes: &BTreeMap<String, [u64; 3]>) {
     header(
         out,
         "probes_total",
@@ -713,6 +732,10 @@ pub fn render_backends(
             );
         }
     }
+}
+
+/// Whether each backend is up, and which state it is in.
+fn backend_states(out: &mut String, routing: &Routing) {
     header(
         out,
         "backend_up",
@@ -739,6 +762,10 @@ pub fn render_backends(
             );
         }
     }
+}
+
+/// Each backend's active calls and latency.
+fn backend_load(out: &mut String, routing: &Routing) {
     header(
         out,
         "backend_active_calls",
@@ -767,6 +794,10 @@ pub fn render_backends(
             );
         }
     }
+}
+
+/// Backend state changes so far, by the state entered.
+fn transitions_family(out: &mut String, transitions: &[u64; 4]) {
     header(
         out,
         "backend_transitions_total",

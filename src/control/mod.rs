@@ -4,7 +4,6 @@
 
 pub mod admin;
 pub mod metrics;
-pub mod probe;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -13,10 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::balance::probe::{Event, ProbeConfig, ProbeResult, Prober, SendProbe};
 use crate::balance::{Routing, State};
 use crate::config;
 use crate::shard::Handle;
-use probe::{Event, ProbeConfig, ProbeResult, Prober, SendProbe};
 
 /// What the control thread(s) share: the shards' handle, the file to
 /// reload, and the probes' last results.
@@ -82,12 +81,11 @@ impl Control {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
         let text = std::fs::read_to_string(path).map_err(|e| ReloadError::Read(e.to_string()))?;
         let current = self.shards.routing();
-        let (settings, routing) =
-            config::parse_with_routing(&text, Some(&current)).map_err(|problems| {
-                ReloadError::Invalid(problems.iter().map(|p| p.to_string()).collect())
-            })?;
-        let backends = routing.backends().count();
-        self.shards.set_routing(routing);
+        let settings = config::parse_with_routing(&text, Some(&current)).map_err(|problems| {
+            ReloadError::Invalid(problems.iter().map(|p| p.to_string()).collect())
+        })?;
+        let backends = settings.shard.routing.backends().count();
+        self.shards.set_routing(settings.shard.routing);
         if let Ok(mut probes) = self.probe_config.lock() {
             *probes = settings.probes;
         }

@@ -69,13 +69,12 @@ pub(crate) fn hash(key: Key, seed: u64) -> u64 {
     mix(low ^ (key >> 64) as u64 ^ seed.rotate_left(32))
 }
 
-/// The guard's settings: the two ACLs and flood protection.
+/// The guard's settings: the SIP ACL and flood protection. (The admin
+/// API's ACL is the control plane's: `config::AdminConfig`.)
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GuardConfig {
     /// Sources SIP datagrams may come from.
     pub sip: Acl,
-    /// Peers the admin API serves.
-    pub admin: Acl,
     pub flood: FloodConfig,
 }
 

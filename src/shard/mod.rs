@@ -36,7 +36,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::balance::Routing;
 use crate::control::metrics::{self, MessageCounts, ShardStats, Stat};
-use crate::proxy::{Algorithm, Counters, Outcome, Proxy, Transmit};
+use crate::proxy::{Counters, Outcome, Proxy, Transmit};
 use crate::sip::lex::fnv1a;
 use crate::sip::{find_call_id, Limits, LocalAddress, Scanner};
 use crate::txn::{Millis, TxnConfig};
@@ -47,8 +47,6 @@ use uring::Uring;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub backends: Vec<SocketAddr>,
-    pub algorithm: Algorithm,
     pub shards: usize,
     /// CPUs to pin shard `i` to (`cpus[i % len]`); empty means the first
     /// `shards` CPUs the process may use.
@@ -67,17 +65,11 @@ pub struct Config {
     /// Load the eBPF program that steers datagrams to their owner's socket.
     pub steering: bool,
     pub io: Io,
-    /// Where the admin HTTP API listens (off when `None`). The control
-    /// thread serves it; the shards never see it.
-    pub admin: Option<SocketAddr>,
-    /// Health probes of the backends (the control thread sends them).
-    pub probes: crate::control::probe::ProbeConfig,
-    /// Destination sets and rules: what the shards route by. `backends`
-    /// and `algorithm` above describe its default set.
+    /// Destination sets and rules: what the shards route by.
     pub routing: Arc<Routing>,
     /// When a shard stops admitting new calls.
     pub overload: OverloadConfig,
-    /// Access control (SIP and admin) and flood protection.
+    /// The SIP ACL and flood protection.
     pub guard: crate::guard::GuardConfig,
 }
 
@@ -470,7 +462,7 @@ impl Runtime {
             n if n == shards => "io_uring",
             _ => "io_uring on some shards, epoll on the others (see the warnings above)",
         };
-        tracing::info!(listen = %config.listen, shards, io, steered, shed_in_kernel, backends = config.backends.len(), ?own_ports, "sipshard is running");
+        tracing::info!(listen = %config.listen, shards, io, steered, shed_in_kernel, backends = config.routing.set(config.routing.default_set()).members.len(), ?own_ports, "sipshard is running");
         Ok(runtime)
     }
 

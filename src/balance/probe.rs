@@ -1,7 +1,10 @@
 //! Health probes: an OPTIONS request to every member at an interval, and
 //! the state each member is in as a result. Sans-I/O like the proxy core:
 //! time (milliseconds) and datagrams in; OPTIONS to send, state changes and
-//! round-trip times out. The control thread runs it on a socket of its own.
+//! round-trip times out. The control thread runs it on a socket of its own
+//! (`control::Control::start_probes`); it sits here, beside the member
+//! states it changes, so that `config` can build a [`ProbeConfig`] without
+//! importing the control plane.
 //!
 //! States (RFC 3261 §11 says OPTIONS asks a server what it can do; any
 //! final answer shows that it is alive):
@@ -20,9 +23,13 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use crate::balance::State;
+use super::State;
 use crate::sip::{Limits, Scanner};
-use crate::txn::Millis;
+
+/// Milliseconds since an epoch the caller picks (the probe thread's
+/// start). `txn::Millis` is the same; balance sits below txn, so it is
+/// not imported from there.
+pub type Millis = u64;
 
 /// Probe settings (the config's `[probes]` table).
 #[derive(Clone, Debug, PartialEq, Eq)]

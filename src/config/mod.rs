@@ -1,0 +1,224 @@
+//! The application's configuration ([`AppConfig`]) and the TOML file it
+//! is read from. Control plane only: read at start-up (and by
+//! `--check-config`, and on reload), never on the packet path.
+//!
+//! - [`schema`]: the file as written (serde), each value with its place;
+//! - `check`: the checks that turn it into the runtime's types, table by
+//!   table; `routing`: those of `[backends]`, `[[sets]]` and `[[routes]]`.
+//!
+//! Every problem is reported with its line and what to write instead, all
+//! of them at once where the file parsed. The file and the command line
+//! start from one set of defaults, [`AppConfig::default`].
+
+mod check;
+mod routing;
+pub mod schema;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::balance::{Algorithm, ProbeConfig, Routing, RoutingSpec};
+use crate::guard::{Acl, GuardConfig};
+use crate::proxy::overload::OverloadConfig;
+use crate::shard;
+use crate::sip::{host_ip, Limits, Uri};
+use crate::txn::TxnConfig;
+pub use schema::File;
+
+/// Everything the gateway runs with: what the shards need, and what the
+/// control thread needs beside them.
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    /// What the shards run with. It holds the SIP side of the guard (the
+    /// SIP ACL and flood protection) because the shards are what consult
+    /// it; the admin ACL is in [`AdminConfig`].
+    pub shard: shard::Config,
+    /// Health probes of the backends (the control thread sends them).
+    pub probes: ProbeConfig,
+    pub admin: AdminConfig,
+}
+
+/// The admin HTTP API: where it listens and whom it serves. The control
+/// thread serves it; the shards never see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Off when `None`.
+    pub address: Option<SocketAddr>,
+    /// Peers the admin API serves (`[acl] admin_allow`, `admin_deny`).
+    pub acl: Acl,
+}
+
+impl Default for AppConfig {
+    /// The gateway with no file: on 127.0.0.1:5060, round robin over two
+    /// backends on loopback (:5080 and :5081), a shard per usable core,
+    /// no probes, no admin API. What a file leaves out is this too.
+    fn default() -> AppConfig {
+        let backends = [5080, 5081].map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+        let routing = backends_routing(&backends, Algorithm::RoundRobin, None)
+            .expect("two loopback backends make a valid set");
+        let shard = shard::Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: Vec::new(),
+            limits: Limits::default(),
+            txn: TxnConfig::default(),
+            handoff_queue_len: 8192,
+            handoff_queue_bytes: shard::HANDOFF_QUEUE_BYTES_DEFAULT,
+            socket_receive_buffer_bytes: None,
+            socket_send_buffer_bytes: None,
+            shard_port_base: None,
+            steering: true,
+            io: shard::Io::Auto,
+            routing: Arc::new(routing),
+            overload: OverloadConfig::default(),
+            guard: GuardConfig::default(),
+        };
+        AppConfig {
+            shard,
+            probes: ProbeConfig::default(),
+            admin: AdminConfig::default(),
+        }
+    }
+}
+
+impl AppConfig {
+    /// Replaces the routing with the one set the command line's
+    /// `--backend`s and `--algorithm` describe, "default": `backends`, or
+    /// else the members of the default set, balanced by `algorithm`, or
+    /// else the default set's algorithm where the command line can name it
+    /// (Call-ID hash) and round robin where it cannot.
+    pub fn route_to(
+        &mut self,
+        backends: Option<Vec<SocketAddr>>,
+        algorithm: Option<Algorithm>,
+    ) -> Result<(), String> {
+        let routing = &self.shard.routing;
+        let default = routing.set(routing.default_set());
+        let backends =
+            backends.unwrap_or_else(|| default.members.iter().map(|m| m.address).collect());
+        let algorithm = algorithm.unwrap_or(match default.algorithm {
+            Algorithm::CallIdHash => Algorithm::CallIdHash,
+            _ => Algorithm::RoundRobin,
+        });
+        self.shard.routing = Arc::new(backends_routing(&backends, algorithm, None)?);
+        Ok(())
+    }
+}
+
+/// Parses and checks a configuration file's text.
+pub fn parse(text: &str) -> Result<AppConfig, Vec<Problem>> {
+    parse_with_routing(text, None)
+}
+
+/// Parses and checks a configuration file's text. Backends that
+/// `previous` (the running routing, on a reload) also has keep their
+/// health; see [`Routing::build`].
+pub fn parse_with_routing(
+    text: &str,
+    previous: Option<&Routing>,
+) -> Result<AppConfig, Vec<Problem>> {
+    let mut problems = Problems::new(text);
+    let file: File = toml::from_str(text).map_err(|e| {
+        vec![Problem {
+            line: e.span().map_or(0, |s| problems.line_of(s.start)),
+            what: e.message().to_string(),
+            fix: "see examples/sipshard.toml for every key and its form".to_string(),
+        }]
+    })?;
+    check::app(file, previous, &mut problems).ok_or(problems.list)
+}
+
+/// The routing of the command line's `--backend`s: one set, "default",
+/// with every member at weight 1. `previous` carries health over, as a
+/// reload does.
+fn backends_routing(
+    backends: &[SocketAddr],
+    algorithm: Algorithm,
+    previous: Option<&Routing>,
+) -> Result<Routing, String> {
+    let spec = RoutingSpec::one_set(algorithm, backends);
+    Routing::build(&spec, previous).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// `sip:IP:PORT` (or `IP:PORT`) as a socket address. Host names need a
+/// resolver, which the gateway does not have yet.
+pub fn backend_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    let uri = Uri::parse(text.as_bytes()).map_err(|e| format!("not a SIP URI ({e:?})"))?;
+    let ip = host_ip(uri.host).ok_or_else(|| {
+        format!(
+            "the host {:?} is not an IP address (names are not resolved yet)",
+            String::from_utf8_lossy(uri.host)
+        )
+    })?;
+    Ok(SocketAddr::new(ip, uri.port_or_default()))
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, 0 when the problem has no place in the file.
+    pub line: usize,
+    pub what: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line > 0 {
+            write!(f, "line {}: {}; fix: {}", self.line, self.what, self.fix)
+        } else {
+            write!(f, "{}; fix: {}", self.what, self.fix)
+        }
+    }
+}
+
+/// The problems found so far in `text`, in the order they were found.
+struct Problems<'t> {
+    text: &'t str,
+    list: Vec<Problem>,
+}
+
+impl<'t> Problems<'t> {
+    fn new(text: &'t str) -> Problems<'t> {
+        Problems {
+            text,
+            list: Vec::new(),
+        }
+    }
+
+    /// A problem written at `span` of the text; an empty span has no line.
+    fn add(&mut self, span: Range<usize>, what: String, fix: &str) {
+        let line = match span.is_empty() {
+            true => 0,
+            false => self.line_of(span.start),
+        };
+        self.list.push(Problem {
+            line,
+            what,
+            fix: fix.to_string(),
+        });
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
