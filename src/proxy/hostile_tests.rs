@@ -4,7 +4,7 @@
 
 use super::lab::*;
 use super::*;
-use crate::sip::Limits;
+use crate::sip::{Fault, Limits};
 
 /// `invite(call_id)` with `extra` header lines before Content-Length.
 fn invite_with(call_id: &str, extra: &str) -> String {

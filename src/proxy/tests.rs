@@ -4,7 +4,7 @@
 
 use super::lab::*;
 use super::*;
-use crate::sip::Limits;
+use crate::sip::{Fault, Limits, Via};
 
 /// The request forwarded for an INVITE (after its 100 Trying).
 fn forwarded_invite(lab: &mut Lab, call_id: &str) -> Sent {

@@ -1,0 +1,276 @@
+use super::branch::branch_key;
+use super::limit::Limit;
+use super::{emit, Core, Transmit};
+use crate::balance::{Keys, Selection};
+use crate::sip::lex::hex16;
+use crate::sip::{write_response, Forward, LocalResponse, Message, Method};
+use crate::txn::{CancelState, Client, ClientState, Millis, ServerState, Slot, Target, Timer};
+
+/// Whether a final response `code` is better for the caller than `than`
+/// (§16.7 step 6: 6xx first, then the lowest class; the earliest wins a
+/// tie).
+pub(super) fn better(code: u16, than: Option<u16>) -> bool {
+    let rank = |c: u16| if c >= 600 { 0 } else { c / 100 };
+    than.map_or(true, |than| rank(code) < rank(than))
+}
+
+impl Core {
+    /// Starts the next try of a server transaction: picks a destination
+    /// not tried yet, forwards the request there with a new branch, arms
+    /// the client timers. False when nothing is left to try.
+    ///
+    /// `first` is the request as it arrived, with its branch key, on the
+    /// first try: the stored copy is scanned again only for a failover.
+    pub(super) fn try_next(
+        &mut self,
+        now: Millis,
+        slot: Slot,
+        first: Option<(&Message<'_>, &[u8; 33])>,
+        tx: &mut impl Transmit,
+    ) -> bool {
+        let Some(server) = self.txns.servers.get_mut(slot) else {
+            return false;
+        };
+        if server.cancelled
+            || server.state != ServerState::Proceeding
+            || self.txns.clients.is_full()
+        {
+            return false;
+        }
+        let sticky = server.sticky;
+        // The stored copy is taken out while it is read, so that the
+        // transaction table stays free to borrow; it goes back below.
+        let request = match first {
+            Some(_) => Vec::new(),
+            None => std::mem::take(&mut server.request),
+        };
+        let rescan;
+        let (original, first_branch_key) = match first {
+            Some((message, key)) => (message, Some(key)),
+            None => match self.rescanner.scan(&request) {
+                Ok(message) => {
+                    rescan = message;
+                    (&rescan, None)
+                }
+                Err(_) => {
+                    server.request = request;
+                    return false;
+                }
+            },
+        };
+        let chosen = match &mut server.target {
+            Target::Fixed(addr) if server.tries == 0 => Some((*addr, None)),
+            Target::Pool {
+                routing,
+                set,
+                tried,
+            } => {
+                let selection = if sticky {
+                    // In a dialog, without our Route: where the Call-ID
+                    // hashes, as every other request of the call.
+                    match *tried {
+                        0 => self
+                            .selector
+                            .select_by_call_id(routing, *set, original.call_id()),
+                        _ => Selection::Exhausted,
+                    }
+                } else {
+                    let keys = Keys {
+                        call_id: original.call_id(),
+                        from_user: original.from().uri().ok().and_then(|u| u.user),
+                        ruri_user: original.request_uri().and_then(|u| u.user),
+                    };
+                    self.selector.select(routing, *set, &keys, *tried, true)
+                };
+                match selection {
+                    Selection::Member(index) => {
+                        *tried |= 1 << index;
+                        Some((routing.set(*set).members[index].address, Some(index)))
+                    }
+                    Selection::AllDown | Selection::Exhausted => None,
+                }
+            }
+            Target::Fixed(_) => None,
+        };
+        let Some((to, backend)) = chosen else {
+            if first.is_none() {
+                server.request = request;
+            }
+            return false;
+        };
+        server.tries += 1;
+        let tries = server.tries;
+        let invite = server.invite;
+        let source = server.source;
+        self.txns.next_id = self.txns.next_id.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let id = self.txns.next_id;
+        let written = {
+            let mut branch_key = first_branch_key
+                .copied()
+                .unwrap_or_else(|| branch_key(original));
+            branch_key[..16].copy_from_slice(&hex16(id));
+            let method = original.method().unwrap_or(Method::Other);
+            let forward = Forward {
+                source,
+                branch_key: &branch_key,
+                record_route: original.to().tag.is_none() && method.creates_dialog(),
+            };
+            self.editor
+                .forward_request(original, &forward, tx.buffer())
+                .ok()
+                .map(|len| (len, branch_key))
+        };
+        // The forwarded request would not fit in one UDP datagram (the
+        // buffer holds the largest there is): RFC 3261 §21.5.14's 513 is
+        // the answer, unless another try did better.
+        let too_large = match written {
+            Some(_) => None,
+            None => {
+                self.counters.limits.hit(Limit::UdpPayload);
+                let local = LocalResponse::MESSAGE_TOO_LARGE;
+                let len = write_response(original, source, &local, tx.buffer()).ok();
+                len.map(|len| (local.code, tx.buffer()[..len].to_vec()))
+            }
+        };
+        if let Some(server) = self.txns.servers.get_mut(slot) {
+            if first.is_none() {
+                server.request = request;
+            }
+            if let Some((code, bytes)) = too_large {
+                if better(code, server.best.as_ref().map(|(c, _)| *c)) {
+                    server.best = Some((code, bytes));
+                }
+            }
+        }
+        let Some((len, branch_key)) = written else {
+            return false;
+        };
+        let client = Client {
+            key: id,
+            server: slot,
+            invite,
+            is_cancel: false,
+            state: ClientState::Calling,
+            to,
+            backend,
+            request: tx.buffer()[..len].to_vec(),
+            ack: Vec::new(),
+            branch_key,
+            provisional: false,
+            cancel: CancelState::None,
+            abandoned: false,
+            interval_ms: self.txns.config.timers.t1_ms,
+            timers: [None; 3],
+            sent_ms: now,
+        };
+        tx.send(to, len);
+        self.counters.requests_forwarded += 1;
+        if tries > 1 {
+            self.counters.failovers += 1;
+        }
+        let Some(client_slot) = self.txns.clients.insert(client) else {
+            return false;
+        };
+        self.txns.client_keys.insert(id, client_slot);
+        if let Some(server) = self.txns.servers.get_mut(slot) {
+            server.client = Some(client_slot);
+        }
+        self.arm_client_request_timers(now, client_slot);
+        if invite {
+            let try_ms = self.txns.config.timers.try_ms;
+            let id = self.txns.arm(now, try_ms, Timer::ClientTry(client_slot));
+            if let Some(client) = self.txns.clients.get_mut(client_slot) {
+                client.timers[2] = id;
+            }
+        }
+        true
+    }
+
+    /// Timer A or E, and Timer B or F.
+    pub(super) fn arm_client_request_timers(&mut self, now: Millis, slot: Slot) {
+        let timers = self.txns.config.timers;
+        let first = self
+            .txns
+            .arm(now, timers.t1_ms, Timer::ClientRetransmit(slot));
+        let timeout = self
+            .txns
+            .arm(now, timers.timeout_ms(), Timer::ClientTimeout(slot));
+        if let Some(client) = self.txns.clients.get_mut(slot) {
+            client.timers[0] = first;
+            client.timers[1] = timeout;
+        }
+    }
+
+    /// This try failed without a final response (timeout, ICMP, per-try
+    /// timer): stop it and try the next, or answer the caller.
+    pub(super) fn try_failed(&mut self, now: Millis, slot: Slot, tx: &mut impl Transmit) {
+        let Some(client) = self.txns.clients.get_mut(slot) else {
+            return;
+        };
+        client.abandoned = true;
+        // Stop retransmitting; Timer B stays to bound the entry's life.
+        let retransmit = client.timers[0].take();
+        let server = client.server;
+        let cancelled = client.cancel == CancelState::Sent;
+        self.txns.disarm(&mut [retransmit]);
+        let live = self
+            .txns
+            .servers
+            .get(server)
+            .is_some_and(|s| s.state == ServerState::Proceeding && s.client == Some(slot));
+        if !live {
+            return;
+        }
+        // A try we cancelled (Timer C) is not a backend failure.
+        if cancelled || !self.try_next(now, server, None, tx) {
+            self.answer_final(now, server, tx);
+        }
+    }
+
+    /// Sends the caller the final answer of a server transaction whose
+    /// tries are over (§16.7 step 6: the best final, else 487 after a
+    /// CANCEL, else 408), and starts its wait.
+    pub(super) fn answer_final(&mut self, now: Millis, slot: Slot, tx: &mut impl Transmit) {
+        let Some(server) = self.txns.servers.get_mut(slot) else {
+            return;
+        };
+        if server.state != ServerState::Proceeding {
+            return;
+        }
+        let (code, bytes) = match server.best.take() {
+            Some(best) if best.0 != 503 => best,
+            best => {
+                let local = match (best, server.cancelled) {
+                    // §16.7 step 6: a backend's 503 says that it cannot
+                    // serve; passed on (with its Retry-After), it would tell
+                    // the caller that this proxy cannot. Our own 503s
+                    // (overload) are sent before any try, not from here.
+                    (Some(_), _) => LocalResponse::new(500, "Server Internal Error"),
+                    (None, true) => LocalResponse::new(487, "Request Terminated"),
+                    (None, false) => LocalResponse::REQUEST_TIMEOUT,
+                };
+                let request = std::mem::take(&mut server.request);
+                let source = server.source;
+                let written = match self.rescanner.scan(&request) {
+                    Ok(original) => write_response(&original, source, &local, tx.buffer()).ok(),
+                    Err(_) => None,
+                };
+                let bytes = written.map_or_else(Vec::new, |len| tx.buffer()[..len].to_vec());
+                if let Some(server) = self.txns.servers.get_mut(slot) {
+                    server.request = request;
+                }
+                (local.code, bytes)
+            }
+        };
+        let Some(server) = self.txns.servers.get_mut(slot) else {
+            return;
+        };
+        if !bytes.is_empty() {
+            emit(tx, server.reply_to, &bytes, &mut self.counters);
+            self.counters.responses_forwarded += 1;
+        }
+        server.response = bytes;
+        let invite = server.invite;
+        self.server_final(now, slot, code, invite, tx);
+    }
+}
