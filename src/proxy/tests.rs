@@ -4,6 +4,7 @@
 
 use super::lab::*;
 use super::*;
+use crate::balance::Algorithm;
 use crate::sip::{Fault, Limits, Via};
 
 /// The request forwarded for an INVITE (after its 100 Trying).
@@ -248,11 +249,10 @@ fn reply_addresses_follow_rfc_3581() {
 
 #[test]
 fn no_backend_is_counted() {
-    let mut p = Proxy::new(
+    let mut p = Proxy::with_routing(
         Scanner::new(Limits::default()),
         LocalAddress::new(LB, 5060),
-        Vec::new(),
-        Algorithm::RoundRobin,
+        one_set(Algorithm::RoundRobin, &[]),
         TxnConfig::default(),
         0,
         1,
