@@ -336,3 +336,5 @@ mod hostile_tests;
 pub(crate) mod lab;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod txn_tests;

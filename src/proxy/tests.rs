@@ -1,6 +1,6 @@
 //! The proxy core's routing, driven with SIP bytes: requests out to the
 //! pool and back along Route, responses back along Via, loops, and what is
-//! dropped. Transaction behaviour is tested in `crate::txn`'s tests.
+//! dropped. Transaction behaviour is tested in `txn_tests`.
 
 use super::lab::*;
 use super::*;

@@ -484,9 +484,6 @@ impl Transactions {
 }
 
 #[cfg(test)]
-mod tests;
-
-#[cfg(test)]
 mod slab_tests {
     use super::*;
 
