@@ -153,8 +153,8 @@ fn bytes_per_transaction_and_per_call_in_flight() {
 
     println!(
         "sizes: Server {} B, Client {} B; fixed per shard for {max} transactions: {:.1} MiB",
-        std::mem::size_of::<sipshard::txn::Server>(),
-        std::mem::size_of::<sipshard::txn::Client>(),
+        std::mem::size_of::<sipshard::txn::ServerTxn>(),
+        std::mem::size_of::<sipshard::txn::ClientTxn>(),
         fixed as f64 / (1 << 20) as f64
     );
     println!(

@@ -1,5 +1,6 @@
 use crate::sip::lex::{hex16, key_hash};
 use crate::sip::{LocalAddress, Message, MAGIC_COOKIE};
+use crate::txn::BranchKey;
 
 /// Marks the key of a CANCEL we sent apart from the key of the INVITE
 /// it cancels: both carry the same branch.
@@ -12,14 +13,7 @@ pub(super) fn our_branch_id(local: &LocalAddress, message: &Message<'_>) -> Opti
     if !local.is_local(via.host, via.port.unwrap_or(5060)) {
         return None;
     }
-    let key = via.branch?.strip_prefix(MAGIC_COOKIE)?;
-    if key.len() != 33 || key[16] != b'.' {
-        return None;
-    }
-    key[..16].iter().try_fold(0u64, |n, &b| {
-        let digit = (b as char).to_digit(16)?;
-        Some(n << 4 | u64::from(digit))
-    })
+    BranchKey::parse_id(via.branch?.strip_prefix(MAGIC_COOKIE)?)
 }
 
 /// The branch key of our Via for this request: `<transaction>.<loop>`, 16
@@ -32,7 +26,7 @@ pub(super) fn our_branch_id(local: &LocalAddress, message: &Message<'_>) -> Opti
 /// what a request keeps when it comes back to us unchanged (Request-URI,
 /// tags, Call-ID, CSeq number), so [`is_loop`] can tell a loop from a
 /// spiral.
-pub(super) fn branch_key(message: &Message<'_>) -> [u8; 33] {
+pub(super) fn branch_key(message: &Message<'_>) -> BranchKey {
     let via = message.top_via();
     let port = via.port.unwrap_or(5060).to_be_bytes();
     let transaction = match via.branch.filter(|_| via.has_magic_cookie()) {
@@ -46,10 +40,7 @@ pub(super) fn branch_key(message: &Message<'_>) -> [u8; 33] {
             via.value,
         ]),
     };
-    let mut key = [b'.'; 33];
-    key[..16].copy_from_slice(&hex16(transaction));
-    key[17..].copy_from_slice(&loop_hash(message));
-    key
+    BranchKey::new(&hex16(transaction), &loop_hash(message))
 }
 
 pub(super) fn loop_hash(message: &Message<'_>) -> [u8; 16] {

@@ -1,13 +1,48 @@
-use super::branch::CANCEL_KEY;
-use super::outcome::Outcome;
-use super::{reply, Core, Transmit};
-use crate::sip::{HopMethod, LocalResponse, Message};
-use crate::txn::{CancelState, Client, ClientState, Millis, ServerState, Slot, Timer};
+//! CANCEL policy (RFC 3261 §9, §16.10): a caller's CANCEL is answered here
+//! and cancels the pending try; the proxy's own CANCEL goes to a try that
+//! rang (Timer C, a 2xx elsewhere, a 6xx, a try given up on).
+
 use std::net::SocketAddr;
 
+use super::branch::CANCEL_KEY;
+use super::outcome::{DropReason, Outcome};
+use super::{reply, Core, Transmit};
+use crate::sip::{HopMethod, LocalResponse, Message};
+use crate::txn::{
+    CancelState, ClientState, ClientTimer, ClientTimers, ClientTxn, Millis, ServerState, Slot,
+};
+
 impl Core {
+    /// A CANCEL from the caller: for the INVITE transaction here under
+    /// `invite_key`, or with none, on as it is.
+    pub(super) fn on_cancel(
+        &mut self,
+        now: Millis,
+        invite_key: u64,
+        message: &Message<'_>,
+        source: SocketAddr,
+        tx: &mut impl Transmit,
+    ) -> Outcome {
+        if let Some(&slot) = self.txns.server_keys.get(&invite_key) {
+            return self.caller_cancel(now, slot, message, source, tx);
+        }
+        // §16.10: no transaction to cancel: forward it statelessly.
+        // Where it can go nowhere (no member up, a next hop by
+        // name), the answer a UAS would give (§9.2): 481, so the
+        // caller does not retransmit it for 64·T1 into silence.
+        match self.stateless(message, source, tx) {
+            Outcome::Dropped(DropReason::NoBackend | DropReason::UnresolvedNextHop) => reply(
+                message,
+                source,
+                &LocalResponse::new(481, "Call/Transaction Does Not Exist"),
+                tx,
+            ),
+            outcome => outcome,
+        }
+    }
+
     /// §16.10: answer the CANCEL with 200 and cancel the pending try.
-    pub(super) fn caller_cancel(
+    fn caller_cancel(
         &mut self,
         now: Millis,
         slot: Slot,
@@ -36,52 +71,25 @@ impl Core {
         let Some(client) = self.txns.clients.get_mut(slot) else {
             return;
         };
-        match (client.state, client.cancel) {
-            (ClientState::Proceeding, CancelState::None | CancelState::Pending) => {}
-            (ClientState::Calling, CancelState::None) => {
-                client.cancel = CancelState::Pending;
-                return;
-            }
-            _ => return,
+        if !client.on_cancel() {
+            return;
         }
-        client.cancel = CancelState::Sent;
-        let (server, to, branch_key, key) =
-            (client.server, client.to, client.branch_key, client.key);
-        // Written from the request as this try sent it: same Request-URI,
-        // Route set, From, To, Call-ID and CSeq number (§9.1).
-        let request = std::mem::take(&mut client.request);
-        let written = match self.rescanner.scan(&request) {
-            Ok(sent) => self
-                .editor
-                .write_hop_request(
-                    &sent,
-                    HopMethod::Cancel,
-                    sent.to().value,
-                    &branch_key,
-                    tx.buffer(),
-                )
-                .ok(),
-            Err(_) => None,
-        };
-        if let Some(client) = self.txns.clients.get_mut(slot) {
-            client.request = request;
-        }
+        let written = self.write_cancel(slot, tx);
         // §9.1: with no final 64·T1 after the CANCEL, the INVITE is over.
         // Armed even when no CANCEL could be written (the request as sent
         // does not scan again, e.g. Max-Forwards 1 sent on as 0): Timer C
         // has fired or the try is Proceeding without Timer B, so without it
         // nothing would ever end the try.
         let timeout = self.txns.config.timers.timeout_ms();
-        let id = self.txns.arm(now, timeout, Timer::ClientTimeout(slot));
-        if let Some(client) = self.txns.clients.get_mut(slot) {
-            if let Some(old) = std::mem::replace(&mut client.timers[1], id) {
-                self.txns.wheel.cancel(old);
-            }
-        }
-        let Some(len) = written else { return };
-        let cancel = Client {
-            key: key ^ CANCEL_KEY,
-            server,
+        self.txns
+            .arm_client(now, slot, ClientTimer::Timeout, timeout);
+        let (Some(len), Some(client)) = (written, self.txns.clients.get(slot)) else {
+            return;
+        };
+        let (to, key) = (client.to, client.key ^ CANCEL_KEY);
+        let cancel = ClientTxn {
+            key,
+            server: client.server,
             invite: false,
             is_cancel: true,
             state: ClientState::Calling,
@@ -89,19 +97,36 @@ impl Core {
             backend: None,
             request: tx.buffer()[..len].to_vec(),
             ack: Vec::new(),
-            branch_key,
+            branch_key: client.branch_key,
             provisional: false,
             cancel: CancelState::None,
             abandoned: false,
             interval_ms: self.txns.config.timers.t1_ms,
-            timers: [None; 3],
+            timers: ClientTimers::default(),
             sent_ms: now,
         };
         tx.send(to, len);
         self.counters.requests_sent += 1;
         if let Some(cancel_slot) = self.txns.clients.insert(cancel) {
-            self.txns.client_keys.insert(key ^ CANCEL_KEY, cancel_slot);
+            self.txns.client_keys.insert(key, cancel_slot);
             self.arm_client_request_timers(now, cancel_slot);
         }
+    }
+
+    /// Writes the CANCEL of client transaction `slot` into the transmit
+    /// buffer, from the request as this try sent it: same Request-URI,
+    /// Route set, From, To, Call-ID and CSeq number (§9.1).
+    fn write_cancel(&mut self, slot: Slot, tx: &mut impl Transmit) -> Option<usize> {
+        let client = self.txns.clients.get(slot)?;
+        let sent = self.rescanner.scan(&client.request).ok()?;
+        self.editor
+            .write_hop_request(
+                &sent,
+                HopMethod::Cancel,
+                sent.to().value,
+                client.branch_key.as_bytes(),
+                tx.buffer(),
+            )
+            .ok()
     }
 }

@@ -1,10 +1,20 @@
+//! Failover (RFC 3261 §16.6, §16.7, serial forking): each try of a
+//! server transaction goes to a destination not tried yet; when tries run
+//! out, the caller gets the best final answer.
+
+use std::net::SocketAddr;
+
 use super::branch::branch_key;
 use super::limit::Limit;
+use super::outcome::Counters;
 use super::{emit, Core, Transmit};
-use crate::balance::{Keys, Selection};
+use crate::balance::{Keys, Selection, Selector};
 use crate::sip::lex::hex16;
-use crate::sip::{write_response, Forward, LocalResponse, Message, Method};
-use crate::txn::{CancelState, Client, ClientState, Millis, ServerState, Slot, Target, Timer};
+use crate::sip::{write_response, Editor, Forward, LocalResponse, Message, Method};
+use crate::txn::{
+    BranchKey, CancelState, ClientState, ClientTimer, ClientTimers, ClientTxn, Millis, ServerState,
+    ServerTxn, Slot, Target,
+};
 
 /// Whether a final response `code` is better for the caller than `than`
 /// (§16.7 step 6: 6xx first, then the lowest class; the earliest wins a
@@ -12,6 +22,14 @@ use crate::txn::{CancelState, Client, ClientState, Millis, ServerState, Slot, Ta
 pub(super) fn better(code: u16, than: Option<u16>) -> bool {
     let rank = |c: u16| if c >= 600 { 0 } else { c / 100 };
     than.map_or(true, |than| rank(code) < rank(than))
+}
+
+/// Where the next try goes: its address, its pool index and its branch.
+struct NextTry {
+    id: u64,
+    to: SocketAddr,
+    backend: Option<usize>,
+    branch_key: BranchKey,
 }
 
 impl Core {
@@ -25,7 +43,7 @@ impl Core {
         &mut self,
         now: Millis,
         slot: Slot,
-        first: Option<(&Message<'_>, &[u8; 33])>,
+        first: Option<(&Message<'_>, &BranchKey)>,
         tx: &mut impl Transmit,
     ) -> bool {
         let Some(server) = self.txns.servers.get_mut(slot) else {
@@ -37,7 +55,6 @@ impl Core {
         {
             return false;
         }
-        let sticky = server.sticky;
         // The stored copy is taken out while it is read, so that the
         // transaction table stays free to borrow; it goes back below.
         let request = match first {
@@ -58,79 +75,30 @@ impl Core {
                 }
             },
         };
-        let chosen = match &mut server.target {
-            Target::Fixed(addr) if server.tries == 0 => Some((*addr, None)),
-            Target::Pool {
-                routing,
-                set,
-                tried,
-            } => {
-                let selection = if sticky {
-                    // In a dialog, without our Route: where the Call-ID
-                    // hashes, as every other request of the call.
-                    match *tried {
-                        0 => self
-                            .selector
-                            .select_by_call_id(routing, *set, original.call_id()),
-                        _ => Selection::Exhausted,
-                    }
-                } else {
-                    let keys = Keys {
-                        call_id: original.call_id(),
-                        from_user: original.from().uri().ok().and_then(|u| u.user),
-                        ruri_user: original.request_uri().and_then(|u| u.user),
-                    };
-                    self.selector.select(routing, *set, &keys, *tried, true)
-                };
-                match selection {
-                    Selection::Member(index) => {
-                        *tried |= 1 << index;
-                        Some((routing.set(*set).members[index].address, Some(index)))
-                    }
-                    Selection::AllDown | Selection::Exhausted => None,
-                }
-            }
-            Target::Fixed(_) => None,
-        };
-        let Some((to, backend)) = chosen else {
+        let Some((to, backend)) = choose(&mut self.selector, server, original) else {
             if first.is_none() {
                 server.request = request;
             }
             return false;
         };
         server.tries += 1;
-        let tries = server.tries;
-        let invite = server.invite;
         let source = server.source;
         self.txns.next_id = self.txns.next_id.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let id = self.txns.next_id;
-        let written = {
-            let mut branch_key = first_branch_key
-                .copied()
-                .unwrap_or_else(|| branch_key(original));
-            branch_key[..16].copy_from_slice(&hex16(id));
-            let method = original.method().unwrap_or(Method::Other);
-            let forward = Forward {
-                source,
-                branch_key: &branch_key,
-                record_route: original.to().tag.is_none() && method.creates_dialog(),
-            };
-            self.editor
-                .forward_request(original, &forward, tx.buffer())
-                .ok()
-                .map(|len| (len, branch_key))
-        };
-        // The forwarded request would not fit in one UDP datagram (the
-        // buffer holds the largest there is): RFC 3261 §21.5.14's 513 is
-        // the answer, unless another try did better.
-        let too_large = match written {
-            Some(_) => None,
-            None => {
-                self.counters.limits.hit(Limit::UdpPayload);
-                let local = LocalResponse::MESSAGE_TOO_LARGE;
-                let len = write_response(original, source, &local, tx.buffer()).ok();
-                len.map(|len| (local.code, tx.buffer()[..len].to_vec()))
-            }
+        let branch_key = first_branch_key
+            .copied()
+            .unwrap_or_else(|| branch_key(original))
+            .with_transaction(&hex16(id));
+        let (written, too_large) = match forward_try(
+            &self.editor,
+            &mut self.counters,
+            original,
+            source,
+            &branch_key,
+            tx,
+        ) {
+            Ok(len) => (Some(len), None),
+            Err(too_large) => (None, too_large),
         };
         if let Some(server) = self.txns.servers.get_mut(slot) {
             if first.is_none() {
@@ -142,28 +110,51 @@ impl Core {
                 }
             }
         }
-        let Some((len, branch_key)) = written else {
+        let Some(len) = written else {
             return false;
         };
-        let client = Client {
-            key: id,
+        let next = NextTry {
+            id,
+            to,
+            backend,
+            branch_key,
+        };
+        self.start_try(now, slot, next, len, tx)
+    }
+
+    /// Sends the try's request (`len` bytes in the transmit buffer) and
+    /// opens its client transaction with its timers.
+    fn start_try(
+        &mut self,
+        now: Millis,
+        slot: Slot,
+        next: NextTry,
+        len: usize,
+        tx: &mut impl Transmit,
+    ) -> bool {
+        let Some(server) = self.txns.servers.get(slot) else {
+            return false;
+        };
+        let (invite, tries) = (server.invite, server.tries);
+        let client = ClientTxn {
+            key: next.id,
             server: slot,
             invite,
             is_cancel: false,
             state: ClientState::Calling,
-            to,
-            backend,
+            to: next.to,
+            backend: next.backend,
             request: tx.buffer()[..len].to_vec(),
             ack: Vec::new(),
-            branch_key,
+            branch_key: next.branch_key,
             provisional: false,
             cancel: CancelState::None,
             abandoned: false,
             interval_ms: self.txns.config.timers.t1_ms,
-            timers: [None; 3],
+            timers: ClientTimers::default(),
             sent_ms: now,
         };
-        tx.send(to, len);
+        tx.send(next.to, len);
         self.counters.requests_forwarded += 1;
         if tries > 1 {
             self.counters.failovers += 1;
@@ -171,17 +162,15 @@ impl Core {
         let Some(client_slot) = self.txns.clients.insert(client) else {
             return false;
         };
-        self.txns.client_keys.insert(id, client_slot);
+        self.txns.client_keys.insert(next.id, client_slot);
         if let Some(server) = self.txns.servers.get_mut(slot) {
             server.client = Some(client_slot);
         }
         self.arm_client_request_timers(now, client_slot);
         if invite {
             let try_ms = self.txns.config.timers.try_ms;
-            let id = self.txns.arm(now, try_ms, Timer::ClientTry(client_slot));
-            if let Some(client) = self.txns.clients.get_mut(client_slot) {
-                client.timers[2] = id;
-            }
+            self.txns
+                .arm_client(now, client_slot, ClientTimer::Try, try_ms);
         }
         true
     }
@@ -189,16 +178,10 @@ impl Core {
     /// Timer A or E, and Timer B or F.
     pub(super) fn arm_client_request_timers(&mut self, now: Millis, slot: Slot) {
         let timers = self.txns.config.timers;
-        let first = self
-            .txns
-            .arm(now, timers.t1_ms, Timer::ClientRetransmit(slot));
-        let timeout = self
-            .txns
-            .arm(now, timers.timeout_ms(), Timer::ClientTimeout(slot));
-        if let Some(client) = self.txns.clients.get_mut(slot) {
-            client.timers[0] = first;
-            client.timers[1] = timeout;
-        }
+        self.txns
+            .arm_client(now, slot, ClientTimer::Retransmit, timers.t1_ms);
+        self.txns
+            .arm_client(now, slot, ClientTimer::Timeout, timers.timeout_ms());
     }
 
     /// This try failed without a final response (timeout, ICMP, per-try
@@ -207,9 +190,8 @@ impl Core {
         let Some(client) = self.txns.clients.get_mut(slot) else {
             return;
         };
-        client.abandoned = true;
         // Stop retransmitting; Timer B stays to bound the entry's life.
-        let retransmit = client.timers[0].take();
+        let retransmit = client.abandon();
         let server = client.server;
         let cancelled = client.cancel == CancelState::Sent;
         self.txns.disarm(&mut [retransmit]);
@@ -270,7 +252,74 @@ impl Core {
             self.counters.responses_forwarded += 1;
         }
         server.response = bytes;
-        let invite = server.invite;
-        self.server_final(now, slot, code, invite, tx);
+        self.server_final(now, slot, code);
     }
+}
+
+/// The destination of a server transaction's next try, marked tried:
+/// `None` when none is left (a fixed next hop is tried once).
+fn choose(
+    selector: &mut Selector,
+    server: &mut ServerTxn,
+    original: &Message<'_>,
+) -> Option<(SocketAddr, Option<usize>)> {
+    let sticky = server.sticky;
+    let (routing, set, tried) = match &mut server.target {
+        Target::Fixed(addr) if server.tries == 0 => return Some((*addr, None)),
+        Target::Fixed(_) => return None,
+        Target::Pool {
+            routing,
+            set,
+            tried,
+        } => (routing, *set, tried),
+    };
+    let selection = if sticky {
+        // In a dialog, without our Route: where the Call-ID
+        // hashes, as every other request of the call.
+        match *tried {
+            0 => selector.select_by_call_id(routing, set, original.call_id()),
+            _ => Selection::Exhausted,
+        }
+    } else {
+        let keys = Keys {
+            call_id: original.call_id(),
+            from_user: original.from().uri().ok().and_then(|u| u.user),
+            ruri_user: original.request_uri().and_then(|u| u.user),
+        };
+        selector.select(routing, set, &keys, *tried, true)
+    };
+    match selection {
+        Selection::Member(index) => {
+            *tried |= 1 << index;
+            Some((routing.set(set).members[index].address, Some(index)))
+        }
+        Selection::AllDown | Selection::Exhausted => None,
+    }
+}
+
+/// Writes a try's request into the transmit buffer: its length, or, when
+/// it would not fit in one UDP datagram (the buffer holds the largest
+/// there is), RFC 3261 §21.5.14's 513 as it would go to the caller (the
+/// answer unless another try did better).
+fn forward_try(
+    editor: &Editor,
+    counters: &mut Counters,
+    original: &Message<'_>,
+    source: SocketAddr,
+    branch_key: &BranchKey,
+    tx: &mut impl Transmit,
+) -> Result<usize, Option<(u16, Vec<u8>)>> {
+    let method = original.method().unwrap_or(Method::Other);
+    let forward = Forward {
+        source,
+        branch_key: branch_key.as_bytes(),
+        record_route: original.to().tag.is_none() && method.creates_dialog(),
+    };
+    if let Ok(len) = editor.forward_request(original, &forward, tx.buffer()) {
+        return Ok(len);
+    }
+    counters.limits.hit(Limit::UdpPayload);
+    let local = LocalResponse::MESSAGE_TOO_LARGE;
+    let len = write_response(original, source, &local, tx.buffer()).ok();
+    Err(len.map(|len| (local.code, tx.buffer()[..len].to_vec())))
 }

@@ -5,7 +5,7 @@ use crate::sip::{
     host_ip, write_response, EditError, Editor, Forward, LocalResponse, Message, Method, StartLine,
     Via,
 };
-use crate::txn::{Server, Slot, Target};
+use crate::txn::{ServerTxn, Slot, Target};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,7 +18,7 @@ pub(super) fn route_request(
     out: &mut [u8],
 ) -> Action {
     let key = branch_key(message);
-    if is_loop(editor.local(), message, &key[17..]) {
+    if is_loop(editor.local(), message, key.loop_part()) {
         return match write_response(message, source, &LocalResponse::LOOP_DETECTED, out) {
             Ok(len) => Action::Reply {
                 to: reply_address(message.top_via(), source),
@@ -51,7 +51,7 @@ pub(super) fn route_request(
     };
     let forward = Forward {
         source,
-        branch_key: &key,
+        branch_key: key.as_bytes(),
         record_route: !in_dialog && method.creates_dialog(),
     };
     match editor.forward_request(message, &forward, out) {
@@ -65,7 +65,7 @@ pub(super) fn route_request(
 
 /// The health of the pool member a try went to.
 pub(super) fn member_health(
-    servers: &crate::txn::Slab<Server>,
+    servers: &crate::txn::Slab<ServerTxn>,
     server: Slot,
     backend: Option<usize>,
 ) -> Option<&Arc<MemberHealth>> {

@@ -211,9 +211,7 @@ impl Proxy {
             self.core.counters.limits.hit(limit);
         }
         let outcome = match scanned {
-            Ok(message) if message.is_request() => {
-                self.core.on_request(now, source, &message, datagram, tx)
-            }
+            Ok(message) if message.is_request() => self.core.on_request(now, source, &message, tx),
             Ok(message) => self.core.on_response(now, &message, tx),
             Err(error) => match error.answer() {
                 Answer::Drop => Outcome::Dropped(DropReason::Malformed(error.fault)),

@@ -5,7 +5,7 @@ use super::outcome::{Action, DropReason, Outcome};
 use super::{emit, reply, Core, Transmit};
 use crate::sip::lex::key_hash;
 use crate::sip::{local_to_tag, write_response, LocalResponse, Message, Method};
-use crate::txn::{Millis, Server, ServerState, Slot, Target};
+use crate::txn::{Millis, ServerAck, ServerState, ServerTimers, ServerTxn, Slot, Target};
 use std::net::SocketAddr;
 
 impl Core {
@@ -45,53 +45,18 @@ impl Core {
         now: Millis,
         source: SocketAddr,
         message: &Message<'_>,
-        datagram: &[u8],
         tx: &mut impl Transmit,
     ) -> Outcome {
         let method = message.method().unwrap_or(Method::Other);
         let invite_key = self.server_key(message, true);
         match method {
-            Method::Ack => {
-                if let Some(&slot) = self.txns.server_keys.get(&invite_key) {
-                    if self.server_ack(now, slot) {
-                        return Outcome::Absorbed;
-                    }
-                }
-                // The ACK for a final answer of our own (a 503 while
-                // overloaded, a 483, ...): no one downstream knows it.
-                let from_tag = message.from().tag.unwrap_or_default();
-                let ours = local_to_tag(message.call_id(), from_tag);
-                if message.to().tag == Some(&ours[..]) {
-                    self.counters.local_acks_absorbed += 1;
-                    return Outcome::Absorbed;
-                }
-                return self.stateless(message, source, tx);
-            }
-            Method::Cancel => {
-                if let Some(&slot) = self.txns.server_keys.get(&invite_key) {
-                    return self.caller_cancel(now, slot, message, source, tx);
-                }
-                // §16.10: no transaction to cancel: forward it statelessly.
-                // Where it can go nowhere (no member up, a next hop by
-                // name), the answer a UAS would give (§9.2): 481, so the
-                // caller does not retransmit it for 64·T1 into silence.
-                return match self.stateless(message, source, tx) {
-                    Outcome::Dropped(DropReason::NoBackend | DropReason::UnresolvedNextHop) => {
-                        reply(
-                            message,
-                            source,
-                            &LocalResponse::new(481, "Call/Transaction Does Not Exist"),
-                            tx,
-                        )
-                    }
-                    outcome => outcome,
-                };
+            Method::Ack => return self.on_ack(now, invite_key, message, source, tx),
+            Method::Cancel => return self.on_cancel(now, invite_key, message, source, tx),
+            Method::Bye => {
+                self.dialogs
+                    .remove(&key_hash(&[&self.txns.seed, message.call_id()]));
             }
             _ => {}
-        }
-        if method == Method::Bye {
-            self.dialogs
-                .remove(&key_hash(&[&self.txns.seed, message.call_id()]));
         }
         let key = match method {
             Method::Invite => invite_key,
@@ -100,52 +65,17 @@ impl Core {
         if let Some(&slot) = self.txns.server_keys.get(&key) {
             return self.retransmitted_request(slot, tx);
         }
-        if self.admit < 1.0
-            && matches!(method, Method::Invite | Method::Register)
-            && message.to().tag.is_none()
-        {
-            // Admit an even `admit` share: each new request earns that
-            // much credit, and a whole credit buys an admission.
-            self.counters.admission_checked += 1;
-            self.admit_credit += self.admit;
-            if self.admit_credit >= 1.0 {
-                self.admit_credit -= 1.0;
-            } else {
-                return self.shed(now, message, source, tx);
-            }
+        if !self.admitted(method, message) {
+            return self.shed(now, message, source, tx);
         }
         let branch_key = branch_key(message);
-        if is_loop(self.editor.local(), message, &branch_key[17..]) {
+        if is_loop(self.editor.local(), message, branch_key.loop_part()) {
             self.counters.loops_detected += 1;
             return reply(message, source, &LocalResponse::LOOP_DETECTED, tx);
         }
-        let new_dialog = message.to().tag.is_none();
-        let target = match next_hop(&self.editor, message) {
-            Hop::Uri(Some(addr)) => Target::Fixed(addr),
-            Hop::Uri(None) => return Outcome::Dropped(DropReason::UnresolvedNextHop),
-            Hop::Backend => {
-                let Some(routing) = &self.routing else {
-                    return Outcome::Dropped(DropReason::NoBackend);
-                };
-                let set = pick_set(routing, message, source);
-                // A set with no member that may take this request answers
-                // at once: waiting for timers would only delay the 503.
-                if !routing
-                    .set(set)
-                    .members
-                    .iter()
-                    .any(|m| m.eligible(new_dialog))
-                {
-                    self.counters.unavailable_rejected += 1;
-                    let busy = LocalResponse::service_unavailable(self.txns.config.retry_after_s);
-                    return reply(message, source, &busy, tx);
-                }
-                Target::Pool {
-                    routing: routing.clone(),
-                    set,
-                    tried: 0,
-                }
-            }
+        let target = match self.new_target(message, source, tx) {
+            Ok(target) => target,
+            Err(outcome) => return outcome,
         };
         // A full client table (failed tries linger for Timer D) is as full
         // as a full server table: no try could start.
@@ -155,40 +85,10 @@ impl Core {
             let busy = LocalResponse::service_unavailable(self.txns.config.retry_after_s);
             return reply(message, source, &busy, tx);
         }
-        let invite = method == Method::Invite;
-        let reply_to = reply_address(message.top_via(), source);
-        let mut response = Vec::new();
-        if invite {
-            // §16.2: an INVITE gets 100 at once, so the caller stops
-            // retransmitting while the backend thinks.
-            if let Ok(len) = write_response(message, source, &LocalResponse::TRYING, tx.buffer()) {
-                response.extend_from_slice(&tx.buffer()[..len]);
-                tx.send(reply_to, len);
-            }
-        }
-        let server = Server {
-            key,
-            invite,
-            state: ServerState::Proceeding,
-            request: datagram.to_vec(),
-            source,
-            reply_to,
-            response,
-            target,
-            sticky: message.to().tag.is_some(),
-            client: None,
-            tries: 0,
-            cancelled: false,
-            best: None,
-            interval_ms: self.txns.config.timers.t1_ms,
-            timers: [None; 2],
-            started_ms: now,
-        };
-        let Some(slot) = self.txns.servers.insert(server) else {
+        let opened = self.open_server(now, key, target, message, source, tx);
+        let Some(slot) = opened else {
             return Outcome::Dropped(DropReason::BufferFull);
         };
-        self.txns.server_keys.insert(key, slot);
-        self.counters.transactions_started += 1;
         if self.try_next(now, slot, Some((message, &branch_key)), tx) {
             Outcome::Forwarded
         } else {
@@ -199,6 +99,136 @@ impl Core {
             self.answer_final(now, slot, tx);
             Outcome::Replied
         }
+    }
+
+    /// An ACK: ours to absorb when it acknowledges our non-2xx final or a
+    /// final answer of our own; else it goes on as it is.
+    fn on_ack(
+        &mut self,
+        now: Millis,
+        invite_key: u64,
+        message: &Message<'_>,
+        source: SocketAddr,
+        tx: &mut impl Transmit,
+    ) -> Outcome {
+        if let Some(&slot) = self.txns.server_keys.get(&invite_key) {
+            if self.server_ack(now, slot) {
+                return Outcome::Absorbed;
+            }
+        }
+        // The ACK for a final answer of our own (a 503 while
+        // overloaded, a 483, ...): no one downstream knows it.
+        let from_tag = message.from().tag.unwrap_or_default();
+        let ours = local_to_tag(message.call_id(), from_tag);
+        if message.to().tag == Some(&ours[..]) {
+            self.counters.local_acks_absorbed += 1;
+            return Outcome::Absorbed;
+        }
+        self.stateless(message, source, tx)
+    }
+
+    /// Whether a new request may open a transaction while the shard admits
+    /// only a share of new INVITEs and REGISTERs.
+    fn admitted(&mut self, method: Method, message: &Message<'_>) -> bool {
+        if self.admit >= 1.0
+            || !matches!(method, Method::Invite | Method::Register)
+            || message.to().tag.is_some()
+        {
+            return true;
+        }
+        // Admit an even `admit` share: each new request earns that
+        // much credit, and a whole credit buys an admission.
+        self.counters.admission_checked += 1;
+        self.admit_credit += self.admit;
+        if self.admit_credit >= 1.0 {
+            self.admit_credit -= 1.0;
+            return true;
+        }
+        false
+    }
+
+    /// Where a new request's tries may go, or what became of it when
+    /// nowhere (a next hop by name, no backend, no member up: 503).
+    fn new_target(
+        &mut self,
+        message: &Message<'_>,
+        source: SocketAddr,
+        tx: &mut impl Transmit,
+    ) -> Result<Target, Outcome> {
+        let new_dialog = message.to().tag.is_none();
+        let routing = match next_hop(&self.editor, message) {
+            Hop::Uri(Some(addr)) => return Ok(Target::Fixed(addr)),
+            Hop::Uri(None) => return Err(Outcome::Dropped(DropReason::UnresolvedNextHop)),
+            Hop::Backend => match &self.routing {
+                Some(routing) => routing,
+                None => return Err(Outcome::Dropped(DropReason::NoBackend)),
+            },
+        };
+        let set = pick_set(routing, message, source);
+        // A set with no member that may take this request answers
+        // at once: waiting for timers would only delay the 503.
+        if !routing
+            .set(set)
+            .members
+            .iter()
+            .any(|m| m.eligible(new_dialog))
+        {
+            self.counters.unavailable_rejected += 1;
+            let busy = LocalResponse::service_unavailable(self.txns.config.retry_after_s);
+            return Err(reply(message, source, &busy, tx));
+        }
+        Ok(Target::Pool {
+            routing: routing.clone(),
+            set,
+            tried: 0,
+        })
+    }
+
+    /// Opens the server transaction of a new request under `key` (an
+    /// INVITE's 100 Trying goes at once); `None` when the table is full.
+    fn open_server(
+        &mut self,
+        now: Millis,
+        key: u64,
+        target: Target,
+        message: &Message<'_>,
+        source: SocketAddr,
+        tx: &mut impl Transmit,
+    ) -> Option<Slot> {
+        let invite = message.method() == Some(Method::Invite);
+        let reply_to = reply_address(message.top_via(), source);
+        let mut response = Vec::new();
+        if invite {
+            // §16.2: an INVITE gets 100 at once, so the caller stops
+            // retransmitting while the backend thinks.
+            if let Ok(len) = write_response(message, source, &LocalResponse::TRYING, tx.buffer()) {
+                response.extend_from_slice(&tx.buffer()[..len]);
+                tx.send(reply_to, len);
+            }
+        }
+        let server = ServerTxn {
+            key,
+            invite,
+            state: ServerState::Proceeding,
+            // The datagram as received, as the scanner was handed it.
+            request: message.datagram().to_vec(),
+            source,
+            reply_to,
+            response,
+            target,
+            sticky: message.to().tag.is_some(),
+            client: None,
+            tries: 0,
+            cancelled: false,
+            best: None,
+            interval_ms: self.txns.config.timers.t1_ms,
+            timers: ServerTimers::default(),
+            started_ms: now,
+        };
+        let slot = self.txns.servers.insert(server)?;
+        self.txns.server_keys.insert(key, slot);
+        self.counters.transactions_started += 1;
+        Some(slot)
     }
 
     /// A new INVITE or REGISTER while the shard is overloaded: 503 with
@@ -253,16 +283,11 @@ impl Core {
 
     /// A request whose server transaction exists: send its last response
     /// again, or take it in silently (§17.2.1, §17.2.2).
-    pub(super) fn retransmitted_request(&mut self, slot: Slot, tx: &mut impl Transmit) -> Outcome {
-        let Some(server) = self.txns.servers.get(slot) else {
-            return Outcome::Absorbed;
-        };
-        let resend = match server.state {
-            ServerState::Proceeding | ServerState::Completed => !server.response.is_empty(),
-            ServerState::Accepted | ServerState::Confirmed => false,
-        };
-        if resend {
-            emit(tx, server.reply_to, &server.response, &mut self.counters);
+    fn retransmitted_request(&mut self, slot: Slot, tx: &mut impl Transmit) -> Outcome {
+        if let Some(server) = self.txns.servers.get(slot) {
+            if server.on_retransmission() {
+                emit(tx, server.reply_to, &server.response, &mut self.counters);
+            }
         }
         self.counters.retransmissions_absorbed += 1;
         Outcome::Absorbed
@@ -270,20 +295,18 @@ impl Core {
 
     /// An ACK with the INVITE's branch: it acknowledges our non-2xx final.
     /// Returns false when it is not ours to absorb.
-    pub(super) fn server_ack(&mut self, now: Millis, slot: Slot) -> bool {
-        let t4 = self.txns.config.timers.t4_ms;
+    fn server_ack(&mut self, now: Millis, slot: Slot) -> bool {
+        let timers = self.txns.config.timers;
         let Some(server) = self.txns.servers.get_mut(slot) else {
             return false;
         };
-        match server.state {
-            ServerState::Completed => {
-                server.state = ServerState::Confirmed;
-                server.response = Vec::new();
-                self.txns.linger_server(now, slot, t4);
+        match server.on_ack(&timers) {
+            ServerAck::Confirm { linger_ms } => {
+                self.txns.linger_server(now, slot, linger_ms);
                 true
             }
-            ServerState::Confirmed => true,
-            ServerState::Proceeding | ServerState::Accepted => false,
+            ServerAck::Absorb => true,
+            ServerAck::NotOurs => false,
         }
     }
 }
