@@ -49,10 +49,7 @@ impl Core {
         let Some(server) = self.txns.servers.get_mut(slot) else {
             return false;
         };
-        if server.cancelled
-            || server.state != ServerState::Proceeding
-            || self.txns.clients.is_full()
-        {
+        if !server.may_try() || self.txns.clients.is_full() {
             return false;
         }
         // The stored copy is taken out while it is read, so that the
@@ -82,39 +79,28 @@ impl Core {
             return false;
         };
         server.tries += 1;
-        let source = server.source;
+        // Each try a new branch: its id names its client transaction.
         self.txns.next_id = self.txns.next_id.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let id = self.txns.next_id;
         let branch_key = first_branch_key
             .copied()
             .unwrap_or_else(|| branch_key(original))
-            .with_transaction(&hex16(id));
-        let (written, too_large) = match forward_try(
+            .with_transaction(&hex16(self.txns.next_id));
+        let written = forward_try(
             &self.editor,
             &mut self.counters,
             original,
-            source,
+            server,
             &branch_key,
             tx,
-        ) {
-            Ok(len) => (Some(len), None),
-            Err(too_large) => (None, too_large),
-        };
-        if let Some(server) = self.txns.servers.get_mut(slot) {
-            if first.is_none() {
-                server.request = request;
-            }
-            if let Some((code, bytes)) = too_large {
-                if better(code, server.best.as_ref().map(|(c, _)| *c)) {
-                    server.best = Some((code, bytes));
-                }
-            }
+        );
+        if first.is_none() {
+            server.request = request;
         }
         let Some(len) = written else {
             return false;
         };
         let next = NextTry {
-            id,
+            id: self.txns.next_id,
             to,
             backend,
             branch_key,
@@ -297,29 +283,33 @@ fn choose(
     }
 }
 
-/// Writes a try's request into the transmit buffer: its length, or, when
-/// it would not fit in one UDP datagram (the buffer holds the largest
-/// there is), RFC 3261 §21.5.14's 513 as it would go to the caller (the
-/// answer unless another try did better).
+/// Writes a try's request into the transmit buffer and returns its
+/// length. When it would not fit in one UDP datagram (the buffer holds
+/// the largest there is), RFC 3261 §21.5.14's 513 is the server
+/// transaction's answer, unless another try did better.
 fn forward_try(
     editor: &Editor,
     counters: &mut Counters,
     original: &Message<'_>,
-    source: SocketAddr,
+    server: &mut ServerTxn,
     branch_key: &BranchKey,
     tx: &mut impl Transmit,
-) -> Result<usize, Option<(u16, Vec<u8>)>> {
+) -> Option<usize> {
     let method = original.method().unwrap_or(Method::Other);
     let forward = Forward {
-        source,
+        source: server.source,
         branch_key: branch_key.as_bytes(),
         record_route: original.to().tag.is_none() && method.creates_dialog(),
     };
     if let Ok(len) = editor.forward_request(original, &forward, tx.buffer()) {
-        return Ok(len);
+        return Some(len);
     }
     counters.limits.hit(Limit::UdpPayload);
     let local = LocalResponse::MESSAGE_TOO_LARGE;
-    let len = write_response(original, source, &local, tx.buffer()).ok();
-    Err(len.map(|len| (local.code, tx.buffer()[..len].to_vec())))
+    if let Ok(len) = write_response(original, server.source, &local, tx.buffer()) {
+        if better(local.code, server.best.as_ref().map(|(c, _)| *c)) {
+            server.best = Some((local.code, tx.buffer()[..len].to_vec()));
+        }
+    }
+    None
 }

@@ -92,6 +92,13 @@ pub enum ServerTimerAction {
 }
 
 impl ServerTxn {
+    /// Whether another try may start: no final response went upstream
+    /// and the caller did not cancel.
+    #[inline]
+    pub fn may_try(&self) -> bool {
+        self.state == ServerState::Proceeding && !self.cancelled
+    }
+
     /// A request that matches this transaction came again (§17.2.1,
     /// §17.2.2): whether the last response goes out again (else it is
     /// taken in silently).
@@ -208,6 +215,10 @@ mod tests {
         let timers = TimerConfig::default();
         let mut server = txn(true);
         assert!(server.on_retransmission(), "Proceeding resends its 100");
+        assert!(server.may_try());
+        server.cancelled = true;
+        assert!(!server.may_try(), "a cancelled call tries no further");
+        server.cancelled = false;
         let last = server.on_final(486, &timers).unwrap();
         assert_eq!(server.state, ServerState::Completed);
         assert!(server.request.is_empty());
@@ -219,6 +230,7 @@ mod tests {
             ]
         );
         assert_eq!(server.on_final(500, &timers), None, "one final only");
+        assert!(!server.may_try());
         server.response = b"SIP/2.0 486 Busy Here".to_vec();
         let resends: Vec<_> = (0..5)
             .map(|_| server.on_timer(ServerTimer::Retransmit, &timers))
