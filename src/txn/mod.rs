@@ -294,51 +294,35 @@ impl Transactions {
     /// which its sizing rules out.
     pub fn arm(&mut self, now: Millis, after_ms: u32, timer: Timer) -> Option<TimerId> {
         self.wheel
-            .insert(now.saturating_add(u64::from(after_ms)), timer)
+            .insert(deadline(now, after_ms, false), timer)
             .ok()
     }
 
-    /// Arms a wait-state timer (D, I, J, K, L, M): it only lets go of a
-    /// transaction, so it may fire late. Its deadline is rounded up to the
-    /// next `LINGER_GRAIN_MS`, so that at high call rates thousands of them
-    /// end in one loop turn a second instead of waking the loop every
-    /// millisecond.
+    /// Arms a wait-state timer (D, I, J, K, L, M) on the linger grain.
     pub fn arm_linger(&mut self, now: Millis, after_ms: u32, timer: Timer) -> Option<TimerId> {
-        let deadline = now.saturating_add(u64::from(after_ms));
-        let rounded = deadline
-            .div_ceil(LINGER_GRAIN_MS)
-            .saturating_mul(LINGER_GRAIN_MS);
-        self.wheel.insert(rounded, timer).ok()
+        self.wheel.insert(deadline(now, after_ms, true), timer).ok()
     }
 
     /// Arms timer `kind` of client transaction `slot` after `after_ms`
     /// (a wait state's on the linger grain), cancelling the one it
     /// replaces in its entry.
+    #[inline]
     pub fn arm_client(&mut self, now: Millis, slot: Slot, kind: ClientTimer, after_ms: u32) {
-        if let Some(old) = self.clients.get_mut(slot).and_then(|c| c.timers.take(kind)) {
-            self.wheel.cancel(old);
-        }
-        let id = match kind {
-            ClientTimer::Linger => self.arm_linger(now, after_ms, kind.of(slot)),
-            _ => self.arm(now, after_ms, kind.of(slot)),
+        let Some(client) = self.clients.get_mut(slot) else {
+            return;
         };
-        if let Some(client) = self.clients.get_mut(slot) {
-            client.timers.replace(kind, id);
-        }
+        let at = deadline(now, after_ms, kind == ClientTimer::Linger);
+        arm_in(&mut self.wheel, &mut client.timers, kind, at, kind.of(slot));
     }
 
     /// The same for a server transaction.
+    #[inline]
     pub fn arm_server(&mut self, now: Millis, slot: Slot, kind: ServerTimer, after_ms: u32) {
-        if let Some(old) = self.servers.get_mut(slot).and_then(|s| s.timers.take(kind)) {
-            self.wheel.cancel(old);
-        }
-        let id = match kind {
-            ServerTimer::Linger => self.arm_linger(now, after_ms, kind.of(slot)),
-            _ => self.arm(now, after_ms, kind.of(slot)),
+        let Some(server) = self.servers.get_mut(slot) else {
+            return;
         };
-        if let Some(server) = self.servers.get_mut(slot) {
-            server.timers.replace(kind, id);
-        }
+        let at = deadline(now, after_ms, kind == ServerTimer::Linger);
+        arm_in(&mut self.wheel, &mut server.timers, kind, at, kind.of(slot));
     }
 
     /// Puts a client transaction in its wait state (D, K or M): every
@@ -347,9 +331,12 @@ impl Transactions {
         let Some(client) = self.clients.get_mut(slot) else {
             return;
         };
-        let mut ids = client.timers.take_all();
-        self.disarm(&mut ids);
-        self.arm_client(now, slot, ClientTimer::Linger, after_ms);
+        for id in client.timers.take_all().into_iter().flatten() {
+            self.wheel.cancel(id);
+        }
+        let kind = ClientTimer::Linger;
+        let at = deadline(now, after_ms, true);
+        arm_in(&mut self.wheel, &mut client.timers, kind, at, kind.of(slot));
     }
 
     /// The same for a server transaction (Timer I).
@@ -357,9 +344,12 @@ impl Transactions {
         let Some(server) = self.servers.get_mut(slot) else {
             return;
         };
-        let mut ids = server.timers.take_all();
-        self.disarm(&mut ids);
-        self.arm_server(now, slot, ServerTimer::Linger, after_ms);
+        for id in server.timers.take_all().into_iter().flatten() {
+            self.wheel.cancel(id);
+        }
+        let kind = ServerTimer::Linger;
+        let at = deadline(now, after_ms, true);
+        arm_in(&mut self.wheel, &mut server.timers, kind, at, kind.of(slot));
     }
 
     pub fn disarm(&mut self, ids: &mut [Option<TimerId>]) {
@@ -391,6 +381,37 @@ impl Transactions {
     }
 }
 
+/// When a timer armed at `now` for `after_ms` falls due. A wait-state
+/// timer (`linger`: D, I, J, K, L, M) only lets go of a transaction, so it
+/// may fire late: its deadline is rounded up to the next
+/// `LINGER_GRAIN_MS`, so that at high call rates thousands of them end in
+/// one loop turn a second instead of waking the loop every millisecond.
+#[inline]
+fn deadline(now: Millis, after_ms: u32, linger: bool) -> Millis {
+    let deadline = now.saturating_add(u64::from(after_ms));
+    match linger {
+        true => deadline
+            .div_ceil(LINGER_GRAIN_MS)
+            .saturating_mul(LINGER_GRAIN_MS),
+        false => deadline,
+    }
+}
+
+/// Cancels what `table` held for `kind` and arms `timer` in its place.
+#[inline]
+fn arm_in<K: TimerKind, const N: usize>(
+    wheel: &mut Wheel<Timer>,
+    table: &mut TimerTable<K, N>,
+    kind: K,
+    at: Millis,
+    timer: Timer,
+) {
+    if let Some(old) = table.take(kind) {
+        wheel.cancel(old);
+    }
+    table.replace(kind, wheel.insert(at, timer).ok());
+}
+
 #[cfg(test)]
 mod slab_tests {
     use super::*;
@@ -410,5 +431,76 @@ mod slab_tests {
         assert_eq!(slab.get(c), Some(&"c"));
         assert_eq!(slab.get(b), Some(&"b"));
         assert_eq!(slab.iter().count(), 2);
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    fn client(server: Slot) -> ClientTxn {
+        ClientTxn {
+            key: 11,
+            server,
+            invite: true,
+            is_cancel: false,
+            state: ClientState::Calling,
+            to: "192.0.2.40:5060".parse().unwrap(),
+            backend: None,
+            request: Vec::new(),
+            ack: Vec::new(),
+            branch_key: BranchKey::new(b"000000000000000b", b"0000000000000000"),
+            provisional: false,
+            cancel: CancelState::None,
+            abandoned: false,
+            interval_ms: 500,
+            timers: ClientTimers::default(),
+            sent_ms: 0,
+        }
+    }
+
+    /// Every timer due by `now`, in the order the wheel gives them.
+    fn due(txns: &mut Transactions, now: Millis) -> Vec<(Millis, Timer)> {
+        std::iter::from_fn(|| txns.wheel.expire(now).map(|(_, timer)| (now, timer))).collect()
+    }
+
+    #[test]
+    fn arming_a_kind_replaces_its_entry_and_lingering_stops_the_rest() {
+        let config = TxnConfig {
+            max_transactions: 4,
+            ..TxnConfig::default()
+        };
+        let mut txns = Transactions::new(config, 0, 1);
+        let server = Slot {
+            index: 0,
+            generation: 1,
+        };
+        let slot = txns.clients.insert(client(server)).unwrap();
+        txns.arm_client(10, slot, ClientTimer::Retransmit, 500);
+        txns.arm_client(10, slot, ClientTimer::Timeout, 32_000);
+        txns.arm_client(10, slot, ClientTimer::Try, 2_000);
+        assert_eq!(txns.wheel.len(), 3);
+        txns.arm_client(10, slot, ClientTimer::C, 180_000);
+        assert_eq!(
+            txns.wheel.len(),
+            3,
+            "Timer C took the per-try timer's entry"
+        );
+        assert_eq!(
+            due(&mut txns, 2_010),
+            [(2_010, Timer::ClientRetransmit(slot))]
+        );
+        txns.linger_client(2_010, slot, 32_000);
+        assert_eq!(txns.wheel.len(), 1, "only the wait is left");
+        assert_eq!(due(&mut txns, 34_999), [], "34 010 rounds up to the grain");
+        assert_eq!(
+            due(&mut txns, 35_000),
+            [(35_000, Timer::ClientLinger(slot))]
+        );
+        txns.linger_client(35_000, slot, 5_000);
+        assert!(txns.remove_client(slot).is_some());
+        assert_eq!(txns.wheel.len(), 0, "removal stops its timers");
+        txns.arm_client(0, slot, ClientTimer::Retransmit, 500);
+        assert_eq!(txns.wheel.len(), 0, "a stale slot arms nothing");
     }
 }
