@@ -38,7 +38,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sipshard::proxy::{Algorithm, Outcome, Proxy, Transmit};
+use sipshard::balance::{Algorithm, Routing, RoutingSpec};
+use sipshard::proxy::{Outcome, Proxy, Transmit};
 use sipshard::sip::{Limits, LocalAddress, Scanner};
 use sipshard::txn::{Millis, TxnConfig};
 
@@ -286,11 +287,11 @@ fn answer(forwarded: &[u8], status: &str, backend: Option<&str>, rest: &str) -> 
 impl Bench {
     fn new() -> Bench {
         let backends = BACKENDS.map(|b| b.parse().unwrap());
-        let proxy = Proxy::new(
+        let spec = RoutingSpec::one_set(Algorithm::RoundRobin, &backends);
+        let proxy = Proxy::with_routing(
             Scanner::new(Limits::default()),
             LocalAddress::new(PROXY_HOST, PROXY_PORT),
-            backends.to_vec(),
-            Algorithm::RoundRobin,
+            Routing::build(&spec, None).ok().map(std::sync::Arc::new),
             TxnConfig::default(),
             0,
             0x5eed,

@@ -57,8 +57,8 @@ use sipshard::sip::{
 };
 use sipshard::txn::wheel::{TimerId, Wheel};
 use sipshard::txn::{
-    CancelState, Client, ClientState, Millis, Server, ServerState, Slot, Target, Timer,
-    Transactions, TxnConfig, LINGER_GRAIN_MS,
+    BranchKey, CancelState, ClientState, ClientTimer, ClientTimers, ClientTxn, Millis, ServerState,
+    ServerTimers, ServerTxn, Slot, Target, Timer, Transactions, TxnConfig, LINGER_GRAIN_MS,
 };
 
 /// The binary's allocator: the table's copies are allocated as they are
@@ -275,7 +275,7 @@ impl Table {
             CALLER_PORT,
             b"INVITE",
         );
-        let server = Server {
+        let server = ServerTxn {
             key,
             invite: true,
             state: ServerState::Proceeding,
@@ -294,17 +294,15 @@ impl Table {
             cancelled: false,
             best: None,
             interval_ms: timers.t1_ms,
-            timers: [None; 2],
+            timers: ServerTimers::default(),
             started_ms: now,
         };
         let server_slot = txns.servers.insert(server).expect("table sized for it");
         txns.server_keys.insert(key, server_slot);
         txns.next_id = txns.next_id.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let id = txns.next_id;
-        let mut branch_key = [b'.'; 33];
-        branch_key[..16].copy_from_slice(&hex16(id));
-        branch_key[17..].copy_from_slice(&hex16(key));
-        let client = Client {
+        let branch_key = BranchKey::new(&hex16(id), &hex16(key));
+        let client = ClientTxn {
             key: id,
             server: server_slot,
             invite: true,
@@ -319,7 +317,7 @@ impl Table {
             cancel: CancelState::None,
             abandoned: false,
             interval_ms: timers.t1_ms,
-            timers: [None; 3],
+            timers: ClientTimers::default(),
             sent_ms: now,
         };
         let client_slot = txns.clients.insert(client).expect("table sized for it");
@@ -328,7 +326,9 @@ impl Table {
         let b = txns.arm(now, timers.timeout_ms(), Timer::ClientTimeout(client_slot));
         let t = txns.arm(now, timers.try_ms, Timer::ClientTry(client_slot));
         let client = txns.clients.get_mut(client_slot).unwrap();
-        client.timers = [a, b, t];
+        client.timers.replace(ClientTimer::Retransmit, a);
+        client.timers.replace(ClientTimer::Timeout, b);
+        client.timers.replace(ClientTimer::Try, t);
         txns.servers.get_mut(server_slot).unwrap().client = Some(client_slot);
         self.live.push_back((server_slot, client_slot));
         (server_slot, client_slot)
@@ -415,7 +415,13 @@ fn lookup(c: &mut Criterion) {
             .into_iter()
             .map(|n| {
                 let key = match table.live.get((n - first) as usize) {
-                    Some(&(_, client)) => table.txns.clients.get(client).unwrap().branch_key,
+                    Some(&(_, client)) => *table
+                        .txns
+                        .clients
+                        .get(client)
+                        .unwrap()
+                        .branch_key
+                        .as_bytes(),
                     None => {
                         let mut key = [b'.'; 33];
                         key[..16].copy_from_slice(&hex16(n.wrapping_mul(0x9e37_79b9)));
@@ -505,7 +511,13 @@ fn timer_expiry(c: &mut Criterion) {
     // The clock runs for hours of simulated time here: the live pairs'
     // own timers would fire, so they hold none.
     for &(_, client) in &table.live {
-        let mut ids = std::mem::take(&mut table.txns.clients.get_mut(client).unwrap().timers);
+        let mut ids = table
+            .txns
+            .clients
+            .get_mut(client)
+            .unwrap()
+            .timers
+            .take_all();
         table.txns.disarm(&mut ids);
     }
     assert_eq!(table.txns.wheel.len(), 0);

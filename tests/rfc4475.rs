@@ -8,7 +8,8 @@
 
 use std::path::PathBuf;
 
-use sipshard::proxy::{Algorithm, DropReason, Outbox, Outcome, Proxy};
+use sipshard::balance::{Algorithm, Routing, RoutingSpec};
+use sipshard::proxy::{DropReason, Outbox, Outcome, Proxy};
 use sipshard::sip::{
     write_rejection, AddrError, Answer, Fault, HeaderName, Limits, LocalAddress, Message, Method,
     ScanError, Scanner, StartLine, UriError, ViaError,
@@ -57,11 +58,11 @@ fn backend() -> std::net::SocketAddr {
 /// What the proxy core does with the datagram when it arrives from a
 /// client, checking on the way that what it sends scans cleanly again.
 fn verdict(datagram: &[u8]) -> (Verdict, Option<ScanError>) {
-    let mut proxy = Proxy::new(
+    let spec = RoutingSpec::one_set(Algorithm::RoundRobin, &[backend()]);
+    let mut proxy = Proxy::with_routing(
         Scanner::new(Limits::default()),
         LocalAddress::new(PROXY_HOST, PROXY_PORT),
-        vec![backend()],
-        Algorithm::RoundRobin,
+        Routing::build(&spec, None).ok().map(std::sync::Arc::new),
         TxnConfig::default(),
         0,
         7,

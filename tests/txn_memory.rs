@@ -7,7 +7,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use sipshard::proxy::{Algorithm, Outbox, Outcome, Proxy};
+use sipshard::balance::{Algorithm, Routing, RoutingSpec};
+use sipshard::proxy::{Outbox, Outcome, Proxy};
 use sipshard::sip::{Limits, LocalAddress, Scanner};
 use sipshard::txn::TxnConfig;
 
@@ -100,11 +101,11 @@ fn bytes_per_transaction_and_per_call_in_flight() {
     let before_proxy = live();
     let config = TxnConfig::default();
     let max = config.max_transactions;
-    let mut proxy = Proxy::new(
+    let spec = RoutingSpec::one_set(Algorithm::RoundRobin, &[BACKEND.parse().unwrap()]);
+    let mut proxy = Proxy::with_routing(
         Scanner::new(Limits::default()),
         LocalAddress::new("192.0.2.250", 5060),
-        vec![BACKEND.parse().unwrap()],
-        Algorithm::RoundRobin,
+        Routing::build(&spec, None).ok().map(std::sync::Arc::new),
         config,
         0,
         1,
@@ -152,8 +153,8 @@ fn bytes_per_transaction_and_per_call_in_flight() {
 
     println!(
         "sizes: Server {} B, Client {} B; fixed per shard for {max} transactions: {:.1} MiB",
-        std::mem::size_of::<sipshard::txn::Server>(),
-        std::mem::size_of::<sipshard::txn::Client>(),
+        std::mem::size_of::<sipshard::txn::ServerTxn>(),
+        std::mem::size_of::<sipshard::txn::ClientTxn>(),
         fixed as f64 / (1 << 20) as f64
     );
     println!(

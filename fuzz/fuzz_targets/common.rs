@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use sipshard::proxy::{Algorithm, Counters, DropReason, Outbox, Outcome, Proxy};
+use sipshard::balance::{Algorithm, Routing, RoutingSpec};
+use sipshard::proxy::{Counters, DropReason, Outbox, Outcome, Proxy};
 use sipshard::sip::{
     find_call_id, write_rejection, write_response, AddrError, Answer, Contact, EditError, Editor,
     Fault, Forward, HeaderName, Limits, LocalAddress, LocalResponse, Message, Method, NameAddr,
@@ -624,11 +625,12 @@ pub fn proxy(algorithm: Algorithm) -> Proxy {
 
 /// A `Proxy` of the `proxy` target with a table of `max_transactions`.
 pub fn proxy_with(algorithm: Algorithm, max_transactions: usize) -> Proxy {
-    Proxy::new(
+    let backends: Vec<SocketAddr> = BACKENDS.iter().map(|b| b.parse().unwrap()).collect();
+    let spec = RoutingSpec::one_set(algorithm, &backends);
+    Proxy::with_routing(
         Scanner::new(Limits::default()),
         LocalAddress::new(PROXY_HOST, PROXY_PORT),
-        BACKENDS.iter().map(|b| b.parse().unwrap()).collect(),
-        algorithm,
+        Routing::build(&spec, None).ok().map(std::sync::Arc::new),
         // A small table: the default reserves 63 MiB per proxy, and the
         // fuzzer makes one proxy per input.
         TxnConfig {

@@ -4,7 +4,8 @@
 
 use super::lab::*;
 use super::*;
-use crate::sip::Limits;
+use crate::balance::Algorithm;
+use crate::sip::{Fault, Limits};
 
 /// `invite(call_id)` with `extra` header lines before Content-Length.
 fn invite_with(call_id: &str, extra: &str) -> String {
@@ -81,14 +82,13 @@ fn each_scanner_limit_gets_its_answer_and_its_counter() {
 #[test]
 fn limits_of_a_smaller_configuration_count_too() {
     let mut lab = Lab::new(Algorithm::RoundRobin);
-    lab.proxy = Proxy::new(
+    lab.proxy = Proxy::with_routing(
         Scanner::new(Limits {
             datagram_bytes_max: 200,
             ..Limits::default()
         }),
         LocalAddress::new(LB, 5060),
-        vec![BACKEND_A.parse().unwrap()],
-        Algorithm::RoundRobin,
+        one_set(Algorithm::RoundRobin, &[BACKEND_A]),
         TxnConfig::default(),
         0,
         7,

@@ -2,8 +2,10 @@
 //! in and out.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use super::{Algorithm, Outbox, Outcome, Proxy};
+use super::{Outbox, Outcome, Proxy};
+use crate::balance::{Algorithm, Routing, RoutingSpec};
 use crate::sip::{Limits, LocalAddress, Scanner};
 use crate::txn::{Millis, TxnConfig};
 
@@ -108,6 +110,14 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
+/// One destination set of `backends`, each at weight 1; `None` when
+/// there are none.
+pub fn one_set(algorithm: Algorithm, backends: &[&str]) -> Option<Arc<Routing>> {
+    let backends: Vec<SocketAddr> = backends.iter().map(|b| b.parse().unwrap()).collect();
+    let spec = RoutingSpec::one_set(algorithm, &backends);
+    Routing::build(&spec, None).ok().map(Arc::new)
+}
+
 impl Lab {
     pub fn new(algorithm: Algorithm) -> Lab {
         Lab::with(algorithm, TxnConfig::default(), &[BACKEND_A, BACKEND_B])
@@ -115,11 +125,10 @@ impl Lab {
 
     pub fn with(algorithm: Algorithm, config: TxnConfig, backends: &[&str]) -> Lab {
         Lab {
-            proxy: Proxy::new(
+            proxy: Proxy::with_routing(
                 Scanner::new(Limits::default()),
                 LocalAddress::new(LB, 5060),
-                backends.iter().map(|b| b.parse().unwrap()).collect(),
-                algorithm,
+                one_set(algorithm, backends),
                 config,
                 0,
                 42,

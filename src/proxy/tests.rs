@@ -1,10 +1,11 @@
 //! The proxy core's routing, driven with SIP bytes: requests out to the
 //! pool and back along Route, responses back along Via, loops, and what is
-//! dropped. Transaction behaviour is tested in `crate::txn`'s tests.
+//! dropped. Transaction behaviour is tested in `txn_tests`.
 
 use super::lab::*;
 use super::*;
-use crate::sip::Limits;
+use crate::balance::Algorithm;
+use crate::sip::{Fault, Limits, Via};
 
 /// The request forwarded for an INVITE (after its 100 Trying).
 fn forwarded_invite(lab: &mut Lab, call_id: &str) -> Sent {
@@ -248,11 +249,10 @@ fn reply_addresses_follow_rfc_3581() {
 
 #[test]
 fn no_backend_is_counted() {
-    let mut p = Proxy::new(
+    let mut p = Proxy::with_routing(
         Scanner::new(Limits::default()),
         LocalAddress::new(LB, 5060),
-        Vec::new(),
-        Algorithm::RoundRobin,
+        one_set(Algorithm::RoundRobin, &[]),
         TxnConfig::default(),
         0,
         1,

@@ -1,18 +1,33 @@
-//! Transaction state of one shard (RFC 3261 §17, as a proxy uses it in
-//! §16): server transactions facing the caller, client transactions facing
-//! the next hop, the timers that drive both, and the bounds on all three.
+//! Transactions of one shard (RFC 3261 §17, as a proxy uses them in §16):
+//! the server transaction facing the caller ([`ServerTxn`]), the client
+//! transactions facing the next hop ([`ClientTxn`]), the timers that drive
+//! both, and the bounds on all three.
 //!
-//! This module holds the state and its storage; the proxy core
-//! (`crate::proxy`) moves it from state to state as datagrams, timers and
-//! ICMP errors arrive. Everything is shard-local: no locks, no clock (time
-//! comes in as milliseconds), no sockets.
+//! Each transaction is a state machine: an event (a request or its
+//! retransmission, a response, a timer, an ACK or CANCEL) moves it and
+//! comes back as an action for its user, the proxy core, to carry out
+//! (send again, arm or cancel these timers, pass this response upstream,
+//! try the next hop). Routing, failover and what goes on the wire are the
+//! proxy's. Everything is shard-local: no locks, no clock (time comes in as
+//! milliseconds), no sockets, and nothing here knows the proxy.
 
+mod client;
+mod server;
+mod timers;
 pub mod wheel;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 
+pub use client::{
+    BranchKey, CancelState, ClientResponse, ClientState, ClientTimerAction, ClientTxn, Provisional,
+};
+pub use server::{ServerAck, ServerFinal, ServerState, ServerTimerAction, ServerTxn};
+pub use timers::{
+    ClientTimer, ClientTimers, ServerTimer, ServerTimers, Timer, TimerKind, TimerTable,
+    CLIENT_TIMERS, SERVER_TIMERS,
+};
 use wheel::{TimerId, Wheel};
 
 /// Milliseconds since an epoch the shell picks (its start).
@@ -87,66 +102,6 @@ impl Default for TxnConfig {
     }
 }
 
-/// Server transaction states (RFC 3261 figures 7 and 8, with RFC 6026's
-/// Accepted for an INVITE answered with 2xx).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServerState {
-    /// No final response yet (Proceeding for INVITE; Trying or Proceeding
-    /// for the rest: which one only changes what a retransmission gets).
-    Proceeding,
-    /// A 2xx went upstream; retransmitted INVITEs are absorbed, 2xx
-    /// retransmissions pass through (Timer L).
-    Accepted,
-    /// A non-2xx final went upstream: retransmitted with Timer G (INVITE)
-    /// until the ACK or Timer H; non-INVITE waits out Timer J.
-    Completed,
-    /// The ACK came: absorb more ACKs for Timer I.
-    Confirmed,
-}
-
-/// Client transaction states (RFC 3261 figures 5 and 6, RFC 6026).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientState {
-    /// Sent, no response yet (Calling / Trying): retransmit with A or E.
-    Calling,
-    /// A provisional came.
-    Proceeding,
-    /// A 2xx came to an INVITE: more 2xx pass through (Timer M).
-    Accepted,
-    /// A final came (INVITE non-2xx: ACKed, Timer D; others: Timer K).
-    Completed,
-}
-
-/// Whether a CANCEL is owed to a client transaction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CancelState {
-    None,
-    /// Asked for before any provisional: sent when one comes (§9.1).
-    Pending,
-    Sent,
-}
-
-/// Which timer fired, and for whom.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Timer {
-    /// A or E: retransmit the request.
-    ClientRetransmit(Slot),
-    /// B or F: no final response.
-    ClientTimeout(Slot),
-    /// The per-try timer of an INVITE: no response at all yet.
-    ClientTry(Slot),
-    /// Timer C.
-    ClientC(Slot),
-    /// D, K or M: the wait after a final response is over.
-    ClientLinger(Slot),
-    /// G: retransmit the final response.
-    ServerRetransmit(Slot),
-    /// H: no ACK came.
-    ServerTimeout(Slot),
-    /// I, J or L: the wait is over.
-    ServerLinger(Slot),
-}
-
 /// A slab index with the generation it was taken at, so a timer or a
 /// link that outlives its entry finds nothing instead of a stranger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -168,73 +123,6 @@ pub enum Target {
     },
     /// One address (a Route or Request-URI): no alternatives.
     Fixed(SocketAddr),
-}
-
-/// One server transaction: the caller's request and what was answered.
-#[derive(Debug)]
-pub struct Server {
-    pub key: u64,
-    pub invite: bool,
-    pub state: ServerState,
-    /// The request as received, for local responses and new tries; let go
-    /// once a final response has gone upstream.
-    pub request: Vec<u8>,
-    pub source: SocketAddr,
-    /// Where every response goes (RFC 3261 §18.2.2, RFC 3581).
-    pub reply_to: SocketAddr,
-    /// The last response sent upstream, for retransmitted requests and
-    /// Timer G; let go in Accepted and Confirmed, which send nothing.
-    pub response: Vec<u8>,
-    pub target: Target,
-    /// Goes to the pool by Call-ID hash whatever the algorithm: an
-    /// in-dialog request without our Route must reach the backend that
-    /// holds its dialog.
-    pub sticky: bool,
-    /// The client transaction of the current try.
-    pub client: Option<Slot>,
-    pub tries: u32,
-    pub cancelled: bool,
-    /// The best final response of a failed try so far (§16.7 step 6),
-    /// as it would go upstream.
-    pub best: Option<(u16, Vec<u8>)>,
-    /// Timer G's current interval.
-    pub interval_ms: u32,
-    pub timers: [Option<TimerId>; 2],
-    /// When the request arrived: its final response gives the
-    /// transaction's duration (the metrics' histogram).
-    pub started_ms: Millis,
-}
-
-/// One client transaction: one try of a request towards one next hop, or
-/// a CANCEL of one.
-#[derive(Debug)]
-pub struct Client {
-    pub key: u64,
-    pub server: Slot,
-    pub invite: bool,
-    /// A CANCEL we made: its answers are absorbed.
-    pub is_cancel: bool,
-    pub state: ClientState,
-    pub to: SocketAddr,
-    /// Pool index of `to`, when it came from the pool.
-    pub backend: Option<usize>,
-    /// The request as sent: retransmissions, and the CANCEL and ACK
-    /// written from it. Let go once a final response has come.
-    pub request: Vec<u8>,
-    /// The ACK sent for a non-2xx final, sent again for its retransmissions.
-    pub ack: Vec<u8>,
-    /// The branch key after the magic cookie (`<id>.<loop>`).
-    pub branch_key: [u8; 33],
-    pub provisional: bool,
-    pub cancel: CancelState,
-    /// Given up on by its server transaction (failover moved on): late
-    /// answers are cancelled or absorbed, 2xx still pass.
-    pub abandoned: bool,
-    pub interval_ms: u32,
-    pub timers: [Option<TimerId>; 3],
-    /// When the request first went out: its first answer gives the
-    /// backend's round trip (the lowest-latency algorithm's EWMA).
-    pub sent_ms: Millis,
 }
 
 /// A fixed-capacity store with reusable slots; full is an answer, not a
@@ -354,8 +242,8 @@ pub type KeyMap = HashMap<u64, Slot, BuildHasherDefault<KeyHasher>>;
 /// Every transaction of one shard and their timers.
 pub struct Transactions {
     pub config: TxnConfig,
-    pub servers: Slab<Server>,
-    pub clients: Slab<Client>,
+    pub servers: Slab<ServerTxn>,
+    pub clients: Slab<ClientTxn>,
     pub server_keys: KeyMap,
     pub client_keys: KeyMap,
     pub wheel: Wheel<Timer>,
@@ -382,18 +270,14 @@ pub const LINGER_GRAIN_MS: u64 = 1_000;
 /// Client transactions per server transaction, on average over a full
 /// table: a try, now and then a CANCEL or a failover's second try.
 const CLIENTS_PER_SERVER: usize = 2;
-/// Timers a server transaction holds at most (G and H).
-const TIMERS_PER_SERVER: usize = 2;
-/// Timers a client transaction holds at most (A, B and the per-try timer).
-const TIMERS_PER_CLIENT: usize = 3;
 
 impl Transactions {
     pub fn new(config: TxnConfig, now: Millis, seed: u64) -> Transactions {
         let servers = config.max_transactions.max(1);
         let clients = servers.saturating_mul(CLIENTS_PER_SERVER);
         let timers = servers
-            .saturating_mul(TIMERS_PER_SERVER)
-            .saturating_add(clients.saturating_mul(TIMERS_PER_CLIENT));
+            .saturating_mul(SERVER_TIMERS)
+            .saturating_add(clients.saturating_mul(CLIENT_TIMERS));
         Transactions {
             config,
             servers: Slab::with_capacity(servers),
@@ -410,21 +294,35 @@ impl Transactions {
     /// which its sizing rules out.
     pub fn arm(&mut self, now: Millis, after_ms: u32, timer: Timer) -> Option<TimerId> {
         self.wheel
-            .insert(now.saturating_add(u64::from(after_ms)), timer)
+            .insert(deadline(now, after_ms, false), timer)
             .ok()
     }
 
-    /// Arms a wait-state timer (D, I, J, K, L, M): it only lets go of a
-    /// transaction, so it may fire late. Its deadline is rounded up to the
-    /// next `LINGER_GRAIN_MS`, so that at high call rates thousands of them
-    /// end in one loop turn a second instead of waking the loop every
-    /// millisecond.
+    /// Arms a wait-state timer (D, I, J, K, L, M) on the linger grain.
     pub fn arm_linger(&mut self, now: Millis, after_ms: u32, timer: Timer) -> Option<TimerId> {
-        let deadline = now.saturating_add(u64::from(after_ms));
-        let rounded = deadline
-            .div_ceil(LINGER_GRAIN_MS)
-            .saturating_mul(LINGER_GRAIN_MS);
-        self.wheel.insert(rounded, timer).ok()
+        self.wheel.insert(deadline(now, after_ms, true), timer).ok()
+    }
+
+    /// Arms timer `kind` of client transaction `slot` after `after_ms`
+    /// (a wait state's on the linger grain), cancelling the one it
+    /// replaces in its entry.
+    #[inline]
+    pub fn arm_client(&mut self, now: Millis, slot: Slot, kind: ClientTimer, after_ms: u32) {
+        let Some(client) = self.clients.get_mut(slot) else {
+            return;
+        };
+        let at = deadline(now, after_ms, kind == ClientTimer::Linger);
+        arm_in(&mut self.wheel, &mut client.timers, kind, at, kind.of(slot));
+    }
+
+    /// The same for a server transaction.
+    #[inline]
+    pub fn arm_server(&mut self, now: Millis, slot: Slot, kind: ServerTimer, after_ms: u32) {
+        let Some(server) = self.servers.get_mut(slot) else {
+            return;
+        };
+        let at = deadline(now, after_ms, kind == ServerTimer::Linger);
+        arm_in(&mut self.wheel, &mut server.timers, kind, at, kind.of(slot));
     }
 
     /// Puts a client transaction in its wait state (D, K or M): every
@@ -433,12 +331,12 @@ impl Transactions {
         let Some(client) = self.clients.get_mut(slot) else {
             return;
         };
-        let mut ids = std::mem::take(&mut client.timers);
-        self.disarm(&mut ids);
-        let id = self.arm_linger(now, after_ms, Timer::ClientLinger(slot));
-        if let Some(client) = self.clients.get_mut(slot) {
-            client.timers[0] = id;
+        for id in client.timers.take_all().into_iter().flatten() {
+            self.wheel.cancel(id);
         }
+        let kind = ClientTimer::Linger;
+        let at = deadline(now, after_ms, true);
+        arm_in(&mut self.wheel, &mut client.timers, kind, at, kind.of(slot));
     }
 
     /// The same for a server transaction (Timer I).
@@ -446,12 +344,12 @@ impl Transactions {
         let Some(server) = self.servers.get_mut(slot) else {
             return;
         };
-        let mut ids = std::mem::take(&mut server.timers);
-        self.disarm(&mut ids);
-        let id = self.arm_linger(now, after_ms, Timer::ServerLinger(slot));
-        if let Some(server) = self.servers.get_mut(slot) {
-            server.timers[0] = id;
+        for id in server.timers.take_all().into_iter().flatten() {
+            self.wheel.cancel(id);
         }
+        let kind = ServerTimer::Linger;
+        let at = deadline(now, after_ms, true);
+        arm_in(&mut self.wheel, &mut server.timers, kind, at, kind.of(slot));
     }
 
     pub fn disarm(&mut self, ids: &mut [Option<TimerId>]) {
@@ -463,28 +361,56 @@ impl Transactions {
     }
 
     /// Removes a server transaction, its key and its timers.
-    pub fn remove_server(&mut self, slot: Slot) -> Option<Server> {
+    pub fn remove_server(&mut self, slot: Slot) -> Option<ServerTxn> {
         let mut server = self.servers.remove(slot)?;
         if self.server_keys.get(&server.key) == Some(&slot) {
             self.server_keys.remove(&server.key);
         }
-        self.disarm(&mut server.timers);
+        self.disarm(&mut server.timers.take_all());
         Some(server)
     }
 
     /// Removes a client transaction, its key and its timers.
-    pub fn remove_client(&mut self, slot: Slot) -> Option<Client> {
+    pub fn remove_client(&mut self, slot: Slot) -> Option<ClientTxn> {
         let mut client = self.clients.remove(slot)?;
         if self.client_keys.get(&client.key) == Some(&slot) {
             self.client_keys.remove(&client.key);
         }
-        self.disarm(&mut client.timers);
+        self.disarm(&mut client.timers.take_all());
         Some(client)
     }
 }
 
-#[cfg(test)]
-mod tests;
+/// When a timer armed at `now` for `after_ms` falls due. A wait-state
+/// timer (`linger`: D, I, J, K, L, M) only lets go of a transaction, so it
+/// may fire late: its deadline is rounded up to the next
+/// `LINGER_GRAIN_MS`, so that at high call rates thousands of them end in
+/// one loop turn a second instead of waking the loop every millisecond.
+#[inline]
+fn deadline(now: Millis, after_ms: u32, linger: bool) -> Millis {
+    let deadline = now.saturating_add(u64::from(after_ms));
+    match linger {
+        true => deadline
+            .div_ceil(LINGER_GRAIN_MS)
+            .saturating_mul(LINGER_GRAIN_MS),
+        false => deadline,
+    }
+}
+
+/// Cancels what `table` held for `kind` and arms `timer` in its place.
+#[inline]
+fn arm_in<K: TimerKind, const N: usize>(
+    wheel: &mut Wheel<Timer>,
+    table: &mut TimerTable<K, N>,
+    kind: K,
+    at: Millis,
+    timer: Timer,
+) {
+    if let Some(old) = table.take(kind) {
+        wheel.cancel(old);
+    }
+    table.replace(kind, wheel.insert(at, timer).ok());
+}
 
 #[cfg(test)]
 mod slab_tests {
@@ -505,5 +431,76 @@ mod slab_tests {
         assert_eq!(slab.get(c), Some(&"c"));
         assert_eq!(slab.get(b), Some(&"b"));
         assert_eq!(slab.iter().count(), 2);
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    fn client(server: Slot) -> ClientTxn {
+        ClientTxn {
+            key: 11,
+            server,
+            invite: true,
+            is_cancel: false,
+            state: ClientState::Calling,
+            to: "192.0.2.40:5060".parse().unwrap(),
+            backend: None,
+            request: Vec::new(),
+            ack: Vec::new(),
+            branch_key: BranchKey::new(b"000000000000000b", b"0000000000000000"),
+            provisional: false,
+            cancel: CancelState::None,
+            abandoned: false,
+            interval_ms: 500,
+            timers: ClientTimers::default(),
+            sent_ms: 0,
+        }
+    }
+
+    /// Every timer due by `now`, in the order the wheel gives them.
+    fn due(txns: &mut Transactions, now: Millis) -> Vec<(Millis, Timer)> {
+        std::iter::from_fn(|| txns.wheel.expire(now).map(|(_, timer)| (now, timer))).collect()
+    }
+
+    #[test]
+    fn arming_a_kind_replaces_its_entry_and_lingering_stops_the_rest() {
+        let config = TxnConfig {
+            max_transactions: 4,
+            ..TxnConfig::default()
+        };
+        let mut txns = Transactions::new(config, 0, 1);
+        let server = Slot {
+            index: 0,
+            generation: 1,
+        };
+        let slot = txns.clients.insert(client(server)).unwrap();
+        txns.arm_client(10, slot, ClientTimer::Retransmit, 500);
+        txns.arm_client(10, slot, ClientTimer::Timeout, 32_000);
+        txns.arm_client(10, slot, ClientTimer::Try, 2_000);
+        assert_eq!(txns.wheel.len(), 3);
+        txns.arm_client(10, slot, ClientTimer::C, 180_000);
+        assert_eq!(
+            txns.wheel.len(),
+            3,
+            "Timer C took the per-try timer's entry"
+        );
+        assert_eq!(
+            due(&mut txns, 2_010),
+            [(2_010, Timer::ClientRetransmit(slot))]
+        );
+        txns.linger_client(2_010, slot, 32_000);
+        assert_eq!(txns.wheel.len(), 1, "only the wait is left");
+        assert_eq!(due(&mut txns, 34_999), [], "34 010 rounds up to the grain");
+        assert_eq!(
+            due(&mut txns, 35_000),
+            [(35_000, Timer::ClientLinger(slot))]
+        );
+        txns.linger_client(35_000, slot, 5_000);
+        assert!(txns.remove_client(slot).is_some());
+        assert_eq!(txns.wheel.len(), 0, "removal stops its timers");
+        txns.arm_client(0, slot, ClientTimer::Retransmit, 500);
+        assert_eq!(txns.wheel.len(), 0, "a stale slot arms nothing");
     }
 }

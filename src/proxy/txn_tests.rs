@@ -1,9 +1,11 @@
-//! The transaction layer driven through the proxy core with a fake clock:
-//! every transition of RFC 3261 figures 5 to 8 (with RFC 6026's Accepted),
-//! every timer, CANCEL races and failover order.
+//! The proxy's use of transactions, driven with SIP bytes and a fake
+//! clock: every transition of RFC 3261 figures 5 to 8 (with RFC 6026's
+//! Accepted), every timer, CANCEL races and failover order. The state
+//! machines alone are tested beside them in `crate::txn`.
 
-use crate::proxy::lab::*;
-use crate::proxy::{Algorithm, Limit, Outcome};
+use super::lab::*;
+use super::{Limit, Outcome};
+use crate::balance::Algorithm;
 use crate::txn::TxnConfig;
 
 fn one_backend() -> Lab {
