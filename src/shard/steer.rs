@@ -815,6 +815,41 @@ mod tests {
         }
     }
 
+    /// The program's instructions, as the kernel reads them, hashed with
+    /// FNV-1a: the hashes were taken of the listing before it was split
+    /// into named parts, so the parts emit the same program, instruction
+    /// for instruction.
+    #[test]
+    fn the_program_is_the_listing_it_was() {
+        let fingerprint = |program: Vec<Insn>| {
+            let bytes: Vec<u8> = program
+                .iter()
+                .flat_map(|i| {
+                    let mut b = [0u8; 8];
+                    b[0] = i.code;
+                    b[1] = i.regs;
+                    b[2..4].copy_from_slice(&i.off.to_le_bytes());
+                    b[4..].copy_from_slice(&i.imm.to_le_bytes());
+                    b
+                })
+                .collect();
+            (program.len(), fnv1a(&[&bytes]))
+        };
+        let got = [
+            fingerprint(program(3, 4, None, 2)),
+            fingerprint(program(3, 4, Some(5), 2)),
+            fingerprint(program(7, 8, Some(9), 5)),
+        ];
+        assert_eq!(
+            got,
+            [
+                (111, 2_992_145_352_400_908_815),
+                (242, 4_016_457_433_043_740_661),
+                (242, 6_496_727_376_439_765_553),
+            ]
+        );
+    }
+
     #[test]
     fn jumps_land_inside_the_program() {
         let program = program(3, 4, Some(5), 2);
