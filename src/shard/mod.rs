@@ -15,6 +15,7 @@
 //! + epoll (`sys.rs`). The choice is made at start-up and logged.
 
 mod gate;
+pub mod stats;
 mod steer;
 mod sys;
 mod uring;
@@ -35,11 +36,11 @@ use hdrhistogram::Histogram;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::balance::Routing;
-use crate::control::metrics::{self, MessageCounts, ShardStats, Stat};
 use crate::proxy::{Algorithm, Counters, Outcome, Proxy, Transmit};
 use crate::sip::lex::fnv1a;
 use crate::sip::{find_call_id, Limits, LocalAddress, Scanner};
 use crate::txn::{Millis, TxnConfig};
+use stats::{MessageCounts, ShardStats, Stat};
 use sys::{Doorbell, Poller, RecvBatch, SendBatch};
 use uring::Uring;
 
@@ -1277,7 +1278,7 @@ impl Output {
                 return;
             }
         }
-        self.counters.messages.count(metrics::classify(datagram));
+        self.counters.messages.count(stats::classify(datagram));
         let shards = shared.inboxes.len() as u64;
         // One shard owns every call: no Call-ID to look for.
         let owner = match shards {
@@ -1449,7 +1450,7 @@ impl Transmit for Wire {
         let message = self.send.space();
         let response = message.starts_with(b"SIP/2.0 ");
         self.sent_messages
-            .count(metrics::classify(&message[..len.min(message.len())]));
+            .count(stats::classify(&message[..len.min(message.len())]));
         self.send.push(to, len, !response);
         self.in_flight.push(self.received_at);
     }
