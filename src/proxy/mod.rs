@@ -27,6 +27,7 @@ use crate::balance::{
 use crate::sip::lex::{hex16, key_hash};
 
 pub mod overload;
+pub mod shed;
 use crate::sip::{
     local_to_tag, write_rejection, write_response, Answer, EditError, Editor, Fault, Forward,
     HopMethod, LocalAddress, LocalResponse, Message, Method, Scanner, StartLine, Via, MAGIC_COOKIE,

@@ -32,6 +32,7 @@ use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 
 use crate::proxy::overload::{Detector, Load, OverloadConfig};
+use crate::proxy::shed::{next_pass_share, Buffer};
 use hdrhistogram::Histogram;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -627,18 +628,8 @@ struct Shard {
     output: Output,
 }
 
-/// A shard's share of new requests shed in the kernel (see `steer`).
-///
-/// The shard's core admits a share of new INVITEs and REGISTERs, answers
-/// 503 to some of the rest and drops the others; each window the kernel
-/// takes over what the core dropped: the share that reaches the shard is
-/// cut by the fraction the core dropped, and grows by a tenth when it
-/// dropped none, so that the shard reads about what it admits or answers.
-/// A receive buffer past its high mark, or one the kernel dropped at,
-/// halves the share: those drops hit admitted calls too. Out of overload
-/// the share comes back by a quarter a window, not at once, so that the
-/// backlog of retransmissions does not overflow the buffer at the next
-/// window.
+/// A shard's share of new requests shed in the kernel (see `steer`), by
+/// the policy of [`crate::proxy::shed`].
 struct KernelShed {
     map: Arc<steer::ShedMap>,
     /// The share of new requests that reaches the shard (1.0: no shedding).
@@ -667,41 +658,10 @@ impl KernelShed {
     }
 }
 
-/// [`KernelShed::next_share`] from the share passed in the window that
-/// ended and the new requests the core saw and dropped in it.
-fn next_pass_share(passed: f64, overloaded: bool, seen: u64, dropped: u64, buffer: Buffer) -> f64 {
-    let passed = match buffer {
-        Buffer::Idle => 1.0,
-        Buffer::Full => passed * 0.5,
-        Buffer::Fine if !overloaded => passed * 1.25,
-        Buffer::Fine if seen == 0 => passed,
-        Buffer::Fine if dropped == 0 => passed * 1.1,
-        Buffer::Fine => passed * (1.0 - dropped.min(seen) as f64 / seen as f64),
-    };
-    // Always pass a few, so that the core sees the demand and answers
-    // some of it with 503.
-    passed.clamp(KERNEL_PASS_MIN, 1.0)
-}
-
 /// What a shard's overload control is built from: its thresholds, the
 /// transaction bound the table's fill is measured against, and the
 /// kernel's shed controls when the steering program has a sink.
 type Overload = (OverloadConfig, usize, Option<Arc<steer::ShedMap>>);
-
-/// The listen socket's receive buffer over a window, for [`KernelShed`].
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Buffer {
-    /// A stale window: the shard slept, nothing loads it.
-    Idle,
-    /// Under its high mark, and nothing dropped at it.
-    Fine,
-    /// Past its high mark, or the kernel dropped at it.
-    Full,
-}
-
-/// The least share of new requests the kernel passes to an overloaded
-/// shard.
-const KERNEL_PASS_MIN: f64 = 0.02;
 
 /// Everything that turns a datagram into bytes on the wire: the proxy
 /// core and the wire it writes to. Apart from the receive batch so that a
@@ -1053,16 +1013,11 @@ impl Shard {
         let Some(kernel) = &mut self.kernel_shed else {
             return;
         };
-        let buffer = match listen {
-            None => Buffer::Idle,
-            Some((fill, drops)) => {
-                let dropped = std::mem::replace(&mut kernel.socket_drops, drops) != drops;
-                match dropped || fill > self.overload.config().queue_high {
-                    true => Buffer::Full,
-                    false => Buffer::Fine,
-                }
-            }
-        };
+        let window = listen.map(|(fill, drops)| {
+            let dropped = std::mem::replace(&mut kernel.socket_drops, drops) != drops;
+            (fill, dropped)
+        });
+        let buffer = Buffer::at_window_end(window, self.overload.config().queue_high);
         let counters = self.output.proxy.counters();
         let (checked, dropped) = (counters.admission_checked, counters.shed_dropped);
         let passed = kernel.next_share(self.overload.overloaded(), checked, dropped, buffer);
@@ -1494,40 +1449,5 @@ mod tests {
         assert!(inbox.push(datagram(10)).is_err(), "no slot");
         assert_eq!(inbox.bytes.load(Ordering::Relaxed), 10);
         assert!((inbox.fill() - 1.0).abs() < 1e-9, "slots full");
-    }
-
-    #[test]
-    fn the_kernel_takes_over_what_the_core_dropped() {
-        // The core dropped 3 in 4 of what reached it: a quarter passes.
-        let share = next_pass_share(1.0, true, 400, 300, Buffer::Fine);
-        assert!((share - 0.25).abs() < 1e-9, "{share}");
-        // Then it drops none: the share grows a tenth a window.
-        let grown = next_pass_share(share, true, 100, 0, Buffer::Fine);
-        assert!((grown - 0.275).abs() < 1e-9, "{grown}");
-        // Nothing seen: unchanged.
-        assert_eq!(next_pass_share(0.5, true, 0, 0, Buffer::Fine), 0.5);
-        // Never below the floor, even when the core dropped everything.
-        assert_eq!(
-            next_pass_share(0.03, true, 100, 100, Buffer::Fine),
-            KERNEL_PASS_MIN
-        );
-    }
-
-    #[test]
-    fn a_full_buffer_halves_and_recovery_is_gradual() {
-        assert_eq!(next_pass_share(0.8, true, 100, 0, Buffer::Full), 0.4);
-        assert_eq!(next_pass_share(0.8, false, 0, 0, Buffer::Full), 0.4);
-        // Out of overload: a quarter more a window, up to all of it.
-        assert_eq!(next_pass_share(0.4, false, 100, 0, Buffer::Fine), 0.5);
-        assert_eq!(next_pass_share(0.9, false, 100, 0, Buffer::Fine), 1.0);
-        let mut share = KERNEL_PASS_MIN;
-        let mut windows = 0;
-        while share < 1.0 {
-            share = next_pass_share(share, false, 0, 0, Buffer::Fine);
-            windows += 1;
-        }
-        assert!((15..=20).contains(&windows), "{windows}");
-        // Idle: everything passes at once.
-        assert_eq!(next_pass_share(0.1, true, 0, 0, Buffer::Idle), 1.0);
     }
 }
