@@ -14,10 +14,14 @@ mod meta;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+use super::overload::KernelShed;
+use super::Shard;
 use crate::guard::GuardCounters;
+use crate::proxy::Counters;
 use crate::sip::Method;
 
 pub use meta::{Kind, Meta, Stat};
@@ -201,6 +205,176 @@ fn offer(slot: &Mutex<Option<Histogram<u64>>>, histogram: &Histogram<u64>) {
                 let _ = copy.add(histogram);
             }
             None => *shared = Some(histogram.clone()),
+        }
+    }
+}
+
+/// How often a busy shard publishes its counters for `/metrics` (an idle
+/// one still turns, and publishes, every `IDLE_WAIT`).
+pub(super) const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How often a shard copies its latency histogram out for `/metrics`.
+const LATENCY_OFFER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Counters of one shard, beside the proxy core's own.
+#[derive(Clone, Debug, Default)]
+pub(super) struct ShardCounters {
+    pub(super) received: u64,
+    /// Turns of the event loop: each one a wake-up.
+    pub(super) turns: u64,
+    /// Turns that ran due timers.
+    pub(super) timer_turns: u64,
+    pub(super) handed_off: u64,
+    pub(super) handoff_dropped: u64,
+    pub(super) truncated: u64,
+    /// Time spent working, from wake-up to the end of each turn.
+    pub(super) busy_ns: u64,
+    /// Datagrams received, by method and status class.
+    pub(super) messages: MessageCounts,
+}
+
+impl Shard {
+    /// Stores this shard's counters where the control thread reads them
+    /// (relaxed stores, one writer each); the latency histogram about once
+    /// a second.
+    pub(super) fn publish(&mut self, now: Instant) {
+        let stats = &self.shared.stats[self.index];
+        let c = &self.output.counters;
+        let w = &self.output.wire;
+        let p: &Counters = self.output.proxy.counters();
+        let (servers, clients) = self.output.proxy.transactions();
+        for (stat, value) in [
+            (Stat::Received, c.received),
+            (Stat::Sent, w.sent),
+            (Stat::HandedOff, c.handed_off),
+            (Stat::Turns, c.turns),
+            (Stat::TimerTurns, c.timer_turns),
+            (Stat::BusyNs, c.busy_ns),
+            (Stat::RequestsForwarded, p.requests_forwarded),
+            (Stat::ResponsesForwarded, p.responses_forwarded),
+            (Stat::Replies, p.replies),
+            (Stat::RequestsGenerated, p.requests_sent),
+            (Stat::TransactionsStarted, p.transactions_started),
+            (Stat::RetransmissionsAbsorbed, p.retransmissions_absorbed),
+            (Stat::RetransmissionsSent, p.retransmissions_sent),
+            (Stat::Cancels, p.cancels),
+            (Stat::Failovers, p.failovers),
+            (Stat::Timeouts, p.timeouts),
+            (Stat::TryTimeouts, p.try_timeouts),
+            (Stat::TimerC, p.timer_c_fired),
+            (Stat::AckTimeouts, p.ack_timeouts),
+            (Stat::Unreachable, p.unreachable),
+            (Stat::OverloadRejected, p.overload_rejected),
+            (Stat::UnavailableRejected, p.unavailable_rejected),
+            (Stat::LoopsDetected, p.loops_detected),
+            (Stat::ServerTransactions, servers as u64),
+            (Stat::ClientTransactions, clients as u64),
+            (Stat::Dialogs, self.output.proxy.dialogs() as u64),
+            (Stat::DroppedHandoffQueueFull, c.handoff_dropped),
+            (Stat::DroppedSendFailed, w.send_failed),
+            (Stat::DroppedTruncated, c.truncated),
+            (Stat::DroppedMalformed, p.dropped_malformed),
+            (Stat::DroppedUnanswerable, p.dropped_unanswerable),
+            (Stat::DroppedResponseNotOurs, p.dropped_response_not_ours),
+            (Stat::DroppedResponseForUs, p.dropped_response_for_us),
+            (Stat::DroppedUnresolved, p.dropped_unresolved),
+            (Stat::DroppedBufferFull, p.dropped_buffer_full),
+            (Stat::DroppedNoBackend, p.dropped_no_backend),
+            (Stat::Overloaded, u64::from(self.overload.overloaded())),
+            (Stat::OverloadEntered, self.overload.entered),
+            (Stat::ShedRejected, p.shed_rejected),
+            (Stat::ShedDropped, p.shed_dropped),
+            (
+                Stat::ShedInKernel,
+                self.kernel_shed.as_ref().map_or(0, KernelShed::shed),
+            ),
+            (Stat::LocalAcksAbsorbed, p.local_acks_absorbed),
+        ] {
+            stats.set(stat, value);
+        }
+        for limit in crate::proxy::Limit::ALL {
+            stats.set(Stat::of_limit(limit), p.limits.get(limit));
+        }
+        stats.set_messages(&c.messages, &w.sent_messages);
+        if let Some(gate) = &mut self.output.gate {
+            gate.publish(stats, now);
+        }
+        if now.saturating_duration_since(self.latency_offered) >= LATENCY_OFFER_EVERY {
+            self.latency_offered = now;
+            stats.offer_latency(&w.latency_ns);
+            stats.offer_rtt(self.output.proxy.transaction_rtt());
+            stats.offer_duration(self.output.proxy.transaction_duration());
+        }
+    }
+
+    pub(super) fn report_if_asked(&mut self) {
+        let report = self.shared.report.load(Ordering::Relaxed);
+        if report != self.reported {
+            self.reported = report;
+            self.log_counters();
+        }
+    }
+
+    pub(super) fn log_counters(&self) {
+        let c = &self.output.counters;
+        let p: &Counters = self.output.proxy.counters();
+        tracing::info!(
+            shard = self.index,
+            received = c.received,
+            turns = c.turns,
+            timer_turns = c.timer_turns,
+            sent = self.output.wire.sent,
+            handed_off = c.handed_off,
+            requests_forwarded = p.requests_forwarded,
+            responses_forwarded = p.responses_forwarded,
+            replies = p.replies,
+            dropped_handoff_queue_full = c.handoff_dropped,
+            dropped_send_failed = self.output.wire.send_failed,
+            dropped_truncated = c.truncated,
+            dropped_malformed = p.dropped_malformed,
+            dropped_unanswerable = p.dropped_unanswerable,
+            dropped_response_not_ours = p.dropped_response_not_ours,
+            dropped_response_for_us = p.dropped_response_for_us,
+            dropped_unresolved = p.dropped_unresolved,
+            dropped_buffer_full = p.dropped_buffer_full,
+            dropped_no_backend = p.dropped_no_backend,
+            loops_detected = p.loops_detected,
+            "shard counters"
+        );
+        let (servers, clients) = self.output.proxy.transactions();
+        tracing::info!(
+            shard = self.index,
+            server_transactions = servers,
+            client_transactions = clients,
+            transactions_started = p.transactions_started,
+            requests_sent = p.requests_sent,
+            retransmissions_absorbed = p.retransmissions_absorbed,
+            retransmissions_sent = p.retransmissions_sent,
+            cancels = p.cancels,
+            failovers = p.failovers,
+            timeouts = p.timeouts,
+            try_timeouts = p.try_timeouts,
+            timer_c_fired = p.timer_c_fired,
+            ack_timeouts = p.ack_timeouts,
+            unreachable = p.unreachable,
+            overload_rejected = p.overload_rejected,
+            "shard transactions"
+        );
+        if let Some(gate) = &self.output.gate {
+            gate.log_counters();
+        }
+        let h = &self.output.wire.latency_ns;
+        if !h.is_empty() {
+            let us = |ns: u64| ns as f64 / 1000.0;
+            tracing::info!(
+                shard = self.index,
+                datagrams = h.len(),
+                p50_us = us(h.value_at_quantile(0.50)),
+                p90_us = us(h.value_at_quantile(0.90)),
+                p99_us = us(h.value_at_quantile(0.99)),
+                max_us = us(h.max()),
+                "shard latency, receive to send"
+            );
         }
     }
 }
