@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::inbox::Handoff;
-use super::start::uring_required;
+use super::start::{uring_required, LoopWord};
 use super::stats::PUBLISH_EVERY;
 use super::sys::{self, Poller};
 use super::uring::{self, Uring};
@@ -34,7 +34,7 @@ impl Shard {
         &mut self,
         use_uring: bool,
         io: Io,
-        started: std::sync::mpsc::Sender<(usize, io::Result<bool>)>,
+        started: std::sync::mpsc::Sender<LoopWord>,
     ) -> io::Result<()> {
         let ready = match use_uring {
             false => self.epoll_poller().map(Loop::Epoll),

@@ -23,7 +23,7 @@ use crate::sip::{LocalAddress, Scanner};
 
 /// What each shard's thread says when its loop is set up: io_uring
 /// (true), epoll (false), or why neither could be.
-type LoopWord = (usize, io::Result<bool>);
+pub(super) type LoopWord = (usize, io::Result<bool>);
 
 impl Runtime {
     /// Binds every shard's socket (so that a bad address fails here, not in

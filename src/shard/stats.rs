@@ -209,6 +209,9 @@ fn offer(slot: &Mutex<Option<Histogram<u64>>>, histogram: &Histogram<u64>) {
     }
 }
 
+// The shard's side: the counters it keeps on its own thread, how often it
+// publishes them, and the same numbers in its log on SIGUSR1.
+
 /// How often a busy shard publishes its counters for `/metrics` (an idle
 /// one still turns, and publishes, every `IDLE_WAIT`).
 pub(super) const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(5);

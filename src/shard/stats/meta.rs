@@ -122,7 +122,7 @@ impl Stat {
     ];
 
     /// The stat's family, help, type and label: from the one part of the
-    /// table ([`PARTS`]) that names it.
+    /// table (`PARTS`) that names it.
     pub fn meta(self) -> Meta {
         let (family, help, kind, label) = PARTS
             .iter()
