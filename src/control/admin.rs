@@ -30,10 +30,11 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::metrics::{self, ShardStats};
+use super::metrics;
 use super::{state_name, state_named, Control};
 use crate::balance::probe::ProbeResult;
 use crate::guard::Acl;
+use crate::shard::stats::ShardStats;
 
 /// Binds `address` now (so that a taken port fails at start-up, with the
 /// address in the error) and serves the API on a thread named `admin`,

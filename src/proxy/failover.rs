@@ -21,7 +21,7 @@ use crate::txn::{
 /// tie).
 pub(super) fn better(code: u16, than: Option<u16>) -> bool {
     let rank = |c: u16| if c >= 600 { 0 } else { c / 100 };
-    than.map_or(true, |than| rank(code) < rank(than))
+    than.is_none_or(|than| rank(code) < rank(than))
 }
 
 /// Where the next try goes: its address, its pool index and its branch.

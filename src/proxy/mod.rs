@@ -33,6 +33,7 @@ mod hop;
 mod limit;
 mod outcome;
 pub mod overload;
+pub mod shed;
 mod request;
 mod response;
 mod timers;

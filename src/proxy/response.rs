@@ -170,7 +170,7 @@ impl Core {
             .txns
             .servers
             .get(server)
-            .map_or(true, |s| s.state != ServerState::Proceeding);
+            .is_none_or(|s| s.state != ServerState::Proceeding);
         if !provisional.forward || answered {
             return Outcome::Absorbed;
         }

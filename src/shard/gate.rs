@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::balance::Routing;
-use crate::control::metrics::ShardStats;
 use crate::guard::{BanTable, Guard, GuardConfig, LogBudget, Verdict};
+
+use super::stats::ShardStats;
 
 /// What the shards' gates share: the ban table and the epoch its times
 /// count from (one epoch, so that a ban one shard writes ends at the same

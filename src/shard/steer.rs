@@ -375,19 +375,16 @@ fn load_byte_at_index(asm: &mut Asm, limit: i32, window: i32, fail: usize) {
 /// Call-ID name is found, the index goes through a one-slot per-CPU map
 /// (`scratch`): read back, it is a bounded unknown to the verifier, and
 /// every match position shares one walk of the rest.
+///
+/// Its steps, in the order they are laid out: find the Call-ID name,
+/// launder the index, skip to the value, hash it; else take the 4-tuple
+/// hash; then (with `shed`) maybe pick the sink; select the socket.
 fn program(map: RawFd, scratch: RawFd, shed: Option<RawFd>, shards: u32) -> Vec<Insn> {
     let mut a = Asm::new();
     let pass = a.label();
     let owner = a.label();
     let select = a.label();
-    let scan = a.label();
-    let compact = a.label();
-    let name_end = a.label();
-    let colon = a.label();
-    let value = a.label();
-    let blank = a.label();
     let hash = a.label();
-    let hashed = a.label();
 
     // r6 = ctx, r7 = data, r8 = data_end, r9 = index into the datagram.
     a.alu_x(MOV, 6, 1);
@@ -395,14 +392,46 @@ fn program(map: RawFd, scratch: RawFd, shed: Option<RawFd>, shards: u32) -> Vec<
     a.load(DW, 8, 6, 8);
     a.alu_k(MOV, 9, 0);
 
-    // Find a line start ("\n") followed by "call-id" or "i" (any case).
+    find_call_id_name(&mut a, pass);
+    // Launder the index through the scratch map (see above). From here r7
+    // points after the name and r9 counts from 0 again, so the loops
+    // below end by a counter the verifier knows.
+    launder_index(&mut a, scratch, pass);
+    skip_to_call_id_value(&mut a, pass, hash);
+    a.here(hash);
+    hash_call_id(&mut a, shards, pass, owner);
+
+    // No Call-ID to steer by: the kernel's 4-tuple hash picks, as it would
+    // by itself, but among the shards only, never the sink.
+    a.here(pass);
+    a.load(W, 0, 6, CTX_HASH);
+    a.alu_k(MOD, 0, shards as i32);
+
+    // The owner's index in r0, kept on the stack as the map key.
+    a.here(owner);
+    a.emit(STX | W | MEM, 10, 0, -4, 0);
+    if let Some(shed) = shed {
+        shed_new_requests(&mut a, shed, scratch, shards, select);
+    }
+    a.here(select);
+    select_socket(&mut a, map);
+    a.finish()
+}
+
+/// Finds a line start ("\n") followed by "call-id" or "i" (any case) and
+/// leaves r9 one past the name; goes to `pass` when none is in the first
+/// `SCAN_BYTES`.
+fn find_call_id_name(a: &mut Asm, pass: usize) {
+    let scan = a.label();
+    let line = a.label();
+    let compact = a.label();
+    let name_end = a.label();
     // The window covers "\ncall-id" and the byte after it.
     a.here(scan);
-    load_byte_at_index(&mut a, SCAN_BYTES, 9, pass);
+    load_byte_at_index(a, SCAN_BYTES, 9, pass);
     a.alu_k(ADD, 9, 1);
     // The loop goes on by the fall-through: the verifier keeps one
     // pending branch per byte (the line start), under its limit of 8,192.
-    let line = a.label();
     a.jump_k(JEQ, 4, i32::from(b'\n'), line);
     a.goto(scan);
     a.here(line);
@@ -427,16 +456,19 @@ fn program(map: RawFd, scratch: RawFd, shed: Option<RawFd>, shards: u32) -> Vec<
     a.goto(name_end);
     a.here(compact);
     a.alu_k(ADD, 9, 1);
-
-    // Launder the index through the scratch map (see above). From here r7
-    // points after the name and r9 counts from 0 again, so the loops
-    // below end by a counter the verifier knows.
     a.here(name_end);
-    launder_index(&mut a, scratch, pass);
+}
 
+/// After the name (r7, r9 = 0): optional blanks and the colon, then the
+/// blanks before the value; goes to `hash` at the value's first byte, or
+/// to `pass` when what follows is another header.
+fn skip_to_call_id_value(a: &mut Asm, pass: usize, hash: usize) {
+    let colon = a.label();
+    let value = a.label();
+    let blank = a.label();
     // Then optional blanks and the colon; anything else is another header.
     a.here(colon);
-    load_byte_at_index(&mut a, 16, 1, pass);
+    load_byte_at_index(a, 16, 1, pass);
     a.alu_k(ADD, 9, 1);
     a.jump_k(JEQ, 4, i32::from(b':'), value);
     a.jump_k(JEQ, 4, i32::from(b' '), colon);
@@ -447,24 +479,28 @@ fn program(map: RawFd, scratch: RawFd, shed: Option<RawFd>, shards: u32) -> Vec<
 
     // Skip the blanks before the value.
     a.here(value);
-    load_byte_at_index(&mut a, 32, 1, pass);
+    load_byte_at_index(a, 32, 1, pass);
     a.jump_k(JEQ, 4, i32::from(b' '), blank);
     a.jump_k(JEQ, 4, i32::from(b'\t'), blank);
     a.goto(hash);
     a.here(blank);
     a.alu_k(ADD, 9, 1);
     a.goto(value);
+}
 
-    // FNV-1a over the value up to the line end, then over a 0 byte, as
-    // `fnv1a(&[call_id])` does. r0 = hash, r5 = prime, r1 = length.
-    a.here(hash);
+/// FNV-1a over the value up to the line end, then over a 0 byte, as
+/// `fnv1a(&[call_id])` does; goes to `owner` with `hash % shards` in r0,
+/// or to `pass` for an empty or overlong value. r0 = hash, r5 = prime,
+/// r1 = length.
+fn hash_call_id(a: &mut Asm, shards: u32, pass: usize, owner: usize) {
+    let next = a.label();
+    let hashed = a.label();
     a.load_imm64(0, 0xcbf2_9ce4_8422_2325, false);
     a.load_imm64(5, 0x0100_0000_01b3, false);
     a.alu_k(MOV, 1, 0);
-    let next = a.label();
     a.here(next);
     a.jump_k(JGE, 1, CALL_ID_BYTES, pass);
-    load_byte_at_index(&mut a, 32 + CALL_ID_BYTES, 1, pass);
+    load_byte_at_index(a, 32 + CALL_ID_BYTES, 1, pass);
     a.jump_k(JEQ, 4, i32::from(b'\r'), hashed);
     a.jump_k(JEQ, 4, i32::from(b'\n'), hashed);
     a.alu_x(XOR, 0, 4);
@@ -478,22 +514,11 @@ fn program(map: RawFd, scratch: RawFd, shed: Option<RawFd>, shards: u32) -> Vec<
     a.alu_x(MUL, 0, 5);
     a.alu_k(MOD, 0, shards as i32);
     a.goto(owner);
+}
 
-    // No Call-ID to steer by: the kernel's 4-tuple hash picks, as it would
-    // by itself, but among the shards only, never the sink.
-    a.here(pass);
-    a.load(W, 0, 6, CTX_HASH);
-    a.alu_k(MOD, 0, shards as i32);
-
-    // The owner's index in r0, kept on the stack as the map key.
-    a.here(owner);
-    a.emit(STX | W | MEM, 10, 0, -4, 0);
-    if let Some(shed) = shed {
-        shed_new_requests(&mut a, shed, scratch, shards, select);
-    }
-
-    // bpf_sk_select_reuseport(ctx, map, &key, 0).
-    a.here(select);
+/// bpf_sk_select_reuseport(ctx, map, &key, 0) with the key at r10 - 4,
+/// and the end: `SK_PASS`.
+fn select_socket(a: &mut Asm, map: RawFd) {
     a.alu_x(MOV, 1, 6);
     a.load_imm64(2, map as u64, true);
     a.alu_x(MOV, 3, 10);
@@ -502,7 +527,6 @@ fn program(map: RawFd, scratch: RawFd, shed: Option<RawFd>, shards: u32) -> Vec<
     a.emit(JMP | CALL, 0, 0, 0, HELPER_SK_SELECT_REUSEPORT);
     a.alu_k(MOV, 0, SK_PASS);
     a.emit(JMP | EXIT, 0, 0, 0, 0);
-    a.finish()
 }
 
 /// r0 = a pointer to the value of `map` at the u32 key stored at
@@ -557,19 +581,20 @@ fn name_ends_or(a: &mut Asm, otherwise: usize) {
 /// value folded onto a continuation line among it), falls through to
 /// `select` with the owner's key.
 fn shed_new_requests(a: &mut Asm, shed: RawFd, scratch: RawFd, shards: u32, select: usize) {
-    let request = a.label();
-    let register = a.label();
-    let to_scan = a.label();
-    let to_line = a.label();
-    let to_long = a.label();
-    let to_name_end = a.label();
-    let tag_scan = a.label();
-    let semicolon = a.label();
-    let to_line_end = a.label();
-    let new_request = a.label();
-    let to_sink = a.label();
+    draw_against_threshold(a, shed, select);
+    invite_or_register(a, select);
+    find_to_name(a, select);
+    // Launder the index through the scratch map, as for the Call-ID, so
+    // that the tag search below is walked once, not once per position.
+    launder_index(a, scratch, select);
+    to_without_tag(a, select);
+    // A new request to shed.
+    count_and_sink(a, shed, shards);
+}
 
-    // threshold = shed[key]; nothing to shed when 0 or above the draw.
+/// threshold = shed[key]; goes to `select` (nothing to shed) when it is
+/// 0 or not above a random `u32`.
+fn draw_against_threshold(a: &mut Asm, shed: RawFd, select: usize) {
     lookup(a, shed, -4, select);
     a.load(DW, 1, 0, 0);
     a.jump_k(JEQ, 1, 0, select);
@@ -577,9 +602,14 @@ fn shed_new_requests(a: &mut Asm, shed: RawFd, scratch: RawFd, shards: u32, sele
     a.emit(JMP | CALL, 0, 0, 0, HELPER_GET_PRANDOM_U32);
     a.load(DW, 1, 10, -16);
     a.jump_x(JGE, 0, 1, select);
+}
 
-    // "INVITE " or "REGISTER " first (methods are case-sensitive), after
-    // the UDP header that `data` starts with.
+/// "INVITE " or "REGISTER " first (methods are case-sensitive), after
+/// the UDP header that `data` starts with; else goes to `select`. Loads
+/// r7 = data and r8 = data_end again (the helper call took them).
+fn invite_or_register(a: &mut Asm, select: usize) {
+    let request = a.label();
+    let register = a.label();
     a.load(DW, 7, 6, 0);
     a.load(DW, 8, 6, 8);
     a.alu_x(MOV, 2, 7);
@@ -590,8 +620,16 @@ fn shed_new_requests(a: &mut Asm, shed: RawFd, scratch: RawFd, shards: u32, sele
     a.here(register);
     expect_bytes(a, UDP_HEADER as i16, b"REGISTER ", select);
     a.here(request);
+}
 
-    // The To line: "\nto" or "\nt" (any case), then a blank or the colon.
+/// The To line: "\nto" or "\nt" (any case), then a blank or the colon;
+/// leaves r9 past the name, or goes to `select` when there is none in
+/// the first `SCAN_BYTES`.
+fn find_to_name(a: &mut Asm, select: usize) {
+    let to_scan = a.label();
+    let to_line = a.label();
+    let to_long = a.label();
+    let to_name_end = a.label();
     a.alu_k(MOV, 9, 0);
     a.here(to_scan);
     load_byte_at_index(a, SCAN_BYTES, 4, select);
@@ -614,16 +652,20 @@ fn shed_new_requests(a: &mut Asm, shed: RawFd, scratch: RawFd, shards: u32, sele
     a.load(B, 4, 2, 3);
     name_ends_or(a, to_scan);
     a.alu_k(ADD, 9, 2);
-
-    // Launder the index through the scratch map, as for the Call-ID, so
-    // that the tag search below is walked once, not once per position.
     a.here(to_name_end);
-    launder_index(a, scratch, select);
+}
 
-    // "tag" (any case) after a ";" before the line ends: a To tag, so a
-    // request inside a dialog. A "tag" elsewhere after a ";" (a parameter
-    // value) counts too: the shard then decides, which is the safe way to
-    // be wrong. r5 = a ";" seen.
+/// Goes on when the To value (r7, r9 = 0) ends its line without a tag
+/// and no continuation line follows; else goes to `select`.
+///
+/// "tag" (any case) after a ";" before the line ends: a To tag, so a
+/// request inside a dialog. A "tag" elsewhere after a ";" (a parameter
+/// value) counts too: the shard then decides, which is the safe way to
+/// be wrong. r5 = a ";" seen.
+fn to_without_tag(a: &mut Asm, select: usize) {
+    let tag_scan = a.label();
+    let semicolon = a.label();
+    let to_line_end = a.label();
     a.alu_k(MOV, 5, 0);
     a.here(tag_scan);
     load_byte_at_index(a, TO_LINE_BYTES, 3, select);
@@ -651,9 +693,11 @@ fn shed_new_requests(a: &mut Asm, shed: RawFd, scratch: RawFd, shards: u32, sele
     a.load(B, 4, 2, 1);
     a.jump_k(JEQ, 4, i32::from(b' '), select);
     a.jump_k(JEQ, 4, i32::from(b'\t'), select);
+}
 
-    // A new request to shed: shed[shards + key] += 1, then the sink.
-    a.here(new_request);
+/// shed[shards + key] += 1, then the key becomes the sink's (`shards`).
+fn count_and_sink(a: &mut Asm, shed: RawFd, shards: u32) {
+    let to_sink = a.label();
     a.load(W, 0, 10, -4);
     a.alu_k(ADD, 0, shards as i32);
     a.emit(STX | W | MEM, 10, 0, -8, 0);
@@ -813,6 +857,41 @@ mod tests {
             let mut buf = [std::mem::MaybeUninit::new(0u8); 2048];
             assert!(sockets.iter().any(|s| s.recv(&mut buf).is_ok()), "{i}");
         }
+    }
+
+    /// The program's instructions, as the kernel reads them, hashed with
+    /// FNV-1a: the hashes were taken of the listing before it was split
+    /// into named parts, so the parts emit the same program, instruction
+    /// for instruction.
+    #[test]
+    fn the_program_is_the_listing_it_was() {
+        let fingerprint = |program: Vec<Insn>| {
+            let bytes: Vec<u8> = program
+                .iter()
+                .flat_map(|i| {
+                    let mut b = [0u8; 8];
+                    b[0] = i.code;
+                    b[1] = i.regs;
+                    b[2..4].copy_from_slice(&i.off.to_le_bytes());
+                    b[4..].copy_from_slice(&i.imm.to_le_bytes());
+                    b
+                })
+                .collect();
+            (program.len(), fnv1a(&[&bytes]))
+        };
+        let got = [
+            fingerprint(program(3, 4, None, 2)),
+            fingerprint(program(3, 4, Some(5), 2)),
+            fingerprint(program(7, 8, Some(9), 5)),
+        ];
+        assert_eq!(
+            got,
+            [
+                (111, 2_992_145_352_400_908_815),
+                (242, 4_016_457_433_043_740_661),
+                (242, 6_496_727_376_439_765_553),
+            ]
+        );
     }
 
     #[test]
