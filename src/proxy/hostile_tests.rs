@@ -2,9 +2,9 @@
 //! README says and moves its own counter, and what cannot be forwarded
 //! whole is answered instead of forwarded in part or dropped in silence.
 
-use super::lab::*;
 use super::*;
 use crate::sip::Limits;
+use crate::testkit::lab::*;
 
 /// `invite(call_id)` with `extra` header lines before Content-Length.
 fn invite_with(call_id: &str, extra: &str) -> String {

@@ -1893,6 +1893,4 @@ fn route_response(editor: &Editor, message: &Message<'_>, out: &mut [u8]) -> Act
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
-pub(crate) mod lab;
-#[cfg(test)]
 mod tests;

@@ -2,9 +2,10 @@
 //! pool and back along Route, responses back along Via, loops, and what is
 //! dropped. Transaction behaviour is tested in `crate::txn`'s tests.
 
-use super::lab::*;
 use super::*;
 use crate::sip::Limits;
+use crate::testkit::lab::*;
+use crate::testkit::Outbox;
 
 /// The request forwarded for an INVITE (after its 100 Trying).
 fn forwarded_invite(lab: &mut Lab, call_id: &str) -> Sent {

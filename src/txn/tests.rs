@@ -2,8 +2,9 @@
 //! every transition of RFC 3261 figures 5 to 8 (with RFC 6026's Accepted),
 //! every timer, CANCEL races and failover order.
 
-use crate::proxy::lab::*;
-use crate::proxy::{Algorithm, Limit, Outcome};
+use crate::balance::Algorithm;
+use crate::proxy::{Limit, Outcome};
+use crate::testkit::lab::*;
 use crate::txn::TxnConfig;
 
 fn one_backend() -> Lab {
