@@ -1,7 +1,7 @@
 //! The lab: one proxy core on the virtual clock, fed SIP text, with an
-//! outbox of what it sent. Its addresses are documentation ranges (RFC
-//! 5737): the proxy at [`LB`], backends at [`BACKEND_A`]..[`BACKEND_C`],
-//! the caller at [`CALLER`].
+//! outbox of what it sent: the proxy at [`LB`], the caller at [`CALLER`]
+//! (documentation ranges, RFC 5737), backends at [`BACKEND_A`] to
+//! [`BACKEND_C`] (private addresses, as a carrier's pool behind it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

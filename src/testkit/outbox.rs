@@ -1,32 +1,15 @@
-//! The outbox: a [`Transmit`] that keeps every datagram sent, in order,
+//! The outbox: a `Transmit` that keeps every datagram sent, in order,
 //! and [`Sent`], one of them read as SIP text.
 
 use std::net::SocketAddr;
 
 use super::message;
-use crate::proxy::Transmit;
-use crate::sip::UDP_PAYLOAD_MAX;
-
-/// A [`Transmit`] that keeps what is sent: each datagram is copied out
-/// of its buffer, so a test can read them all after the fact. (The shard's
-/// send batch and the pipeline bench's arena copy nothing.)
-#[derive(Debug, Default)]
-pub struct Outbox {
-    buffer: Vec<u8>,
-    /// Destination and bytes of each datagram, the first sent first.
-    pub sent: Vec<(SocketAddr, Vec<u8>)>,
-}
-
-impl Transmit for Outbox {
-    fn buffer(&mut self) -> &mut [u8] {
-        self.buffer.resize(UDP_PAYLOAD_MAX, 0);
-        &mut self.buffer
-    }
-
-    fn send(&mut self, to: SocketAddr, len: usize) {
-        self.sent.push((to, self.buffer[..len].to_vec()));
-    }
-}
+/// A [`Transmit`](crate::proxy::Transmit) that keeps what is sent: each
+/// datagram is copied out of its buffer, so a test can read them all after
+/// the fact. (The shard's send batch and the pipeline bench's arena copy
+/// nothing.) It is defined beside `Transmit` for now; the kit is where its
+/// users find it.
+pub use crate::proxy::Outbox;
 
 impl Outbox {
     /// What was sent since the last call, as text.
