@@ -38,10 +38,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sipshard::balance::{Algorithm, Routing, RoutingSpec};
+use sipshard::balance::Algorithm;
 use sipshard::proxy::{Outcome, Proxy, Transmit};
-use sipshard::sip::{Limits, LocalAddress, Scanner};
-use sipshard::txn::{Millis, TxnConfig};
+use sipshard::testkit::{clock, message, Setup};
+use sipshard::txn::Millis;
 
 /// The binary's allocator: the transactions' copies are allocated as they
 /// are in production.
@@ -257,26 +257,11 @@ fn after_cseq(message: &str, backend: &str) -> String {
 
 /// A backend's answer to `forwarded`: the status line, its Vias,
 /// Record-Route, From, To (with the backend's tag when it has none yet),
-/// Call-ID and CSeq (RFC 3261 §8.2.6.2), the backend's Contact when given, then
-/// `rest`.
-fn answer(forwarded: &[u8], status: &str, backend: Option<&str>, rest: &str) -> Template {
+/// Call-ID and CSeq (`testkit::message::response_head`), the backend's
+/// Contact when given, then `rest`.
+fn answer(forwarded: &[u8], code: u16, backend: Option<&str>, rest: &str) -> Template {
     let forwarded = std::str::from_utf8(forwarded).unwrap();
-    let head = forwarded.split("\r\n\r\n").next().unwrap();
-    let mut out = format!("{status}\r\n");
-    for line in head.split("\r\n").skip(1) {
-        let keep = ["Via:", "Record-Route:", "From:", "Call-ID:", "CSeq:"];
-        if keep.iter().any(|k| line.starts_with(k)) {
-            out.push_str(line);
-            out.push_str("\r\n");
-        } else if line.starts_with("To:") {
-            out.push_str(line);
-            if !line.contains(";tag=") {
-                out.push_str(";tag=");
-                out.push_str(MARK);
-            }
-            out.push_str("\r\n");
-        }
-    }
+    let mut out = message::response_head(forwarded, code, Some(MARK));
     if let Some(backend) = backend {
         out.push_str(&format!("Contact: <sip:+15551230001@{backend}>\r\n"));
     }
@@ -287,15 +272,15 @@ fn answer(forwarded: &[u8], status: &str, backend: Option<&str>, rest: &str) -> 
 impl Bench {
     fn new() -> Bench {
         let backends = BACKENDS.map(|b| b.parse().unwrap());
-        let spec = RoutingSpec::one_set(Algorithm::RoundRobin, &backends);
-        let proxy = Proxy::with_routing(
-            Scanner::new(Limits::default()),
-            LocalAddress::new(PROXY_HOST, PROXY_PORT),
-            Routing::build(&spec, None).ok().map(std::sync::Arc::new),
-            TxnConfig::default(),
-            0,
-            0x5eed,
-        );
+        let proxy = Setup {
+            host: PROXY_HOST,
+            port: PROXY_PORT,
+            backends: backends.to_vec(),
+            algorithm: Algorithm::RoundRobin,
+            seed: 0x5eed,
+            ..Setup::default()
+        }
+        .proxy();
         let invite = INVITE
             .replace("8f2a3c7d9e1b4a60", MARK)
             .replace("4f8c2a1b", MARK)
@@ -350,18 +335,9 @@ impl Bench {
         let (_, forwarded) = self.wire.datagram(1);
         self.invite_branch_at = find(forwarded, OUR_BRANCH).unwrap() + OUR_BRANCH.len();
         for (i, backend) in BACKENDS.into_iter().enumerate() {
-            self.templates.ringing[i] = answer(
-                forwarded,
-                "SIP/2.0 180 Ringing",
-                Some(backend),
-                &after_cseq(RINGING, backend),
-            );
-            self.templates.ok[i] = answer(
-                forwarded,
-                "SIP/2.0 200 OK",
-                Some(backend),
-                &after_cseq(OK, backend),
-            );
+            self.templates.ringing[i] =
+                answer(forwarded, 180, Some(backend), &after_cseq(RINGING, backend));
+            self.templates.ok[i] = answer(forwarded, 200, Some(backend), &after_cseq(OK, backend));
         }
         self.record_invite(&mut call);
         for step in [Step::Ringing, Step::Ok, Step::Ack] {
@@ -373,7 +349,7 @@ impl Bench {
         let (_, forwarded) = self.wire.datagram(0);
         self.bye_branch_at = find(forwarded, OUR_BRANCH).unwrap() + OUR_BRANCH.len();
         let rest = "Server: ExampleSwitch/9.1\r\nContent-Length: 0\r\n\r\n";
-        self.templates.bye_ok = answer(forwarded, "SIP/2.0 200 OK", None, rest);
+        self.templates.bye_ok = answer(forwarded, 200, None, rest);
         self.record_bye(&mut call);
         self.prepare(Step::ByeOk, &mut call);
         self.deliver(Step::ByeOk, &mut call);
@@ -447,12 +423,10 @@ impl Bench {
     /// Moves the clock on by `ms`, running every timer due on the way.
     fn tick(&mut self, ms: Millis) {
         let end = self.now + ms;
-        while let Some(deadline) = self.proxy.next_deadline().filter(|&d| d <= end) {
-            self.now = self.now.max(deadline);
+        while let Some(at) = clock::step_toward(&mut self.now, end, self.proxy.next_deadline()) {
             self.wire.clear();
-            self.proxy.on_timers(self.now, &mut self.wire);
+            self.proxy.on_timers(at, &mut self.wire);
         }
-        self.now = end;
         self.wire.clear();
     }
 

@@ -28,4 +28,6 @@ pub mod guard;
 pub mod proxy;
 pub mod shard;
 pub mod sip;
+#[doc(hidden)]
+pub mod testkit;
 pub mod txn;

@@ -1694,7 +1694,9 @@ fn fuzz_seed_corpus_replays() {
 /// request as the proxy forwarded it (our branch is a hash), so each call
 /// is run through a `Proxy` to build its answers.
 fn proxy_seeds() -> Vec<(String, Vec<u8>)> {
-    use sipshard::proxy::{Algorithm, Outbox, Outcome};
+    use sipshard::balance::Algorithm;
+    use sipshard::proxy::Outcome;
+    use sipshard::testkit::Outbox;
     const CLIENT: u8 = 0;
     const BACKEND_A: u8 = 1;
     const CLIENT_V6: u8 = 3;

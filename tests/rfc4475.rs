@@ -9,11 +9,12 @@
 use std::path::PathBuf;
 
 use sipshard::balance::{Algorithm, Routing, RoutingSpec};
-use sipshard::proxy::{DropReason, Outbox, Outcome, Proxy};
+use sipshard::proxy::{DropReason, Outcome, Proxy};
 use sipshard::sip::{
     write_rejection, AddrError, Answer, Fault, HeaderName, Limits, LocalAddress, Message, Method,
     ScanError, Scanner, StartLine, UriError, ViaError,
 };
+use sipshard::testkit::Outbox;
 use sipshard::txn::TxnConfig;
 
 const PROXY_HOST: &str = "192.0.2.250";

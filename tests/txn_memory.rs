@@ -8,8 +8,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use sipshard::balance::{Algorithm, Routing, RoutingSpec};
-use sipshard::proxy::{Outbox, Outcome, Proxy};
+use sipshard::proxy::{Outcome, Proxy};
 use sipshard::sip::{Limits, LocalAddress, Scanner};
+use sipshard::testkit::Outbox;
 use sipshard::txn::TxnConfig;
 
 struct Counting;

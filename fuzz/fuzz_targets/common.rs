@@ -2,22 +2,27 @@
 //! includes this file with `#[path]`: `scan_target`, `edit_target` and
 //! `proxy_target` are what the three targets do with one input, so that the
 //! same bytes replay on stable. Each includer uses only part of this module.
+//! The proxy, its outbox, its clock and the caller's CANCEL and ACK are
+//! `sipshard::testkit`'s, as the unit tests' and the benches' are.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use sipshard::balance::{Algorithm, Routing, RoutingSpec};
-use sipshard::proxy::{Counters, DropReason, Outbox, Outcome, Proxy};
+use sipshard::balance::Algorithm;
+use sipshard::proxy::{Counters, DropReason, Outcome, Proxy};
 use sipshard::sip::{
     find_call_id, write_rejection, write_response, AddrError, Answer, Contact, EditError, Editor,
     Fault, Forward, HeaderName, Limits, LocalAddress, LocalResponse, Message, Method, NameAddr,
     ResponseError, ScanError, Scanner, Scheme, StartKind, StartLine, Uri, Via,
 };
+use sipshard::testkit::message::caller_request;
+use sipshard::testkit::{clock, lab, Outbox, Setup};
 use sipshard::txn::TxnConfig;
 
-pub const PROXY_HOST: &str = "192.0.2.250";
-pub const PROXY_PORT: u16 = 5060;
+/// The lab's proxy address.
+pub const PROXY_HOST: &str = lab::LB;
+pub const PROXY_PORT: u16 = lab::LB_PORT;
 /// Room for the largest datagram plus everything forwarding adds.
 pub const OUT_BYTES: usize = 70_000;
 /// How many option bytes come before the datagram in an `edit` input.
@@ -408,16 +413,11 @@ pub fn edit_target(data: &[u8]) {
 // The `proxy` target: a sequence of datagrams through one `Proxy`.
 // ---------------------------------------------------------------------------
 
-/// The backends of the `proxy` target's `Proxy`.
-pub const BACKENDS: [&str; 2] = ["10.0.0.1:5080", "10.0.0.2:5080"];
+/// The backends of the `proxy` target's `Proxy`: the lab's A and B.
+pub const BACKENDS: [&str; 2] = [lab::BACKEND_A, lab::BACKEND_B];
 /// Where a `proxy` datagram comes from: its source byte modulo 4 picks a
-/// client, backend A, backend B or an IPv6 client.
-pub const PEERS: [&str; 4] = [
-    "198.51.100.7:5070",
-    BACKENDS[0],
-    BACKENDS[1],
-    "[2001:db8::7]:5070",
-];
+/// client (the lab's caller), backend A, backend B or an IPv6 client.
+pub const PEERS: [&str; 4] = [lab::CALLER, BACKENDS[0], BACKENDS[1], "[2001:db8::7]:5070"];
 /// The length that means "the rest of the input" (so that a datagram can
 /// be larger than 65535 bytes and reach `Fault::TooLarge`).
 pub const PROXY_REST: u16 = u16::MAX;
@@ -625,21 +625,19 @@ pub fn proxy(algorithm: Algorithm) -> Proxy {
 
 /// A `Proxy` of the `proxy` target with a table of `max_transactions`.
 pub fn proxy_with(algorithm: Algorithm, max_transactions: usize) -> Proxy {
-    let backends: Vec<SocketAddr> = BACKENDS.iter().map(|b| b.parse().unwrap()).collect();
-    let spec = RoutingSpec::one_set(algorithm, &backends);
-    Proxy::with_routing(
-        Scanner::new(Limits::default()),
-        LocalAddress::new(PROXY_HOST, PROXY_PORT),
-        Routing::build(&spec, None).ok().map(std::sync::Arc::new),
+    Setup {
+        backends: lab::addresses(&BACKENDS),
+        algorithm,
         // A small table: the default reserves 63 MiB per proxy, and the
         // fuzzer makes one proxy per input.
-        TxnConfig {
+        txn: TxnConfig {
             max_transactions,
             ..TxnConfig::default()
         },
-        0,
-        1,
-    )
+        seed: 1,
+        ..Setup::default()
+    }
+    .proxy()
 }
 
 /// What the proxy sent for one datagram, in the shape these checks were
@@ -993,10 +991,10 @@ impl ProxyRun {
     /// send (retransmissions, failover, 408) is checked as the timed mode
     /// checks it, and then no transaction or timer may be left.
     fn run_down(&mut self) {
-        self.now += 3_600_000;
-        while let Some(deadline) = self.proxy.next_deadline().filter(|&d| d <= self.now) {
+        let end = self.now + 3_600_000;
+        while let Some(at) = clock::step_toward(&mut self.now, end, self.proxy.next_deadline()) {
             let mut outbox = Outbox::default();
-            self.proxy.on_timers(deadline, &mut outbox);
+            self.proxy.on_timers(at, &mut outbox);
             check_bounds(&self.proxy, MAX_TRANSACTIONS);
             for (to, bytes) in &outbox.sent {
                 check_sent(*to, bytes);
@@ -1477,38 +1475,6 @@ fn answer_to(request: &[u8], code: u16) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The INVITE `invite` turned into its CANCEL or (with the To of the
-/// response it acknowledges) its ACK, as its sender writes them: the
-/// method in the start line and CSeq changed, all else kept.
-fn caller_request(invite: &[u8], method: &[u8], to: Option<&[u8]>) -> Option<Vec<u8>> {
-    let mut scanner = Scanner::new(Limits::default());
-    let m = scanner.scan(invite).ok()?;
-    let StartLine::Request { method_text, .. } = *m.start_line() else {
-        return None;
-    };
-    let at = |part: &[u8]| part.as_ptr() as usize - invite.as_ptr() as usize;
-    let mut splices = vec![
-        (at(method_text), method_text.len(), method),
-        (at(m.cseq().method_text), m.cseq().method_text.len(), method),
-    ];
-    if let Some(to) = to {
-        splices.push((at(m.to().value), m.to().value.len(), to));
-    }
-    splices.sort_by_key(|s| s.0);
-    let mut out = Vec::with_capacity(invite.len() + 64);
-    let mut done = 0;
-    for (start, len, with) in splices {
-        if start < done {
-            return None;
-        }
-        out.extend_from_slice(&invite[done..start]);
-        out.extend_from_slice(with);
-        done = start + len;
-    }
-    out.extend_from_slice(&invite[done..]);
-    Some(out)
-}
-
 /// The timed mode: one `Proxy` whose clock moves only by `Step` records,
 /// so that transactions live across records, retransmissions are
 /// absorbed, answers reach their client transactions and the timers fire
@@ -1603,8 +1569,7 @@ impl TimedRun {
     pub fn step(&mut self, ms: u64, late: bool) {
         let target = self.now.saturating_add(ms);
         if !late {
-            while let Some(deadline) = self.proxy.next_deadline().filter(|&d| d <= target) {
-                self.now = self.now.max(deadline);
+            while clock::step_toward(&mut self.now, target, self.proxy.next_deadline()).is_some() {
                 self.timers();
             }
         }

@@ -2,10 +2,10 @@
 //! README says and moves its own counter, and what cannot be forwarded
 //! whole is answered instead of forwarded in part or dropped in silence.
 
-use super::lab::*;
 use super::*;
 use crate::balance::Algorithm;
-use crate::sip::{Fault, Limits};
+use crate::sip::{Fault, Limits, UDP_PAYLOAD_MAX};
+use crate::testkit::lab::*;
 
 /// `invite(call_id)` with `extra` header lines before Content-Length.
 fn invite_with(call_id: &str, extra: &str) -> String {
@@ -82,17 +82,16 @@ fn each_scanner_limit_gets_its_answer_and_its_counter() {
 #[test]
 fn limits_of_a_smaller_configuration_count_too() {
     let mut lab = Lab::new(Algorithm::RoundRobin);
-    lab.proxy = Proxy::with_routing(
-        Scanner::new(Limits {
+    lab.proxy = Setup {
+        limits: Limits {
             datagram_bytes_max: 200,
             ..Limits::default()
-        }),
-        LocalAddress::new(LB, 5060),
-        one_set(Algorithm::RoundRobin, &[BACKEND_A]),
-        TxnConfig::default(),
-        0,
-        7,
-    );
+        },
+        backends: addresses(&[BACKEND_A]),
+        seed: 7,
+        ..Setup::default()
+    }
+    .proxy();
     assert_eq!(
         lab.recv(CALLER, &invite("s1")),
         Outcome::Dropped(DropReason::Malformed(Fault::TooLarge))

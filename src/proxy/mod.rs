@@ -22,7 +22,6 @@ use hdrhistogram::Histogram;
 use crate::balance::{ActiveDialog, Routing, Selector};
 use crate::sip::{
     write_rejection, write_response, Answer, Editor, LocalAddress, LocalResponse, Message, Scanner,
-    UDP_PAYLOAD_MAX,
 };
 use crate::txn::{ClientState, KeyHasher, Millis, Slot, Transactions, TxnConfig};
 
@@ -33,9 +32,9 @@ mod hop;
 mod limit;
 mod outcome;
 pub mod overload;
-pub mod shed;
 mod request;
 mod response;
+pub mod shed;
 mod timers;
 
 pub use hop::{reply_address, response_address};
@@ -58,25 +57,6 @@ pub trait Transmit {
     fn buffer(&mut self) -> &mut [u8];
     /// Sends the first `len` bytes of the last [`Transmit::buffer`].
     fn send(&mut self, to: SocketAddr, len: usize);
-}
-
-/// A [`Transmit`] that keeps what is sent, for tests, fuzzing and
-/// benches.
-#[derive(Debug, Default)]
-pub struct Outbox {
-    buffer: Vec<u8>,
-    pub sent: Vec<(SocketAddr, Vec<u8>)>,
-}
-
-impl Transmit for Outbox {
-    fn buffer(&mut self) -> &mut [u8] {
-        self.buffer.resize(UDP_PAYLOAD_MAX, 0);
-        &mut self.buffer
-    }
-
-    fn send(&mut self, to: SocketAddr, len: usize) {
-        self.sent.push((to, self.buffer[..len].to_vec()));
-    }
 }
 
 /// The proxy core of one shard: its scanner (header slots) and the rest.
@@ -331,8 +311,6 @@ fn private(routing: &Arc<Routing>) -> Arc<Routing> {
 
 #[cfg(test)]
 mod hostile_tests;
-#[cfg(test)]
-pub(crate) mod lab;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -2,10 +2,11 @@
 //! pool and back along Route, responses back along Via, loops, and what is
 //! dropped. Transaction behaviour is tested in `txn_tests`.
 
-use super::lab::*;
 use super::*;
 use crate::balance::Algorithm;
-use crate::sip::{Fault, Limits, Via};
+use crate::sip::{Fault, Via};
+use crate::testkit::lab::*;
+use crate::testkit::Outbox;
 
 /// The request forwarded for an INVITE (after its 100 Trying).
 fn forwarded_invite(lab: &mut Lab, call_id: &str) -> Sent {
@@ -249,14 +250,12 @@ fn reply_addresses_follow_rfc_3581() {
 
 #[test]
 fn no_backend_is_counted() {
-    let mut p = Proxy::with_routing(
-        Scanner::new(Limits::default()),
-        LocalAddress::new(LB, 5060),
-        one_set(Algorithm::RoundRobin, &[]),
-        TxnConfig::default(),
-        0,
-        1,
-    );
+    let mut p = Setup {
+        backends: vec![],
+        seed: 1,
+        ..Setup::default()
+    }
+    .proxy();
     let mut outbox = Outbox::default();
     let outcome = p.handle(
         0,

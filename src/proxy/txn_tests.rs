@@ -3,9 +3,9 @@
 //! Accepted), every timer, CANCEL races and failover order. The state
 //! machines alone are tested beside them in `crate::txn`.
 
-use super::lab::*;
 use super::{Limit, Outcome};
 use crate::balance::Algorithm;
+use crate::testkit::lab::*;
 use crate::txn::TxnConfig;
 
 fn one_backend() -> Lab {
