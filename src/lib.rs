@@ -29,3 +29,6 @@ pub mod proxy;
 pub mod shard;
 pub mod sip;
 pub mod txn;
+/// Batched UDP (`recvmmsg`/`sendmmsg`), shared with the load tools; a leaf
+/// with the socket `unsafe` of the shard's epoll loop.
+pub mod udp;
