@@ -21,7 +21,7 @@ pub(crate) const BATCH: usize = 32;
 /// A receive slot holds the largest UDP payload.
 pub(crate) const DATAGRAM_BYTES_MAX: usize = 65_536;
 
-/// Buffers for one `recvmmsg` call, allocated once per shard.
+/// Buffers for one batched receive, allocated once per shard.
 pub(crate) struct RecvBatch {
     batch: udp::RecvBatch,
     /// A receive reported an ICMP error: the error queue has its details.
@@ -61,14 +61,14 @@ impl RecvBatch {
     }
 }
 
-/// Datagrams waiting to go out, written in place and sent by `sendmmsg`.
+/// Datagrams waiting to go out, written in place and sent in batches.
 pub(crate) struct SendBatch {
     arena: Vec<u8>,
     used: usize,
     /// Destination, offset and length in the arena, and whether it leaves
     /// from the shard's own socket (requests) or the listen socket.
     pending: Vec<(SocketAddr, usize, usize, bool)>,
-    /// The `sendmmsg` headers, reused by every flush.
+    /// The send headers, reused by every flush.
     out: udp::SendBatch,
 }
 
@@ -196,7 +196,7 @@ impl SendBatch {
         self.used = 0;
     }
 
-    /// Sends everything pending, one `sendmmsg` batch per run of datagrams
+    /// Sends everything pending, one batch per run of datagrams
     /// leaving the same socket. A datagram the kernel refuses is counted
     /// and dropped: UDP promises no more, and retrying would stall the
     /// shard.

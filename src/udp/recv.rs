@@ -115,6 +115,7 @@ impl RecvBatch {
     }
 
     /// Whether datagram `i` was longer than a slot (and cut).
+    #[inline]
     pub fn is_truncated(&self, i: usize) -> bool {
         i < self.received && self.headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0
     }

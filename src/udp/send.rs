@@ -100,6 +100,7 @@ impl<'a> SendQueue<'a> {
     /// Queues `bytes` for `to`, as they are; `false` (and nothing queued)
     /// when the batch is full.
     #[inline]
+    #[must_use = "a full batch queues nothing"]
     pub fn push(&mut self, to: SocketAddr, bytes: &'a [u8]) -> bool {
         let k = self.queued;
         if k == self.batch.capacity() {

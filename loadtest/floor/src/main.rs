@@ -378,7 +378,8 @@ fn relay_batches(
                 .and_then(|(source, bytes)| Some((relay.destination(source)?, bytes)));
             match routed {
                 Some((destination, bytes)) => {
-                    queue.push(destination, bytes);
+                    let queued = queue.push(destination, bytes);
+                    debug_assert!(queued, "as many send slots as receive slots");
                 }
                 None => counters.dropped += 1,
             }

@@ -81,7 +81,7 @@ impl Receiver {
     }
 }
 
-/// Datagrams per `sendmmsg` call.
+/// Datagrams per send call.
 const SEND_BATCH: usize = 256;
 
 /// Datagrams waiting to go out of one socket.
@@ -134,7 +134,8 @@ impl Sender {
         for batch in self.pending.chunks(SEND_BATCH) {
             let mut queue = self.out.queue();
             for &(start, len, to) in batch {
-                queue.push(to.into(), &self.bytes[start..start + len]);
+                let queued = queue.push(to.into(), &self.bytes[start..start + len]);
+                debug_assert!(queued, "a chunk fits the batch");
             }
             let sent = queue.flush(socket.as_raw_fd(), WhenFull::Wait { retries: 1000 });
             self.sent += sent.sent;
