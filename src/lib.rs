@@ -29,6 +29,5 @@ pub mod proxy;
 pub mod shard;
 pub mod sip;
 pub mod txn;
-/// Batched UDP (`recvmmsg`/`sendmmsg`), shared with the load tools; a leaf
-/// with the socket `unsafe` of the shard's epoll loop.
+/// Batched UDP I/O, a leaf shared with the load tools in `loadtest/`.
 pub mod udp;

@@ -1,6 +1,6 @@
 //! The Linux system calls of the epoll shard loop: epoll and eventfd, and
-//! the shard's own use of [`crate::udp`]'s batches (`recvmmsg`/`sendmmsg`
-//! and the ICMP error queue live there). Every other `unsafe` of the
+//! the shard's own use of [`crate::udp`]'s batches (the batched system
+//! calls and the ICMP error queue live there). Every other `unsafe` of the
 //! runtime's system calls is here, each with the reason it holds.
 #![allow(unsafe_code)]
 

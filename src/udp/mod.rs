@@ -15,6 +15,15 @@
 //! Nothing here allocates per call or copies a datagram. No caller uses
 //! GRO or GSO today (SIP datagrams go to many destinations, one segment
 //! each), so there is none here. A leaf: it knows no other sipshard module.
+//!
+//! [`RecvBatch`]: crate::udp::RecvBatch
+//! [`RecvBatch::recv`]: crate::udp::RecvBatch::recv
+//! [`SendBatch`]: crate::udp::SendBatch
+//! [`SendQueue::flush`]: crate::udp::SendQueue::flush
+//! [`enable_icmp_errors`]: crate::udp::enable_icmp_errors
+//! [`read_icmp_errors`]: crate::udp::read_icmp_errors
+//! [`is_icmp_error`]: crate::udp::is_icmp_error
+//! [`meminfo`]: crate::udp::meminfo
 #![allow(unsafe_code)]
 
 mod icmp;

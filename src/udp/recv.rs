@@ -28,6 +28,11 @@ pub struct RecvBatch {
     received: usize,
 }
 
+// SAFETY: the raw pointers in the headers and iovecs point into this
+// batch's own heap buffers, which move with it, and are rebuilt before
+// every call; no other thread can reach them through a moved batch.
+unsafe impl Send for RecvBatch {}
+
 impl RecvBatch {
     /// `slots` datagrams per call (at most [`super::BATCH_MAX`]; 0 makes an
     /// empty batch that receives nothing), each of up to `slot_bytes`:

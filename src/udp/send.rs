@@ -56,6 +56,12 @@ pub struct SendBatch {
     destinations: Vec<SockAddr>,
 }
 
+// SAFETY: the raw pointers in the headers and iovecs point into this
+// batch's own heap buffers, or at bytes a `SendQueue` borrowed, and are
+// only read by that queue's flush, which holds the borrow; a moved batch
+// shares nothing with the thread it left.
+unsafe impl Send for SendBatch {}
+
 impl SendBatch {
     /// Room for `capacity` datagrams per flush (1 to [`super::BATCH_MAX`]).
     pub fn new(capacity: usize) -> SendBatch {

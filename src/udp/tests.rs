@@ -197,3 +197,10 @@ fn meminfo_sees_a_queued_datagram() {
     assert!(after.queued > 0);
     assert_eq!(after.drops, 0);
 }
+
+#[test]
+fn a_batch_can_move_to_the_thread_that_uses_it() {
+    fn send<T: Send>(_: &T) {}
+    send(&RecvBatch::new(1, 64));
+    send(&SendBatch::new(1));
+}
