@@ -31,3 +31,5 @@ pub mod sip;
 #[doc(hidden)]
 pub mod testkit;
 pub mod txn;
+/// Batched UDP I/O, a leaf shared with the load tools in `loadtest/`.
+pub mod udp;

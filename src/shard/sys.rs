@@ -1,14 +1,18 @@
-//! The Linux system calls of the epoll shard loop: `recvmmsg`/`sendmmsg`
-//! batches, epoll and eventfd. Every `unsafe` of the runtime is here, each
-//! with the reason it holds.
+//! The Linux system calls of the epoll shard loop: epoll and eventfd, and
+//! the shard's own use of [`crate::udp`]'s batches (the batched system
+//! calls and the ICMP error queue live there). Every other `unsafe` of the
+//! runtime's system calls is here, each with the reason it holds.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::mem::{size_of, zeroed};
+use std::mem::zeroed;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use socket2::SockAddr;
+
+use crate::udp::{self, Wait, WhenFull};
+pub(crate) use crate::udp::{enable_icmp_errors, is_icmp_error, read_icmp_errors, Sent as Flushed};
 
 /// Datagrams moved per system call: enough to amortise the call, small
 /// enough that one batch stays in L2.
@@ -17,13 +21,9 @@ pub(crate) const BATCH: usize = 32;
 /// A receive slot holds the largest UDP payload.
 pub(crate) const DATAGRAM_BYTES_MAX: usize = 65_536;
 
-/// Buffers for one `recvmmsg` call, allocated once per shard.
+/// Buffers for one batched receive, allocated once per shard.
 pub(crate) struct RecvBatch {
-    buffers: Vec<u8>,
-    addresses: Vec<libc::sockaddr_storage>,
-    iovecs: Vec<libc::iovec>,
-    headers: Vec<libc::mmsghdr>,
-    received: usize,
+    batch: udp::RecvBatch,
     /// A receive reported an ICMP error: the error queue has its details.
     pub(crate) icmp_pending: bool,
 }
@@ -31,107 +31,47 @@ pub(crate) struct RecvBatch {
 impl RecvBatch {
     pub(crate) fn new() -> RecvBatch {
         RecvBatch {
-            buffers: vec![0; BATCH * DATAGRAM_BYTES_MAX],
-            // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C
-            // structs for which all-zero bytes are a valid value.
-            addresses: vec![unsafe { zeroed() }; BATCH],
-            iovecs: vec![unsafe { zeroed() }; BATCH],
-            headers: vec![unsafe { zeroed() }; BATCH],
-            received: 0,
+            batch: udp::RecvBatch::new(BATCH, DATAGRAM_BYTES_MAX),
             icmp_pending: false,
         }
     }
 
     /// Receives up to `BATCH` datagrams without blocking; 0 when none wait.
     pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        for i in 0..BATCH {
-            self.iovecs[i] = libc::iovec {
-                iov_base: self.buffers[i * DATAGRAM_BYTES_MAX..].as_mut_ptr().cast(),
-                iov_len: DATAGRAM_BYTES_MAX,
-            };
-            let header = &mut self.headers[i].msg_hdr;
-            header.msg_name = (&mut self.addresses[i] as *mut libc::sockaddr_storage).cast();
-            header.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            header.msg_iov = &mut self.iovecs[i];
-            header.msg_iovlen = 1;
-            header.msg_control = std::ptr::null_mut();
-            header.msg_controllen = 0;
-            header.msg_flags = 0;
-        }
-        // SAFETY: every header points at this batch's own address slot,
-        // iovec and a DATAGRAM_BYTES_MAX region of `buffers`, all alive and
-        // unaliased for the duration of the call; the kernel writes at most
-        // BATCH entries.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.headers.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            let error = io::Error::last_os_error();
-            self.received = 0;
-            if error.raw_os_error().is_some_and(is_icmp_error) {
-                // IP_RECVERR hands an ICMP error to the next call; the
-                // datagrams behind it are still queued.
+        match self.batch.recv(fd, Wait::No) {
+            Ok(n) => Ok(n),
+            // IP_RECVERR hands an ICMP error to the next call; the
+            // datagrams behind it are still queued.
+            Err(error) if error.raw_os_error().is_some_and(is_icmp_error) => {
                 self.icmp_pending = true;
-                return Ok(0);
+                Ok(0)
             }
-            return match error.kind() {
+            Err(error) => match error.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
                 _ => Err(error),
-            };
+            },
         }
-        self.received = n as usize;
-        Ok(self.received)
     }
 
     /// Datagram `i` of the last `recv`: its source and bytes. `None` for a
     /// truncated datagram (larger than a slot) or an unknown address family.
+    #[inline]
     pub(crate) fn datagram(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
-        if i >= self.received {
-            return None;
-        }
-        let header = &self.headers[i];
-        if header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-            return None;
-        }
-        let len = (header.msg_len as usize).min(DATAGRAM_BYTES_MAX);
-        // SAFETY: the kernel filled `addresses[i]` and wrote its length to
-        // msg_namelen, which never exceeds the storage size we gave.
-        let address = unsafe { SockAddr::new(self.addresses[i], header.msg_hdr.msg_namelen) };
-        let source = address.as_socket()?;
-        Some((
-            source,
-            &self.buffers[i * DATAGRAM_BYTES_MAX..i * DATAGRAM_BYTES_MAX + len],
-        ))
+        self.batch.datagram(i)
     }
 }
 
-/// Datagrams waiting to go out, written in place and sent by `sendmmsg`.
+/// Datagrams waiting to go out, written in place and sent in batches.
 pub(crate) struct SendBatch {
     arena: Vec<u8>,
     used: usize,
     /// Destination, offset and length in the arena, and whether it leaves
     /// from the shard's own socket (requests) or the listen socket.
-    pending: Vec<(SockAddr, usize, usize, bool)>,
+    pending: Vec<(SocketAddr, usize, usize, bool)>,
+    /// The send headers, reused by every flush.
+    out: udp::SendBatch,
 }
 
-/// What one flush did.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Flushed {
-    pub(crate) sent: u64,
-    /// Datagrams the kernel refused (send buffer full, unreachable).
-    pub(crate) failed: u64,
-    /// A send reported an ICMP error: the error queue has its details.
-    pub(crate) icmp_pending: bool,
-}
-
-/// The errors IP_RECVERR reports for an ICMP message about a datagram we
-/// sent (port or host unreachable).
 /// Sends this process SIGTERM: a shard that cannot go on asks for the
 /// clean stop the main thread runs on a signal.
 pub(crate) fn raise_sigterm() {
@@ -148,23 +88,8 @@ pub(crate) fn raise_sigterm() {
 /// kernel has dropped at the socket since it was opened (at a full
 /// buffer, mostly). `None` where the kernel does not say.
 pub(crate) fn receive_queue(fd: RawFd) -> Option<(f64, u32)> {
-    let mut info = [0u32; 9];
-    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
-    // SAFETY: a valid fd; `info` is writable for `len` bytes, and the
-    // kernel writes at most `len` and updates it.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_MEMINFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    let queued = info[libc::SK_MEMINFO_RMEM_ALLOC as usize];
-    let size = info[libc::SK_MEMINFO_RCVBUF as usize];
-    let drops = info[libc::SK_MEMINFO_DROPS as usize];
-    (rc == 0 && size > 0).then(|| (f64::from(queued) / f64::from(size), drops))
+    let info = udp::meminfo(fd).ok()?;
+    (info.size > 0).then(|| (f64::from(info.queued) / f64::from(info.size), info.drops))
 }
 
 /// Attaches a classic socket filter that refuses every datagram: the
@@ -200,103 +125,13 @@ pub(crate) fn refuse_all_datagrams(fd: RawFd) -> io::Result<()> {
     }
 }
 
-pub(crate) fn is_icmp_error(errno: i32) -> bool {
-    matches!(
-        errno,
-        libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN
-    )
-}
-
-/// Asks the kernel to queue ICMP errors about our datagrams on the socket
-/// (ip(7) IP_RECVERR), so that a dead backend is known at once.
-pub(crate) fn enable_icmp_errors(fd: RawFd, ipv6: bool) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    let (level, name) = match ipv6 {
-        false => (libc::SOL_IP, libc::IP_RECVERR),
-        true => (libc::SOL_IPV6, libc::IPV6_RECVERR),
-    };
-    // SAFETY: passes a pointer to a live c_int and its size.
-    let result = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&on as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    match result {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
-}
-
-/// ICMP errors read from the socket's error queue per call, at most.
-const ICMP_ERRORS_MAX: usize = 64;
-
-/// Reads the socket's error queue: the destinations that ICMP said were
-/// unreachable (port, host or network), in order.
-pub(crate) fn read_icmp_errors(fd: RawFd, unreachable: &mut Vec<SocketAddr>) {
-    for _ in 0..ICMP_ERRORS_MAX {
-        // SAFETY: plain C structs; zero is valid.
-        let mut name: libc::sockaddr_storage = unsafe { zeroed() };
-        let mut control = [0u64; 64];
-        let mut payload = [0u8; 8];
-        let mut iovec = libc::iovec {
-            iov_base: payload.as_mut_ptr().cast(),
-            iov_len: payload.len(),
-        };
-        // SAFETY: plain C struct; zero is valid.
-        let mut header: libc::msghdr = unsafe { zeroed() };
-        header.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
-        header.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        header.msg_iov = &mut iovec;
-        header.msg_iovlen = 1;
-        header.msg_control = control.as_mut_ptr().cast();
-        header.msg_controllen = size_of::<[u64; 64]>();
-        // SAFETY: every pointer in `header` is to a live local of the size
-        // given; the kernel writes within those sizes.
-        let n = unsafe { libc::recvmsg(fd, &mut header, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
-        if n < 0 {
-            return;
-        }
-        let mut refused = false;
-        // SAFETY: the CMSG macros walk the control buffer the kernel
-        // filled, bounded by msg_controllen.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&header);
-            while !cmsg.is_null() {
-                let level = (*cmsg).cmsg_level;
-                let kind = (*cmsg).cmsg_type;
-                if (level == libc::SOL_IP && kind == libc::IP_RECVERR)
-                    || (level == libc::SOL_IPV6 && kind == libc::IPV6_RECVERR)
-                {
-                    let error: libc::sock_extended_err =
-                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                    let icmp = error.ee_origin == libc::SO_EE_ORIGIN_ICMP
-                        || error.ee_origin == libc::SO_EE_ORIGIN_ICMP6;
-                    refused |= icmp && is_icmp_error(error.ee_errno as i32);
-                }
-                cmsg = libc::CMSG_NXTHDR(&header, cmsg);
-            }
-        }
-        if !refused {
-            continue;
-        }
-        // SAFETY: the kernel wrote a socket address of msg_namelen bytes.
-        let address = unsafe { SockAddr::new(name, header.msg_namelen) };
-        if let Some(address) = address.as_socket() {
-            unreachable.push(address);
-        }
-    }
-}
-
 impl SendBatch {
     pub(crate) fn new() -> SendBatch {
         SendBatch {
             arena: vec![0; BATCH * DATAGRAM_BYTES_MAX],
             used: 0,
             pending: Vec::with_capacity(BATCH),
+            out: udp::SendBatch::new(BATCH),
         }
     }
 
@@ -316,7 +151,7 @@ impl SendBatch {
     /// send it from the shard's own socket.
     pub(crate) fn push(&mut self, to: SocketAddr, len: usize, own: bool) {
         debug_assert!(len <= DATAGRAM_BYTES_MAX);
-        self.pending.push((SockAddr::from(to), self.used, len, own));
+        self.pending.push((to, self.used, len, own));
         self.used += len;
     }
 
@@ -334,7 +169,7 @@ impl SendBatch {
         addresses: &mut Vec<SockAddr>,
     ) -> usize {
         addresses.clear();
-        addresses.extend(self.pending.iter().map(|(address, ..)| address.clone()));
+        addresses.extend(self.pending.iter().map(|(to, ..)| SockAddr::from(*to)));
         for (i, (_, start, len, _)) in self.pending.iter().enumerate() {
             iovecs[i] = libc::iovec {
                 iov_base: self.arena[*start..].as_ptr() as *mut libc::c_void,
@@ -361,60 +196,27 @@ impl SendBatch {
         self.used = 0;
     }
 
-    /// Sends everything pending with `sendmmsg`. A datagram the kernel
-    /// refuses is counted and dropped: UDP promises no more, and retrying
-    /// would stall the shard.
+    /// Sends everything pending, one batch per run of datagrams
+    /// leaving the same socket. A datagram the kernel refuses is counted
+    /// and dropped: UDP promises no more, and retrying would stall the
+    /// shard.
     pub(crate) fn flush(&mut self, listen_fd: RawFd, own_fd: RawFd) -> Flushed {
         let mut flushed = Flushed::default();
-        // SAFETY: plain C structs; zero is valid.
-        let mut headers: [libc::msghdr; BATCH] = unsafe { zeroed() };
-        let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
-        let mut addresses = Vec::with_capacity(BATCH);
-        let count = self.prepare(&mut headers, &mut iovecs, &mut addresses);
-        // SAFETY: mmsghdr is a plain C struct; zero is valid.
-        let mut messages: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        for i in 0..count {
-            messages[i].msg_hdr = headers[i];
-        }
-        let mut offset = 0;
-        let mut retried = usize::MAX;
-        while offset < count {
-            // One sendmmsg per run of datagrams leaving the same socket.
-            let own = self.is_own(offset);
-            let end = (offset..count)
-                .find(|&i| self.is_own(i) != own)
-                .unwrap_or(count);
-            let fd = if own { own_fd } else { listen_fd };
-            // SAFETY: messages[offset..end] point at `addresses`, `iovecs`
-            // and the arena, all alive and unchanged until we return.
-            let n = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    messages[offset..].as_mut_ptr(),
-                    (end - offset) as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n <= 0 {
-                let error = io::Error::last_os_error();
-                if error.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                // An earlier datagram's ICMP error surfaced on this send
-                // and was consumed by it: this datagram was not the cause,
-                // so it goes again, once.
-                if error.raw_os_error().is_some_and(is_icmp_error) && retried != offset {
-                    flushed.icmp_pending = true;
-                    retried = offset;
-                    continue;
-                }
-                // Skip the datagram that failed and go on with the rest.
-                flushed.failed += 1;
-                offset += 1;
-                continue;
+        let mut start = 0;
+        while start < self.pending.len() {
+            let own = self.pending[start].3;
+            let end = self.pending[start..]
+                .iter()
+                .position(|p| p.3 != own)
+                .map_or(self.pending.len(), |run| start + run);
+            let mut queue = self.out.queue();
+            for &(to, offset, len, _) in &self.pending[start..end] {
+                let queued = queue.push(to, &self.arena[offset..offset + len]);
+                debug_assert!(queued, "has_room keeps a batch within BATCH");
             }
-            flushed.sent += n as u64;
-            offset += n as usize;
+            let fd = if own { own_fd } else { listen_fd };
+            flushed += queue.flush(fd, WhenFull::DropOne);
+            start = end;
         }
         self.clear();
         flushed

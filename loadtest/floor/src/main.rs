@@ -12,7 +12,6 @@
 //! `udp-floor: received=N sent=N dropped=N` on stdout and exits 0.
 #![deny(unsafe_code)]
 
-mod batch;
 mod relay;
 
 use std::io;
@@ -25,10 +24,14 @@ use std::thread;
 use std::time::Duration;
 
 use clap::Parser;
+use sipshard::udp::{self, RecvBatch, SendBatch, Wait, WhenFull, BATCH_MAX};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use batch::{Batch, BATCH_MAX};
 use relay::{Caller, Relay};
+
+/// A slot holds the largest UDP payload, so that no SIP datagram, however
+/// large, is cut (the gateway's slots are the same size).
+const SLOT_BYTES: usize = 65_536;
 
 /// Set by SIGINT/SIGTERM; every thread checks it between calls.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -322,8 +325,10 @@ fn relay_loop(
     cpu: Option<usize>,
 ) -> (Counters, Option<String>) {
     let (mut counters, error) = relay_batches(socket, relay, batch_size, cpu);
-    match batch::kernel_drops(socket.as_raw_fd()) {
-        Ok(drops) => counters.kernel_dropped = drops,
+    // Datagrams the kernel dropped on arrival (receive buffer full), which
+    // a receive never sees: past the floor's rate the load is lost there.
+    match udp::meminfo(socket.as_raw_fd()) {
+        Ok(info) => counters.kernel_dropped = u64::from(info.drops),
         Err(e) => eprintln!("udp-floor: cannot read the socket's drop count: {e}"),
     }
     (counters, error)
@@ -343,10 +348,15 @@ fn relay_batches(
         }
     }
     // Allocated after pinning, so the pages are first touched on that CPU.
-    let mut batch = Batch::new(batch_size);
+    // Sending points at the receive slots: a datagram's bytes are never
+    // copied in user space.
+    let mut received = RecvBatch::new(batch_size, SLOT_BYTES);
+    let mut send = SendBatch::new(batch_size);
     let fd = socket.as_raw_fd();
     while !STOP.load(Ordering::Relaxed) {
-        let received = match batch.receive(fd) {
+        // Blocks for the first datagram only (until RECEIVE_TIMEOUT), then
+        // takes whatever else is queued, up to the batch size.
+        let count = match received.recv(fd, Wait::ForOne) {
             Ok(n) => n,
             Err(e) => match e.kind() {
                 io::ErrorKind::WouldBlock
@@ -358,16 +368,27 @@ fn relay_batches(
                 }
             },
         };
-        counters.received += received as u64;
-        for i in 0..received {
-            match batch.source(i).and_then(|s| relay.destination(s)) {
-                Some(destination) => batch.queue(i, destination),
+        counters.received += count as u64;
+        let mut queue = send.queue();
+        for i in 0..count {
+            // A truncated datagram, or one from a family we do not relay,
+            // has no source here and is dropped.
+            let routed = received
+                .datagram(i)
+                .and_then(|(source, bytes)| Some((relay.destination(source)?, bytes)));
+            match routed {
+                Some((destination, bytes)) => {
+                    let queued = queue.push(destination, bytes);
+                    debug_assert!(queued, "as many send slots as receive slots");
+                }
                 None => counters.dropped += 1,
             }
         }
-        let sent = batch.send(fd);
+        // Never waits, as the gateway never does: a full send buffer drops
+        // the rest of the batch, which would fail the same way.
+        let sent = queue.flush(fd, WhenFull::DropRest);
         counters.sent += sent.sent;
-        counters.dropped += sent.dropped;
+        counters.dropped += sent.failed;
     }
     (counters, None)
 }

@@ -1,11 +1,14 @@
-//! Batched UDP I/O: one `recvmmsg` takes up to a batch of datagrams, one
-//! `sendmmsg` sends everything a loop turn produced for a socket. Syscalls,
-//! not SIP, are what a generator spends its time on, so it makes few.
+//! Batched UDP I/O over `sipshard::udp`: one receive takes up to a batch
+//! of datagrams, one flush sends everything a loop turn produced for a
+//! socket. Syscalls, not SIP, are what a generator spends its time on, so
+//! it makes few.
 
 use std::io;
 use std::mem;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
+
+use sipshard::udp::{RecvBatch, SendBatch, Wait, WhenFull};
 
 /// Largest datagram the generator expects back; anything longer is counted
 /// as truncated (the gateway's messages here are a few hundred bytes).
@@ -45,103 +48,47 @@ fn force_buffer(socket: &socket2::Socket, option: libc::c_int, bytes: usize) -> 
     }
 }
 
-fn to_sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
-fn from_sockaddr(sa: &libc::sockaddr_in) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
-        u16::from_be(sa.sin_port),
-    )
-}
-
 /// Receive buffers for one batch.
 pub struct Receiver {
-    buffers: Vec<u8>,
-    iovecs: Vec<libc::iovec>,
-    headers: Vec<libc::mmsghdr>,
-    addrs: Vec<libc::sockaddr_in>,
-    count: usize,
+    batch: RecvBatch,
     pub truncated: u64,
 }
 
 impl Receiver {
     pub fn new(batch: usize) -> Self {
         Receiver {
-            buffers: vec![0; batch * MAX_DATAGRAM],
-            // SAFETY: iovec, mmsghdr and sockaddr_in are plain C structs for
-            // which all zeroes is a valid value.
-            iovecs: vec![unsafe { mem::zeroed() }; batch],
-            headers: vec![unsafe { mem::zeroed() }; batch],
-            addrs: vec![unsafe { mem::zeroed() }; batch],
-            count: 0,
+            batch: RecvBatch::new(batch, MAX_DATAGRAM),
             truncated: 0,
         }
     }
 
     /// Takes what is waiting on `socket`, up to a batch, without blocking.
     pub fn recv(&mut self, socket: &UdpSocket) -> usize {
-        let batch = self.headers.len();
-        for i in 0..batch {
-            self.iovecs[i] = libc::iovec {
-                iov_base: self.buffers[i * MAX_DATAGRAM..].as_mut_ptr().cast(),
-                iov_len: MAX_DATAGRAM,
-            };
-            let header = &mut self.headers[i].msg_hdr;
-            header.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-            header.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            header.msg_iov = &mut self.iovecs[i];
-            header.msg_iovlen = 1;
-            header.msg_control = std::ptr::null_mut();
-            header.msg_controllen = 0;
-            header.msg_flags = 0;
-        }
-        // SAFETY: every header points into buffers owned by self, sized as
-        // declared, alive for the call.
-        let n = unsafe {
-            libc::recvmmsg(
-                socket.as_raw_fd(),
-                self.headers.as_mut_ptr(),
-                batch as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        self.count = usize::try_from(n).unwrap_or(0);
-        self.count
+        self.batch.recv(socket.as_raw_fd(), Wait::No).unwrap_or(0)
     }
 
     /// The `i`th datagram of the last batch and where it came from; `None`
     /// when it was cut short.
     pub fn get(&mut self, i: usize) -> Option<(&[u8], SocketAddrV4)> {
-        let header = &self.headers[i];
-        if header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+        if self.batch.is_truncated(i) {
             self.truncated += 1;
             return None;
         }
-        let len = (header.msg_len as usize).min(MAX_DATAGRAM);
-        let from = from_sockaddr(&self.addrs[i]);
-        Some((
-            &self.buffers[i * MAX_DATAGRAM..i * MAX_DATAGRAM + len],
-            from,
-        ))
+        match self.batch.datagram(i)? {
+            (SocketAddr::V4(from), datagram) => Some((datagram, from)),
+            (SocketAddr::V6(_), _) => None,
+        }
     }
 }
+
+/// Datagrams per send call.
+const SEND_BATCH: usize = 256;
 
 /// Datagrams waiting to go out of one socket.
 pub struct Sender {
     bytes: Vec<u8>,
-    pending: Vec<(usize, usize, libc::sockaddr_in)>,
-    iovecs: Vec<libc::iovec>,
-    headers: Vec<libc::mmsghdr>,
+    pending: Vec<(usize, usize, SocketAddrV4)>,
+    out: SendBatch,
     /// Datagrams the kernel refused (after retrying), and sends retried.
     pub errors: u64,
     pub sent: u64,
@@ -152,8 +99,7 @@ impl Sender {
         Sender {
             bytes: Vec::with_capacity(1 << 20),
             pending: Vec::with_capacity(1024),
-            iovecs: Vec::new(),
-            headers: Vec::new(),
+            out: SendBatch::new(SEND_BATCH),
             errors: 0,
             sent: 0,
         }
@@ -163,7 +109,7 @@ impl Sender {
     pub fn push(&mut self, datagram: &[u8], to: SocketAddrV4) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(datagram);
-        self.pending.push((start, datagram.len(), to_sockaddr(to)));
+        self.pending.push((start, datagram.len(), to));
     }
 
     /// Builds a datagram in place with `build`, then queues it for `to`;
@@ -171,8 +117,7 @@ impl Sender {
     pub fn build(&mut self, to: SocketAddrV4, build: impl FnOnce(&mut Vec<u8>) -> bool) {
         let start = self.bytes.len();
         if build(&mut self.bytes) {
-            self.pending
-                .push((start, self.bytes.len() - start, to_sockaddr(to)));
+            self.pending.push((start, self.bytes.len() - start, to));
         } else {
             self.bytes.truncate(start);
         }
@@ -182,58 +127,19 @@ impl Sender {
         self.pending.is_empty()
     }
 
-    /// Sends everything queued, in batches of up to 256.
+    /// Sends everything queued, in batches of up to 256. The socket blocks
+    /// for sends; where the kernel still refuses for want of room, a batch
+    /// yields and retries up to 1000 times before it counts an error.
     pub fn flush(&mut self, socket: &UdpSocket) {
-        let mut done = 0;
-        let mut retries = 0;
-        while done < self.pending.len() {
-            let batch = (self.pending.len() - done).min(256);
-            self.iovecs.clear();
-            self.headers.clear();
-            for (start, len, _) in &self.pending[done..done + batch] {
-                self.iovecs.push(libc::iovec {
-                    iov_base: self.bytes[*start..].as_mut_ptr().cast(),
-                    iov_len: *len,
-                });
+        for batch in self.pending.chunks(SEND_BATCH) {
+            let mut queue = self.out.queue();
+            for &(start, len, to) in batch {
+                let queued = queue.push(to.into(), &self.bytes[start..start + len]);
+                debug_assert!(queued, "a chunk fits the batch");
             }
-            for (i, (_, _, to)) in self.pending[done..done + batch].iter().enumerate() {
-                // SAFETY: all zeroes is a valid mmsghdr.
-                let mut header: libc::mmsghdr = unsafe { mem::zeroed() };
-                header.msg_hdr.msg_name = (to as *const libc::sockaddr_in).cast_mut().cast();
-                header.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                header.msg_hdr.msg_iov = &mut self.iovecs[i];
-                header.msg_hdr.msg_iovlen = 1;
-                self.headers.push(header);
-            }
-            // SAFETY: the headers point into self.bytes, self.iovecs and
-            // self.pending, none of which change during the call.
-            let n = unsafe {
-                libc::sendmmsg(
-                    socket.as_raw_fd(),
-                    self.headers.as_mut_ptr(),
-                    batch as libc::c_uint,
-                    0,
-                )
-            };
-            if n > 0 {
-                done += n as usize;
-                self.sent += n as u64;
-                continue;
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN | libc::ENOBUFS) if retries < 1000 => {
-                    retries += 1;
-                    std::thread::yield_now();
-                }
-                _ => {
-                    // ECONNREFUSED from an earlier ICMP error, or a lasting
-                    // shortage: skip this datagram, count it.
-                    self.errors += 1;
-                    done += 1;
-                }
-            }
+            let sent = queue.flush(socket.as_raw_fd(), WhenFull::Wait { retries: 1000 });
+            self.sent += sent.sent;
+            self.errors += sent.failed;
         }
         self.bytes.clear();
         self.pending.clear();
@@ -268,6 +174,7 @@ pub fn wait(sockets: &[&UdpSocket], timeout_ns: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn a_batch_goes_out_and_comes_back_whole() {
