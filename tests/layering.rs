@@ -360,7 +360,7 @@ fn code_only(text: &str) -> String {
             // r"..", r#".."#, br"..": no escapes, ends at `"` and the hashes.
             let open = hashes.1;
             let close: Vec<char> = std::iter::once('"')
-                .chain(std::iter::repeat('#').take(hashes.0))
+                .chain(std::iter::repeat_n('#', hashes.0))
                 .collect();
             for _ in 0..open {
                 blank(&mut out, chars[i]);

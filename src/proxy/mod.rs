@@ -41,11 +41,6 @@ pub use hop::{reply_address, response_address};
 pub use limit::{Limit, LimitCounts};
 pub use outcome::{Counters, DropReason, Outcome};
 
-/// A bridge while `config`, `main` and `shard` still name the algorithm
-/// `proxy::Algorithm`: the one algorithm type is [`crate::balance::Algorithm`].
-/// Delete once their own change lands.
-pub use crate::balance::Algorithm;
-
 use overload::{OverloadConfig, RejectBudget};
 
 /// Where the proxy core writes what it sends: a buffer for the next

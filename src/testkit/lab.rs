@@ -84,16 +84,15 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Backends A and B. (`Into`: `proxy::Algorithm` converts, until
-    /// it goes.)
-    pub fn new(algorithm: impl Into<Algorithm>) -> Lab {
+    /// Backends A and B.
+    pub fn new(algorithm: Algorithm) -> Lab {
         Lab::with(algorithm, TxnConfig::default(), &[BACKEND_A, BACKEND_B])
     }
 
-    pub fn with(algorithm: impl Into<Algorithm>, config: TxnConfig, backends: &[&str]) -> Lab {
+    pub fn with(algorithm: Algorithm, config: TxnConfig, backends: &[&str]) -> Lab {
         let setup = Setup {
             backends: addresses(backends),
-            algorithm: algorithm.into(),
+            algorithm,
             txn: config,
             ..Setup::default()
         };
