@@ -63,10 +63,11 @@ pub struct Load {
     pub queue: f64,
 }
 
-/// The share of new calls a shard admits, steered by its load: cut by a
-/// quarter for every window with a signal over its high mark
-/// (multiplicative decrease), raised by a tenth for every window with all
-/// of them under their low marks (additive increase), held in between.
+/// The share of new calls a shard admits, steered by its load: cut to
+/// [`DECREASE`] of itself for every window with a signal over its high
+/// mark (multiplicative decrease), raised by [`INCREASE`] for every window
+/// with all of them under their low marks (additive increase), held in
+/// between.
 /// An on/off switch would shed every new call for a window and then admit
 /// every one, so the shard would idle half the time while its callers got
 /// 503s; a share settles where the load is just under the marks.

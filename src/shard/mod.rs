@@ -2,9 +2,10 @@
 //! `SO_REUSEPORT` socket on the listen address, its own proxy core, and an
 //! inbox other shards hand datagrams to.
 //!
-//! A datagram belongs to the shard `hash(Call-ID) mod shards`. The kernel
-//! spreads datagrams over the sockets by 4-tuple, so the receiving shard
-//! finds the Call-ID and, when the call is another shard's, hands the
+//! A datagram belongs to the shard `hash(Call-ID) mod shards`. The
+//! steering program (`steer`) puts it on its owner's socket; where the
+//! program is not loaded or cannot place it, the kernel spreads datagrams
+//! by 4-tuple, so the receiving shard finds the Call-ID and, when the call is another shard's, hands the
 //! datagram over a bounded queue and rings that shard's doorbell. A call's
 //! messages therefore go through one shard, in the order one socket
 //! received them. A full queue drops and counts; a shard never blocks.

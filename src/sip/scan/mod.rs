@@ -2,8 +2,8 @@
 //!
 //! Scanning is two passes over bytes already in cache. *Framing* finds the
 //! start line, every header field (name and value ranges, folded lines
-//! included) and the end of the header section, with memchr doing the
-//! searching. *Validation* then parses exactly the fields a proxy routes on
+//! included) and the end of the header section, from the line ends the
+//! vector block masks give (`block::LineCursor`). *Validation* then parses exactly the fields a proxy routes on
 //! (Request-URI, every Via, Call-ID, CSeq, Max-Forwards, From, To,
 //! Content-Length, Proxy-Require) and rejects what RFC 3261 says to reject.
 //! Everything else stays an opaque range, to be copied byte for byte.
