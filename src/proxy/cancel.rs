@@ -8,9 +8,7 @@ use super::branch::CANCEL_KEY;
 use super::outcome::{DropReason, Outcome};
 use super::{reply, Core, Transmit};
 use crate::sip::{HopMethod, LocalResponse, Message};
-use crate::txn::{
-    CancelState, ClientState, ClientTimer, ClientTimers, ClientTxn, Millis, ServerState, Slot,
-};
+use crate::txn::{ClientTimer, ClientTxn, Millis, ServerState, Slot};
 
 impl Core {
     /// A CANCEL from the caller: for the INVITE transaction here under
@@ -88,22 +86,16 @@ impl Core {
         };
         let (to, key) = (client.to, client.key ^ CANCEL_KEY);
         let cancel = ClientTxn {
-            key,
-            server: client.server,
-            invite: false,
             is_cancel: true,
-            state: ClientState::Calling,
-            to,
-            backend: None,
-            request: tx.buffer()[..len].to_vec(),
-            ack: Vec::new(),
-            branch_key: client.branch_key,
-            provisional: false,
-            cancel: CancelState::None,
-            abandoned: false,
-            interval_ms: self.txns.config.timers.t1_ms,
-            timers: ClientTimers::default(),
-            sent_ms: now,
+            ..ClientTxn::sent(
+                key,
+                client.server,
+                to,
+                tx.buffer()[..len].to_vec(),
+                client.branch_key,
+                self.txns.config.timers.t1_ms,
+                now,
+            )
         };
         tx.send(to, len);
         self.counters.requests_sent += 1;

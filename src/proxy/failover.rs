@@ -12,8 +12,7 @@ use crate::balance::{Keys, Selection, Selector};
 use crate::sip::lex::hex16;
 use crate::sip::{write_response, Editor, Forward, LocalResponse, Message, Method};
 use crate::txn::{
-    BranchKey, CancelState, ClientState, ClientTimer, ClientTimers, ClientTxn, Millis, ServerState,
-    ServerTxn, Slot, Target,
+    BranchKey, CancelState, ClientTimer, ClientTxn, Millis, ServerState, ServerTxn, Slot, Target,
 };
 
 /// Whether a final response `code` is better for the caller than `than`
@@ -123,22 +122,17 @@ impl Core {
         };
         let (invite, tries) = (server.invite, server.tries);
         let client = ClientTxn {
-            key: next.id,
-            server: slot,
             invite,
-            is_cancel: false,
-            state: ClientState::Calling,
-            to: next.to,
             backend: next.backend,
-            request: tx.buffer()[..len].to_vec(),
-            ack: Vec::new(),
-            branch_key: next.branch_key,
-            provisional: false,
-            cancel: CancelState::None,
-            abandoned: false,
-            interval_ms: self.txns.config.timers.t1_ms,
-            timers: ClientTimers::default(),
-            sent_ms: now,
+            ..ClientTxn::sent(
+                next.id,
+                slot,
+                next.to,
+                tx.buffer()[..len].to_vec(),
+                next.branch_key,
+                self.txns.config.timers.t1_ms,
+                now,
+            )
         };
         tx.send(next.to, len);
         self.counters.requests_forwarded += 1;

@@ -174,6 +174,38 @@ pub enum ClientTimerAction {
 }
 
 impl ClientTxn {
+    /// A request just sent to `to`: Calling, nothing answered, nothing
+    /// given up; the caller sets `invite`, `is_cancel` and `backend` and
+    /// arms its timers. One place for a new try's and a CANCEL's start.
+    pub fn sent(
+        key: u64,
+        server: Slot,
+        to: SocketAddr,
+        request: Vec<u8>,
+        branch_key: BranchKey,
+        interval_ms: u32,
+        sent_ms: Millis,
+    ) -> ClientTxn {
+        ClientTxn {
+            key,
+            server,
+            invite: false,
+            is_cancel: false,
+            state: ClientState::Calling,
+            to,
+            backend: None,
+            request,
+            ack: Vec::new(),
+            branch_key,
+            provisional: false,
+            cancel: CancelState::None,
+            abandoned: false,
+            interval_ms,
+            timers: ClientTimers::default(),
+            sent_ms,
+        }
+    }
+
     /// A response with status `code` came.
     pub fn on_response(&mut self, code: u16, timers: &TimerConfig) -> ClientResponse {
         if self.is_cancel {
