@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sipshard::balance::Algorithm;
 use sipshard::proxy::{Outcome, Proxy, Transmit};
+use sipshard::sip::Peer;
 use sipshard::testkit::{clock, message, Setup};
 use sipshard::txn::Millis;
 
@@ -124,8 +125,8 @@ impl Transmit for Wire {
         &mut self.arena[self.used..self.used + DATAGRAM_BYTES_MAX]
     }
 
-    fn send(&mut self, to: SocketAddr, len: usize) {
-        self.sent.push((to, self.used, len));
+    fn send(&mut self, to: Peer, len: usize) {
+        self.sent.push((to.addr, self.used, len));
         self.used += len;
     }
 }
@@ -275,7 +276,7 @@ impl Bench {
         let proxy = Setup {
             host: PROXY_HOST,
             port: PROXY_PORT,
-            backends: backends.to_vec(),
+            backends: backends.iter().map(|&b| Peer::udp(b)).collect(),
             algorithm: Algorithm::RoundRobin,
             seed: 0x5eed,
             ..Setup::default()
@@ -362,7 +363,8 @@ impl Bench {
 
     fn handle(&mut self, from: SocketAddr, datagram: &[u8]) -> Outcome {
         self.wire.clear();
-        self.proxy.handle(self.now, from, datagram, &mut self.wire)
+        self.proxy
+            .handle(self.now, Peer::udp(from), datagram, &mut self.wire)
     }
 
     /// The INVITE we forwarded: which backend, and our branch key on it.
@@ -406,7 +408,7 @@ impl Bench {
         self.wire.clear();
         let outcome = self
             .proxy
-            .handle(self.now, from, &call.datagram, &mut self.wire);
+            .handle(self.now, Peer::udp(from), &call.datagram, &mut self.wire);
         if outcome != Outcome::Forwarded
             || self.wire.sent.len() != sent
             || self.wire.sent[0].0 != to

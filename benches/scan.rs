@@ -10,7 +10,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use rsip::prelude::*;
-use sipshard::sip::{Editor, Forward, Limits, LocalAddress, Scanner};
+use sipshard::sip::{Editor, Forward, Limits, LocalAddress, Scanner, Transport};
 
 const INVITE: &[u8] = include_bytes!("messages/invite.sip");
 const RINGING: &[u8] = include_bytes!("messages/ringing.sip");
@@ -126,6 +126,8 @@ fn edit(c: &mut Criterion) {
         source: "198.51.100.20:5060".parse().unwrap(),
         branch_key: b"0123456789abcdef",
         record_route: true,
+        inbound: Transport::Udp,
+        outbound: Transport::Udp,
     };
 
     let mut group = c.benchmark_group("edit");

@@ -53,7 +53,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sipshard::balance::{Algorithm, Routing, RoutingSpec};
 use sipshard::sip::{
-    write_response, Editor, Forward, Limits, LocalAddress, LocalResponse, Scanner, MAGIC_COOKIE,
+    write_response, Editor, Forward, Limits, LocalAddress, LocalResponse, Scanner, Transport,
+    MAGIC_COOKIE,
 };
 use sipshard::txn::wheel::{TimerId, Wheel};
 use sipshard::txn::{
@@ -236,6 +237,8 @@ impl Table {
             source: caller,
             branch_key: b"0123456789abcdef.0123456789abcdef",
             record_route: true,
+            inbound: Transport::Udp,
+            outbound: Transport::Udp,
         };
         let len = editor
             .forward_request(&message, &forward, &mut out)
@@ -280,8 +283,8 @@ impl Table {
             invite: true,
             state: ServerState::Proceeding,
             request: self.request.clone(),
-            source: self.caller,
-            reply_to: self.caller,
+            source: self.caller.into(),
+            reply_to: self.caller.into(),
             response: self.trying.clone(),
             target: Target::Pool {
                 routing: self.routing.clone(),
@@ -308,7 +311,7 @@ impl Table {
             invite: true,
             is_cancel: false,
             state: ClientState::Calling,
-            to: self.backend,
+            to: self.backend.into(),
             backend: Some(0),
             request: self.forwarded.clone(),
             ack: Vec::new(),

@@ -12,7 +12,7 @@ use sipshard::balance::Algorithm;
 use sipshard::config::{self, AppConfig};
 use sipshard::control::{self, Control};
 use sipshard::shard::{Io, Runtime};
-use sipshard::sip::{Answer, Limits, Message, Scanner, StartLine};
+use sipshard::sip::{Answer, Limits, Message, Peer, Scanner, StartLine};
 
 /// mimalloc: the shards allocate little, but what the control plane and
 /// start-up allocate should not contend on one global lock.
@@ -211,7 +211,7 @@ fn configure(args: &RunArgs) -> Result<AppConfig, ExitCode> {
     }
     // `--backend` and `--algorithm` replace the file's routing with one set.
     if !args.backends.is_empty() || args.algorithm.is_some() {
-        let backends = backend_addresses(&args.backends)?;
+        let backends = backend_peers(&args.backends)?;
         let algorithm = args.algorithm.map(Algorithm::from);
         config.route_to(backends, algorithm).map_err(|why| {
             eprintln!("sipshard: --backend: {why}");
@@ -224,16 +224,18 @@ fn configure(args: &RunArgs) -> Result<AppConfig, ExitCode> {
     Ok(config)
 }
 
-/// The `--backend`s' addresses; `None` when there are none.
-fn backend_addresses(backends: &[String]) -> Result<Option<Vec<SocketAddr>>, ExitCode> {
+/// The `--backend`s' peers; `None` when there are none.
+fn backend_peers(backends: &[String]) -> Result<Option<Vec<Peer>>, ExitCode> {
     if backends.is_empty() {
         return Ok(None);
     }
     let parse = |backend: &String| {
-        config::backend_address(backend).map_err(|why| {
-            eprintln!("sipshard: --backend {backend}: {why}");
-            ExitCode::from(2)
-        })
+        config::backend_peer(backend)
+            .and_then(config::served)
+            .map_err(|why| {
+                eprintln!("sipshard: --backend {backend}: {why}");
+                ExitCode::from(2)
+            })
     };
     backends
         .iter()

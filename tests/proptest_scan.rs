@@ -66,7 +66,7 @@ use proptest::option;
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use sipshard::sip::{
-    EditError, Fault, Forward, HeaderName, Limits, Message, Method, Scanner, StartLine,
+    EditError, Fault, Forward, HeaderName, Limits, Message, Method, Scanner, StartLine, Transport,
 };
 
 /// The most header fields a generated message has (for the style and
@@ -1515,6 +1515,8 @@ fn check_forward_request(model: &Msg, source: SocketAddr, record_route: bool, ke
         source,
         branch_key: key.as_bytes(),
         record_route,
+        inbound: Transport::Udp,
+        outbound: Transport::Udp,
     };
     let n = editor()
         .forward_request(&input, &forward, &mut out)

@@ -70,7 +70,7 @@ fn verdict(datagram: &[u8]) -> (Verdict, Option<ScanError>) {
     );
     let error = Scanner::new(Limits::default()).scan(datagram).err();
     let mut outbox = Outbox::default();
-    let outcome = proxy.handle(0, source(), datagram, &mut outbox);
+    let outcome = proxy.handle(0, source().into(), datagram, &mut outbox);
     // An INVITE's 100 Trying goes first; the verdict is what follows it.
     let mut sent = outbox.sent.into_iter().peekable();
     if outcome == Outcome::Forwarded
@@ -85,7 +85,7 @@ fn verdict(datagram: &[u8]) -> (Verdict, Option<ScanError>) {
     match (outcome, last) {
         (Outcome::Forwarded, Some((to, out))) => {
             let len = out.len();
-            assert_eq!(to, backend(), "an initial request goes to the pool");
+            assert_eq!(to, backend().into(), "an initial request goes to the pool");
             let mut scanner = Scanner::new(Limits::default());
             let original = scanner.scan(datagram).expect("forwarded, so it scanned");
             let body = original.body().to_vec();
@@ -107,7 +107,7 @@ fn verdict(datagram: &[u8]) -> (Verdict, Option<ScanError>) {
             let len = out.len();
             assert_eq!(
                 to,
-                source(),
+                source().into(),
                 "a malformed request is answered where it came from"
             );
             let reply = &out[..len];

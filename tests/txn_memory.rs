@@ -102,7 +102,10 @@ fn bytes_per_transaction_and_per_call_in_flight() {
     let before_proxy = live();
     let config = TxnConfig::default();
     let max = config.max_transactions;
-    let spec = RoutingSpec::one_set(Algorithm::RoundRobin, &[BACKEND.parse().unwrap()]);
+    let spec = RoutingSpec::one_set(
+        Algorithm::RoundRobin,
+        &[BACKEND.parse::<std::net::SocketAddr>().unwrap()],
+    );
     let mut proxy = Proxy::with_routing(
         Scanner::new(Limits::default()),
         LocalAddress::new("192.0.2.250", 5060),

@@ -14,7 +14,7 @@ use sipshard::proxy::{Counters, DropReason, Outcome, Proxy};
 use sipshard::sip::{
     find_call_id, write_rejection, write_response, AddrError, Answer, Contact, EditError, Editor,
     Fault, Forward, HeaderName, Limits, LocalAddress, LocalResponse, Message, Method, NameAddr,
-    ResponseError, ScanError, Scanner, Scheme, StartKind, StartLine, Uri, Via,
+    ResponseError, ScanError, Scanner, Scheme, StartKind, StartLine, Transport, Uri, Via,
 };
 use sipshard::testkit::message::caller_request;
 use sipshard::testkit::{clock, lab, Outbox, Setup};
@@ -336,6 +336,8 @@ pub fn exercise(
         source: SOURCE.parse().unwrap(),
         branch_key: b"pr0p.T",
         record_route: true,
+        inbound: Transport::Udp,
+        outbound: Transport::Udp,
     };
     for (mut scanner, forwards) in scanners {
         let error = match scanner.scan(datagram) {
@@ -404,6 +406,8 @@ pub fn edit_target(data: &[u8]) {
         source: SocketAddr::new(ip, port),
         branch_key: &key,
         record_route: flags & 2 != 0,
+        inbound: Transport::Udp,
+        outbound: Transport::Udp,
     };
     check_accessors(&message);
     check_forwarding(&message, &editor, &forward);
@@ -883,7 +887,9 @@ impl ProxyRun {
         self.timer_outcomes += outcomes(&after_timers) - outcomes(&self.counters);
         self.counters = after_timers;
         let mut outbox = Outbox::default();
-        let outcome = self.proxy.handle(self.now, source, datagram, &mut outbox);
+        let outcome = self
+            .proxy
+            .handle(self.now, source.into(), datagram, &mut outbox);
         check_bounds(&self.proxy, MAX_TRANSACTIONS);
         let mut sent = outbox.sent;
         if outcome == Outcome::Forwarded
@@ -899,7 +905,7 @@ impl ProxyRun {
             assert_eq!(request.method(), Some(Method::Invite));
             assert_eq!(
                 trying_to,
-                sipshard::proxy::reply_address(request.top_via(), source)
+                sipshard::proxy::reply_address(request.top_via(), source.into())
             );
         }
         assert!(sent.len() <= 1, "{outcome:?} sent {}", sent.len());
@@ -907,14 +913,14 @@ impl ProxyRun {
             (Outcome::Forwarded, Some((to, bytes))) => {
                 self.out[..bytes.len()].copy_from_slice(&bytes);
                 Action::Forward {
-                    to,
+                    to: to.addr,
                     len: bytes.len(),
                 }
             }
             (Outcome::Replied, Some((to, bytes))) => {
                 self.out[..bytes.len()].copy_from_slice(&bytes);
                 Action::Reply {
-                    to,
+                    to: to.addr,
                     len: bytes.len(),
                 }
             }
@@ -997,7 +1003,7 @@ impl ProxyRun {
             self.proxy.on_timers(at, &mut outbox);
             check_bounds(&self.proxy, MAX_TRANSACTIONS);
             for (to, bytes) in &outbox.sent {
-                check_sent(*to, bytes);
+                check_sent(to.addr, bytes);
             }
         }
         check_drained(&self.proxy);
@@ -1518,7 +1524,7 @@ impl TimedRun {
             Record::Unreachable { nth } => {
                 if let Some(&(to, _)) = nth_latest(&self.requests, nth) {
                     let mut outbox = Outbox::default();
-                    self.proxy.on_unreachable(self.now, to, &mut outbox);
+                    self.proxy.on_unreachable(self.now, to.into(), &mut outbox);
                     self.after_event(None, &outbox);
                 }
             }
@@ -1605,7 +1611,7 @@ impl TimedRun {
         self.counters = now;
         for (to, bytes) in &outbox.sent {
             if !is_response(bytes) {
-                push_bounded(&mut self.requests, (*to, bytes.clone()));
+                push_bounded(&mut self.requests, (to.addr, bytes.clone()));
             } else {
                 push_bounded(&mut self.responses, bytes.clone());
             }
@@ -1616,7 +1622,9 @@ impl TimedRun {
         check_find_call_id(datagram);
         let before = self.proxy.transactions();
         let mut outbox = Outbox::default();
-        let outcome = self.proxy.handle(self.now, source, datagram, &mut outbox);
+        let outcome = self
+            .proxy
+            .handle(self.now, source.into(), datagram, &mut outbox);
         let sent = &outbox.sent;
         let mut scanner = Scanner::new(Limits::default());
         match scanner.scan(datagram) {
@@ -1628,7 +1636,7 @@ impl TimedRun {
                 );
                 match (outcome, &sent[..]) {
                     (Outcome::Replied, [(to, reply)]) => {
-                        check_rejection_reply(&e, source, *to, reply)
+                        check_rejection_reply(&e, source, to.addr, reply)
                     }
                     (Outcome::Dropped(DropReason::Malformed(fault)), []) => {
                         assert_eq!(fault, e.fault)
@@ -1639,7 +1647,7 @@ impl TimedRun {
             }
             Ok(m) => {
                 for (to, bytes) in sent {
-                    check_sent(*to, bytes);
+                    check_sent(to.addr, bytes);
                 }
                 let is_request = |b: &Vec<u8>| !is_response(b);
                 match outcome {
@@ -1647,7 +1655,10 @@ impl TimedRun {
                         assert!(m.is_request(), "a response was answered");
                         let (to, first) = sent.first().expect("a reply was sent");
                         assert!(!is_request(first), "the reply is a response");
-                        assert_eq!(*to, sipshard::proxy::reply_address(m.top_via(), source));
+                        assert_eq!(
+                            *to,
+                            sipshard::proxy::reply_address(m.top_via(), source.into())
+                        );
                     }
                     Outcome::Forwarded if m.is_request() => {
                         assert!(sent.iter().any(|(_, b)| is_request(b)), "no request sent")

@@ -13,6 +13,7 @@ use super::health::MemberHealth;
 use super::select::member_seed;
 use super::Algorithm;
 use crate::sip::lex::is_token_str;
+use crate::sip::{Peer, Transport};
 
 /// Members per set: a transaction marks the members it has tried in a
 /// `u64`, one bit each.
@@ -55,6 +56,8 @@ pub struct Member {
     /// As configured; with the set it names the member across reloads.
     pub uri: Box<str>,
     pub address: SocketAddr,
+    /// From the URI: `transport=tcp|tls`, or `sips:` (TLS); else UDP.
+    pub transport: Transport,
     /// Share of new calls; 0 takes none.
     pub weight: u32,
     /// Lower is preferred (the `priority` algorithm).
@@ -73,6 +76,11 @@ impl Member {
     /// Whether the member may take this request now.
     pub fn eligible(&self, new_dialog: bool) -> bool {
         self.health.state().takes(new_dialog) && (self.weight > 0 || !new_dialog)
+    }
+
+    /// Where a request to this member goes.
+    pub fn peer(&self) -> Peer {
+        Peer::new(self.transport, self.address)
     }
 }
 
@@ -156,6 +164,7 @@ pub struct SetSpec {
 pub struct MemberSpec {
     pub uri: String,
     pub address: SocketAddr,
+    pub transport: Transport,
     pub weight: u32,
     pub priority: u32,
     pub attrs: BTreeMap<String, String>,
@@ -164,15 +173,12 @@ pub struct MemberSpec {
 impl RoutingSpec {
     /// One set, "default", of `backends` at weight 1 and no rules: the
     /// pool the command line's `--backend`s describe.
-    pub fn one_set(algorithm: Algorithm, backends: &[SocketAddr]) -> Self {
+    pub fn one_set<P: Into<Peer> + Copy>(algorithm: Algorithm, backends: &[P]) -> Self {
         RoutingSpec {
             sets: vec![SetSpec {
                 name: "default".to_string(),
                 algorithm,
-                members: backends
-                    .iter()
-                    .map(|&a| MemberSpec::new(format!("sip:{a}"), a))
-                    .collect(),
+                members: backends.iter().map(|&p| MemberSpec::of(p.into())).collect(),
             }],
             rules: Vec::new(),
             default_set: "default".to_string(),
@@ -186,9 +192,22 @@ impl MemberSpec {
         MemberSpec {
             uri: uri.into(),
             address,
+            transport: Transport::Udp,
             weight: 1,
             priority: 0,
             attrs: BTreeMap::new(),
+        }
+    }
+
+    /// A member with the defaults, its URI written from `peer`.
+    pub fn of(peer: Peer) -> Self {
+        let uri = match peer.transport {
+            Transport::Udp => format!("sip:{}", peer.addr),
+            t => format!("sip:{};transport={t}", peer.addr),
+        };
+        MemberSpec {
+            transport: peer.transport,
+            ..MemberSpec::new(uri, peer.addr)
         }
     }
 }
@@ -573,6 +592,7 @@ fn build_member(
     Member {
         uri: member.uri.as_str().into(),
         address: member.address,
+        transport: member.transport,
         weight: member.weight,
         priority: member.priority,
         attrs: member.attrs.clone(),

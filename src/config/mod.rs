@@ -24,7 +24,7 @@ use crate::balance::{Algorithm, ProbeConfig, Routing, RoutingSpec};
 use crate::guard::{Acl, GuardConfig};
 use crate::proxy::overload::OverloadConfig;
 use crate::shard;
-use crate::sip::{host_ip, Limits, Uri};
+use crate::sip::{host_ip, Limits, Peer, Scheme, Transport, Uri};
 use crate::txn::TxnConfig;
 pub use schema::File;
 
@@ -56,7 +56,7 @@ impl Default for AppConfig {
     /// backends on loopback (:5080 and :5081), a shard per usable core,
     /// no probes, no admin API. What a file leaves out is this too.
     fn default() -> AppConfig {
-        let backends = [5080, 5081].map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+        let backends = [5080, 5081].map(|port| Peer::udp(SocketAddr::from(([127, 0, 0, 1], port))));
         let routing = backends_routing(&backends, Algorithm::RoundRobin, None)
             .expect("two loopback backends make a valid set");
         let shard = shard::Config {
@@ -92,13 +92,13 @@ impl AppConfig {
     /// (Call-ID hash) and round robin where it cannot.
     pub fn route_to(
         &mut self,
-        backends: Option<Vec<SocketAddr>>,
+        backends: Option<Vec<Peer>>,
         algorithm: Option<Algorithm>,
     ) -> Result<(), String> {
         let routing = &self.shard.routing;
         let default = routing.set(routing.default_set());
         let backends =
-            backends.unwrap_or_else(|| default.members.iter().map(|m| m.address).collect());
+            backends.unwrap_or_else(|| default.members.iter().map(|m| m.peer()).collect());
         let algorithm = algorithm.unwrap_or(match default.algorithm {
             Algorithm::CallIdHash => Algorithm::CallIdHash,
             _ => Algorithm::RoundRobin,
@@ -135,7 +135,7 @@ pub fn parse_with_routing(
 /// with every member at weight 1. `previous` carries health over, as a
 /// reload does.
 fn backends_routing(
-    backends: &[SocketAddr],
+    backends: &[Peer],
     algorithm: Algorithm,
     previous: Option<&Routing>,
 ) -> Result<Routing, String> {
@@ -149,20 +149,59 @@ fn backends_routing(
     })
 }
 
-/// `sip:IP:PORT` (or `IP:PORT`) as a socket address. Host names need a
-/// resolver, which the gateway does not have yet.
-pub fn backend_address(text: &str) -> Result<SocketAddr, String> {
+/// `sip:IP:PORT` (or `IP:PORT`, UDP) as a peer: its transport from the
+/// URI as SIP reads it (`transport=tcp|tls`, `sips:` for TLS; RFC 3263
+/// §4.1). Host names need a resolver, which the gateway does not have yet.
+pub fn backend_peer(text: &str) -> Result<Peer, String> {
     if let Ok(address) = text.parse::<SocketAddr>() {
-        return Ok(address);
+        return Ok(Peer::udp(address));
     }
     let uri = Uri::parse(text.as_bytes()).map_err(|e| format!("not a SIP URI ({e:?})"))?;
+    let transport = uri_transport(&uri)?;
     let ip = host_ip(uri.host).ok_or_else(|| {
         format!(
             "the host {:?} is not an IP address (names are not resolved yet)",
             String::from_utf8_lossy(uri.host)
         )
     })?;
-    Ok(SocketAddr::new(ip, uri.port_or_default()))
+    Ok(Peer::new(
+        transport,
+        SocketAddr::new(ip, uri.port_or_default()),
+    ))
+}
+
+/// A backend the shards can reach today: streams are refused until they
+/// are served, rather than sent as datagrams.
+pub fn served(peer: Peer) -> Result<Peer, String> {
+    match peer.transport {
+        Transport::Udp => Ok(peer),
+        t => Err(format!(
+            "transport {t} is not served yet; use a UDP backend"
+        )),
+    }
+}
+
+/// A URI's transport: its `transport` parameter, else TLS for `sips:`
+/// and UDP for `sip:`. `sips:` over anything but TLS is refused (RFC 3261
+/// §26.2.2: sips means TLS on every hop).
+fn uri_transport(uri: &Uri<'_>) -> Result<Transport, String> {
+    let sips = uri.scheme == Scheme::Sips;
+    let transport = match uri.transport() {
+        None if sips => Transport::Tls,
+        None => Transport::Udp,
+        Some(token) => Transport::parse(token).ok_or_else(|| {
+            format!(
+                "transport={} is not one sipshard speaks (udp, tcp, tls)",
+                String::from_utf8_lossy(token)
+            )
+        })?,
+    };
+    if sips && transport != Transport::Tls {
+        return Err(format!(
+            "a sips: URI with transport={transport}: sips needs TLS"
+        ));
+    }
+    Ok(transport)
 }
 
 /// One problem in a configuration file.

@@ -8,10 +8,11 @@ use std::ops::Range;
 use toml::Spanned;
 
 use super::schema::{Backends, File, RouteFile, SetFile};
-use super::{backend_address, Problems};
+use super::{backend_peer, Problems};
 use crate::balance::{
     self, Cidr, MemberSpec, Routing, RoutingError, RoutingSpec, RuleSpec, SetSpec,
 };
+use crate::sip::Peer;
 
 /// Where each part of the routing spec was written, to give a
 /// [`RoutingError`] its line.
@@ -144,7 +145,7 @@ fn backends_set(backends: &Backends, problems: &mut Problems) -> (SetSpec, SetPl
         .map(|uri| {
             places.uris.push(uri.span());
             places.weights.push(uri.span());
-            MemberSpec::new(uri.get_ref().clone(), member_address(uri, problems))
+            member_spec(uri, problems)
         })
         .collect();
     let set = SetSpec {
@@ -155,17 +156,24 @@ fn backends_set(backends: &Backends, problems: &mut Problems) -> (SetSpec, SetPl
     (set, places)
 }
 
-/// A member's address; a placeholder after reporting one that is not
-/// `sip:IP:PORT`, so the rest of the set is still checked.
-fn member_address(uri: &Spanned<String>, problems: &mut Problems) -> SocketAddr {
-    backend_address(uri.get_ref()).unwrap_or_else(|why| {
-        problems.add(
-            uri.span(),
-            format!("backend {:?}: {why}", uri.get_ref()),
-            "write it as \"sip:10.0.0.1:5060\"",
-        );
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    })
+/// A member at its URI's address and transport, with the defaults; a
+/// placeholder after reporting a URI that is not `sip:IP:PORT`, so the
+/// rest of the set is still checked.
+fn member_spec(uri: &Spanned<String>, problems: &mut Problems) -> MemberSpec {
+    let peer = backend_peer(uri.get_ref())
+        .and_then(super::served)
+        .unwrap_or_else(|why| {
+            problems.add(
+                uri.span(),
+                format!("backend {:?}: {why}", uri.get_ref()),
+                "write it as \"sip:10.0.0.1:5060\" (or with ;transport=tcp)",
+            );
+            Peer::udp(SocketAddr::from(([0, 0, 0, 0], 0)))
+        });
+    MemberSpec {
+        transport: peer.transport,
+        ..MemberSpec::new(uri.get_ref().clone(), peer.addr)
+    }
 }
 
 fn set_spec(set: &SetFile, problems: &mut Problems) -> (SetSpec, SetPlaces) {
@@ -202,10 +210,7 @@ fn set_spec(set: &SetFile, problems: &mut Problems) -> (SetSpec, SetPlaces) {
                 weight: member.weight.as_ref().map_or(1, |w| *w.get_ref()),
                 priority: member.priority.unwrap_or(0),
                 attrs: member.attrs.clone(),
-                ..MemberSpec::new(
-                    member.uri.get_ref().clone(),
-                    member_address(&member.uri, problems),
-                )
+                ..member_spec(&member.uri, problems)
             }
         })
         .collect();

@@ -331,19 +331,33 @@ fn acl_and_flood_problems_have_their_line_and_a_fix() {
 
 #[test]
 fn backend_forms() {
+    let udp = |a: &str| Ok(Peer::udp(a.parse().unwrap()));
+    let on = |t, a: &str| Ok(Peer::new(t, a.parse().unwrap()));
+    assert_eq!(backend_peer("sip:10.0.0.1"), udp("10.0.0.1:5060"));
     assert_eq!(
-        backend_address("sip:10.0.0.1"),
-        Ok("10.0.0.1:5060".parse().unwrap())
+        backend_peer("sip:[2001:db8::1]:5070"),
+        udp("[2001:db8::1]:5070")
+    );
+    assert_eq!(backend_peer("10.0.0.2:5080"), udp("10.0.0.2:5080"));
+    assert_eq!(
+        backend_peer("sip:10.0.0.1:5070;transport=TCP"),
+        on(Transport::Tcp, "10.0.0.1:5070")
     );
     assert_eq!(
-        backend_address("sip:[2001:db8::1]:5070"),
-        Ok("[2001:db8::1]:5070".parse().unwrap())
+        backend_peer("sip:10.0.0.1;transport=tls"),
+        on(Transport::Tls, "10.0.0.1:5060")
     );
     assert_eq!(
-        backend_address("10.0.0.2:5080"),
-        Ok("10.0.0.2:5080".parse().unwrap())
+        backend_peer("sips:10.0.0.1"),
+        on(Transport::Tls, "10.0.0.1:5061")
     );
-    assert!(backend_address("sip:pbx.example.com").is_err());
+    assert!(backend_peer("sips:10.0.0.1;transport=tcp")
+        .unwrap_err()
+        .contains("sips needs TLS"));
+    assert!(backend_peer("sip:10.0.0.1;transport=sctp")
+        .unwrap_err()
+        .contains("transport=sctp"));
+    assert!(backend_peer("sip:pbx.example.com").is_err());
 }
 
 #[test]
@@ -394,7 +408,9 @@ fn the_command_line_routes_to_its_backends_with_its_algorithm() {
         .route_to(None, Some(balance::Algorithm::CallIdHash))
         .unwrap();
     assert_eq!(default_backends(&config), [backend(5080), backend(5081)]);
-    config.route_to(Some(vec![backend(6000)]), None).unwrap();
+    config
+        .route_to(Some(vec![backend(6000).into()]), None)
+        .unwrap();
     assert_eq!(default_backends(&config), [backend(6000)]);
     let routing = &config.shard.routing;
     assert_eq!(

@@ -2,12 +2,10 @@
 //! and cancels the pending try; the proxy's own CANCEL goes to a try that
 //! rang (Timer C, a 2xx elsewhere, a 6xx, a try given up on).
 
-use std::net::SocketAddr;
-
 use super::branch::CANCEL_KEY;
 use super::outcome::{DropReason, Outcome};
 use super::{reply, Core, Transmit};
-use crate::sip::{HopMethod, LocalResponse, Message};
+use crate::sip::{HopMethod, LocalResponse, Message, Peer};
 use crate::txn::{ClientTimer, ClientTxn, Millis, ServerState, Slot};
 
 impl Core {
@@ -18,7 +16,7 @@ impl Core {
         now: Millis,
         invite_key: u64,
         message: &Message<'_>,
-        source: SocketAddr,
+        source: Peer,
         tx: &mut impl Transmit,
     ) -> Outcome {
         if let Some(&slot) = self.txns.server_keys.get(&invite_key) {
@@ -45,7 +43,7 @@ impl Core {
         now: Millis,
         slot: Slot,
         message: &Message<'_>,
-        source: SocketAddr,
+        source: Peer,
         tx: &mut impl Transmit,
     ) -> Outcome {
         reply(message, source, &LocalResponse::new(200, "OK"), tx);
@@ -117,6 +115,7 @@ impl Core {
                 HopMethod::Cancel,
                 sent.to().value,
                 client.branch_key.as_bytes(),
+                client.to.transport,
                 tx.buffer(),
             )
             .ok()

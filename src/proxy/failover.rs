@@ -2,15 +2,15 @@
 //! server transaction goes to a destination not tried yet; when tries run
 //! out, the caller gets the best final answer.
 
-use std::net::SocketAddr;
-
 use super::branch::branch_key;
 use super::limit::Limit;
 use super::outcome::Counters;
 use super::{emit, Core, Transmit};
 use crate::balance::{Keys, Selection, Selector};
 use crate::sip::lex::hex16;
-use crate::sip::{write_response, Editor, Forward, LocalResponse, Message, Method};
+use crate::sip::{
+    write_response, Editor, Forward, LocalResponse, Message, Method, Peer, Transport,
+};
 use crate::txn::{
     BranchKey, CancelState, ClientTimer, ClientTxn, Millis, ServerState, ServerTxn, Slot, Target,
 };
@@ -26,7 +26,7 @@ pub(super) fn better(code: u16, than: Option<u16>) -> bool {
 /// Where the next try goes: its address, its pool index and its branch.
 struct NextTry {
     id: u64,
-    to: SocketAddr,
+    to: Peer,
     backend: Option<usize>,
     branch_key: BranchKey,
 }
@@ -90,6 +90,7 @@ impl Core {
             original,
             server,
             &branch_key,
+            to.transport,
             tx,
         );
         if first.is_none() {
@@ -214,7 +215,9 @@ impl Core {
                 let request = std::mem::take(&mut server.request);
                 let source = server.source;
                 let written = match self.rescanner.scan(&request) {
-                    Ok(original) => write_response(&original, source, &local, tx.buffer()).ok(),
+                    Ok(original) => {
+                        write_response(&original, source.addr, &local, tx.buffer()).ok()
+                    }
                     Err(_) => None,
                 };
                 let bytes = written.map_or_else(Vec::new, |len| tx.buffer()[..len].to_vec());
@@ -242,7 +245,7 @@ fn choose(
     selector: &mut Selector,
     server: &mut ServerTxn,
     original: &Message<'_>,
-) -> Option<(SocketAddr, Option<usize>)> {
+) -> Option<(Peer, Option<usize>)> {
     let sticky = server.sticky;
     let (routing, set, tried) = match &mut server.target {
         Target::Fixed(addr) if server.tries == 0 => return Some((*addr, None)),
@@ -271,7 +274,7 @@ fn choose(
     match selection {
         Selection::Member(index) => {
             *tried |= 1 << index;
-            Some((routing.set(set).members[index].address, Some(index)))
+            Some((routing.set(set).members[index].peer(), Some(index)))
         }
         Selection::AllDown | Selection::Exhausted => None,
     }
@@ -287,20 +290,23 @@ fn forward_try(
     original: &Message<'_>,
     server: &mut ServerTxn,
     branch_key: &BranchKey,
+    outbound: Transport,
     tx: &mut impl Transmit,
 ) -> Option<usize> {
     let method = original.method().unwrap_or(Method::Other);
     let forward = Forward {
-        source: server.source,
+        source: server.source.addr,
         branch_key: branch_key.as_bytes(),
         record_route: original.to().tag.is_none() && method.creates_dialog(),
+        inbound: server.source.transport,
+        outbound,
     };
     if let Ok(len) = editor.forward_request(original, &forward, tx.buffer()) {
         return Some(len);
     }
     counters.limits.hit(Limit::UdpPayload);
     let local = LocalResponse::MESSAGE_TOO_LARGE;
-    if let Ok(len) = write_response(original, server.source, &local, tx.buffer()) {
+    if let Ok(len) = write_response(original, server.source.addr, &local, tx.buffer()) {
         if better(local.code, server.best.as_ref().map(|(c, _)| *c)) {
             server.best = Some((local.code, tx.buffer()[..len].to_vec()));
         }

@@ -14,14 +14,15 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::net::SocketAddr;
+
 use std::sync::Arc;
 
 use hdrhistogram::Histogram;
 
 use crate::balance::{ActiveDialog, Routing, Selector};
 use crate::sip::{
-    write_rejection, write_response, Answer, Editor, LocalAddress, LocalResponse, Message, Scanner,
+    write_rejection, write_response, Answer, Editor, LocalAddress, LocalResponse, Message, Peer,
+    Scanner,
 };
 use crate::txn::{ClientState, KeyHasher, Millis, Slot, Transactions, TxnConfig};
 
@@ -51,7 +52,7 @@ pub trait Transmit {
     /// that nothing is written that the kernel would refuse to send.
     fn buffer(&mut self) -> &mut [u8];
     /// Sends the first `len` bytes of the last [`Transmit::buffer`].
-    fn send(&mut self, to: SocketAddr, len: usize);
+    fn send(&mut self, to: Peer, len: usize);
 }
 
 /// The proxy core of one shard: its scanner (header slots) and the rest.
@@ -174,11 +175,12 @@ impl Proxy {
         self.core.txns.wheel.next_deadline()
     }
 
-    /// Handles one datagram from `source` at `now`.
+    /// Handles one message from `source` at `now`: a datagram, or one
+    /// framed off a stream.
     pub fn handle(
         &mut self,
         now: Millis,
-        source: SocketAddr,
+        source: Peer,
         datagram: &[u8],
         tx: &mut impl Transmit,
     ) -> Outcome {
@@ -194,8 +196,13 @@ impl Proxy {
                 // A malformed request's Via cannot be trusted: the answer
                 // goes back to where the packet came from.
                 Answer::Reply { .. } => {
-                    match write_rejection(&mut self.scanner, datagram, &error, source, tx.buffer())
-                    {
+                    match write_rejection(
+                        &mut self.scanner,
+                        datagram,
+                        &error,
+                        source.addr,
+                        tx.buffer(),
+                    ) {
                         Ok(len) => {
                             tx.send(source, len);
                             Outcome::Replied
@@ -253,14 +260,15 @@ impl Proxy {
     }
 
     /// The network said `to` cannot be reached (ICMP port or host
-    /// unreachable): every try still waiting on it fails over now.
-    pub fn on_unreachable(&mut self, now: Millis, to: SocketAddr, tx: &mut impl Transmit) {
+    /// unreachable, a refused or broken connection): every try still
+    /// waiting on it fails over now.
+    pub fn on_unreachable(&mut self, now: Millis, to: Peer, tx: &mut impl Transmit) {
         let waiting: Vec<Slot> = self
             .core
             .txns
             .clients
             .iter()
-            .filter(|(_, c)| c.to == to && c.state == ClientState::Calling && !c.abandoned)
+            .filter(|(_, c)| c.to.same_hop(&to) && c.state == ClientState::Calling && !c.abandoned)
             .map(|(slot, _)| slot)
             .collect();
         for slot in waiting {
@@ -271,7 +279,7 @@ impl Proxy {
 }
 
 /// Copies stored bytes into the transmit buffer and sends them.
-fn emit(tx: &mut impl Transmit, to: SocketAddr, bytes: &[u8], counters: &mut Counters) {
+fn emit(tx: &mut impl Transmit, to: Peer, bytes: &[u8], counters: &mut Counters) {
     let buffer = tx.buffer();
     match buffer.get_mut(..bytes.len()) {
         Some(room) => {
@@ -284,11 +292,11 @@ fn emit(tx: &mut impl Transmit, to: SocketAddr, bytes: &[u8], counters: &mut Cou
 
 fn reply(
     message: &Message<'_>,
-    source: SocketAddr,
+    source: Peer,
     response: &LocalResponse<'_>,
     tx: &mut impl Transmit,
 ) -> Outcome {
-    match write_response(message, source, response, tx.buffer()) {
+    match write_response(message, source.addr, response, tx.buffer()) {
         Ok(len) => {
             tx.send(reply_address(message.top_via(), source), len);
             Outcome::Replied
@@ -306,6 +314,8 @@ fn private(routing: &Arc<Routing>) -> Arc<Routing> {
 
 #[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -1,16 +1,16 @@
 use super::limit::LimitCounts;
 use super::Core;
 use crate::sip::Fault;
-use std::net::SocketAddr;
+use crate::sip::Peer;
 
 /// What the stateless path does with a datagram; bytes are in the buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Action {
     /// Send `out[..len]` to `to` (a request to the next hop, or a response
     /// back along its Via).
-    Forward { to: SocketAddr, len: usize },
+    Forward { to: Peer, len: usize },
     /// Send `out[..len]`, a response the proxy wrote itself, to `to`.
-    Reply { to: SocketAddr, len: usize },
+    Reply { to: Peer, len: usize },
     /// Send nothing; count the reason.
     Drop(DropReason),
 }

@@ -4,9 +4,8 @@ use super::limit::Limit;
 use super::outcome::{Action, DropReason, Outcome};
 use super::{emit, reply, Core, Transmit};
 use crate::sip::lex::key_hash;
-use crate::sip::{local_to_tag, write_response, LocalResponse, Message, Method};
+use crate::sip::{local_to_tag, write_response, LocalResponse, Message, Method, Peer};
 use crate::txn::{Millis, ServerAck, ServerState, ServerTimers, ServerTxn, Slot, Target};
-use std::net::SocketAddr;
 
 impl Core {
     /// The §17.2.3 key of the server transaction a request belongs to.
@@ -43,7 +42,7 @@ impl Core {
     pub(super) fn on_request(
         &mut self,
         now: Millis,
-        source: SocketAddr,
+        source: Peer,
         message: &Message<'_>,
         tx: &mut impl Transmit,
     ) -> Outcome {
@@ -108,7 +107,7 @@ impl Core {
         now: Millis,
         invite_key: u64,
         message: &Message<'_>,
-        source: SocketAddr,
+        source: Peer,
         tx: &mut impl Transmit,
     ) -> Outcome {
         if let Some(&slot) = self.txns.server_keys.get(&invite_key) {
@@ -152,7 +151,7 @@ impl Core {
     fn new_target(
         &mut self,
         message: &Message<'_>,
-        source: SocketAddr,
+        source: Peer,
         tx: &mut impl Transmit,
     ) -> Result<Target, Outcome> {
         let new_dialog = message.to().tag.is_none();
@@ -192,7 +191,7 @@ impl Core {
         key: u64,
         target: Target,
         message: &Message<'_>,
-        source: SocketAddr,
+        source: Peer,
         tx: &mut impl Transmit,
     ) -> Option<Slot> {
         let invite = message.method() == Some(Method::Invite);
@@ -201,7 +200,9 @@ impl Core {
         if invite {
             // §16.2: an INVITE gets 100 at once, so the caller stops
             // retransmitting while the backend thinks.
-            if let Ok(len) = write_response(message, source, &LocalResponse::TRYING, tx.buffer()) {
+            if let Ok(len) =
+                write_response(message, source.addr, &LocalResponse::TRYING, tx.buffer())
+            {
                 response.extend_from_slice(&tx.buffer()[..len]);
                 tx.send(reply_to, len);
             }
@@ -238,7 +239,7 @@ impl Core {
         &mut self,
         now: Millis,
         message: &Message<'_>,
-        source: SocketAddr,
+        source: Peer,
         tx: &mut impl Transmit,
     ) -> Outcome {
         if self.reject_budget.take(now) {
@@ -255,7 +256,7 @@ impl Core {
     pub(super) fn stateless(
         &mut self,
         message: &Message<'_>,
-        source: SocketAddr,
+        source: Peer,
         tx: &mut impl Transmit,
     ) -> Outcome {
         let action = route_request(

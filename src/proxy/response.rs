@@ -272,6 +272,7 @@ impl Core {
                 HopMethod::Ack,
                 response.to().value,
                 client.branch_key.as_bytes(),
+                client.to.transport,
                 tx.buffer(),
             )
             .ok()

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::balance::Algorithm;
-use crate::sip::{Fault, Via};
+use crate::sip::{Fault, Peer, Via};
 use crate::testkit::lab::*;
 use crate::testkit::Outbox;
 
@@ -229,7 +229,7 @@ fn malformed_requests_are_answered_at_their_source_and_responses_dropped() {
 
 #[test]
 fn reply_addresses_follow_rfc_3581() {
-    let source: SocketAddr = "203.0.113.9:40000".parse().unwrap();
+    let source: Peer = "203.0.113.9:40000".parse().unwrap();
     let via = Via::parse(b"SIP/2.0/UDP 10.1.1.1:5062;branch=z9hG4bK1;rport").unwrap();
     assert_eq!(reply_address(&via, source), source);
     let via = Via::parse(b"SIP/2.0/UDP 10.1.1.1:5062;branch=z9hG4bK1").unwrap();
@@ -246,6 +246,23 @@ fn reply_addresses_follow_rfc_3581() {
     );
     let via = Via::parse(b"SIP/2.0/UDP h.example.com;branch=z9hG4bK1").unwrap();
     assert_eq!(response_address(&via), None);
+}
+
+#[test]
+fn stream_replies_go_back_over_their_connection() {
+    use crate::sip::{FlowId, Transport};
+    let source: Peer = "tcp:203.0.113.9:40000".parse().unwrap();
+    let source = source.on(FlowId(9));
+    // No rport, a sent-by port of its own: still the connection (§18.2.2).
+    let via = Via::parse(b"SIP/2.0/TCP 10.1.1.1:5062;branch=z9hG4bK1").unwrap();
+    assert_eq!(reply_address(&via, source), source);
+    let via = Via::parse(b"SIP/2.0/TCP h.example.com;branch=z9hG4bK1;received=192.0.2.1").unwrap();
+    assert_eq!(
+        response_address(&via),
+        Some(Peer::new(Transport::Tcp, "192.0.2.1:5060".parse().unwrap()))
+    );
+    let via = Via::parse(b"SIP/2.0/SCTP 192.0.2.1;branch=z9hG4bK1").unwrap();
+    assert_eq!(response_address(&via), None, "not a transport we speak");
 }
 
 #[test]

@@ -656,7 +656,8 @@ fn a_full_client_table_leaves_a_slow_try_running() {
 fn an_icmp_error_fails_over_at_once() {
     let mut lab = Lab::new(Algorithm::RoundRobin);
     let first = start_invite(&mut lab, "f4");
-    lab.proxy.on_unreachable(lab.now, first.to, &mut lab.outbox);
+    lab.proxy
+        .on_unreachable(lab.now, first.peer, &mut lab.outbox);
     let next = lab.one();
     assert_eq!(next.method(), "INVITE");
     assert_ne!(next.to, first.to);

@@ -2,7 +2,6 @@
 //! Call-ID, the handoff or the proxy core; and the wire the core writes
 //! to, whose batch goes out at the end of the turn.
 
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -14,8 +13,8 @@ use super::stats::{self, MessageCounts, ShardCounters};
 use super::sys::{self, SendBatch};
 use super::{gate, Shared};
 use crate::proxy::{Outcome, Proxy, Transmit};
-use crate::sip::find_call_id;
 use crate::sip::lex::fnv1a;
+use crate::sip::{find_call_id, Peer};
 use crate::txn::Millis;
 
 /// The latency histogram's range, in nanoseconds: anything past 10 s is a
@@ -87,12 +86,12 @@ impl Output {
         &mut self,
         index: usize,
         shared: &Shared,
-        source: SocketAddr,
+        source: Peer,
         datagram: &[u8],
         received_at: Instant,
     ) {
         if let Some(gate) = &mut self.gate {
-            if !gate.screen(self.clock, source) {
+            if !gate.screen(self.clock, source.addr) {
                 return;
             }
         }
@@ -162,7 +161,7 @@ impl Output {
         sys::read_icmp_errors(self.wire.own_socket.as_raw_fd(), &mut unreachable);
         for to in unreachable {
             tracing::debug!(%to, "ICMP: destination unreachable");
-            self.unreachable(to);
+            self.unreachable(Peer::udp(to));
             for (other, inbox) in shared.inboxes.iter().enumerate() {
                 if other != index && inbox.push(Handoff::Unreachable(to)).is_ok() {
                     self.to_ring[other] = true;
@@ -172,7 +171,7 @@ impl Output {
         self.ring_owners(shared);
     }
 
-    pub(super) fn unreachable(&mut self, to: SocketAddr) {
+    pub(super) fn unreachable(&mut self, to: Peer) {
         let now = self.now();
         self.wire.received_at = self.clock;
         self.proxy.on_unreachable(now, to, &mut self.wire);
@@ -205,9 +204,9 @@ impl Output {
     /// The guard meters requests here, on the owner shard, so that a
     /// source's requests spread over the shards by Call-ID whether the
     /// kernel steered them or a shard handed them over.
-    pub(super) fn handle(&mut self, source: SocketAddr, datagram: &[u8], received_at: Instant) {
+    pub(super) fn handle(&mut self, source: Peer, datagram: &[u8], received_at: Instant) {
         if let Some(gate) = &mut self.gate {
-            if !gate.meter(self.clock, source, datagram) {
+            if !gate.meter(self.clock, source.addr, datagram) {
                 return;
             }
         }
@@ -280,7 +279,13 @@ impl Transmit for Wire {
     /// Requests leave from the shard's own socket, responses from the
     /// listen socket; the proxy core writes whole messages, so the first
     /// bytes tell which.
-    fn send(&mut self, to: SocketAddr, len: usize) {
+    fn send(&mut self, to: Peer, len: usize) {
+        if to.transport.is_stream() {
+            // Refused by the configuration check until streams are served.
+            self.send_failed += 1;
+            return;
+        }
+        let to = to.addr;
         let message = self.send.space();
         let response = message.starts_with(b"SIP/2.0 ");
         self.sent_messages

@@ -2,6 +2,8 @@
 //! (and ICMP news) through.
 
 use std::net::SocketAddr;
+
+use crate::sip::Peer;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -11,7 +13,7 @@ use crossbeam_queue::ArrayQueue;
 pub(super) enum Handoff {
     /// A datagram on its way to the shard that owns its call.
     Datagram {
-        source: SocketAddr,
+        source: Peer,
         datagram: Vec<u8>,
         /// When the receiving shard got it, so the owner's latency
         /// includes the time in the queue.

@@ -12,6 +12,7 @@ use super::stats::PUBLISH_EVERY;
 use super::sys::{self, Poller};
 use super::uring::{self, Uring};
 use super::{Io, Loop, Shard};
+use crate::sip::Peer;
 
 const TOKEN_SOCKET: u64 = 0;
 const TOKEN_DOORBELL: u64 = 1;
@@ -151,10 +152,13 @@ impl Shard {
         for &r in ready {
             self.output.counters.received += 1;
             match uring.datagram(r) {
-                Some((source, datagram)) => {
-                    self.output
-                        .dispatch(self.index, &self.shared, source, datagram, received_at)
-                }
+                Some((source, datagram)) => self.output.dispatch(
+                    self.index,
+                    &self.shared,
+                    Peer::udp(source),
+                    datagram,
+                    received_at,
+                ),
                 None => self.output.counters.truncated += 1,
             }
         }
@@ -172,8 +176,13 @@ impl Shard {
                     self.output.counters.truncated += 1;
                     continue;
                 };
-                self.output
-                    .dispatch(self.index, &self.shared, source, datagram, received_at);
+                self.output.dispatch(
+                    self.index,
+                    &self.shared,
+                    Peer::udp(source),
+                    datagram,
+                    received_at,
+                );
             }
             self.output.ring_owners(&self.shared);
             if count < sys::BATCH {
@@ -190,7 +199,7 @@ impl Shard {
                     datagram,
                     received_at,
                 } => self.output.handle(source, &datagram, received_at),
-                Handoff::Unreachable(to) => self.output.unreachable(to),
+                Handoff::Unreachable(to) => self.output.unreachable(Peer::udp(to)),
             }
         }
     }

@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use super::lex::{offset_in, CommaSplit};
 use super::out::{BufferFull, Out};
 use super::scan::{HeaderSlot, Message, StartLine};
+use super::transport::Transport;
 use super::uri::Scheme;
 use super::via::{Via, MAGIC_COOKIE};
 use super::HeaderName;
@@ -22,11 +23,12 @@ use super::HeaderName;
 pub struct LocalAddress {
     host: Box<[u8]>,
     port: u16,
-    /// `Via: SIP/2.0/UDP host:port;branch=z9hG4bK`, ready to be followed by
-    /// the branch key.
-    via_prefix: Box<[u8]>,
-    /// `Record-Route: <sip:host:port;lr>\r\n`.
-    record_route: Box<[u8]>,
+    /// By transport: `Via: SIP/2.0/UDP host:port;branch=z9hG4bK`, ready to
+    /// be followed by the branch key.
+    via_prefix: [Box<[u8]>; 3],
+    /// By transport: `Record-Route: <sip:host:port;transport=tcp;lr>\r\n`
+    /// (no `transport` for UDP).
+    record_route: [Box<[u8]>; 3],
     /// Other host:port pairs that also mean us (a public name, a VIP).
     aliases: Vec<(Box<[u8]>, u16)>,
 }
@@ -34,18 +36,25 @@ pub struct LocalAddress {
 impl LocalAddress {
     /// `host` as it goes in Via and Record-Route (an IP literal, IPv6 in
     /// brackets, or a name that resolves to us), and our UDP port.
+    /// Streams use the same port until [`LocalAddress::with_stream_port`].
     pub fn new(host: &str, port: u16) -> LocalAddress {
         LocalAddress {
             host: host.as_bytes().into(),
             port,
-            via_prefix: format!("Via: SIP/2.0/UDP {host}:{port};branch={}", "z9hG4bK")
-                .into_bytes()
-                .into(),
-            record_route: format!("Record-Route: <sip:{host}:{port};lr>\r\n")
-                .into_bytes()
-                .into(),
+            via_prefix: Transport::ALL.map(|t| via_prefix(host, t, port)),
+            record_route: Transport::ALL.map(|t| record_route(host, t, port)),
             aliases: Vec::new(),
         }
+    }
+
+    /// Where we listen for `transport` (TCP or TLS): the port in our Via
+    /// and Record-Route for it, recognised as ours.
+    pub fn with_stream_port(mut self, transport: Transport, port: u16) -> LocalAddress {
+        let host = String::from_utf8_lossy(&self.host).into_owned();
+        self.via_prefix[transport.index()] = via_prefix(&host, transport, port);
+        self.record_route[transport.index()] = record_route(&host, transport, port);
+        self.aliases.push((self.host.clone(), port));
+        self
     }
 
     /// Sends requests with `port` in our Via instead of the listen port: a
@@ -54,9 +63,7 @@ impl LocalAddress {
     /// is recognised as ours.
     pub fn with_via_port(mut self, port: u16) -> LocalAddress {
         let host = String::from_utf8_lossy(&self.host).into_owned();
-        self.via_prefix = format!("Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK")
-            .into_bytes()
-            .into();
+        self.via_prefix[Transport::Udp.index()] = via_prefix(&host, Transport::Udp, port);
         self.aliases.push((self.host.clone(), port));
         self
     }
@@ -86,9 +93,26 @@ impl LocalAddress {
         })
     }
 
-    pub fn record_route_line(&self) -> &[u8] {
-        &self.record_route
+    /// Our Record-Route line for `transport`.
+    pub fn record_route_line(&self, transport: Transport) -> &[u8] {
+        &self.record_route[transport.index()]
     }
+}
+
+fn via_prefix(host: &str, transport: Transport, port: u16) -> Box<[u8]> {
+    let token = transport.via_token();
+    format!("Via: SIP/2.0/{token} {host}:{port};branch=z9hG4bK")
+        .into_bytes()
+        .into()
+}
+
+fn record_route(host: &str, transport: Transport, port: u16) -> Box<[u8]> {
+    match transport {
+        Transport::Udp => format!("Record-Route: <sip:{host}:{port};lr>\r\n"),
+        t => format!("Record-Route: <sip:{host}:{port};transport={t};lr>\r\n"),
+    }
+    .into_bytes()
+    .into()
 }
 
 /// The address a request came from: the packet's source, which RFC 3261
@@ -147,7 +171,7 @@ struct Edit<'a> {
 
 /// The most splices one forward makes: Via, Record-Route, received,
 /// rport, Max-Forwards, Route.
-const EDITS_MAX: usize = 8;
+const EDITS_MAX: usize = 10;
 
 /// An ordered set of splices. Fixed-size: forwarding never allocates.
 pub(crate) struct Edits<'a> {
@@ -256,6 +280,11 @@ pub struct Forward<'a> {
     pub branch_key: &'a [u8],
     /// Whether to insert our Record-Route (dialog-creating requests).
     pub record_route: bool,
+    /// What the request came over, and what it leaves over: when they
+    /// differ, Record-Route is doubled (RFC 5658 §3.2), so that each side
+    /// of the dialog reaches us over its own transport.
+    pub inbound: Transport,
+    pub outbound: Transport,
 }
 
 impl Editor {
@@ -291,13 +320,26 @@ impl Editor {
                 .iter()
                 .find(|s| s.name == HeaderName::RecordRoute)
                 .map_or(first_via.line.start, |s| s.line.start) as usize;
-            edits.push(at, at, Insert::Bytes(&self.local.record_route));
+            // The callee's side on top: it reads the Route set top down.
+            let local = &self.local;
+            edits.push(
+                at,
+                at,
+                Insert::Bytes(local.record_route_line(forward.outbound)),
+            );
+            if forward.inbound != forward.outbound {
+                edits.push(
+                    at,
+                    at,
+                    Insert::Bytes(local.record_route_line(forward.inbound)),
+                );
+            }
         }
         edits.push(
             first_via.line.start as usize,
             first_via.line.start as usize,
             Insert::OurVia {
-                prefix: &self.local.via_prefix,
+                prefix: &self.local.via_prefix[forward.outbound.index()],
                 branch_key: forward.branch_key,
             },
         );
@@ -318,12 +360,7 @@ impl Editor {
                 edits.push(at, at, Insert::Bytes(b"Max-Forwards: 70\r\n"));
             }
         }
-        if let Some(route) = message.slots.iter().find(|s| s.name == HeaderName::Route) {
-            if self.names_us(route.value.of(datagram)) {
-                let (from, to) = first_value_span(datagram, route);
-                edits.push(from, to, Insert::Nothing);
-            }
-        }
+        self.pop_our_routes(message, &mut edits);
         let mut writer = Out::new(out);
         edits.apply(message, &mut writer)?;
         Ok(writer.len())
@@ -370,6 +407,7 @@ impl Editor {
         method: HopMethod,
         to: &[u8],
         branch_key: &[u8],
+        transport: Transport,
         out: &mut [u8],
     ) -> Result<usize, EditError> {
         let StartLine::Request { uri_text, .. } = request.start_line() else {
@@ -384,22 +422,25 @@ impl Editor {
         out.put(b" ")?;
         out.put(uri_text)?;
         out.put(b" SIP/2.0\r\n")?;
-        out.put(&self.local.via_prefix)?;
+        out.put(&self.local.via_prefix[transport.index()])?;
         out.put(branch_key)?;
         out.put(b"\r\n")?;
         // §9.1, §17.1.1.3: the Route set of the request as sent, byte for
         // byte (a value this proxy cannot parse is still the next hop's to
         // judge), without our own entry where it leads.
         let datagram = request.datagram;
-        let mut first = true;
+        // Ours lead the set: one entry, or two where recorded twice.
+        let (mut popped, mut popping) = (0, true);
         for slot in request.slots.iter().filter(|s| s.name == HeaderName::Route) {
             let mut value = slot.value.of(datagram);
-            if std::mem::take(&mut first) && self.names_us(value) {
-                match split_first_value(value) {
-                    Some((_, rest)) => value = rest,
-                    None => continue,
-                }
+            while popping && popped < 2 && self.names_us(value) {
+                popped += 1;
+                value = split_first_value(value).map_or(&[][..], |(_, rest)| rest);
             }
+            if value.is_empty() {
+                continue;
+            }
+            popping = false;
             out.put(b"Route: ")?;
             out.put(value)?;
             out.put(b"\r\n")?;
@@ -416,6 +457,40 @@ impl Editor {
         out.put(name)?;
         out.put(b"\r\nContent-Length: 0\r\n\r\n")?;
         Ok(out.len())
+    }
+
+    /// Pops the Route entries that name us at the top of the set: one, or
+    /// two where we recorded the route twice (RFC 5658), in one field
+    /// (`Route: <us>, <us>, ...`) or in two.
+    fn pop_our_routes<'a>(&self, message: &Message<'a>, edits: &mut Edits<'a>) {
+        let datagram = message.datagram;
+        let mut routes = message.slots.iter().filter(|s| s.name == HeaderName::Route);
+        let Some(first) = routes.next() else {
+            return;
+        };
+        let whole = (first.line.start as usize, first.line.end as usize);
+        let value = first.value.of(datagram);
+        if !self.names_us(value) {
+            return;
+        }
+        let alone = split_first_value(value).is_none();
+        let (from, to) = match split_first_value(value) {
+            None => whole,
+            Some((head, rest)) if !self.names_us(rest) => {
+                (offset_in(datagram, head), offset_in(datagram, rest))
+            }
+            Some((head, rest)) => match split_first_value(rest) {
+                Some((_, after)) => (offset_in(datagram, head), offset_in(datagram, after)),
+                None => whole,
+            },
+        };
+        edits.push(from, to, Insert::Nothing);
+        if let Some(next) = routes.next().filter(|_| alone) {
+            if self.names_us(next.value.of(datagram)) {
+                let (from, to) = first_value_span(datagram, next);
+                edits.push(from, to, Insert::Nothing);
+            }
+        }
     }
 
     /// Whether the first value of a Route header field names us.
@@ -505,6 +580,8 @@ Content-Length: 0\r\n\
             source: source.parse().unwrap(),
             branch_key: b"abc",
             record_route,
+            inbound: Transport::Udp,
+            outbound: Transport::Udp,
         };
         let n = editor().forward_request(&m, &f, &mut out).unwrap();
         String::from_utf8(out[..n].to_vec()).unwrap()
@@ -598,6 +675,7 @@ Content-Length: 0\r\n\
                 HopMethod::Cancel,
                 b"Bob <sip:bob@biloxi.example.com>",
                 b"k",
+                Transport::Udp,
                 &mut out,
             )
             .unwrap();
@@ -680,6 +758,8 @@ From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n
             source: "192.0.2.7:6000".parse().unwrap(),
             branch_key: b"k",
             record_route: true,
+            inbound: Transport::Udp,
+            outbound: Transport::Udp,
         };
         assert_eq!(
             editor().forward_request(&m, &f, &mut out),

@@ -14,6 +14,7 @@ mod out;
 mod params;
 mod response;
 mod scan;
+mod transport;
 mod uri;
 mod via;
 
@@ -27,6 +28,7 @@ pub use out::BufferFull;
 pub use params::{Param, ParamError};
 pub use response::{local_to_tag, write_rejection, write_response, LocalResponse, ResponseError};
 pub use scan::{CSeq, Contact, Header, LimitError, Limits, Message, Scanner, StartLine};
+pub use transport::{FlowId, Peer, PeerError, Transport};
 pub use uri::{host_ip, Scheme, Uri, UriError};
 pub use via::{Via, ViaError, MAGIC_COOKIE};
 

@@ -3,7 +3,6 @@
 //! (documentation ranges, RFC 5737), backends at [`BACKEND_A`] to
 //! [`BACKEND_C`] (private addresses, as a carrier's pool behind it).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::clock;
@@ -12,7 +11,7 @@ use super::outbox::Outbox;
 pub use super::outbox::Sent;
 use crate::balance::{Algorithm, Routing, RoutingSpec, MEMBERS_MAX};
 use crate::proxy::{Outcome, Proxy};
-use crate::sip::{Limits, LocalAddress, Scanner};
+use crate::sip::{Limits, LocalAddress, Peer, Scanner};
 use crate::txn::{Millis, TxnConfig};
 
 pub const LB: &str = "192.0.2.250";
@@ -32,7 +31,7 @@ pub struct Setup {
     pub limits: Limits,
     pub host: &'static str,
     pub port: u16,
-    pub backends: Vec<SocketAddr>,
+    pub backends: Vec<Peer>,
     pub algorithm: Algorithm,
     pub txn: TxnConfig,
     pub seed: u64,
@@ -70,8 +69,8 @@ impl Setup {
     }
 }
 
-/// Socket addresses from their text; panics on a typo in a test.
-pub fn addresses(text: &[&str]) -> Vec<SocketAddr> {
+/// Peers from their text (`[tcp:]IP:PORT`); panics on a typo in a test.
+pub fn addresses(text: &[&str]) -> Vec<Peer> {
     text.iter()
         .map(|a| a.parse().expect("a socket address"))
         .collect()
@@ -103,14 +102,16 @@ impl Lab {
         }
     }
 
-    /// Hands the proxy one datagram from `from`.
+    /// Hands the proxy one datagram from `from` (`[tcp:]IP:PORT`).
     pub fn recv(&mut self, from: &str, text: &str) -> Outcome {
-        self.proxy.handle(
-            self.now,
-            from.parse().expect("a socket address"),
-            text.as_bytes(),
-            &mut self.outbox,
-        )
+        let from = from.parse().expect("a socket address");
+        self.recv_from(from, text)
+    }
+
+    /// Hands the proxy one message from `from` (a stream's, on its flow).
+    pub fn recv_from(&mut self, from: Peer, text: &str) -> Outcome {
+        self.proxy
+            .handle(self.now, from, text.as_bytes(), &mut self.outbox)
     }
 
     /// Moves the clock on by `ms`, running every timer due on the way at

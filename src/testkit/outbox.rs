@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use super::message;
 use crate::proxy::Transmit;
-use crate::sip::UDP_PAYLOAD_MAX;
+use crate::sip::{Peer, UDP_PAYLOAD_MAX};
 
 /// A [`Transmit`] that keeps what is sent: each datagram is copied out of
 /// its buffer, so a test can read them all after the fact. (The shard's
@@ -13,7 +13,7 @@ use crate::sip::UDP_PAYLOAD_MAX;
 #[derive(Debug, Default)]
 pub struct Outbox {
     buffer: Vec<u8>,
-    pub sent: Vec<(SocketAddr, Vec<u8>)>,
+    pub sent: Vec<(Peer, Vec<u8>)>,
 }
 
 impl Transmit for Outbox {
@@ -22,7 +22,7 @@ impl Transmit for Outbox {
         &mut self.buffer
     }
 
-    fn send(&mut self, to: SocketAddr, len: usize) {
+    fn send(&mut self, to: Peer, len: usize) {
         self.sent.push((to, self.buffer[..len].to_vec()));
     }
 }
@@ -32,8 +32,9 @@ impl Outbox {
     pub fn take(&mut self) -> Vec<Sent> {
         self.sent
             .drain(..)
-            .map(|(to, bytes)| Sent {
-                to,
+            .map(|(peer, bytes)| Sent {
+                to: peer.addr,
+                peer,
                 text: String::from_utf8_lossy(&bytes).into_owned(),
             })
             .collect()
@@ -44,6 +45,8 @@ impl Outbox {
 #[derive(Clone, Debug)]
 pub struct Sent {
     pub to: SocketAddr,
+    /// `to` with its transport and connection.
+    pub peer: Peer,
     pub text: String,
 }
 

@@ -32,6 +32,7 @@ fn cancel_and_ack_change_the_method_and_the_to_only() {
     assert_eq!(message::cancel("c1"), cancel);
     let response = Sent {
         to: CALLER.parse().unwrap(),
+        peer: CALLER.parse().unwrap(),
         text: message::response(&invite, 486, Some("b1")),
     };
     let ack = invite

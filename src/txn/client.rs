@@ -3,7 +3,7 @@
 //! towards one next hop, or a CANCEL of one, and the state machine that
 //! events move and that answers with actions.
 
-use std::net::SocketAddr;
+use crate::sip::Peer;
 
 use super::timers::{ClientTimer, ClientTimers};
 use super::wheel::TimerId;
@@ -95,7 +95,7 @@ pub struct ClientTxn {
     /// A CANCEL we made: its answers are absorbed.
     pub is_cancel: bool,
     pub state: ClientState,
-    pub to: SocketAddr,
+    pub to: Peer,
     /// Pool index of `to`, when it came from the pool.
     pub backend: Option<usize>,
     /// The request as sent: retransmissions, and the CANCEL and ACK
@@ -180,7 +180,7 @@ impl ClientTxn {
     pub fn sent(
         key: u64,
         server: Slot,
-        to: SocketAddr,
+        to: Peer,
         request: Vec<u8>,
         branch_key: BranchKey,
         interval_ms: u32,
@@ -371,7 +371,7 @@ mod tests {
             invite,
             is_cancel: false,
             state: ClientState::Calling,
-            to: "192.0.2.40:5060".parse().unwrap(),
+            to: Peer::udp("192.0.2.40:5060".parse().unwrap()),
             backend: Some(0),
             request: b"INVITE".to_vec(),
             ack: Vec::new(),

@@ -16,9 +16,9 @@ mod server;
 mod timers;
 pub mod wheel;
 
+use crate::sip::Peer;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::SocketAddr;
 
 pub use client::{
     BranchKey, CancelState, ClientResponse, ClientState, ClientTimerAction, ClientTxn, Provisional,
@@ -122,7 +122,7 @@ pub enum Target {
         tried: u64,
     },
     /// One address (a Route or Request-URI): no alternatives.
-    Fixed(SocketAddr),
+    Fixed(Peer),
 }
 
 /// A fixed-capacity store with reusable slots; full is an answer, not a
@@ -445,7 +445,7 @@ mod table_tests {
             invite: true,
             is_cancel: false,
             state: ClientState::Calling,
-            to: "192.0.2.40:5060".parse().unwrap(),
+            to: Peer::udp("192.0.2.40:5060".parse().unwrap()),
             backend: None,
             request: Vec::new(),
             ack: Vec::new(),

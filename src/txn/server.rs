@@ -2,7 +2,7 @@
 //! 6026's Accepted): the caller's request, what was answered, and the
 //! state machine that events move and that answers with actions.
 
-use std::net::SocketAddr;
+use crate::sip::Peer;
 
 use super::timers::{ServerTimer, ServerTimers};
 use super::wheel::TimerId;
@@ -33,9 +33,9 @@ pub struct ServerTxn {
     /// The request as received, for local responses and new tries; let go
     /// once a final response has gone upstream.
     pub request: Vec<u8>,
-    pub source: SocketAddr,
+    pub source: Peer,
     /// Where every response goes (RFC 3261 §18.2.2, RFC 3581).
-    pub reply_to: SocketAddr,
+    pub reply_to: Peer,
     /// The last response sent upstream, for retransmitted requests and
     /// Timer G; let go in Accepted and Confirmed, which send nothing.
     pub response: Vec<u8>,
@@ -189,7 +189,7 @@ mod tests {
     use super::*;
 
     fn txn(invite: bool) -> ServerTxn {
-        let caller: SocketAddr = "198.51.100.1:5060".parse().unwrap();
+        let caller = Peer::udp("198.51.100.1:5060".parse().unwrap());
         ServerTxn {
             key: 1,
             invite,
