@@ -38,13 +38,15 @@ struct Cli {
 /// given on the command line override the same settings of `--config`.
 #[derive(Args)]
 struct RunArgs {
-    /// The address SIP traffic arrives on (UDP). It also goes in our Via
-    /// and Record-Route, so it must be an address peers can reach.
-    /// Default: 127.0.0.1:5060.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// A backend, as `sip:IP:PORT`; repeat for each. Default: the two
-    /// loopback backends above.
+    /// An address SIP arrives on, `[udp|tcp:]IP:PORT` (bare: UDP); repeat
+    /// for each transport. UDP is always served: without a udp: listener
+    /// it takes the first one's address. Each goes in our Via and
+    /// Record-Route, so it must be one peers can reach.
+    /// Default: 127.0.0.1:5060 (UDP).
+    #[arg(long, value_name = "[udp|tcp:]IP:PORT")]
+    listen: Vec<String>,
+    /// A backend, as `sip:IP:PORT`, `sip:IP:PORT;transport=tcp`; repeat
+    /// for each. Default: the two loopback backends above.
     #[arg(long = "backend", value_name = "URI")]
     backends: Vec<String>,
     /// Shard threads, one per core. Default: the number of usable cores.
@@ -197,8 +199,13 @@ fn configure(args: &RunArgs) -> Result<AppConfig, ExitCode> {
     if let Some(io) = args.io {
         shard.io = io.into();
     }
-    if let Some(listen) = args.listen {
-        shard.listen = listen;
+    if !args.listen.is_empty() {
+        let list: Vec<&str> = args.listen.iter().map(String::as_str).collect();
+        let (udp, tcp) = config::listeners(&list).map_err(|refused| {
+            eprintln!("sipshard: --listen: {}; fix: {}", refused.what, refused.fix);
+            ExitCode::from(2)
+        })?;
+        (shard.listen, shard.tcp_listen) = (udp, tcp);
     }
     if let Some(shards) = args.shards {
         shard.shards = shards;
@@ -220,6 +227,13 @@ fn configure(args: &RunArgs) -> Result<AppConfig, ExitCode> {
     }
     if args.admin.is_some() {
         config.admin.address = args.admin;
+    }
+    let problems = config::transport_problems(&config.shard);
+    for why in &problems {
+        eprintln!("sipshard: {why}; fix: listen on each transport a backend uses, in its family");
+    }
+    if !problems.is_empty() {
+        return Err(ExitCode::from(2));
     }
     Ok(config)
 }

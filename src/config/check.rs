@@ -7,19 +7,21 @@
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
+use std::time::Duration;
 
 use toml::Spanned;
 
 use super::routing::{networks, routing};
 use super::schema::{
-    AclFile, File, FloodFile, LimitsFile, OverloadFile, ProbesFile, TransactionsFile,
+    AclFile, File, FloodFile, LimitsFile, Listen, OverloadFile, ProbesFile, StreamsFile,
+    TransactionsFile,
 };
-use super::{AdminConfig, AppConfig, Problems};
+use super::{AdminConfig, AppConfig, Problems, Refused};
 use crate::balance::{ProbeConfig, Routing};
 use crate::guard::{self, Acl, FloodConfig, GuardConfig};
 use crate::proxy::overload::OverloadConfig;
 use crate::shard;
-use crate::sip::Limits;
+use crate::sip::{Limits, StreamLimits};
 use crate::txn::{TimerConfig, TxnConfig};
 
 /// The whole file, table by table in the order problems are reported;
@@ -58,15 +60,18 @@ pub(super) fn app(
     let routing = routing(&file, previous, problems);
     let io = io(file.io.as_ref(), d.shard.io, problems);
     let limits = limits(&file.limits, &d.shard.limits, problems);
+    let streams = streams(&file.streams, &d.shard.streams, problems);
     let txn = transactions(&file.transactions, &d.shard.txn, problems);
     let probes = probes(&file.probes, &d.probes, problems);
     let overload = overload(&file.overload, &d.shard.overload, problems);
     let (guard, admin_acl) = guard(&file.acl, &file.flood, &d.shard.guard.flood, problems);
     let admin = admin_address(file.admin.as_ref(), problems);
-    let (listen, routing) = (listen?, routing?);
+    let ((listen, tcp_listen), routing) = (listen?, routing?);
     let socket = &file.socket;
     let shard = shard::Config {
         listen,
+        tcp_listen,
+        streams,
         shards,
         cpus: file.cpus,
         limits,
@@ -82,6 +87,13 @@ pub(super) fn app(
         overload,
         guard,
     };
+    for why in super::transport_problems(&shard) {
+        problems.add(
+            file.listen.span(),
+            why,
+            "listen on each transport a backend uses, in its address family",
+        );
+    }
     let admin = AdminConfig {
         address: admin,
         acl: admin_acl,
@@ -93,27 +105,94 @@ pub(super) fn app(
     })
 }
 
-/// `listen`: an address peers reach us on, since it goes in our Via and
-/// Record-Route.
-fn listen(listen: &Spanned<String>, problems: &mut Problems) -> Option<SocketAddr> {
-    match listen.get_ref().parse::<SocketAddr>() {
-        Ok(address) if !address.ip().is_unspecified() => Some(address),
-        Ok(_) => {
-            problems.add(
-                listen.span(),
-                format!("listen = {:?} is a wildcard address", listen.get_ref()),
-                "give the address peers reach us on, e.g. \"192.0.2.10:5060\": it goes in our Via and Record-Route",
-            );
+/// `listen`: the addresses peers reach us on, since they go in our Via
+/// and Record-Route: the UDP one, and the TCP one when served.
+fn listen(
+    listen: &Spanned<Listen>,
+    problems: &mut Problems,
+) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    let list = listen.get_ref().list();
+    match super::listeners(&list) {
+        Ok(listeners) => Some(listeners),
+        Err(Refused { what, fix }) => {
+            problems.add(listen.span(), format!("listen: {what}"), &fix);
             None
         }
-        Err(_) => {
-            problems.add(
-                listen.span(),
-                format!("listen = {:?} is not IP:PORT", listen.get_ref()),
-                "write it as \"127.0.0.1:5060\"",
-            );
-            None
-        }
+    }
+}
+
+/// The `[streams]` table.
+fn streams(
+    file: &StreamsFile,
+    d: &shard::StreamConfig,
+    problems: &mut Problems,
+) -> shard::StreamConfig {
+    let mut size = |v: &Option<Spanned<usize>>, name: &str, range, default, fix: &str| {
+        sized(
+            &mut *problems,
+            v.as_ref(),
+            &format!("streams.{name}"),
+            range,
+            default,
+            fix,
+        )
+    };
+    let secs = |d: Duration| d.as_secs() as usize;
+    let ms = |d: Duration| d.as_millis() as usize;
+    let message_bytes_max = size(
+        &file.message_bytes_max,
+        "message_bytes_max",
+        1024..=1 << 20,
+        d.framing.message_bytes_max,
+        "use 1024..=1048576 (default 65536)",
+    );
+    shard::StreamConfig {
+        connections_max: size(
+            &file.connections_max,
+            "connections_max",
+            1..=1 << 22,
+            d.connections_max,
+            "use 1..=4194304 (default 32768)",
+        ),
+        connections_per_source_max: size(
+            &file.connections_per_source_max,
+            "connections_per_source_max",
+            1..=1 << 22,
+            d.connections_per_source_max,
+            "use 1..=4194304 (default 4096)",
+        ),
+        idle_timeout: Duration::from_secs(size(
+            &file.idle_timeout_s,
+            "idle_timeout_s",
+            1..=86_400,
+            secs(d.idle_timeout),
+            "use 1..=86400 (default 180)",
+        ) as u64),
+        message_timeout: Duration::from_millis(size(
+            &file.message_timeout_ms,
+            "message_timeout_ms",
+            100..=600_000,
+            ms(d.message_timeout),
+            "use 100..=600000 (default 10000)",
+        ) as u64),
+        connect_timeout: Duration::from_millis(size(
+            &file.connect_timeout_ms,
+            "connect_timeout_ms",
+            100..=600_000,
+            ms(d.connect_timeout),
+            "use 100..=600000 (default 3000)",
+        ) as u64),
+        send_queue_bytes_max: size(
+            &file.send_queue_bytes_max,
+            "send_queue_bytes_max",
+            1 << 16..=1 << 30,
+            d.send_queue_bytes_max,
+            "use 65536..=1073741824 (default 1048576)",
+        ),
+        framing: StreamLimits {
+            message_bytes_max,
+            buffer_bytes_max: 2 * message_bytes_max,
+        },
     }
 }
 

@@ -61,6 +61,8 @@ impl Default for AppConfig {
             .expect("two loopback backends make a valid set");
         let shard = shard::Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            tcp_listen: None,
+            streams: shard::StreamConfig::default(),
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpus: Vec::new(),
             limits: Limits::default(),
@@ -170,15 +172,98 @@ pub fn backend_peer(text: &str) -> Result<Peer, String> {
     ))
 }
 
-/// A backend the shards can reach today: streams are refused until they
-/// are served, rather than sent as datagrams.
+/// A backend the shards can reach today: TLS is refused until it is
+/// served, rather than sent in the clear.
 pub fn served(peer: Peer) -> Result<Peer, String> {
     match peer.transport {
-        Transport::Udp => Ok(peer),
-        t => Err(format!(
-            "transport {t} is not served yet; use a UDP backend"
-        )),
+        Transport::Tls => Err("TLS is not served yet; use transport=tcp or udp".to_string()),
+        _ => Ok(peer),
     }
+}
+
+/// A listen list that cannot work, and what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub what: String,
+    pub fix: String,
+}
+
+/// `--listen` and `listen =`: `[udp|tcp|tls:]IP:PORT` each, at most one a
+/// transport. Returns the UDP address (the first listener's when none is
+/// UDP: the shards always serve UDP, RFC 3261 §18) and the TCP one.
+pub fn listeners(list: &[&str]) -> Result<(SocketAddr, Option<SocketAddr>), Refused> {
+    let refuse = |what: String, fix: &str| Refused {
+        what,
+        fix: fix.to_string(),
+    };
+    let mut by_transport: [Option<SocketAddr>; 3] = [None; 3];
+    for text in list {
+        let peer: Peer = text.parse().map_err(|e| {
+            refuse(
+                format!("{text:?}: {e}"),
+                "write [udp|tcp|tls:]IP:PORT, e.g. \"tcp:192.0.2.10:5060\"",
+            )
+        })?;
+        if peer.addr.ip().is_unspecified() {
+            return Err(refuse(
+                format!("{text:?} is a wildcard address"),
+                "give the address peers reach us on, e.g. \"192.0.2.10:5060\": it goes in our Via and Record-Route",
+            ));
+        }
+        if peer.transport == Transport::Tls {
+            return Err(refuse(
+                format!("{text:?}: TLS is not served yet"),
+                "listen on udp: or tcp:",
+            ));
+        }
+        let slot = &mut by_transport[peer.transport.index()];
+        if slot.is_some() {
+            return Err(refuse(
+                format!("{text:?}: a second {} listener", peer.transport),
+                "give one address per transport",
+            ));
+        }
+        *slot = Some(peer.addr);
+    }
+    let first = list
+        .first()
+        .and_then(|t| t.parse::<Peer>().ok())
+        .map(|p| p.addr);
+    let udp = by_transport[0]
+        .or(first)
+        .ok_or_else(|| refuse("no address".into(), "give at least one"))?;
+    let tcp = by_transport[Transport::Tcp.index()];
+    if tcp.is_some_and(|t| t.is_ipv4() != udp.is_ipv4()) {
+        return Err(refuse(
+            "the UDP and TCP listeners are of two address families".into(),
+            "listen on one family, IPv4 or IPv6",
+        ));
+    }
+    Ok((udp, tcp))
+}
+
+/// What cannot work between the listeners and the backends: a backend over
+/// TCP with no TCP listener (its in-dialog requests come back over TCP to
+/// our Record-Route), a backend of another address family than ours.
+pub fn transport_problems(shard: &shard::Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    for set in shard.routing.sets() {
+        for member in set.members.iter() {
+            if member.transport == Transport::Tcp && shard.tcp_listen.is_none() {
+                problems.push(format!(
+                    "backend {} is over TCP but nothing listens on TCP; add tcp:IP:PORT to listen",
+                    member.uri
+                ));
+            }
+            if member.address.is_ipv4() != shard.listen.is_ipv4() {
+                problems.push(format!(
+                    "backend {} is not in the listen address's family ({})",
+                    member.uri, shard.listen
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// A URI's transport: its `transport` parameter, else TLS for `sips:`

@@ -13,9 +13,9 @@ use toml::Spanned;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct File {
-    /// The UDP address SIP arrives on; also what goes in our Via and
-    /// Record-Route.
-    pub listen: Spanned<String>,
+    /// Where SIP arrives: one `[udp|tcp|tls:]IP:PORT` or a list of them;
+    /// also what goes in our Via and Record-Route.
+    pub listen: Spanned<Listen>,
     /// Shard threads; default: the usable cores.
     pub shards: Option<Spanned<usize>>,
     /// CPUs the shards are pinned to, in order; default: the first ones.
@@ -33,6 +33,8 @@ pub struct File {
     pub socket: Socket,
     #[serde(default)]
     pub limits: LimitsFile,
+    #[serde(default)]
+    pub streams: StreamsFile,
     #[serde(default)]
     pub transactions: TransactionsFile,
     #[serde(default)]
@@ -67,6 +69,36 @@ pub struct Socket {
     /// Steer each datagram to its shard's socket in the kernel (eBPF);
     /// default true. Without it the shards hand datagrams to each other.
     pub steering: Option<bool>,
+}
+
+/// `listen = "..."` or `listen = ["...", "..."]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Listen {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Listen {
+    pub fn list(&self) -> Vec<&str> {
+        match self {
+            Listen::One(one) => vec![one.as_str()],
+            Listen::Many(many) => many.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// `[streams]`: connection bounds and timeouts (TCP).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamsFile {
+    pub connections_max: Option<Spanned<usize>>,
+    pub connections_per_source_max: Option<Spanned<usize>>,
+    pub idle_timeout_s: Option<Spanned<usize>>,
+    pub message_timeout_ms: Option<Spanned<usize>>,
+    pub connect_timeout_ms: Option<Spanned<usize>>,
+    pub send_queue_bytes_max: Option<Spanned<usize>>,
+    pub message_bytes_max: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

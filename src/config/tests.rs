@@ -420,3 +420,56 @@ fn the_command_line_routes_to_its_backends_with_its_algorithm() {
     );
     assert!(config.route_to(Some(Vec::new()), None).is_err());
 }
+
+#[test]
+fn listeners_by_transport() {
+    let udp: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+    let tcp: SocketAddr = "127.0.0.1:5070".parse().unwrap();
+    assert_eq!(listeners(&["127.0.0.1:5060"]), Ok((udp, None)));
+    assert_eq!(
+        listeners(&["tcp:127.0.0.1:5070", "udp:127.0.0.1:5060"]),
+        Ok((udp, Some(tcp)))
+    );
+    // UDP is always served: on the first listener's address without one.
+    assert_eq!(listeners(&["tcp:127.0.0.1:5070"]), Ok((tcp, Some(tcp))));
+    let refused = |list: &[&str]| listeners(list).unwrap_err().what;
+    assert!(refused(&["tcp:0.0.0.0:5060"]).contains("wildcard"));
+    assert!(refused(&["tls:127.0.0.1:5061"]).contains("TLS is not served yet"));
+    assert!(refused(&["tcp:127.0.0.1:1", "tcp:127.0.0.1:2"]).contains("a second tcp listener"));
+    assert!(refused(&["sctp:127.0.0.1:1"]).contains("not udp, tcp or tls"));
+    assert!(refused(&["127.0.0.1:5060", "tcp:[::1]:5060"]).contains("two address families"));
+}
+
+#[test]
+fn a_file_lists_its_listeners_and_tcp_backends_need_one() {
+    let text = "listen = [\"127.0.0.1:5060\", \"tcp:127.0.0.1:5060\"]\n[streams]\nidle_timeout_s = 60\n[backends]\nmembers = [\"sip:127.0.0.1:5080;transport=tcp\"]\n";
+    let config = parse(text).unwrap();
+    assert_eq!(
+        config.shard.tcp_listen,
+        Some("127.0.0.1:5060".parse().unwrap())
+    );
+    assert_eq!(
+        config.shard.streams.idle_timeout,
+        std::time::Duration::from_secs(60)
+    );
+    let member = &config.shard.routing.sets()[0].members[0];
+    assert_eq!(member.transport, Transport::Tcp);
+    let udp_only = text.replace(", \"tcp:127.0.0.1:5060\"", "");
+    let problems = parse(&udp_only).unwrap_err();
+    assert!(
+        problems[0].what.contains("nothing listens on TCP"),
+        "{}",
+        problems[0]
+    );
+    assert_eq!(problems[0].line, 1);
+    let v6 = text.replace("sip:127.0.0.1:5080", "sip:[::1]:5080");
+    assert!(parse(&v6).unwrap_err()[0].what.contains("family"));
+    let tls = text.replace("transport=tcp", "transport=tls");
+    assert!(parse(&tls).unwrap_err()[0]
+        .what
+        .contains("TLS is not served yet"));
+    let bad = text.replace("idle_timeout_s = 60", "idle_timeout_s = 0");
+    assert!(parse(&bad).unwrap_err()[0]
+        .what
+        .contains("streams.idle_timeout_s"));
+}

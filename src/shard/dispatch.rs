@@ -10,6 +10,7 @@ use socket2::Socket;
 
 use super::inbox::Handoff;
 use super::stats::{self, MessageCounts, ShardCounters};
+use super::streams::Streams;
 use super::sys::{self, SendBatch};
 use super::{gate, Shared};
 use crate::proxy::{Outcome, Proxy, Transmit};
@@ -63,6 +64,10 @@ pub(super) struct Wire {
     pub(super) send_failed: u64,
     /// A `sendmmsg` reported an ICMP error: read the error queue.
     pub(super) icmp_pending: bool,
+    /// The shard's connections (TCP): sends to a stream peer go here.
+    pub(super) streams: Streams,
+    /// Stream sends for connections other shards own, to hand over.
+    pub(super) handoffs: Vec<(usize, Handoff)>,
 }
 
 impl Output {
@@ -120,8 +125,50 @@ impl Output {
         }
     }
 
+    /// Services the shard's connections: what they read is dispatched
+    /// like datagrams (by Call-ID owner), connections we opened that
+    /// failed fail their tries over, and sends for other shards'
+    /// connections are handed to them.
+    pub(super) fn streams(&mut self, index: usize, shared: &Shared) -> std::io::Result<()> {
+        let received_at = self.clock;
+        self.wire.streams.poll(received_at)?;
+        let arrivals = std::mem::take(&mut self.wire.streams.arrivals);
+        let frames = std::mem::take(&mut self.wire.streams.frames);
+        for (peer, range) in &frames {
+            self.counters.received += 1;
+            if let Some(message) = arrivals.get(range.clone()) {
+                self.dispatch(index, shared, *peer, message, received_at);
+            }
+        }
+        self.wire.streams.arrivals = arrivals;
+        self.wire.streams.frames = frames;
+        self.wire.streams.clear_arrivals();
+        self.stream_failures();
+        Ok(())
+    }
+
+    /// Whether the streams' deadlines are due to be checked, with nothing
+    /// ready on them (an idle shard still closes idle connections).
+    pub(super) fn streams_due(&self) -> bool {
+        self.wire.streams.sweep_due(self.clock)
+    }
+
+    /// Tries waiting on a connection we opened that failed go on to the
+    /// next backend, as after an ICMP error.
+    pub(super) fn stream_failures(&mut self) {
+        while let Some(peer) = self.wire.streams.failed.pop() {
+            self.unreachable(peer);
+        }
+    }
+
     /// Rings the doorbell of every shard handed datagrams since the last call.
     pub(super) fn ring_owners(&mut self, shared: &Shared) {
+        for (owner, handoff) in self.wire.handoffs.drain(..) {
+            match shared.inboxes[owner].push(handoff) {
+                Ok(()) => self.to_ring[owner] = true,
+                Err(_) => self.counters.handoff_dropped += 1,
+            }
+        }
         for (owner, ring) in self.to_ring.iter_mut().enumerate() {
             if std::mem::take(ring) {
                 shared.doorbells[owner].ring();
@@ -229,8 +276,10 @@ impl Output {
 }
 
 impl Wire {
-    pub(super) fn new(socket: Socket, own_socket: Socket) -> Wire {
+    pub(super) fn new(socket: Socket, own_socket: Socket, streams: Streams) -> Wire {
         Wire {
+            streams,
+            handoffs: Vec::new(),
             socket,
             own_socket,
             send: SendBatch::new(),
@@ -281,8 +330,7 @@ impl Transmit for Wire {
     /// bytes tell which.
     fn send(&mut self, to: Peer, len: usize) {
         if to.transport.is_stream() {
-            // Refused by the configuration check until streams are served.
-            self.send_failed += 1;
+            self.send_stream(to, len);
             return;
         }
         let to = to.addr;
@@ -292,5 +340,24 @@ impl Transmit for Wire {
             .count(stats::classify(&message[..len.min(message.len())]));
         self.send.push(to, len, !response);
         self.in_flight.push(self.received_at);
+    }
+}
+
+impl Wire {
+    /// A message for a connection: written to it now when this shard
+    /// owns it (or can open one), else handed to the shard that does.
+    fn send_stream(&mut self, to: Peer, len: usize) {
+        let message = &self.send.space()[..len];
+        self.sent_messages.count(stats::classify(message));
+        match self.streams.send(to, message, self.received_at) {
+            Ok(()) => self.sent += 1,
+            Err(owner) => {
+                let handoff = Handoff::Send {
+                    to,
+                    bytes: message.to_vec(),
+                };
+                self.handoffs.push((owner, handoff));
+            }
+        }
     }
 }

@@ -23,6 +23,9 @@ pub(super) enum Handoff {
     /// error to one socket of the `SO_REUSEPORT` group, not always the
     /// sender's, so the shard that reads it tells the others.
     Unreachable(SocketAddr),
+    /// A message for a connection this shard owns, from the shard that
+    /// owns its call.
+    Send { to: Peer, bytes: Vec<u8> },
 }
 
 /// A shard's inbox: what other shards hand it, bounded in slots and in
@@ -78,6 +81,7 @@ impl Handoff {
         match self {
             Handoff::Datagram { datagram, .. } => datagram.len(),
             Handoff::Unreachable(_) => 0,
+            Handoff::Send { bytes, .. } => bytes.len(),
         }
     }
 }

@@ -30,8 +30,11 @@ mod run;
 mod start;
 pub mod stats;
 mod steer;
+mod streams;
 mod sys;
 mod uring;
+
+pub use streams::{StreamConfig, StreamCounters};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -57,7 +60,12 @@ use uring::Uring;
 /// What the runtime needs to start.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The UDP listen address.
     pub listen: SocketAddr,
+    /// The TCP listen address, when SIP over TCP is served.
+    pub tcp_listen: Option<SocketAddr>,
+    /// Connection bounds and timeouts.
+    pub streams: StreamConfig,
     pub shards: usize,
     /// CPUs to pin shard `i` to (`cpus[i % len]`); empty means the first
     /// `shards` CPUs the process may use.
@@ -251,8 +259,7 @@ struct Shard {
 impl Shard {
     fn new(
         index: usize,
-        socket: Socket,
-        own_socket: Socket,
+        (socket, own_socket, streams): (Socket, Socket, streams::Streams),
         proxy: Proxy,
         shared: Arc<Shared>,
         (overload, max_transactions, shed_map): Overload,
@@ -275,7 +282,7 @@ impl Shard {
             overload_window: (Instant::now(), 0),
             max_transactions: max_transactions.max(1),
             kernel_shed: shed_map.map(KernelShed::new),
-            output: Output::new(proxy, Wire::new(socket, own_socket), shards, gate),
+            output: Output::new(proxy, Wire::new(socket, own_socket, streams), shards, gate),
         }
     }
 }

@@ -17,6 +17,8 @@ use crate::sip::Peer;
 const TOKEN_SOCKET: u64 = 0;
 const TOKEN_DOORBELL: u64 = 1;
 const TOKEN_OWN_SOCKET: u64 = 2;
+/// The streams' epoll set, nested: ready while any connection is.
+const TOKEN_STREAMS: u64 = 3;
 
 /// How long a stopping shard waits for the others to pass their last
 /// receive (a shard that failed never does).
@@ -43,6 +45,7 @@ impl Shard {
                 self.output.wire.socket.as_raw_fd(),
                 self.output.wire.own_socket.as_raw_fd(),
                 self.shared.doorbells[self.index].raw(),
+                self.output.wire.streams.fd(),
             ) {
                 Ok(uring) => Ok(Loop::Uring(Box::new(uring))),
                 Err(error) if io == Io::Uring => Err(uring_required(error)),
@@ -73,6 +76,7 @@ impl Shard {
         poller.add(self.output.wire.socket.as_raw_fd(), TOKEN_SOCKET)?;
         poller.add(self.output.wire.own_socket.as_raw_fd(), TOKEN_OWN_SOCKET)?;
         poller.add(self.shared.doorbells[self.index].raw(), TOKEN_DOORBELL)?;
+        poller.add(self.output.wire.streams.fd(), TOKEN_STREAMS)?;
         Ok(poller)
     }
 
@@ -80,12 +84,14 @@ impl Shard {
         while !self.shared.stop.load(Ordering::Relaxed) {
             let mut socket_ready = false;
             let mut own_ready = false;
+            let mut streams_ready = false;
             let wait = self.output.wait_for(IDLE_WAIT);
             self.output.counters.turns += 1;
             for token in poller.wait(wait.as_millis() as i32)? {
                 match token {
                     TOKEN_SOCKET => socket_ready = true,
                     TOKEN_OWN_SOCKET => own_ready = true,
+                    TOKEN_STREAMS => streams_ready = true,
                     _ => self.shared.doorbells[self.index].clear(),
                 }
             }
@@ -96,6 +102,9 @@ impl Shard {
             if own_ready {
                 self.receive(self.output.wire.own_socket.as_raw_fd())?;
             }
+            if streams_ready || self.output.streams_due() {
+                self.output.streams(self.index, &self.shared)?;
+            }
             self.drain_inbox();
             if std::mem::take(&mut self.recv.icmp_pending)
                 | std::mem::take(&mut self.output.wire.icmp_pending)
@@ -103,6 +112,8 @@ impl Shard {
                 self.output.icmp_errors(self.index, &self.shared);
             }
             self.output.timers();
+            self.output.stream_failures();
+            self.output.ring_owners(&self.shared);
             self.output.flush();
             self.end_turn(Instant::now());
         }
@@ -121,12 +132,17 @@ impl Shard {
             let icmp = flushed.icmp_pending;
             self.output.ring_sent(flushed);
             self.handle_ready(&mut uring, &ready);
+            if uring.take_streams_ready() || self.output.streams_due() {
+                self.output.streams(self.index, &self.shared)?;
+            }
             self.output.ring_owners(&self.shared);
             self.drain_inbox();
             if icmp | std::mem::take(&mut self.output.wire.icmp_pending) {
                 self.output.icmp_errors(self.index, &self.shared);
             }
             self.output.timers();
+            self.output.stream_failures();
+            self.output.ring_owners(&self.shared);
             let done = Instant::now();
             if !self.output.wire.send.is_empty() {
                 uring.queue_sends(&self.output.wire.send)?;
@@ -200,6 +216,12 @@ impl Shard {
                     received_at,
                 } => self.output.handle(source, &datagram, received_at),
                 Handoff::Unreachable(to) => self.output.unreachable(Peer::udp(to)),
+                Handoff::Send { to, bytes } => {
+                    let at = self.output.clock;
+                    if self.output.wire.streams.send(to, &bytes, at).is_err() {
+                        self.output.wire.send_failed += 1;
+                    }
+                }
             }
         }
     }

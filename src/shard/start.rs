@@ -15,11 +15,12 @@ use core_affinity::CoreId;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::inbox::Inbox;
+use super::streams::Streams;
 use super::sys::{self, Doorbell};
 use super::uring::Uring;
 use super::{gate, random_seed, steer, Config, Io, Runtime, Shard, Shared, SHARD_FAILED};
 use crate::proxy::Proxy;
-use crate::sip::{LocalAddress, Scanner};
+use crate::sip::{LocalAddress, Scanner, Transport};
 
 /// What each shard's thread says when its loop is set up: io_uring
 /// (true), epoll (false), or why neither could be.
@@ -34,6 +35,12 @@ impl Runtime {
             .map(|_| bind(&config, config.listen, true))
             .collect::<io::Result<Vec<_>>>()?;
         let own_sockets = bind_own(&config, shards)?;
+        let streams = (0..shards)
+            .map(|i| {
+                let streams = config.streams.clone();
+                Streams::new(i, streams, config.tcp_listen, config.listen.ip())
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         let (steering, sink) = steer(&config, &sockets);
         let steered = steering.is_some();
         let shed_map = steering.as_ref().and_then(steer::Steering::shed_map);
@@ -52,7 +59,7 @@ impl Runtime {
             config: &config,
             use_uring: choose_uring(config.io)?,
             cores: usable_cores(&config.cpus)?,
-            local: local_address(config.listen, &own_ports),
+            local: local_address(config.listen, config.tcp_listen, &own_ports),
             own_ports: &own_ports,
             shed_map,
         };
@@ -60,8 +67,10 @@ impl Runtime {
         // logged: one may fail to get a ring where the probe got one.
         let (loop_tx, loop_rx) = channel::<LoopWord>();
         let mut threads = Vec::with_capacity(shards);
-        for (index, sockets) in sockets.into_iter().zip(own_sockets).enumerate() {
-            threads.push(spawn.shard(index, sockets, &shared, loop_tx.clone())?);
+        let per_shard = sockets.into_iter().zip(own_sockets).zip(streams);
+        for (index, ((socket, own), streams)) in per_shard.enumerate() {
+            let io = (socket, own, streams);
+            threads.push(spawn.shard(index, io, &shared, loop_tx.clone())?);
         }
         drop(loop_tx);
         let runtime = Runtime {
@@ -79,7 +88,8 @@ impl Runtime {
         };
         let default_set = config.routing.set(config.routing.default_set());
         let backends = default_set.members.len();
-        tracing::info!(listen = %config.listen, shards, io, steered, shed_in_kernel, backends, ?own_ports, "sipshard is running");
+        let tcp = config.tcp_listen.map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listen = %config.listen, tcp, shards, io, steered, shed_in_kernel, backends, ?own_ports, "sipshard is running");
         Ok(runtime)
     }
 }
@@ -191,10 +201,13 @@ fn usable_cores(cpus: &[usize]) -> io::Result<Vec<CoreId>> {
     Ok(cores)
 }
 
-/// The listen address and every shard's own port, as our own.
-fn local_address(listen: SocketAddr, own_ports: &[u16]) -> LocalAddress {
+/// The listen addresses and every shard's own port, as our own.
+fn local_address(listen: SocketAddr, tcp: Option<SocketAddr>, own_ports: &[u16]) -> LocalAddress {
     let host = host_text(listen);
     let mut local = LocalAddress::new(&host, listen.port());
+    if let Some(tcp) = tcp {
+        local = local.with_stream_port(Transport::Tcp, tcp.port());
+    }
     for &port in own_ports {
         local = local.with_alias(&host, port);
     }
@@ -230,7 +243,7 @@ impl Spawn<'_> {
     fn shard(
         &self,
         index: usize,
-        (socket, own_socket): (Socket, Socket),
+        io: (Socket, Socket, Streams),
         shared: &Arc<Shared>,
         started: Sender<LoopWord>,
     ) -> io::Result<JoinHandle<()>> {
@@ -248,7 +261,7 @@ impl Spawn<'_> {
         let overload = config.overload.clone();
         let max_transactions = config.txn.max_transactions;
         let shed_map = self.shed_map.clone();
-        let (use_uring, io) = (self.use_uring, config.io);
+        let (use_uring, io_choice) = (self.use_uring, config.io);
         std::thread::Builder::new()
             .name(format!("shard-{index}"))
             .spawn(move || {
@@ -263,13 +276,12 @@ impl Spawn<'_> {
                 }
                 let mut shard = Shard::new(
                     index,
-                    socket,
-                    own_socket,
+                    io,
                     proxy,
                     shared,
                     (overload, max_transactions, shed_map),
                 );
-                if let Err(error) = shard.run(use_uring, io, started) {
+                if let Err(error) = shard.run(use_uring, io_choice, started) {
                     // Its calls cannot go on, and the others should not
                     // go on without it: stop the gateway (cleanly) and
                     // exit non-zero, so a supervisor restarts it.
@@ -313,7 +325,14 @@ fn probe_uring() -> io::Result<()> {
     let doorbell = Doorbell::new()?;
     let own = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     own.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
-    Uring::new(socket.as_raw_fd(), own.as_raw_fd(), doorbell.raw()).map(drop)
+    let streams = sys::Poller::new()?;
+    Uring::new(
+        socket.as_raw_fd(),
+        own.as_raw_fd(),
+        doorbell.raw(),
+        streams.raw(),
+    )
+    .map(drop)
 }
 
 /// An io_uring set-up error where the operator asked for io_uring alone:

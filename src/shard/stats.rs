@@ -295,6 +295,29 @@ impl Shard {
         ] {
             stats.set(stat, value);
         }
+        let s = &w.streams.counters;
+        let f = |fault: crate::sip::StreamFault| s.faults[fault.index()];
+        use crate::sip::StreamFault as F;
+        for (stat, value) in [
+            (Stat::ConnectionsOpen, w.streams.open() as u64),
+            (Stat::ConnectionsAccepted, s.accepted),
+            (Stat::ConnectionsConnected, s.connected),
+            (Stat::ConnectionsClosedPeer, s.closed_by_peer),
+            (Stat::ConnectionsClosedIdle, s.closed_idle),
+            (Stat::ConnectionsClosedSlow, s.closed_slow),
+            (Stat::ConnectionsClosedBacklog, s.closed_backlog),
+            (Stat::ConnectionsRefused, s.refused),
+            (Stat::ConnectionsConnectFailed, s.connect_failed),
+            (Stat::StreamFaultNoContentLength, f(F::NoContentLength)),
+            (Stat::StreamFaultBadContentLength, f(F::BadContentLength)),
+            (Stat::StreamFaultHeadersTooLong, f(F::HeadersTooLong)),
+            (Stat::StreamFaultMessageTooLarge, f(F::MessageTooLarge)),
+            (Stat::StreamFaultBufferFull, f(F::BufferFull)),
+            (Stat::StreamPings, s.pings),
+            (Stat::StreamSendFailed, s.send_failed),
+        ] {
+            stats.set(stat, value);
+        }
         for limit in crate::proxy::Limit::ALL {
             stats.set(Stat::of_limit(limit), p.limits.get(limit));
         }

@@ -269,6 +269,11 @@ pub(crate) struct Poller {
 
 impl Poller {
     pub(crate) fn new() -> io::Result<Poller> {
+        Poller::with_capacity(16)
+    }
+
+    /// A set that returns up to `events` ready descriptors a wait.
+    pub(crate) fn with_capacity(events: usize) -> io::Result<Poller> {
         // SAFETY: no pointers; a non-negative result is a new descriptor.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -277,16 +282,34 @@ impl Poller {
         Ok(Poller {
             // SAFETY: `fd` is fresh and ours.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; 16],
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; events.max(1)],
         })
+    }
+
+    /// The set's own descriptor: itself readable while any member is ready.
+    pub(crate) fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The most descriptors one wait returns.
+    pub(crate) fn capacity(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Watches a connection, edge-triggered, for input, room to write and
+    /// hang-up: each edge is serviced until the socket would block.
+    pub(crate) fn add_stream(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
+        self.add_with(fd, token, events as u32)
     }
 
     /// Watches `fd` for input; `token` comes back with its events.
     pub(crate) fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
+        self.add_with(fd, token, libc::EPOLLIN as u32)
+    }
+
+    fn add_with(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: token };
         // SAFETY: `event` is a live epoll_event; both descriptors are open.
         let result =
             unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };

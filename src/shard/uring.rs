@@ -33,6 +33,8 @@ const USER_RECV: u64 = 1;
 /// The multishot receive on the shard's own socket.
 const USER_RECV_OWN: u64 = 4;
 const USER_DOORBELL: u64 = 2;
+/// A poll of the streams' epoll set: some connection is ready.
+const USER_STREAMS: u64 = 3;
 /// Sends carry `USER_SEND + index in the batch`, so a send that must go
 /// again can be found.
 const USER_SEND: u64 = 1 << 32;
@@ -133,6 +135,10 @@ pub(crate) struct Uring {
     /// The socket each send of the batch leaves from, for a resend.
     send_fds: [RawFd; BATCH],
     doorbell: RawFd,
+    /// The streams' epoll set, and whether its poll fired since the shard
+    /// last asked.
+    streams: RawFd,
+    streams_ready: bool,
     /// The three descriptors are registered with the ring (indices 0, 1
     /// and 2, in the order above), so that an operation on them skips the
     /// kernel's descriptor lookup and reference count.
@@ -149,7 +155,12 @@ pub(crate) struct Uring {
 impl Uring {
     /// Sets up a ring for one shard's socket and doorbell; fails where
     /// io_uring is missing or forbidden, and the shard uses epoll instead.
-    pub(crate) fn new(socket: RawFd, own_socket: RawFd, doorbell: RawFd) -> io::Result<Uring> {
+    pub(crate) fn new(
+        socket: RawFd,
+        own_socket: RawFd,
+        doorbell: RawFd,
+        streams: RawFd,
+    ) -> io::Result<Uring> {
         // Completions are run only when the shard waits for them (6.1+):
         // a datagram then costs no task-work interrupt of its own. Older
         // kernels take the ring without it.
@@ -190,6 +201,8 @@ impl Uring {
             own_socket,
             send_fds: [socket; BATCH],
             doorbell,
+            streams,
+            streams_ready: false,
             fixed: false,
             sends_in_flight: 0,
             send_result: Flushed::default(),
@@ -204,6 +217,7 @@ impl Uring {
         uring.arm_recv(USER_RECV)?;
         uring.arm_recv(USER_RECV_OWN)?;
         uring.arm_doorbell()?;
+        uring.arm_streams()?;
         uring.ring.submit()?;
         Ok(uring)
     }
@@ -268,6 +282,19 @@ impl Uring {
         self.push(&entry)
     }
 
+    /// Polls the streams' epoll set once; re-armed each time it fires.
+    fn arm_streams(&mut self) -> io::Result<()> {
+        let entry = opcode::PollAdd::new(types::Fd(self.streams), libc::POLLIN as u32)
+            .build()
+            .user_data(USER_STREAMS);
+        self.push(&entry)
+    }
+
+    /// Whether a connection became ready since the last call.
+    pub(crate) fn take_streams_ready(&mut self) -> bool {
+        std::mem::take(&mut self.streams_ready)
+    }
+
     /// Submits what is queued (the last turn's sends) and sleeps until a
     /// completion arrives or `timeout` passes; returns up to `BATCH`
     /// received datagrams, and the results of the sends it saw complete.
@@ -320,6 +347,7 @@ impl Uring {
         let mut rearm_recv = false;
         let mut rearm_recv_own = false;
         let mut rearm_doorbell = false;
+        let mut rearm_streams = false;
         let mut completion = self.ring.completion();
         loop {
             // Send and doorbell completions are always taken; datagrams
@@ -353,6 +381,10 @@ impl Uring {
                     }
                 }
                 USER_DOORBELL => rearm_doorbell = true,
+                USER_STREAMS => {
+                    self.streams_ready = true;
+                    rearm_streams = true;
+                }
                 user_data => {
                     self.sends_in_flight = self.sends_in_flight.saturating_sub(1);
                     let index = user_data.wrapping_sub(USER_SEND) as usize;
@@ -379,6 +411,9 @@ impl Uring {
         }
         if rearm_doorbell {
             self.arm_doorbell()?;
+        }
+        if rearm_streams {
+            self.arm_streams()?;
         }
         Ok(())
     }

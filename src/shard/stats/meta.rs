@@ -67,10 +67,27 @@ pub enum Stat {
     ShedDropped,
     ShedInKernel,
     LocalAcksAbsorbed,
+    /// Connections (TCP): open now, opened, closed by reason.
+    ConnectionsOpen,
+    ConnectionsAccepted,
+    ConnectionsConnected,
+    ConnectionsClosedPeer,
+    ConnectionsClosedIdle,
+    ConnectionsClosedSlow,
+    ConnectionsClosedBacklog,
+    ConnectionsRefused,
+    ConnectionsConnectFailed,
+    StreamFaultNoContentLength,
+    StreamFaultBadContentLength,
+    StreamFaultHeadersTooLong,
+    StreamFaultMessageTooLarge,
+    StreamFaultBufferFull,
+    StreamPings,
+    StreamSendFailed,
 }
 
 impl Stat {
-    pub const ALL: [Stat; 48] = [
+    pub const ALL: [Stat; 64] = [
         Stat::Received,
         Stat::Sent,
         Stat::HandedOff,
@@ -119,6 +136,22 @@ impl Stat {
         Stat::ShedDropped,
         Stat::ShedInKernel,
         Stat::LocalAcksAbsorbed,
+        Stat::ConnectionsOpen,
+        Stat::ConnectionsAccepted,
+        Stat::ConnectionsConnected,
+        Stat::ConnectionsClosedPeer,
+        Stat::ConnectionsClosedIdle,
+        Stat::ConnectionsClosedSlow,
+        Stat::ConnectionsClosedBacklog,
+        Stat::ConnectionsRefused,
+        Stat::ConnectionsConnectFailed,
+        Stat::StreamFaultNoContentLength,
+        Stat::StreamFaultBadContentLength,
+        Stat::StreamFaultHeadersTooLong,
+        Stat::StreamFaultMessageTooLarge,
+        Stat::StreamFaultBufferFull,
+        Stat::StreamPings,
+        Stat::StreamSendFailed,
     ];
 
     /// The stat's family, help, type and label: from the one part of the
@@ -154,7 +187,7 @@ type Row = (
 );
 
 /// The table, in parts by kind of stat; each part answers for its own.
-const PARTS: [fn(Stat) -> Option<Row>; 7] = [
+const PARTS: [fn(Stat) -> Option<Row>; 8] = [
     loop_row,
     proxy_row,
     timeout_row,
@@ -162,6 +195,7 @@ const PARTS: [fn(Stat) -> Option<Row>; 7] = [
     table_row,
     dropped_row,
     limit_row,
+    stream_row,
 ];
 
 /// The shard's own loop: datagrams in and out, handoffs, turns, work.
@@ -385,6 +419,65 @@ fn limit_row(stat: Stat) -> Option<Row> {
         _ => return None,
     })
 }
+/// Connections: open, opened, closed by reason; framing faults; pings.
+fn stream_row(stat: Stat) -> Option<Row> {
+    use Kind::{Counter, Gauge};
+    let opened = |how| {
+        (
+            "connections_opened_total",
+            "Connections opened, by how: accepted from peers or connected to them.",
+            Counter,
+            Some(("how", how)),
+        )
+    };
+    let closed = |reason| {
+        ("connections_closed_total", "Connections closed, by reason (peer: closed or reset by it; refused: past a connection bound at accept).", Counter, Some(("reason", reason)))
+    };
+    let fault = |f: crate::sip::StreamFault| {
+        (
+            "stream_faults_total",
+            "Connections closed because their byte stream could not be framed, by fault.",
+            Counter,
+            Some(("fault", f.name())),
+        )
+    };
+    use crate::sip::StreamFault as F;
+    Some(match stat {
+        Stat::ConnectionsOpen => (
+            "connections_open",
+            "Connections open now (TCP).",
+            Gauge,
+            None,
+        ),
+        Stat::ConnectionsAccepted => opened("accepted"),
+        Stat::ConnectionsConnected => opened("connected"),
+        Stat::ConnectionsClosedPeer => closed("peer"),
+        Stat::ConnectionsClosedIdle => closed("idle"),
+        Stat::ConnectionsClosedSlow => closed("slow_message"),
+        Stat::ConnectionsClosedBacklog => closed("send_backlog"),
+        Stat::ConnectionsRefused => closed("refused"),
+        Stat::ConnectionsConnectFailed => closed("connect_failed"),
+        Stat::StreamFaultNoContentLength => fault(F::NoContentLength),
+        Stat::StreamFaultBadContentLength => fault(F::BadContentLength),
+        Stat::StreamFaultHeadersTooLong => fault(F::HeadersTooLong),
+        Stat::StreamFaultMessageTooLarge => fault(F::MessageTooLarge),
+        Stat::StreamFaultBufferFull => fault(F::BufferFull),
+        Stat::StreamPings => (
+            "stream_pings_total",
+            "Keep-alive pings (double CRLF) answered with a pong.",
+            Counter,
+            None,
+        ),
+        Stat::StreamSendFailed => (
+            "stream_send_failed_total",
+            "Messages for a connection that was gone and could not be opened again.",
+            Counter,
+            None,
+        ),
+        _ => return None,
+    })
+}
+
 fn dropped(reason: &'static str) -> Row {
     (
         "dropped_total",

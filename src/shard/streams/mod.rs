@@ -1,0 +1,483 @@
+//! A shard's SIP connections (RFC 3261 §18 over TCP): the ones it accepted
+//! on its own `SO_REUSEPORT` listener and the ones it opened to backends.
+//! A connection belongs to this shard alone; no other thread touches it.
+//!
+//! Every connection sits in one edge-triggered epoll set, which the shard's
+//! loop waits on beside its datagram sockets (nested in the epoll loop,
+//! polled by the ring in the io_uring loop). Reading frames messages by
+//! Content-Length (`sip::Deframer`) into an arena the shard then dispatches
+//! like datagrams, by Call-ID owner. Writing goes straight to the socket;
+//! what the kernel does not take waits in a bounded per-connection queue.
+//!
+//! Bounds, each configurable ([`StreamConfig`]): connections per shard and
+//! per source address, bytes queued toward a slow reader, time to finish a
+//! message once begun (slow senders), idle time, time to connect.
+
+mod conn;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::sys::Poller;
+use crate::sip::{FlowId, Peer, StreamFault, StreamLimits, Transport};
+use conn::{Conn, Read};
+
+/// The stream side's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamConfig {
+    /// Open connections a shard holds, accepted and opened together.
+    pub connections_max: usize,
+    /// Connections one source address may hold on one shard.
+    pub connections_per_source_max: usize,
+    /// A connection with no traffic this long is closed.
+    pub idle_timeout: Duration,
+    /// A message begun must be whole within this (slow senders).
+    pub message_timeout: Duration,
+    /// An outgoing connection must be up within this.
+    pub connect_timeout: Duration,
+    /// Bytes queued toward one connection whose reader is slow; past it
+    /// the connection is closed (and counted), never grown.
+    pub send_queue_bytes_max: usize,
+    /// Message and buffer bounds of each connection's framing.
+    pub framing: StreamLimits,
+}
+
+impl Default for StreamConfig {
+    fn default() -> StreamConfig {
+        StreamConfig {
+            connections_max: 32_768,
+            connections_per_source_max: 4_096,
+            idle_timeout: Duration::from_secs(180),
+            message_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+            send_queue_bytes_max: 1 << 20,
+            framing: StreamLimits::default(),
+        }
+    }
+}
+
+/// What the stream side counted, published with the shard's counters.
+#[derive(Clone, Debug, Default)]
+pub struct StreamCounters {
+    pub accepted: u64,
+    pub connected: u64,
+    /// Connections refused at accept: the shard's or the source's bound.
+    pub refused: u64,
+    pub connect_failed: u64,
+    pub closed_by_peer: u64,
+    pub closed_idle: u64,
+    /// A message begun and not finished in time.
+    pub closed_slow: u64,
+    /// A reader that let `send_queue_bytes_max` pile up.
+    pub closed_backlog: u64,
+    pub faults: [u64; StreamFault::ALL.len()],
+    pub pings: u64,
+    /// Sends with no connection and none to be had.
+    pub send_failed: u64,
+    pub messages_received: u64,
+}
+
+/// Tokens of the streams' epoll set: the listener, then one per slot.
+const TOKEN_LISTENER: u64 = 0;
+const TOKEN_SLOT: u64 = 1;
+/// Connections accepted per turn at most, so that a flood of them cannot
+/// starve the datagram path; the listener stays ready for the next turn.
+const ACCEPTS_PER_TURN: usize = 256;
+/// How often connections are checked for their deadlines.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+/// A shard's connections.
+pub(super) struct Streams {
+    shard: usize,
+    config: StreamConfig,
+    poller: Poller,
+    listener: Option<TcpListener>,
+    /// Where outgoing connections are bound from (the listen address's IP).
+    local_ip: IpAddr,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    by_peer: HashMap<(Transport, SocketAddr), u32>,
+    per_source: HashMap<IpAddr, u32>,
+    open: usize,
+    next_sweep: Instant,
+    /// Messages read this turn, back to back, and who sent each.
+    pub(super) arrivals: Vec<u8>,
+    pub(super) frames: Vec<(Peer, Range<usize>)>,
+    /// Peers whose outgoing connection failed this turn: their tries fail over.
+    pub(super) failed: Vec<Peer>,
+    pub(super) counters: StreamCounters,
+}
+
+struct Slot {
+    generation: u32,
+    conn: Option<Conn>,
+}
+
+impl Streams {
+    /// The shard's streams, listening on `listen` when given (bound with
+    /// `SO_REUSEPORT`, beside the other shards' listeners).
+    pub(super) fn new(
+        shard: usize,
+        config: StreamConfig,
+        listen: Option<SocketAddr>,
+        local_ip: IpAddr,
+    ) -> io::Result<Streams> {
+        let poller = Poller::with_capacity(256)?;
+        let listener = listen.map(bind_listener).transpose()?;
+        if let Some(listener) = &listener {
+            poller.add(listener.as_raw_fd(), TOKEN_LISTENER)?;
+        }
+        Ok(Streams {
+            shard,
+            config,
+            poller,
+            listener,
+            local_ip,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_peer: HashMap::new(),
+            per_source: HashMap::new(),
+            open: 0,
+            next_sweep: Instant::now() + SWEEP_EVERY,
+            arrivals: Vec::new(),
+            frames: Vec::new(),
+            failed: Vec::new(),
+            counters: StreamCounters::default(),
+        })
+    }
+
+    /// The epoll set the shard's loop waits on for all of its streams.
+    pub(super) fn fd(&self) -> std::os::fd::RawFd {
+        self.poller.raw()
+    }
+
+    /// Connections open now.
+    pub(super) fn open(&self) -> usize {
+        self.open
+    }
+
+    /// Where the listener is bound (tests bind port 0).
+    #[cfg(test)]
+    fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref()?.local_addr().ok()
+    }
+
+    /// Accepts, reads and writes whatever is ready, then closes what is
+    /// past a deadline. Messages read land in `arrivals`/`frames`.
+    pub(super) fn poll(&mut self, now: Instant) -> io::Result<()> {
+        loop {
+            let ready: Vec<u64> = self.poller.wait(0)?.collect();
+            for &token in &ready {
+                match token {
+                    TOKEN_LISTENER => self.accept(now),
+                    token => self.service((token - TOKEN_SLOT) as u32, now),
+                }
+            }
+            if ready.len() < self.poller.capacity() {
+                break;
+            }
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_EVERY;
+            self.sweep(now);
+        }
+        Ok(())
+    }
+
+    /// Whether the deadline sweep is due.
+    pub(super) fn sweep_due(&self, now: Instant) -> bool {
+        now >= self.next_sweep
+    }
+
+    /// The messages read since the last call, and who sent each.
+    pub(super) fn clear_arrivals(&mut self) {
+        self.arrivals.clear();
+        self.frames.clear();
+    }
+
+    fn accept(&mut self, now: Instant) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            let (stream, remote) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) => {
+                    // EMFILE and the like: the listener stays ready, the
+                    // next turn tries again.
+                    tracing::debug!(%error, "accept failed");
+                    return;
+                }
+            };
+            let source_count = self.per_source.get(&remote.ip()).copied().unwrap_or(0);
+            if self.open >= self.config.connections_max
+                || source_count as usize >= self.config.connections_per_source_max
+            {
+                self.counters.refused += 1;
+                tracing::debug!(%remote, "connection refused: a connection bound is reached");
+                continue;
+            }
+            self.counters.accepted += 1;
+            let conn = Conn::accepted(stream, remote, &self.config, now);
+            self.insert(conn);
+        }
+    }
+
+    /// Puts a connection in a slot, the epoll set and the lookups.
+    fn insert(&mut self, conn: Conn) -> Option<u32> {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    conn: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        if let Err(error) = self
+            .poller
+            .add_stream(conn.fd(), TOKEN_SLOT + u64::from(slot))
+        {
+            tracing::debug!(%error, "a connection could not be watched; closed");
+            self.free.push(slot);
+            return None;
+        }
+        *self.per_source.entry(conn.remote.ip()).or_insert(0) += 1;
+        self.by_peer.insert((conn.transport, conn.remote), slot);
+        self.open += 1;
+        self.slots[slot as usize].conn = Some(conn);
+        Some(slot)
+    }
+
+    /// Reads and writes one ready connection, closing it when it ended
+    /// or broke.
+    fn service(&mut self, slot: u32, now: Instant) {
+        let flow = self.flow(slot);
+        let Some(conn) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.conn.as_mut())
+        else {
+            return;
+        };
+        let (arrivals, frames, counters) =
+            (&mut self.arrivals, &mut self.frames, &mut self.counters);
+        let mut result = conn.on_ready(now);
+        if result == Read::Open {
+            let peer = conn.peer().on(flow);
+            result = conn.read(now, |frame| match frame {
+                conn::Arrival::Message(bytes) => {
+                    let start = arrivals.len();
+                    arrivals.extend_from_slice(bytes);
+                    frames.push((peer, start..arrivals.len()));
+                    counters.messages_received += 1;
+                }
+                conn::Arrival::Ping => counters.pings += 1,
+            });
+        }
+        match result {
+            Read::Open => {}
+            Read::Closed => {
+                self.counters.closed_by_peer += 1;
+                self.close(slot);
+            }
+            Read::Fault(fault) => {
+                self.counters.faults[fault.index()] += 1;
+                tracing::debug!(fault = fault.name(), "stream closed on a framing fault");
+                self.close(slot);
+            }
+            Read::Refused => {
+                self.counters.connect_failed += 1;
+                self.close(slot);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn conn(&self, slot: u32) -> Option<&Conn> {
+        self.slots.get(slot as usize)?.conn.as_ref()
+    }
+
+    fn conn_mut(&mut self, slot: u32) -> Option<&mut Conn> {
+        self.slots.get_mut(slot as usize)?.conn.as_mut()
+    }
+
+    /// The flow id of a slot's current connection.
+    fn flow(&self, slot: u32) -> FlowId {
+        let generation = self.slots.get(slot as usize).map_or(0, |s| s.generation);
+        pack(self.shard, slot, generation)
+    }
+
+    /// Closes a slot's connection; a connection we opened that still had
+    /// work waiting on it reports its peer as failed (failover).
+    fn close(&mut self, slot: u32) {
+        let Some(entry) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        let Some(conn) = entry.conn.take() else {
+            return;
+        };
+        entry.generation = entry.generation.wrapping_add(1);
+        self.free.push(slot);
+        self.open -= 1;
+        if let Some(count) = self.per_source.get_mut(&conn.remote.ip()) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_source.remove(&conn.remote.ip());
+            }
+        }
+        let key = (conn.transport, conn.remote);
+        if self.by_peer.get(&key) == Some(&slot) {
+            self.by_peer.remove(&key);
+        }
+        if conn.outgoing {
+            self.failed.push(conn.peer());
+        }
+        // Dropping the stream closes it, which also takes it out of the
+        // epoll set.
+    }
+
+    /// Closes connections past a deadline: idle, slow to send a message,
+    /// slow to connect.
+    fn sweep(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            if let Some(conn) = &mut entry.conn {
+                if let Some(why) = conn.expired(now, &self.config) {
+                    expired.push((slot as u32, why));
+                }
+            }
+        }
+        for (slot, why) in expired {
+            match why {
+                conn::Expiry::Idle => self.counters.closed_idle += 1,
+                conn::Expiry::SlowMessage => self.counters.closed_slow += 1,
+                conn::Expiry::Connect => self.counters.connect_failed += 1,
+            }
+            self.close(slot);
+        }
+    }
+
+    /// Sends one message to `to`: over its flow when that is ours and
+    /// open, else over our connection to its address, else over a new
+    /// one (RFC 3261 §18.2.2: a response whose connection closed goes
+    /// over a new one to the same address). `Err(bytes)` hands it back
+    /// when the flow belongs to another shard.
+    pub(super) fn send(&mut self, to: Peer, bytes: &[u8], now: Instant) -> Result<(), usize> {
+        if let Some(flow) = to.flow {
+            let (shard, slot, generation) = unpack(flow);
+            if shard != self.shard {
+                return Err(shard);
+            }
+            let live = self
+                .slots
+                .get(slot as usize)
+                .is_some_and(|s| s.generation == generation && s.conn.is_some());
+            if live {
+                self.write(slot, bytes);
+                return Ok(());
+            }
+        }
+        let slot = match self.by_peer.get(&(to.transport, to.addr)) {
+            Some(&slot) => Some(slot),
+            None => self.connect(to, now),
+        };
+        match slot {
+            Some(slot) => self.write(slot, bytes),
+            None => self.counters.send_failed += 1,
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, slot: u32, bytes: &[u8]) {
+        let max = self.config.send_queue_bytes_max;
+        let Some(conn) = self.conn_mut(slot) else {
+            return;
+        };
+        match conn.send(bytes, max) {
+            Ok(()) => {}
+            Err(conn::SendError::Backlog) => {
+                self.counters.closed_backlog += 1;
+                self.close(slot);
+            }
+            Err(conn::SendError::Broken) => {
+                self.counters.closed_by_peer += 1;
+                self.close(slot);
+            }
+        }
+    }
+
+    /// Opens a connection to `to` (TCP), bound to our listen address.
+    fn connect(&mut self, to: Peer, now: Instant) -> Option<u32> {
+        if to.transport != Transport::Tcp || self.open >= self.config.connections_max {
+            return None;
+        }
+        match connect(self.local_ip, to.addr) {
+            Ok(stream) => {
+                self.counters.connected += 1;
+                let conn = Conn::outgoing(stream, to, &self.config, now);
+                self.insert(conn)
+            }
+            Err(error) => {
+                tracing::debug!(%error, peer = %to, "connect failed");
+                self.counters.connect_failed += 1;
+                self.failed.push(Peer::new(to.transport, to.addr));
+                None
+            }
+        }
+    }
+}
+
+/// A flow id: the shard in the top byte, then the slot's generation, then
+/// the slot, so a closed connection's id never names its successor.
+fn pack(shard: usize, slot: u32, generation: u32) -> FlowId {
+    FlowId(
+        ((shard as u64 & 0xff) << 56) | (u64::from(generation & 0xff_ffff) << 32) | u64::from(slot),
+    )
+}
+
+fn unpack(flow: FlowId) -> (usize, u32, u32) {
+    let shard = (flow.0 >> 56) as usize;
+    let generation = ((flow.0 >> 32) & 0xff_ffff) as u32;
+    (shard, flow.0 as u32, generation)
+}
+
+/// A listener of the shard group: `SO_REUSEPORT`, so every shard has its
+/// own and the kernel spreads new connections over them.
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// A non-blocking connect from `local_ip`: up when the socket becomes
+/// writable, refused when it reports an error.
+fn connect(local_ip: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
+    if local_ip.is_ipv4() == to.is_ipv4() && !local_ip.is_unspecified() {
+        socket.bind(&SocketAddr::new(local_ip, 0).into())?;
+    }
+    match socket.connect(&to.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests;

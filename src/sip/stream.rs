@@ -1,0 +1,284 @@
+//! Framing SIP messages out of a byte stream (RFC 3261 §18.3, §7.5): the
+//! header section ends at the first empty line, and Content-Length, which
+//! a stream transport requires, says where the body ends. Between
+//! messages, CRLFs are keep-alives (RFC 5626 §4.4.1): a double CRLF is a
+//! ping, a lone CRLF a pong.
+//!
+//! One [`Deframer`] per connection, with a buffer fixed at its first use
+//! and given back while the connection idles. A stream that cannot be
+//! framed (no or a bad Content-Length, a header section or message past
+//! the bound) faults for good: the connection must close, since nothing
+//! after it can be trusted to start a message.
+
+use memchr::memmem;
+
+/// How large a message and a connection's buffer may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Header section and body together; the datagram bound's default.
+    pub message_bytes_max: usize,
+    /// The read buffer: room for a whole message and the start of the next.
+    pub buffer_bytes_max: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> StreamLimits {
+        StreamLimits {
+            message_bytes_max: 65_536,
+            buffer_bytes_max: 2 * 65_536,
+        }
+    }
+}
+
+/// What comes out of the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// One whole message, header section and body.
+    Message(&'a [u8]),
+    /// A double CRLF between messages: answer with a CRLF.
+    Ping,
+    /// A lone CRLF between messages: the answer to our ping.
+    Pong,
+}
+
+/// Why a stream can no longer be framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamFault {
+    /// A message without Content-Length (required on streams, §18.3).
+    NoContentLength,
+    /// A Content-Length that is not a number, or two that differ.
+    BadContentLength,
+    /// No end of the header section within the message bound.
+    HeadersTooLong,
+    /// Header section and body past the message bound.
+    MessageTooLarge,
+    /// Bytes pushed with no room left for them.
+    BufferFull,
+}
+
+impl StreamFault {
+    pub const ALL: [StreamFault; 5] = [
+        StreamFault::NoContentLength,
+        StreamFault::BadContentLength,
+        StreamFault::HeadersTooLong,
+        StreamFault::MessageTooLarge,
+        StreamFault::BufferFull,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// As it goes in a metric's label.
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamFault::NoContentLength => "no_content_length",
+            StreamFault::BadContentLength => "bad_content_length",
+            StreamFault::HeadersTooLong => "headers_too_long",
+            StreamFault::MessageTooLarge => "message_too_large",
+            StreamFault::BufferFull => "buffer_full",
+        }
+    }
+}
+
+/// A connection's framing state: the bytes read and not yet framed.
+#[derive(Debug)]
+pub struct Deframer {
+    limits: StreamLimits,
+    /// Allocated on first use, released while idle; `buffer[start..end]`
+    /// holds what is not framed yet.
+    buffer: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// Bytes of the current message already searched for the end of its
+    /// header section, so that no byte is searched twice.
+    searched: usize,
+    /// The current message's length, once its header section was read.
+    length: Option<usize>,
+    /// Bytes the last frame took, dropped at the next call.
+    consumed: usize,
+    fault: Option<StreamFault>,
+}
+
+const END_OF_HEADERS: &[u8] = b"\r\n\r\n";
+
+impl Deframer {
+    pub fn new(limits: StreamLimits) -> Deframer {
+        Deframer {
+            limits: StreamLimits {
+                message_bytes_max: limits.message_bytes_max,
+                buffer_bytes_max: limits.buffer_bytes_max.max(limits.message_bytes_max),
+            },
+            buffer: Box::default(),
+            start: 0,
+            end: 0,
+            searched: 0,
+            length: None,
+            consumed: 0,
+            fault: None,
+        }
+    }
+
+    /// Room to read into (after moving what is kept to the front); empty
+    /// when full.
+    pub fn space(&mut self) -> &mut [u8] {
+        self.take_consumed();
+        if self.buffer.is_empty() {
+            self.buffer = vec![0; self.limits.buffer_bytes_max].into_boxed_slice();
+        }
+        if self.start > 0 {
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.buffer[self.end..]
+    }
+
+    /// `n` bytes were written at the front of [`Deframer::space`].
+    pub fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buffer.len());
+    }
+
+    /// Copies `bytes` in: for tests and for plaintext that comes out of
+    /// another layer (TLS).
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), StreamFault> {
+        let space = self.space();
+        let Some(room) = space.get_mut(..bytes.len()) else {
+            return Err(StreamFault::BufferFull);
+        };
+        room.copy_from_slice(bytes);
+        self.filled(bytes.len());
+        Ok(())
+    }
+
+    /// Bytes read and not framed yet.
+    pub fn partial(&self) -> usize {
+        self.end - self.start - self.consumed
+    }
+
+    pub fn fault(&self) -> Option<StreamFault> {
+        self.fault
+    }
+
+    /// Gives the buffer back while nothing is pending in it.
+    pub fn release(&mut self) {
+        if self.partial() == 0 {
+            self.take_consumed();
+            self.buffer = Box::default();
+            (self.start, self.end) = (0, 0);
+        }
+    }
+
+    fn take_consumed(&mut self) {
+        self.start += std::mem::take(&mut self.consumed);
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+    }
+
+    /// The next frame; `None` until more bytes come. A fault is returned
+    /// again on every later call.
+    pub fn next_frame(&mut self) -> Option<Result<Frame<'_>, StreamFault>> {
+        if let Some(fault) = self.fault {
+            return Some(Err(fault));
+        }
+        self.take_consumed();
+        let pending = &self.buffer[self.start..self.end];
+        if self.length.is_none() && pending.first() == Some(&b'\r') {
+            return self.keep_alive();
+        }
+        let length = match self.length {
+            Some(length) => length,
+            None => match self.header_section() {
+                Ok(Some(length)) => length,
+                Ok(None) => return None,
+                Err(fault) => {
+                    self.fault = Some(fault);
+                    return Some(Err(fault));
+                }
+            },
+        };
+        if self.end - self.start < length {
+            return None;
+        }
+        self.length = None;
+        self.searched = 0;
+        self.consumed = length;
+        Some(Ok(Frame::Message(
+            &self.buffer[self.start..self.start + length],
+        )))
+    }
+
+    /// CRLFs where a message would start: `\r\n\r\n` is a ping, `\r\n` then
+    /// anything but CR a pong; anything else after a CR is not SIP.
+    fn keep_alive(&mut self) -> Option<Result<Frame<'_>, StreamFault>> {
+        let pending = &self.buffer[self.start..self.end];
+        let frame = match pending {
+            [b'\r', b'\n', b'\r', b'\n', ..] => (4, Frame::Ping),
+            [b'\r', b'\n', b'\r'] | [b'\r', b'\n'] | [b'\r'] => return None,
+            [b'\r', b'\n', ..] => (2, Frame::Pong),
+            _ => {
+                self.fault = Some(StreamFault::NoContentLength);
+                return Some(Err(StreamFault::NoContentLength));
+            }
+        };
+        self.consumed = frame.0;
+        Some(Ok(frame.1))
+    }
+
+    /// Looks for the end of the header section; when found, the whole
+    /// message's length from its Content-Length.
+    fn header_section(&mut self) -> Result<Option<usize>, StreamFault> {
+        let pending = &self.buffer[self.start..self.end];
+        let from = self.searched.saturating_sub(END_OF_HEADERS.len() - 1);
+        let Some(at) = memmem::find(&pending[from..], END_OF_HEADERS) else {
+            self.searched = pending.len();
+            return match pending.len() >= self.limits.message_bytes_max {
+                true => Err(StreamFault::HeadersTooLong),
+                false => Ok(None),
+            };
+        };
+        let headers_end = from + at + END_OF_HEADERS.len();
+        let body = content_length(&pending[..headers_end])?;
+        let length = headers_end
+            .checked_add(body)
+            .filter(|&l| l <= self.limits.message_bytes_max)
+            .ok_or(StreamFault::MessageTooLarge)?;
+        self.length = Some(length);
+        Ok(Some(length))
+    }
+}
+
+/// The Content-Length (or `l`) of a header section: required, and every
+/// copy of it must agree.
+fn content_length(headers: &[u8]) -> Result<usize, StreamFault> {
+    let mut found: Option<usize> = None;
+    for line in headers.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii_end();
+        if !(name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l")) {
+            continue;
+        }
+        let value = parse_length(line[colon + 1..].trim_ascii())?;
+        if found.is_some_and(|f| f != value) {
+            return Err(StreamFault::BadContentLength);
+        }
+        found = Some(value);
+    }
+    found.ok_or(StreamFault::NoContentLength)
+}
+
+fn parse_length(digits: &[u8]) -> Result<usize, StreamFault> {
+    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(StreamFault::BadContentLength);
+    }
+    Ok(digits
+        .iter()
+        .fold(0, |n, &d| n * 10 + usize::from(d - b'0')))
+}
+
+#[cfg(test)]
+mod tests;
