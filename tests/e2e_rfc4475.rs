@@ -1,16 +1,20 @@
 //! RFC 4475 over the wire: every torture message is sent by UDP to the real
-//! `sipshard` binary from a client socket, with a plain UDP socket as the
-//! only backend, and must get the verdict `INDEX.md` names: forwarded to the
-//! backend (which answers 404, ending the transaction, so nothing is
-//! retransmitted), answered with that status code (and nothing to the
-//! backend), or dropped (nothing anywhere).
+//! `sipshard` binary from a client socket, with one backend that listens on
+//! UDP and TCP (as every SIP element does, RFC 3261 §18), and must get the
+//! verdict `INDEX.md` names: forwarded to the backend (which answers 404,
+//! ending the transaction, so nothing is retransmitted), answered with that
+//! status code (and nothing to the backend), or dropped (nothing anywhere).
+//! The two over 1,300 bytes (`longreq`, `mpart01`) reach the backend over
+//! TCP (§18.1.1), and its 404 goes back on that connection.
 
 mod support;
 
-use std::net::UdpSocket;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use std::time::Instant;
 
 use support::Running;
 
@@ -47,12 +51,74 @@ fn receive(socket: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
     }
 }
 
-/// The next datagram that is not the gateway's ACK for a 404 (hop by hop).
-fn backend_receive(socket: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
+/// The backend: a UDP socket and a TCP listener on one port, and the
+/// connections the gateway opened to it.
+struct Backend {
+    udp: UdpSocket,
+    tcp: TcpListener,
+    connections: Vec<TcpStream>,
+    /// The connection the last message came over; `None`: UDP.
+    last: Option<usize>,
+}
+
+impl Backend {
+    fn bind() -> Backend {
+        let tcp = TcpListener::bind(BACKEND).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let udp = UdpSocket::bind(BACKEND).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(10)))
+            .unwrap();
+        Backend {
+            udp,
+            tcp,
+            connections: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// The next message over either transport (one read is one message:
+    /// the gateway writes each whole, and these are far apart).
+    fn receive(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + wait;
+        let mut buf = vec![0u8; 70_000];
+        while Instant::now() < deadline {
+            if let Ok((stream, _)) = self.tcp.accept() {
+                stream
+                    .set_read_timeout(Some(Duration::from_millis(10)))
+                    .unwrap();
+                self.connections.push(stream);
+            }
+            for (i, stream) in self.connections.iter_mut().enumerate() {
+                if let Ok(n @ 1..) = stream.read(&mut buf) {
+                    self.last = Some(i);
+                    return Some(buf[..n].to_vec());
+                }
+            }
+            if let Ok((n, _)) = self.udp.recv_from(&mut buf) {
+                self.last = None;
+                return Some(buf[..n].to_vec());
+            }
+        }
+        None
+    }
+
+    /// Answers over the transport the last message came over.
+    fn reply(&mut self, bytes: &[u8]) {
+        match self.last {
+            Some(i) => self.connections[i].write_all(bytes).unwrap(),
+            None => {
+                self.udp.send_to(bytes, GATEWAY).unwrap();
+            }
+        }
+    }
+}
+
+/// The next message that is not the gateway's ACK for a 404 (hop by hop).
+fn backend_receive(backend: &mut Backend, wait: Duration) -> Option<Vec<u8>> {
     loop {
-        let datagram = receive(socket, wait)?;
-        if !datagram.starts_with(b"ACK ") {
-            return Some(datagram);
+        let message = backend.receive(wait)?;
+        if !message.starts_with(b"ACK ") {
+            return Some(message);
         }
     }
 }
@@ -94,13 +160,15 @@ fn not_found(request: &sipshard::sip::Message<'_>) -> Vec<u8> {
 
 #[test]
 fn every_torture_message_gets_its_verdict_over_udp() {
-    let backend = UdpSocket::bind(BACKEND).unwrap();
+    let mut backend = Backend::bind();
     let client = UdpSocket::bind(CLIENT).unwrap();
     let _gateway = Running(
         Command::new(env!("CARGO_BIN_EXE_sipshard"))
             .args([
                 "--listen",
                 GATEWAY,
+                "--listen",
+                &format!("tcp:{GATEWAY}"),
                 "--shards",
                 "2",
                 "--backend",
@@ -121,7 +189,7 @@ fn every_torture_message_gets_its_verdict_over_udp() {
         client.send_to(&datagram, GATEWAY).unwrap();
         let outcome = match verdict.as_str() {
             // "either" cases are forwarded (README); "parse" rows are dropped responses.
-            "forward" | "either" => match backend_receive(&backend, Duration::from_secs(2)) {
+            "forward" | "either" => match backend_receive(&mut backend, Duration::from_secs(2)) {
                 Some(forwarded) => {
                     let mut scanner = Scanner::new(Limits::default());
                     match scanner.scan(&forwarded) {
@@ -131,7 +199,7 @@ fn every_torture_message_gets_its_verdict_over_udp() {
                             if m.top_via().host == b"127.0.0.1"
                                 && m.top_via().branch.is_some_and(|b| b.len() == 40) =>
                         {
-                            backend.send_to(&not_found(&m), GATEWAY).unwrap();
+                            backend.reply(&not_found(&m));
                             // Its answers go where its Via says (RFC 3261
                             // §18.2.2): this socket hears at most the 404
                             // (when the Via asks for rport), never another.
@@ -146,7 +214,7 @@ fn every_torture_message_gets_its_verdict_over_udp() {
             },
             "drop" | "parse" => {
                 let mut problem =
-                    backend_receive(&backend, quiet).map(|_| "reached the backend".to_string());
+                    backend_receive(&mut backend, quiet).map(|_| "reached the backend".to_string());
                 if client_receive(&client, quiet).is_some() {
                     problem = Some("the client got an answer".to_string());
                 }
@@ -154,7 +222,7 @@ fn every_torture_message_gets_its_verdict_over_udp() {
             }
             code => match client_receive(&client, Duration::from_secs(2)) {
                 Some(reply) if reply.starts_with(format!("SIP/2.0 {code} ").as_bytes()) => {
-                    backend_receive(&backend, quiet)
+                    backend_receive(&mut backend, quiet)
                         .map(|_| "it also reached the backend".to_string())
                 }
                 Some(reply) => Some(format!(

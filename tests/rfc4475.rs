@@ -12,7 +12,7 @@ use sipshard::balance::{Algorithm, Routing, RoutingSpec};
 use sipshard::proxy::{DropReason, Outcome, Proxy};
 use sipshard::sip::{
     write_rejection, AddrError, Answer, Fault, HeaderName, Limits, LocalAddress, Message, Method,
-    ScanError, Scanner, StartLine, UriError, ViaError,
+    ScanError, Scanner, StartLine, Transport, UriError, ViaError,
 };
 use sipshard::testkit::Outbox;
 use sipshard::txn::TxnConfig;
@@ -62,7 +62,8 @@ fn verdict(datagram: &[u8]) -> (Verdict, Option<ScanError>) {
     let spec = RoutingSpec::one_set(Algorithm::RoundRobin, &[backend()]);
     let mut proxy = Proxy::with_routing(
         Scanner::new(Limits::default()),
-        LocalAddress::new(PROXY_HOST, PROXY_PORT),
+        // Listening on TCP too: requests over 1,300 bytes go on over TCP.
+        LocalAddress::new(PROXY_HOST, PROXY_PORT).with_stream_port(Transport::Tcp, PROXY_PORT),
         Routing::build(&spec, None).ok().map(std::sync::Arc::new),
         TxnConfig::default(),
         0,
@@ -85,7 +86,12 @@ fn verdict(datagram: &[u8]) -> (Verdict, Option<ScanError>) {
     match (outcome, last) {
         (Outcome::Forwarded, Some((to, out))) => {
             let len = out.len();
-            assert_eq!(to, backend().into(), "an initial request goes to the pool");
+            assert_eq!(to.addr, backend(), "an initial request goes to the pool");
+            let transport = match len > 1300 {
+                true => Transport::Tcp,
+                false => Transport::Udp,
+            };
+            assert_eq!(to.transport, transport, "RFC 3261 §18.1.1");
             let mut scanner = Scanner::new(Limits::default());
             let original = scanner.scan(datagram).expect("forwarded, so it scanned");
             let body = original.body().to_vec();

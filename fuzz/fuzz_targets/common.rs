@@ -12,9 +12,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use sipshard::balance::Algorithm;
 use sipshard::proxy::{Counters, DropReason, Outcome, Proxy};
 use sipshard::sip::{
-    find_call_id, write_rejection, write_response, AddrError, Answer, Contact, EditError, Editor,
-    Fault, Forward, HeaderName, Limits, LocalAddress, LocalResponse, Message, Method, NameAddr,
-    ResponseError, ScanError, Scanner, Scheme, StartKind, StartLine, Transport, Uri, Via,
+    find_call_id, write_rejection, write_response, AddrError, Answer, Contact, Deframer, EditError,
+    Editor, Fault, Forward, Frame, HeaderName, Limits, LocalAddress, LocalResponse, Message,
+    Method, NameAddr, ResponseError, ScanError, Scanner, Scheme, StartKind, StartLine, StreamFault,
+    StreamLimits, Transport, Uri, Via,
 };
 use sipshard::testkit::message::caller_request;
 use sipshard::testkit::{clock, lab, Outbox, Setup};
@@ -634,8 +635,12 @@ pub fn proxy_with(algorithm: Algorithm, max_transactions: usize) -> Proxy {
         algorithm,
         // A small table: the default reserves 63 MiB per proxy, and the
         // fuzzer makes one proxy per input.
+        // UDP up to the largest datagram, as the model below predicts
+        // (moving large requests to TCP, §18.1.1, is tested in
+        // `proxy::stream_tests`).
         txn: TxnConfig {
             max_transactions,
+            udp_request_bytes_max: sipshard::sip::UDP_PAYLOAD_MAX,
             ..TxnConfig::default()
         },
         seed: 1,
@@ -690,6 +695,8 @@ fn counter_array(c: &Counters) -> [u64; 12] {
         // Counted besides the outcome (admitted, answered 503 or dropped).
         admission_checked: _,
         local_acks_absorbed: _,
+        // Counted besides the outcome (a request forwarded over TCP).
+        moved_to_tcp: _,
         // Counted besides the outcome (a 400 for too many headers is a reply too).
         limits: _,
     } = *c;
@@ -1288,6 +1295,7 @@ fn all_counters(c: &Counters) -> Vec<u64> {
         shed_dropped,
         admission_checked,
         local_acks_absorbed,
+        moved_to_tcp,
         limits,
     } = *c;
     let mut all = vec![
@@ -1320,6 +1328,7 @@ fn all_counters(c: &Counters) -> Vec<u64> {
         shed_dropped,
         admission_checked,
         local_acks_absorbed,
+        moved_to_tcp,
     ];
     all.extend_from_slice(&limits.0);
     all
@@ -1692,4 +1701,83 @@ impl TimedRun {
         self.step(DRAIN_MS, false);
         check_drained(&self.proxy);
     }
+}
+
+// ---------------------------------------------------------------------------
+// The `stream` target: framing a TCP byte stream.
+
+/// Frames `bytes` through a `Deframer` of `limits`, pushed in pieces whose
+/// sizes cycle through `splits` (0 counts as 1): each frame as owned bytes
+/// (`b"\r\n\r\n"` for a ping, `b"\r\n"` for a pong), and the fault if one
+/// ended the stream.
+pub fn deframe(
+    bytes: &[u8],
+    limits: StreamLimits,
+    splits: &[usize],
+) -> (Vec<Vec<u8>>, Option<StreamFault>) {
+    let mut deframer = Deframer::new(limits);
+    let mut frames = Vec::new();
+    let mut at = 0;
+    let mut turn = 0;
+    while at < bytes.len() {
+        let step = splits
+            .get(turn % splits.len().max(1))
+            .copied()
+            .unwrap_or(bytes.len())
+            .max(1);
+        turn += 1;
+        let piece = &bytes[at..(at + step).min(bytes.len())];
+        at += piece.len();
+        if let Err(fault) = deframer.push(piece) {
+            return (frames, Some(fault));
+        }
+        assert!(deframer.partial() <= limits.buffer_bytes_max);
+        while let Some(frame) = deframer.next_frame() {
+            match frame {
+                Ok(Frame::Message(m)) => {
+                    assert!(
+                        m.len() <= limits.message_bytes_max,
+                        "a frame past the bound"
+                    );
+                    frames.push(m.to_vec());
+                }
+                Ok(Frame::Ping) => frames.push(b"\r\n\r\n".to_vec()),
+                Ok(Frame::Pong) => frames.push(b"\r\n".to_vec()),
+                Err(fault) => {
+                    assert_eq!(deframer.next_frame(), Some(Err(fault)), "a fault stays");
+                    return (frames, Some(fault));
+                }
+            }
+        }
+    }
+    (frames, None)
+}
+
+/// The `stream` fuzz target: the first byte picks the piece sizes, the rest
+/// is the stream. Pushed whole and in pieces, it must give the same frames
+/// (and fault alike, unless one way ran out of buffer first), and the
+/// frames must be the stream's bytes in order, consumed from its start.
+pub fn stream_target(data: &[u8]) {
+    let Some((&seed, stream)) = data.split_first() else {
+        return;
+    };
+    let limits = StreamLimits {
+        message_bytes_max: 2048,
+        buffer_bytes_max: 4096,
+    };
+    let splits = [usize::from(seed % 17) + 1, usize::from(seed / 17) + 1, 1];
+    let whole = deframe(stream, limits, &[stream.len()]);
+    let pieces = deframe(stream, limits, &splits);
+    match (whole.1, pieces.1) {
+        (Some(StreamFault::BufferFull), _) | (_, Some(StreamFault::BufferFull)) => {
+            let n = whole.0.len().min(pieces.0.len());
+            assert_eq!(whole.0[..n], pieces.0[..n]);
+        }
+        _ => assert_eq!(whole, pieces, "the split changed the frames"),
+    }
+    let joined: Vec<u8> = pieces.0.concat();
+    assert!(
+        stream.starts_with(&joined),
+        "frames are the stream's bytes, in order"
+    );
 }

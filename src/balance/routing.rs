@@ -58,6 +58,10 @@ pub struct Member {
     pub address: SocketAddr,
     /// From the URI: `transport=tcp|tls`, or `sips:` (TLS); else UDP.
     pub transport: Transport,
+    /// A UDP member written without `transport=` also takes TCP (RFC 3261
+    /// §18: every element implements both): requests too large for a
+    /// datagram go to it over TCP (§18.1.1).
+    pub also_tcp: bool,
     /// Share of new calls; 0 takes none.
     pub weight: u32,
     /// Lower is preferred (the `priority` algorithm).
@@ -165,6 +169,8 @@ pub struct MemberSpec {
     pub uri: String,
     pub address: SocketAddr,
     pub transport: Transport,
+    /// See [`Member::also_tcp`].
+    pub also_tcp: bool,
     pub weight: u32,
     pub priority: u32,
     pub attrs: BTreeMap<String, String>,
@@ -193,6 +199,7 @@ impl MemberSpec {
             uri: uri.into(),
             address,
             transport: Transport::Udp,
+            also_tcp: true,
             weight: 1,
             priority: 0,
             attrs: BTreeMap::new(),
@@ -593,6 +600,7 @@ fn build_member(
         uri: member.uri.as_str().into(),
         address: member.address,
         transport: member.transport,
+        also_tcp: member.also_tcp && member.transport == Transport::Udp,
         weight: member.weight,
         priority: member.priority,
         attrs: member.attrs.clone(),

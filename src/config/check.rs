@@ -21,7 +21,7 @@ use crate::balance::{ProbeConfig, Routing};
 use crate::guard::{self, Acl, FloodConfig, GuardConfig};
 use crate::proxy::overload::OverloadConfig;
 use crate::shard;
-use crate::sip::{Limits, StreamLimits};
+use crate::sip::{self, Limits, StreamLimits};
 use crate::txn::{TimerConfig, TxnConfig};
 
 /// The whole file, table by table in the order problems are reported;
@@ -557,7 +557,16 @@ fn transactions(
         defaults.max_transactions,
         "use 1..=16777216 (default 65536)",
     );
+    let udp_request_bytes_max = sized(
+        problems,
+        file.udp_request_bytes_max.as_ref(),
+        "udp_request_bytes_max",
+        512..=sip::UDP_PAYLOAD_MAX,
+        defaults.udp_request_bytes_max,
+        "use 512..=65507 (default 1300, RFC 3261 §18.1.1)",
+    );
     TxnConfig {
+        udp_request_bytes_max,
         timers,
         failover_codes,
         failover_after_provisional: file

@@ -266,6 +266,14 @@ pub fn transport_problems(shard: &shard::Config) -> Vec<String> {
     problems
 }
 
+/// Whether a backend's URI says `transport=udp`: UDP alone, never TCP.
+pub fn names_udp(text: &str) -> bool {
+    Uri::parse(text.as_bytes())
+        .ok()
+        .and_then(|u| u.transport())
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"udp"))
+}
+
 /// A URI's transport: its `transport` parameter, else TLS for `sips:`
 /// and UDP for `sip:`. `sips:` over anything but TLS is refused (RFC 3261
 /// §26.2.2: sips means TLS on every hop).

@@ -172,6 +172,7 @@ fn member_spec(uri: &Spanned<String>, problems: &mut Problems) -> MemberSpec {
         });
     MemberSpec {
         transport: peer.transport,
+        also_tcp: !super::names_udp(uri.get_ref()),
         ..MemberSpec::new(uri.get_ref().clone(), peer.addr)
     }
 }

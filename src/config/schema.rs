@@ -177,6 +177,8 @@ pub struct TransactionsFile {
     pub failover_after_provisional: Option<bool>,
     pub max_per_shard: Option<Spanned<usize>>,
     pub retry_after_s: Option<Spanned<u32>>,
+    /// Requests larger than this go to a UDP backend over TCP, or get 513.
+    pub udp_request_bytes_max: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -71,7 +71,7 @@ impl Core {
                 }
             },
         };
-        let Some((to, backend)) = choose(&mut self.selector, server, original) else {
+        let Some((mut to, backend, also_tcp)) = choose(&mut self.selector, server, original) else {
             if first.is_none() {
                 server.request = request;
             }
@@ -84,7 +84,7 @@ impl Core {
             .copied()
             .unwrap_or_else(|| branch_key(original))
             .with_transaction(&hex16(self.txns.next_id));
-        let written = forward_try(
+        let mut written = forward_try(
             &self.editor,
             &mut self.counters,
             original,
@@ -93,6 +93,29 @@ impl Core {
             to.transport,
             tx,
         );
+        // §18.1.1: too large for a datagram on the way; over TCP where the
+        // backend and we both take it, else 513.
+        let udp_max = self.txns.config.udp_request_bytes_max;
+        if written.is_some_and(|len| len > udp_max) && to.transport == Transport::Udp {
+            written = match backend.is_some() {
+                true if also_tcp && self.editor.local().serves(Transport::Tcp) => {
+                    to.transport = Transport::Tcp;
+                    self.counters.moved_to_tcp += 1;
+                    let (editor, counters) = (&self.editor, &mut self.counters);
+                    forward_try(
+                        editor,
+                        counters,
+                        original,
+                        server,
+                        &branch_key,
+                        to.transport,
+                        tx,
+                    )
+                }
+                true => too_large(&mut self.counters, original, server, tx),
+                false => written,
+            };
+        }
         if first.is_none() {
             server.request = request;
         }
@@ -245,10 +268,10 @@ fn choose(
     selector: &mut Selector,
     server: &mut ServerTxn,
     original: &Message<'_>,
-) -> Option<(Peer, Option<usize>)> {
+) -> Option<(Peer, Option<usize>, bool)> {
     let sticky = server.sticky;
     let (routing, set, tried) = match &mut server.target {
-        Target::Fixed(addr) if server.tries == 0 => return Some((*addr, None)),
+        Target::Fixed(addr) if server.tries == 0 => return Some((*addr, None, false)),
         Target::Fixed(_) => return None,
         Target::Pool {
             routing,
@@ -274,7 +297,8 @@ fn choose(
     match selection {
         Selection::Member(index) => {
             *tried |= 1 << index;
-            Some((routing.set(set).members[index].peer(), Some(index)))
+            let member = &routing.set(set).members[index];
+            Some((member.peer(), Some(index), member.also_tcp))
         }
         Selection::AllDown | Selection::Exhausted => None,
     }
@@ -304,6 +328,17 @@ fn forward_try(
     if let Ok(len) = editor.forward_request(original, &forward, tx.buffer()) {
         return Some(len);
     }
+    too_large(counters, original, server, tx)
+}
+
+/// A try whose request is too large for where it would go: 513 (§21.5.14)
+/// is the server transaction's answer, unless another try did better.
+fn too_large(
+    counters: &mut Counters,
+    original: &Message<'_>,
+    server: &mut ServerTxn,
+    tx: &mut impl Transmit,
+) -> Option<usize> {
     counters.limits.hit(Limit::UdpPayload);
     let local = LocalResponse::MESSAGE_TOO_LARGE;
     if let Ok(len) = write_response(original, server.source.addr, &local, tx.buffer()) {

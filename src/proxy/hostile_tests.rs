@@ -100,6 +100,15 @@ fn limits_of_a_smaller_configuration_count_too() {
     assert_eq!(lab.proxy.counters().dropped_malformed, 1);
 }
 
+/// The transaction defaults, but UDP carrying requests up to the
+/// largest datagram (§18.1.1's 1,300 bytes lifted): the UDP bounds alone.
+fn datagrams_up_to_the_max() -> TxnConfig {
+    TxnConfig {
+        udp_request_bytes_max: UDP_PAYLOAD_MAX,
+        ..TxnConfig::default()
+    }
+}
+
 /// `invite(call_id)` grown to `total` bytes with a body.
 fn invite_of_size(call_id: &str, total: usize) -> String {
     let head = invite(call_id).len() - "Content-Length: 0\r\n\r\n".len();
@@ -120,7 +129,11 @@ fn invite_of_size(call_id: &str, total: usize) -> String {
 /// retransmission until Timer B. Now: 513 from its transaction.
 #[test]
 fn a_request_too_large_to_forward_gets_513_not_silence() {
-    let mut lab = Lab::with(Algorithm::RoundRobin, TxnConfig::default(), &[BACKEND_A]);
+    let mut lab = Lab::with(
+        Algorithm::RoundRobin,
+        datagrams_up_to_the_max(),
+        &[BACKEND_A],
+    );
     // Fits once forwarded (about 160 bytes more): forwarded whole.
     let fits = invite_of_size("f1", UDP_PAYLOAD_MAX - 200);
     assert_eq!(lab.recv(CALLER, &fits), Outcome::Forwarded);
@@ -230,7 +243,11 @@ fn a_full_client_table_answers_503_not_silence() {
 /// rest as a header of its own. Now the request gets 400 at its source.
 #[test]
 fn control_characters_are_answered_400_and_never_forwarded() {
-    let mut lab = Lab::with(Algorithm::RoundRobin, TxnConfig::default(), &[BACKEND_A]);
+    let mut lab = Lab::with(
+        Algorithm::RoundRobin,
+        datagrams_up_to_the_max(),
+        &[BACKEND_A],
+    );
     let cases = [
         invite_with("n1", "X-Nul: a\0b\r\n"),
         invite_with(

@@ -83,6 +83,8 @@ pub struct Counters {
     pub admission_checked: u64,
     /// ACKs for the proxy's own final answers, absorbed.
     pub local_acks_absorbed: u64,
+    /// Requests too large for a datagram sent over TCP instead (§18.1.1).
+    pub moved_to_tcp: u64,
     /// Messages and requests that ran into each limit.
     pub limits: LimitCounts,
 }

@@ -164,3 +164,68 @@ fn a_sips_request_uri_goes_over_tls() {
     );
     assert!(bye.text.contains("Via: SIP/2.0/TLS "), "{}", bye.text);
 }
+
+/// A proxy that also listens on TCP (port 5061), with UDP backend A as
+/// written (`also_tcp` as a plain `sip:` URI has it) or UDP alone.
+fn tcp_served(also_tcp: bool) -> Lab {
+    use crate::balance::{Routing, RoutingSpec};
+    let mut lab = Lab::new(Algorithm::RoundRobin);
+    lab.proxy = crate::testkit::Setup {
+        backends: addresses(&[BACKEND_A]),
+        tcp_port: Some(5061),
+        ..crate::testkit::Setup::default()
+    }
+    .proxy();
+    let mut spec = RoutingSpec::one_set(Algorithm::RoundRobin, &addresses(&[BACKEND_A]));
+    spec.sets[0].members[0].also_tcp = also_tcp;
+    lab.proxy
+        .set_routing(std::sync::Arc::new(Routing::build(&spec, None).unwrap()));
+    lab
+}
+
+/// An INVITE of about `total` bytes (a body of filler).
+fn large_invite(call_id: &str, total: usize) -> String {
+    let body = "v".repeat(total - invite(call_id).len());
+    invite(call_id).replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!("Content-Length: {}\r\n\r\n{body}", body.len()),
+    )
+}
+
+#[test]
+fn a_request_past_1300_bytes_goes_to_its_udp_backend_over_tcp() {
+    let mut lab = tcp_served(true);
+    lab.recv(CALLER, &large_invite("big1", 1400));
+    let forwarded = lab.take().pop().unwrap();
+    let backend = Peer::new(Transport::Tcp, BACKEND_A.parse().unwrap());
+    assert_eq!(forwarded.peer, backend);
+    assert!(forwarded
+        .text
+        .contains(&format!("Via: SIP/2.0/TCP {LB}:5061;branch=")));
+    assert!(forwarded
+        .text
+        .contains(&format!("<sip:{LB}:5061;transport=tcp;lr>")));
+    assert_eq!(lab.proxy.counters().moved_to_tcp, 1);
+    // A small one stays on UDP.
+    lab.recv(CALLER, &invite("small1"));
+    let forwarded = lab.take().pop().unwrap();
+    assert_eq!(forwarded.peer, Peer::udp(BACKEND_A.parse().unwrap()));
+}
+
+#[test]
+fn a_request_past_1300_bytes_with_no_tcp_way_gets_513() {
+    // The backend takes UDP alone; then we do not listen on TCP.
+    for mut lab in [
+        tcp_served(false),
+        Lab::with(Algorithm::RoundRobin, TxnConfig::default(), &[BACKEND_A]),
+    ] {
+        lab.recv(CALLER, &large_invite("big2", 1400));
+        let sent = lab.take();
+        let codes: Vec<u16> = sent.iter().map(|s| s.code()).collect();
+        assert_eq!(codes, [100, 513], "{sent:#?}");
+        assert!(sent
+            .iter()
+            .all(|s| s.peer == Peer::udp(CALLER.parse().unwrap())));
+        assert_eq!(lab.proxy.counters().moved_to_tcp, 0);
+    }
+}

@@ -969,7 +969,11 @@ fn a_486_to_a_try_sent_on_with_max_forwards_0_is_acked() {
 /// written from the request as sent.
 #[test]
 fn a_cancel_is_written_for_an_invite_at_the_scanner_limits() {
-    let mut lab = one_backend();
+    let config = TxnConfig {
+        udp_request_bytes_max: crate::sip::UDP_PAYLOAD_MAX,
+        ..TxnConfig::default()
+    };
+    let mut lab = Lab::with(Algorithm::RoundRobin, config, &[BACKEND_A]);
     let vias: String = (0..63)
         .map(|i| {
             format!(

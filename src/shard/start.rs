@@ -35,6 +35,13 @@ impl Runtime {
             .map(|_| bind(&config, config.listen, true))
             .collect::<io::Result<Vec<_>>>()?;
         let own_sockets = bind_own(&config, shards)?;
+        if config.tcp_listen.is_some() {
+            let fds = sys::raise_fd_limit()?;
+            let wanted = (config.streams.connections_max * shards) as u64;
+            if fds < wanted {
+                tracing::warn!(fds, wanted, "the open-file limit is below streams.connections_max × shards: connections past it are refused");
+            }
+        }
         let streams = (0..shards)
             .map(|i| {
                 let streams = config.streams.clone();

@@ -315,6 +315,7 @@ impl Shard {
             (Stat::StreamFaultBufferFull, f(F::BufferFull)),
             (Stat::StreamPings, s.pings),
             (Stat::StreamSendFailed, s.send_failed),
+            (Stat::MovedToTcp, p.moved_to_tcp),
         ] {
             stats.set(stat, value);
         }

@@ -81,6 +81,30 @@ pub(crate) fn raise_sigterm() {
     }
 }
 
+/// Raises this process's soft limit on open descriptors to its hard
+/// limit (each connection is one); returns the limit now in force.
+pub(crate) fn raise_fd_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one rlimit from the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(raised.rlim_cur);
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// How full a socket's receive buffer is (0.0 to 1.0), from `SO_MEMINFO`:
 /// datagrams the shard has not taken yet. Under overload this is where
 /// they wait, and past the buffer the kernel drops them, admitted calls'

@@ -31,6 +31,8 @@ pub struct LocalAddress {
     record_route: [Box<[u8]>; 3],
     /// Other host:port pairs that also mean us (a public name, a VIP).
     aliases: Vec<(Box<[u8]>, u16)>,
+    /// By transport: whether we listen on it.
+    streams: [bool; 3],
 }
 
 impl LocalAddress {
@@ -44,6 +46,7 @@ impl LocalAddress {
             via_prefix: Transport::ALL.map(|t| via_prefix(host, t, port)),
             record_route: Transport::ALL.map(|t| record_route(host, t, port)),
             aliases: Vec::new(),
+            streams: [true, false, false],
         }
     }
 
@@ -53,6 +56,7 @@ impl LocalAddress {
         let host = String::from_utf8_lossy(&self.host).into_owned();
         self.via_prefix[transport.index()] = via_prefix(&host, transport, port);
         self.record_route[transport.index()] = record_route(&host, transport, port);
+        self.streams[transport.index()] = true;
         self.aliases.push((self.host.clone(), port));
         self
     }
@@ -91,6 +95,11 @@ impl LocalAddress {
             matches!(uri.scheme, Scheme::Sip | Scheme::Sips)
                 && self.is_local(uri.host, uri.port_or_default())
         })
+    }
+
+    /// Whether we listen on `transport` (UDP always).
+    pub fn serves(&self, transport: Transport) -> bool {
+        transport == Transport::Udp || self.streams[transport.index()]
     }
 
     /// Our Record-Route line for `transport`.

@@ -11,7 +11,7 @@ use super::outbox::Outbox;
 pub use super::outbox::Sent;
 use crate::balance::{Algorithm, Routing, RoutingSpec, MEMBERS_MAX};
 use crate::proxy::{Outcome, Proxy};
-use crate::sip::{Limits, LocalAddress, Peer, Scanner};
+use crate::sip::{Limits, LocalAddress, Peer, Scanner, Transport};
 use crate::txn::{Millis, TxnConfig};
 
 pub const LB: &str = "192.0.2.250";
@@ -35,6 +35,8 @@ pub struct Setup {
     pub algorithm: Algorithm,
     pub txn: TxnConfig,
     pub seed: u64,
+    /// Our TCP port, when the proxy is to listen on TCP too.
+    pub tcp_port: Option<u16>,
 }
 
 impl Default for Setup {
@@ -47,6 +49,7 @@ impl Default for Setup {
             algorithm: Algorithm::RoundRobin,
             txn: TxnConfig::default(),
             seed: 42,
+            tcp_port: None,
         }
     }
 }
@@ -58,9 +61,13 @@ impl Setup {
         let backends = &self.backends[..self.backends.len().min(MEMBERS_MAX)];
         let spec = RoutingSpec::one_set(self.algorithm, backends);
         let routing = Routing::build(&spec, None).ok().map(Arc::new);
+        let mut local = LocalAddress::new(self.host, self.port);
+        if let Some(port) = self.tcp_port {
+            local = local.with_stream_port(Transport::Tcp, port);
+        }
         Proxy::with_routing(
             Scanner::new(self.limits.clone()),
-            LocalAddress::new(self.host, self.port),
+            local,
             routing,
             self.txn.clone(),
             0,

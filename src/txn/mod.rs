@@ -88,6 +88,10 @@ pub struct TxnConfig {
     pub max_transactions: usize,
     /// The `Retry-After` of that 503, in seconds.
     pub retry_after_s: u32,
+    /// RFC 3261 §18.1.1: a request larger than this bound for a backend
+    /// over UDP goes over TCP when the backend takes it, else gets 513;
+    /// never a datagram the network would fragment.
+    pub udp_request_bytes_max: usize,
 }
 
 impl Default for TxnConfig {
@@ -98,6 +102,7 @@ impl Default for TxnConfig {
             failover_after_provisional: false,
             max_transactions: 65_536,
             retry_after_s: 5,
+            udp_request_bytes_max: 1300,
         }
     }
 }

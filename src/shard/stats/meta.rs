@@ -84,10 +84,11 @@ pub enum Stat {
     StreamFaultBufferFull,
     StreamPings,
     StreamSendFailed,
+    MovedToTcp,
 }
 
 impl Stat {
-    pub const ALL: [Stat; 64] = [
+    pub const ALL: [Stat; 65] = [
         Stat::Received,
         Stat::Sent,
         Stat::HandedOff,
@@ -152,6 +153,7 @@ impl Stat {
         Stat::StreamFaultBufferFull,
         Stat::StreamPings,
         Stat::StreamSendFailed,
+        Stat::MovedToTcp,
     ];
 
     /// The stat's family, help, type and label: from the one part of the
@@ -311,7 +313,7 @@ fn timeout_row(stat: Stat) -> Option<Row> {
         ),
         Stat::Unreachable => (
             "icmp_unreachable_total",
-            "Tries failed by an ICMP unreachable error.",
+            "Tries failed by an ICMP unreachable error, or by a refused or broken connection.",
             Counter,
             None,
         ),
@@ -468,6 +470,7 @@ fn stream_row(stat: Stat) -> Option<Row> {
             Counter,
             None,
         ),
+        Stat::MovedToTcp => ("requests_moved_to_tcp_total", "Requests too large for a datagram (udp_request_bytes_max) sent to their UDP backend over TCP instead (RFC 3261 §18.1.1).", Counter, None),
         Stat::StreamSendFailed => (
             "stream_send_failed_total",
             "Messages for a connection that was gone and could not be opened again.",
