@@ -270,8 +270,10 @@ impl Output {
         }
     }
 
+    /// Sends the turn's datagrams and writes its stream messages.
     pub(super) fn flush(&mut self) {
         self.wire.flush();
+        self.wire.streams.flush();
     }
 }
 

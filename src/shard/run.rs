@@ -143,6 +143,7 @@ impl Shard {
             self.output.timers();
             self.output.stream_failures();
             self.output.ring_owners(&self.shared);
+            self.output.wire.streams.flush();
             let done = Instant::now();
             if !self.output.wire.send.is_empty() {
                 uring.queue_sends(&self.output.wire.send)?;

@@ -343,8 +343,24 @@ impl Poller {
         Ok(())
     }
 
+    /// Waits up to `timeout_ms` and returns the tokens that are ready, each
+    /// with its events (`EPOLLIN`, `EPOLLRDHUP`, ...).
+    pub(crate) fn wait_events(
+        &mut self,
+        timeout_ms: i32,
+    ) -> io::Result<impl Iterator<Item = (u64, u32)> + '_> {
+        let n = self.wait_raw(timeout_ms)?;
+        Ok(self.events[..n].iter().map(|e| (e.u64, e.events)))
+    }
+
     /// Waits up to `timeout_ms` and returns the tokens that are ready.
     pub(crate) fn wait(&mut self, timeout_ms: i32) -> io::Result<impl Iterator<Item = u64> + '_> {
+        let n = self.wait_raw(timeout_ms)?;
+        Ok(self.events[..n].iter().map(|e| e.u64))
+    }
+
+    /// `epoll_wait`: how many events it filled in (0 when interrupted).
+    fn wait_raw(&mut self, timeout_ms: i32) -> io::Result<usize> {
         // SAFETY: `events` has room for its length, which we pass.
         let n = unsafe {
             libc::epoll_wait(
@@ -354,15 +370,13 @@ impl Poller {
                 timeout_ms,
             )
         };
-        let n = if n < 0 {
+        if n < 0 {
             let error = io::Error::last_os_error();
             if error.kind() != io::ErrorKind::Interrupted {
                 return Err(error);
             }
-            0
-        } else {
-            n as usize
-        };
-        Ok(self.events[..n].iter().map(|e| e.u64))
+            return Ok(0);
+        }
+        Ok(n as usize)
     }
 }

@@ -46,6 +46,8 @@ pub(super) enum SendError {
 const PONG: &[u8] = b"\r\n";
 /// An idle connection's framing buffer goes back after this long.
 const RELEASE_AFTER: Duration = Duration::from_secs(1);
+/// A send queue keeps up to this much room between turns.
+const KEEP_QUEUE_BYTES: usize = 64 << 10;
 
 pub(super) struct Conn {
     stream: TcpStream,
@@ -153,13 +155,22 @@ impl Conn {
 
     /// Reads until the socket has nothing more, handing each framed
     /// message to `arrive`.
-    pub(super) fn read(&mut self, now: Instant, mut arrive: impl FnMut(Arrival<'_>)) -> Read {
+    /// `hung_up`: the peer closed its side (EPOLLRDHUP), so the socket is
+    /// read to its end; otherwise a short read ends the turn (the next
+    /// bytes raise a new edge), which saves a read that would block.
+    pub(super) fn read(
+        &mut self,
+        now: Instant,
+        hung_up: bool,
+        mut arrive: impl FnMut(Arrival<'_>),
+    ) -> Read {
         if self.connecting {
             return Read::Open;
         }
         let result = loop {
             let space = self.deframer.space();
-            if space.is_empty() {
+            let room = space.len();
+            if room == 0 {
                 break Read::Fault(self.deframer.fault().unwrap_or(StreamFault::BufferFull));
             }
             match self.stream.read(space) {
@@ -169,6 +180,9 @@ impl Conn {
                     self.last_active = now;
                     if let Some(fault) = self.frames(&mut arrive) {
                         break Read::Fault(fault);
+                    }
+                    if n < room && !hung_up {
+                        break Read::Open;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Read::Open,
@@ -196,41 +210,42 @@ impl Conn {
         }
         for _ in 0..pings {
             arrive(Arrival::Ping);
-            // The pong's queue bound is the messages'.
-            let _ = self.send(PONG, usize::MAX);
+            // Pongs are bounded by the pings read, which the read buffer bounds.
+            let _ = self.queue(PONG, usize::MAX);
         }
         None
     }
 
-    /// Writes `bytes` now, or queues what the kernel would not take.
-    pub(super) fn send(&mut self, bytes: &[u8], queue_max: usize) -> Result<(), SendError> {
-        let mut rest = bytes;
-        if self.queue.is_empty() && !self.connecting {
-            rest = match write_some(&mut self.stream, bytes) {
-                Ok(written) => &bytes[written..],
-                Err(_) => return Err(SendError::Broken),
-            };
-        }
-        if rest.is_empty() {
-            return Ok(());
-        }
-        if self.queue.len() - self.queued_from + rest.len() > queue_max {
+    /// Queues `bytes` for the end of the turn's [`Conn::flush`], so that a
+    /// turn's messages to one connection go in one write.
+    pub(super) fn queue(&mut self, bytes: &[u8], queue_max: usize) -> Result<(), SendError> {
+        if self.queue.len() - self.queued_from + bytes.len() > queue_max {
             return Err(SendError::Backlog);
         }
-        self.queue.extend_from_slice(rest);
+        self.queue.extend_from_slice(bytes);
         Ok(())
     }
 
-    /// Writes the queue out as far as the kernel takes it.
-    fn flush(&mut self) -> io::Result<()> {
-        if self.queue.is_empty() || self.connecting {
+    /// Whether bytes wait to be written.
+    pub(super) fn has_queued(&self) -> bool {
+        self.queued_from < self.queue.len()
+    }
+
+    /// Writes the queue out as far as the kernel takes it; what it does
+    /// not take goes when the socket is writable again (its edge).
+    pub(super) fn flush(&mut self) -> Result<(), SendError> {
+        if !self.has_queued() || self.connecting {
             return Ok(());
         }
-        let written = write_some(&mut self.stream, &self.queue[self.queued_from..])?;
+        let written = write_some(&mut self.stream, &self.queue[self.queued_from..])
+            .map_err(|_| SendError::Broken)?;
         self.queued_from += written;
         if self.queued_from == self.queue.len() {
-            self.queue = Vec::new();
+            self.queue.clear();
             self.queued_from = 0;
+            if self.queue.capacity() > KEEP_QUEUE_BYTES {
+                self.queue = Vec::new();
+            }
         }
         Ok(())
     }
@@ -252,6 +267,9 @@ impl Conn {
         }
         if idle > RELEASE_AFTER && self.deframer.partial() == 0 {
             self.deframer.release();
+            if !self.has_queued() {
+                self.queue = Vec::new();
+            }
         }
         None
     }

@@ -102,6 +102,8 @@ pub(super) struct Streams {
     local_ip: IpAddr,
     slots: Vec<Slot>,
     free: Vec<u32>,
+    /// Slots with bytes queued this turn, for [`Streams::flush`].
+    dirty: Vec<u32>,
     by_peer: HashMap<(Transport, SocketAddr), u32>,
     per_source: HashMap<IpAddr, u32>,
     open: usize,
@@ -141,6 +143,7 @@ impl Streams {
             local_ip,
             slots: Vec::new(),
             free: Vec::new(),
+            dirty: Vec::new(),
             by_peer: HashMap::new(),
             per_source: HashMap::new(),
             open: 0,
@@ -172,11 +175,12 @@ impl Streams {
     /// past a deadline. Messages read land in `arrivals`/`frames`.
     pub(super) fn poll(&mut self, now: Instant) -> io::Result<()> {
         loop {
-            let ready: Vec<u64> = self.poller.wait(0)?.collect();
-            for &token in &ready {
+            let ready: Vec<(u64, u32)> = self.poller.wait_events(0)?.collect();
+            for &(token, events) in &ready {
+                let hung_up = events & (libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0;
                 match token {
                     TOKEN_LISTENER => self.accept(now),
-                    token => self.service((token - TOKEN_SLOT) as u32, now),
+                    token => self.service((token - TOKEN_SLOT) as u32, hung_up, now),
                 }
             }
             if ready.len() < self.poller.capacity() {
@@ -259,7 +263,7 @@ impl Streams {
 
     /// Reads and writes one ready connection, closing it when it ended
     /// or broke.
-    fn service(&mut self, slot: u32, now: Instant) {
+    fn service(&mut self, slot: u32, hung_up: bool, now: Instant) {
         let flow = self.flow(slot);
         let Some(conn) = self
             .slots
@@ -273,7 +277,7 @@ impl Streams {
         let mut result = conn.on_ready(now);
         if result == Read::Open {
             let peer = conn.peer().on(flow);
-            result = conn.read(now, |frame| match frame {
+            result = conn.read(now, hung_up, |frame| match frame {
                 conn::Arrival::Message(bytes) => {
                     let start = arrivals.len();
                     arrivals.extend_from_slice(bytes);
@@ -284,6 +288,7 @@ impl Streams {
             });
         }
         match result {
+            Read::Open if conn.has_queued() => self.dirty.push(slot),
             Read::Open => {}
             Read::Closed => {
                 self.counters.closed_by_peer += 1;
@@ -397,12 +402,31 @@ impl Streams {
         Ok(())
     }
 
+    /// Writes every connection with bytes queued this turn: one write
+    /// each, however many messages went to it.
+    pub(super) fn flush(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &slot in &dirty {
+            let Some(conn) = self.conn_mut(slot) else {
+                continue;
+            };
+            if conn.flush().is_err() {
+                self.counters.closed_by_peer += 1;
+                self.close(slot);
+            }
+        }
+        dirty.clear();
+        self.dirty = dirty;
+    }
+
     fn write(&mut self, slot: u32, bytes: &[u8]) {
         let max = self.config.send_queue_bytes_max;
         let Some(conn) = self.conn_mut(slot) else {
             return;
         };
-        match conn.send(bytes, max) {
+        let was_queued = conn.has_queued();
+        match conn.queue(bytes, max) {
+            Ok(()) if !was_queued => self.dirty.push(slot),
             Ok(()) => {}
             Err(conn::SendError::Backlog) => {
                 self.counters.closed_backlog += 1;

@@ -68,6 +68,7 @@ fn messages_split_anyhow_arrive_whole_with_their_flow() {
         Instant::now(),
     )
     .unwrap();
+    s.flush();
     let mut got = [0u8; 64];
     let n = c.read(&mut got).unwrap();
     assert!(got[..n].starts_with(b"SIP/2.0 200 OK"));
@@ -85,6 +86,7 @@ fn a_ping_gets_a_pong() {
     let mut c = client(&s);
     c.write_all(b"\r\n\r\n").unwrap();
     poll_until(&mut s, Instant::now(), |s| s.counters.pings == 1);
+    s.flush();
     let mut pong = [0u8; 2];
     c.read_exact(&mut pong).unwrap();
     assert_eq!(&pong, b"\r\n");
@@ -190,6 +192,7 @@ fn a_reader_that_does_not_read_is_cut_off_at_the_queue_bound() {
     let chunk = vec![b'x'; 60_000];
     for _ in 0..200 {
         s.send(peer, &chunk, Instant::now()).unwrap();
+        s.flush();
         if s.open() == 0 {
             break;
         }
