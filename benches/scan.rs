@@ -10,7 +10,9 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use rsip::prelude::*;
-use sipshard::sip::{Editor, Forward, Limits, LocalAddress, Scanner, Transport};
+use sipshard::sip::{
+    Deframer, Editor, Forward, Frame, Limits, LocalAddress, Scanner, StreamLimits, Transport,
+};
 
 const INVITE: &[u8] = include_bytes!("messages/invite.sip");
 const RINGING: &[u8] = include_bytes!("messages/ringing.sip");
@@ -156,7 +158,39 @@ fn edit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scan, edit);
+/// Framing a TCP stream of 100 INVITEs read in 1,400-byte segments, beside
+/// scanning the same 100 as datagrams: what the stream transport adds
+/// before the scan.
+fn stream(c: &mut Criterion) {
+    let stream: Vec<u8> = INVITE.repeat(100);
+    let mut group = c.benchmark_group("stream/100_invites");
+    group.throughput(Throughput::Elements(100));
+    // One connection's deframer, reused: its buffer grown once, as in use.
+    let mut deframer = Deframer::new(StreamLimits::default());
+    group.bench_function("deframe", |b| {
+        b.iter(|| {
+            let mut framed = 0;
+            for segment in black_box(&stream).chunks(1400) {
+                deframer.push(segment).unwrap();
+                while let Some(Ok(Frame::Message(m))) = deframer.next_frame() {
+                    framed += m.len();
+                }
+            }
+            framed
+        })
+    });
+    let mut scanner = Scanner::new(Limits::default());
+    group.bench_function("scan_as_datagrams", |b| {
+        b.iter(|| {
+            (0..100)
+                .map(|_| sipshard_scan(&mut scanner, black_box(INVITE)))
+                .sum::<usize>()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, scan, edit, stream);
 
 /// `SCAN_LOOP=<message>,<n> target/release/deps/scan-*` scans one message
 /// `n` times with the bench's accessors and exits, before criterion: run

@@ -4,8 +4,9 @@
 //! messages, CRLFs are keep-alives (RFC 5626 §4.4.1): a double CRLF is a
 //! ping, a lone CRLF a pong.
 //!
-//! One [`Deframer`] per connection, with a buffer fixed at its first use
-//! and given back while the connection idles. A stream that cannot be
+//! One [`Deframer`] per connection, with a buffer that starts at 4 KiB on
+//! the first bytes, doubles while a message needs it (up to its bound), and
+//! is given back while the connection idles: an idle connection holds none. A stream that cannot be
 //! framed (no or a bad Content-Length, a header section or message past
 //! the bound) faults for good: the connection must close, since nothing
 //! after it can be trusted to start a message.
@@ -85,9 +86,9 @@ impl StreamFault {
 #[derive(Debug)]
 pub struct Deframer {
     limits: StreamLimits,
-    /// Allocated on first use, released while idle; `buffer[start..end]`
-    /// holds what is not framed yet.
-    buffer: Box<[u8]>,
+    /// Grown as needed, released while idle; `buffer[start..end]` holds
+    /// what is not framed yet.
+    buffer: Vec<u8>,
     start: usize,
     end: usize,
     /// Bytes of the current message already searched for the end of its
@@ -101,6 +102,11 @@ pub struct Deframer {
 }
 
 const END_OF_HEADERS: &[u8] = b"\r\n\r\n";
+/// Built once: a finder per search would redo its set-up every message.
+static HEADERS_END: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(END_OF_HEADERS));
+/// A buffer's first size: a typical message and then some.
+const BUFFER_BYTES_MIN: usize = 4096;
 
 impl Deframer {
     pub fn new(limits: StreamLimits) -> Deframer {
@@ -109,7 +115,7 @@ impl Deframer {
                 message_bytes_max: limits.message_bytes_max,
                 buffer_bytes_max: limits.buffer_bytes_max.max(limits.message_bytes_max),
             },
-            buffer: Box::default(),
+            buffer: Vec::new(),
             start: 0,
             end: 0,
             searched: 0,
@@ -119,17 +125,19 @@ impl Deframer {
         }
     }
 
-    /// Room to read into (after moving what is kept to the front); empty
-    /// when full.
+    /// Room to read into (after moving what is kept to the front, and
+    /// growing when full); empty when at its bound.
     pub fn space(&mut self) -> &mut [u8] {
         self.take_consumed();
-        if self.buffer.is_empty() {
-            self.buffer = vec![0; self.limits.buffer_bytes_max].into_boxed_slice();
-        }
         if self.start > 0 {
             self.buffer.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
+        }
+        let max = self.limits.buffer_bytes_max;
+        if self.end == self.buffer.len() && self.buffer.len() < max {
+            let grown = (self.buffer.len() * 2).max(BUFFER_BYTES_MIN).min(max);
+            self.buffer.resize(grown, 0);
         }
         &mut self.buffer[self.end..]
     }
@@ -139,15 +147,20 @@ impl Deframer {
         self.end = (self.end + n).min(self.buffer.len());
     }
 
-    /// Copies `bytes` in: for tests and for plaintext that comes out of
-    /// another layer (TLS).
+    /// Copies `bytes` in, all or nothing: for tests and for plaintext that
+    /// comes out of another layer (TLS).
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), StreamFault> {
-        let space = self.space();
-        let Some(room) = space.get_mut(..bytes.len()) else {
+        if self.partial() + bytes.len() > self.limits.buffer_bytes_max {
             return Err(StreamFault::BufferFull);
-        };
-        room.copy_from_slice(bytes);
-        self.filled(bytes.len());
+        }
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let space = self.space();
+            let n = space.len().min(rest.len());
+            space[..n].copy_from_slice(&rest[..n]);
+            self.filled(n);
+            rest = &rest[n..];
+        }
         Ok(())
     }
 
@@ -164,7 +177,7 @@ impl Deframer {
     pub fn release(&mut self) {
         if self.partial() == 0 {
             self.take_consumed();
-            self.buffer = Box::default();
+            self.buffer = Vec::new();
             (self.start, self.end) = (0, 0);
         }
     }
@@ -231,7 +244,7 @@ impl Deframer {
     fn header_section(&mut self) -> Result<Option<usize>, StreamFault> {
         let pending = &self.buffer[self.start..self.end];
         let from = self.searched.saturating_sub(END_OF_HEADERS.len() - 1);
-        let Some(at) = memmem::find(&pending[from..], END_OF_HEADERS) else {
+        let Some(at) = HEADERS_END.find(&pending[from..]) else {
             self.searched = pending.len();
             return match pending.len() >= self.limits.message_bytes_max {
                 true => Err(StreamFault::HeadersTooLong),
@@ -253,7 +266,15 @@ impl Deframer {
 /// copy of it must agree.
 fn content_length(headers: &[u8]) -> Result<usize, StreamFault> {
     let mut found: Option<usize> = None;
-    for line in headers.split(|&b| b == b'\n').skip(1) {
+    let first_line_end = memchr::memchr(b'\n', headers).map_or(headers.len(), |i| i + 1);
+    let mut start = first_line_end;
+    for end in memchr::memchr_iter(b'\n', &headers[first_line_end..]).map(|i| i + first_line_end) {
+        let line = &headers[start..end];
+        start = end + 1;
+        // Most lines are told apart by their first byte, unscanned.
+        if !matches!(line.first(), Some(b'c' | b'C' | b'l' | b'L')) {
+            continue;
+        }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(colon) = memchr::memchr(b':', line) else {
             continue;
