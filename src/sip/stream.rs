@@ -230,10 +230,14 @@ impl Deframer {
     /// message's length from its Content-Length.
     fn header_section(&mut self) -> Result<Option<usize>, StreamFault> {
         let pending = &self.buffer[self.start..self.end];
+        // Only the bound's first bytes are searched: a header section that
+        // ends past it is too long however the bytes arrived, whole or in
+        // pieces, and is never read for its Content-Length.
+        let bounded = &pending[..pending.len().min(self.limits.message_bytes_max)];
         let from = self.searched.saturating_sub(END_OF_HEADERS.len() - 1);
-        let Some(at) = memmem::find(&pending[from..], END_OF_HEADERS) else {
-            self.searched = pending.len();
-            return match pending.len() >= self.limits.message_bytes_max {
+        let Some(at) = memmem::find(&bounded[from..], END_OF_HEADERS) else {
+            self.searched = bounded.len();
+            return match bounded.len() == self.limits.message_bytes_max {
                 true => Err(StreamFault::HeadersTooLong),
                 false => Ok(None),
             };

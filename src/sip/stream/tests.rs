@@ -220,3 +220,30 @@ fn fault_names_are_distinct() {
         assert_eq!(fault.index(), i);
     }
 }
+
+#[test]
+fn a_header_section_ending_past_the_bound_is_too_long_however_it_arrives() {
+    let limits = StreamLimits {
+        message_bytes_max: 2048,
+        buffer_bytes_max: 4096,
+    };
+    // No Content-Length either: it must not be read, or the fault would
+    // depend on whether the end of the section came in the same read.
+    let text = format!("OPTIONS sip:a SIP/2.0\r\nX: {}\r\n\r\n", "a".repeat(3000));
+    for step in [1, 17, 2048, text.len()] {
+        let mut deframer = Deframer::new(limits);
+        let mut got = None;
+        for piece in text.as_bytes().chunks(step) {
+            deframer.push(piece).unwrap();
+            if let Some(frame) = deframer.next_frame() {
+                got = Some(frame.map(|_| ()));
+                break;
+            }
+        }
+        assert_eq!(
+            got,
+            Some(Err(StreamFault::HeadersTooLong)),
+            "pieces of {step}"
+        );
+    }
+}
