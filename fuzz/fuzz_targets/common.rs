@@ -1709,7 +1709,8 @@ impl TimedRun {
 /// Frames `bytes` through a `Deframer` of `limits`, pushed in pieces whose
 /// sizes cycle through `splits` (0 counts as 1): each frame as owned bytes
 /// (`b"\r\n\r\n"` for a ping, `b"\r\n"` for a pong), and the fault if one
-/// ended the stream.
+/// ended the stream. The buffer is released between pieces whenever it
+/// may be.
 pub fn deframe(
     bytes: &[u8],
     limits: StreamLimits,
@@ -1749,6 +1750,9 @@ pub fn deframe(
                 }
             }
         }
+        // As the shell does for an idle connection: a no-op unless nothing
+        // is pending, and it must not change what comes out.
+        deframer.release();
     }
     (frames, None)
 }

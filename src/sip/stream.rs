@@ -97,10 +97,18 @@ pub struct Deframer {
     length: Option<usize>,
     /// Bytes the last frame took, dropped at the next call.
     consumed: usize,
+    /// How many bytes of a keep-alive's start (`\r`, `\r\n`, `\r\n\r`)
+    /// were taken out of the buffer while the next byte decides what they
+    /// are: a peer's lone CRLF then leaves the connection idle
+    /// (`partial() == 0`, the buffer releasable), not in a message.
+    held: usize,
     fault: Option<StreamFault>,
 }
 
 const END_OF_HEADERS: &[u8] = b"\r\n\r\n";
+
+/// A keep-alive ping (RFC 5626 §4.4.1); its first two bytes are a pong.
+const KEEP_ALIVE: &[u8; 4] = b"\r\n\r\n";
 
 impl Deframer {
     pub fn new(limits: StreamLimits) -> Deframer {
@@ -115,6 +123,7 @@ impl Deframer {
             searched: 0,
             length: None,
             consumed: 0,
+            held: 0,
             fault: None,
         }
     }
@@ -184,7 +193,7 @@ impl Deframer {
         }
         self.take_consumed();
         let pending = &self.buffer[self.start..self.end];
-        if self.length.is_none() && pending.first() == Some(&b'\r') {
+        if self.length.is_none() && (self.held > 0 || pending.first() == Some(&b'\r')) {
             return self.keep_alive();
         }
         let length = match self.length {
@@ -210,20 +219,35 @@ impl Deframer {
     }
 
     /// CRLFs where a message would start: `\r\n\r\n` is a ping, `\r\n` then
-    /// anything but CR a pong; anything else after a CR is not SIP.
+    /// anything but CR a pong; anything else after a CR is not SIP. Until
+    /// the byte that decides arrives, what came is held (`held`), not
+    /// buffered: a lone CRLF at the end is not reported yet, since the
+    /// same bytes in one read would be a ping.
     fn keep_alive(&mut self) -> Option<Result<Frame<'_>, StreamFault>> {
         let pending = &self.buffer[self.start..self.end];
-        let frame = match pending {
-            [b'\r', b'\n', b'\r', b'\n', ..] => (4, Frame::Ping),
-            [b'\r', b'\n', b'\r'] | [b'\r', b'\n'] | [b'\r'] => return None,
+        let mut window = [0; KEEP_ALIVE.len()];
+        window[..self.held].copy_from_slice(&KEEP_ALIVE[..self.held]);
+        let taken = pending.len().min(KEEP_ALIVE.len() - self.held);
+        window[self.held..self.held + taken].copy_from_slice(&pending[..taken]);
+        let (length, frame) = match &window[..self.held + taken] {
+            [b'\r', b'\n', b'\r', b'\n'] => (4, Frame::Ping),
+            [b'\r', b'\n', b'\r'] | [b'\r', b'\n'] | [b'\r'] => {
+                self.held += taken;
+                self.consumed = taken;
+                return None;
+            }
             [b'\r', b'\n', ..] => (2, Frame::Pong),
             _ => {
                 self.fault = Some(StreamFault::NoContentLength);
                 return Some(Err(StreamFault::NoContentLength));
             }
         };
-        self.consumed = frame.0;
-        Some(Ok(frame.1))
+        // A pong decided by `\r\n\r` and a byte other than LF leaves its
+        // third byte, a CR, held.
+        let from_held = length.min(self.held);
+        self.held -= from_held;
+        self.consumed = length - from_held;
+        Some(Ok(frame))
     }
 
     /// Looks for the end of the header section; when found, the whole

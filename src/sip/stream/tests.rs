@@ -247,3 +247,72 @@ fn a_header_section_ending_past_the_bound_is_too_long_however_it_arrives() {
         );
     }
 }
+
+/// A lone CRLF at the end waits for the next byte (in one read with it,
+/// a following CRLF would make a ping), but is held outside the buffer:
+/// the connection counts as idle and may give its buffer back.
+#[test]
+fn a_lone_crlf_at_the_end_waits_without_holding_the_buffer() {
+    let text = message("x");
+    let ping_then_text = format!("\r\n\r\n{text}");
+    let cases: [(&[u8], Vec<Frame<'_>>); 3] = [
+        (b"\r\n", vec![Frame::Ping]),
+        (
+            text.as_bytes(),
+            vec![Frame::Pong, Frame::Message(text.as_bytes())],
+        ),
+        (
+            ping_then_text.as_bytes(),
+            vec![Frame::Ping, Frame::Pong, Frame::Message(text.as_bytes())],
+        ),
+    ];
+    for (then, want) in cases {
+        let mut deframer = Deframer::new(StreamLimits::default());
+        deframer.push(b"\r\n").unwrap();
+        assert_eq!(deframer.next_frame(), None);
+        assert_eq!(
+            deframer.partial(),
+            0,
+            "a keep-alive's start is not a message"
+        );
+        deframer.release();
+        assert!(deframer.buffer.is_empty());
+        // The held `\r\n` and the next bytes decide together, even one
+        // byte at a time.
+        let mut got = Vec::new();
+        for byte in then {
+            deframer.push(std::slice::from_ref(byte)).unwrap();
+            while let Some(frame) = deframer.next_frame() {
+                got.push(match frame.unwrap() {
+                    Frame::Message(m) => m.to_vec(),
+                    Frame::Ping => b"ping".to_vec(),
+                    Frame::Pong => b"pong".to_vec(),
+                });
+            }
+        }
+        let want: Vec<Vec<u8>> = want
+            .iter()
+            .map(|frame| match frame {
+                Frame::Message(m) => m.to_vec(),
+                Frame::Ping => b"ping".to_vec(),
+                Frame::Pong => b"pong".to_vec(),
+            })
+            .collect();
+        assert_eq!(got, want, "then {:?}", String::from_utf8_lossy(then));
+    }
+}
+
+#[test]
+fn a_cr_that_does_not_start_a_crlf_faults_even_when_held() {
+    let mut deframer = Deframer::new(StreamLimits::default());
+    deframer.push(b"\r\n\r").unwrap();
+    assert_eq!(deframer.next_frame(), None);
+    assert_eq!(deframer.partial(), 0);
+    deframer.push(b"X").unwrap();
+    // `\r\n` then a CR not followed by LF: a pong, then a stray CR.
+    assert_eq!(deframer.next_frame(), Some(Ok(Frame::Pong)));
+    assert_eq!(
+        deframer.next_frame(),
+        Some(Err(StreamFault::NoContentLength))
+    );
+}
