@@ -10,7 +10,9 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use rsip::prelude::*;
-use sipshard::sip::{Editor, Forward, Limits, LocalAddress, Scanner, Transport};
+use sipshard::sip::{
+    Deframer, Editor, Forward, Frame, Limits, LocalAddress, Scanner, StreamLimits, Transport,
+};
 
 const INVITE: &[u8] = include_bytes!("messages/invite.sip");
 const RINGING: &[u8] = include_bytes!("messages/ringing.sip");
@@ -156,7 +158,34 @@ fn edit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scan, edit);
+/// Framing a TCP stream: 100 INVITEs back to back, pushed in 1,400-byte
+/// segments (a typical MSS), so that most pushes end inside a message.
+/// One `Deframer` for the whole run, as one connection has.
+fn stream(c: &mut Criterion) {
+    const SEGMENT_BYTES: usize = 1_400;
+    let bytes: Vec<u8> = INVITE.repeat(100);
+    let mut group = c.benchmark_group("stream");
+    group.throughput(Throughput::Bytes(bytes.len() as u64));
+    let mut deframer = Deframer::new(StreamLimits::default());
+    group.bench_function(BenchmarkId::new("deframe", "100_invites_1400"), |b| {
+        b.iter(|| {
+            let mut messages = 0usize;
+            for segment in black_box(&bytes).chunks(SEGMENT_BYTES) {
+                deframer.push(segment).unwrap();
+                while let Some(frame) = deframer.next_frame() {
+                    if let Ok(Frame::Message(m)) = frame {
+                        messages += m.len();
+                    }
+                }
+            }
+            assert_eq!(messages, bytes.len());
+            messages
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, scan, edit, stream);
 
 /// `SCAN_LOOP=<message>,<n> target/release/deps/scan-*` scans one message
 /// `n` times with the bench's accessors and exits, before criterion: run
