@@ -128,36 +128,44 @@ impl Deframer {
         }
     }
 
-    /// Room to read into (after moving what is kept to the front); empty
-    /// when full.
+    /// Room to read into, at least a message's bound of it when the
+    /// buffer can make that room; empty when the buffer is full.
     pub fn space(&mut self) -> &mut [u8] {
-        self.take_consumed();
-        if self.buffer.is_empty() {
-            self.buffer = vec![0; self.limits.buffer_bytes_max].into_boxed_slice();
-        }
-        if self.start > 0 {
-            self.buffer.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        &mut self.buffer[self.end..]
+        self.room(self.limits.message_bytes_max)
     }
 
     /// `n` bytes were written at the front of [`Deframer::space`].
     pub fn filled(&mut self, n: usize) {
+        debug_assert!(n <= self.buffer.len() - self.end, "filled past space()");
         self.end = (self.end + n).min(self.buffer.len());
     }
 
     /// Copies `bytes` in: for tests and for plaintext that comes out of
     /// another layer (TLS).
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), StreamFault> {
-        let space = self.space();
+        let space = self.room(bytes.len());
         let Some(room) = space.get_mut(..bytes.len()) else {
             return Err(StreamFault::BufferFull);
         };
         room.copy_from_slice(bytes);
         self.filled(bytes.len());
         Ok(())
+    }
+
+    /// The free end of the buffer, allocated on first use. What is kept
+    /// moves to the front only when fewer than `wanted` bytes are free
+    /// after it: a read that ends inside a message is not copied each time.
+    fn room(&mut self, wanted: usize) -> &mut [u8] {
+        self.take_consumed();
+        if self.buffer.is_empty() {
+            self.buffer = vec![0; self.limits.buffer_bytes_max].into_boxed_slice();
+        }
+        if self.start > 0 && self.buffer.len() - self.end < wanted {
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.buffer[self.end..]
     }
 
     /// Bytes read and not framed yet.

@@ -316,3 +316,31 @@ fn a_cr_that_does_not_start_a_crlf_faults_even_when_held() {
         Some(Err(StreamFault::NoContentLength))
     );
 }
+
+#[test]
+fn what_is_kept_moves_to_the_front_only_when_room_runs_short() {
+    let limits = StreamLimits {
+        message_bytes_max: 256,
+        buffer_bytes_max: 512,
+    };
+    let text = message("abc");
+    let stream = text.repeat(8);
+    let mut deframer = Deframer::new(limits);
+    let mut framed = 0;
+    let mut moved = 0;
+    for piece in stream.as_bytes().chunks(100) {
+        let start = deframer.start + deframer.consumed;
+        deframer.push(piece).unwrap();
+        if deframer.start == 0 && start > 0 && deframer.partial() > piece.len() {
+            moved += 1;
+        }
+        while let Some(frame) = deframer.next_frame() {
+            assert_eq!(frame, Ok(Frame::Message(text.as_bytes())));
+            framed += 1;
+        }
+    }
+    assert_eq!(framed, 8);
+    // 100-byte pieces through 512 bytes: a move every few pieces, not one
+    // after every piece that ends inside a message.
+    assert!((1..=4).contains(&moved), "moved {moved} times");
+}
