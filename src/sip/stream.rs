@@ -12,6 +12,8 @@
 
 use memchr::memmem;
 
+use super::lex;
+
 /// How large a message and a connection's buffer may be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamLimits {
@@ -307,13 +309,11 @@ fn content_length(headers: &[u8]) -> Result<usize, StreamFault> {
     found.ok_or(StreamFault::NoContentLength)
 }
 
+/// As the scanner reads it (`lex::parse_decimal`): digits only, leading
+/// zeros allowed, at most `u32::MAX`.
 fn parse_length(digits: &[u8]) -> Result<usize, StreamFault> {
-    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(StreamFault::BadContentLength);
-    }
-    Ok(digits
-        .iter()
-        .fold(0, |n, &d| n * 10 + usize::from(d - b'0')))
+    let length = lex::parse_decimal(digits, u32::MAX).ok_or(StreamFault::BadContentLength)?;
+    usize::try_from(length).map_err(|_| StreamFault::MessageTooLarge)
 }
 
 #[cfg(test)]

@@ -70,6 +70,7 @@ fn content_length_in_any_case_and_compact_form() {
         "CONTENT-LENGTH:3",
         "l: 3",
         "Content-Length : 3",
+        "Content-Length:\t0003 ",
     ] {
         let text = format!("OPTIONS sip:a SIP/2.0\r\n{header}\r\n\r\nabcOPTIONS");
         let got = frames(text.as_bytes(), 100);
@@ -107,6 +108,18 @@ fn streams_that_cannot_be_framed_fault_for_good() {
         (
             "OPTIONS sip:a SIP/2.0\r\nContent-Length: 70000\r\n\r\n",
             StreamFault::MessageTooLarge,
+        ),
+        (
+            "OPTIONS sip:a SIP/2.0\r\nContent-Length: 4294967295\r\n\r\n",
+            StreamFault::MessageTooLarge,
+        ),
+        (
+            "OPTIONS sip:a SIP/2.0\r\nContent-Length: 4294967296\r\n\r\n",
+            StreamFault::BadContentLength,
+        ),
+        (
+            "OPTIONS sip:a SIP/2.0\r\nContent-Length: 1 2\r\n\r\n",
+            StreamFault::BadContentLength,
         ),
         ("\rX", StreamFault::NoContentLength),
     ];
