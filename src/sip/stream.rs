@@ -170,7 +170,9 @@ impl Deframer {
         &mut self.buffer[self.end..]
     }
 
-    /// Bytes read and not framed yet.
+    /// Bytes read and not framed yet: the start of a message. The start of
+    /// a keep-alive is held apart and not counted, so that a connection
+    /// whose peer sent a lone CRLF is idle, not slow to send a message.
     pub fn partial(&self) -> usize {
         self.end - self.start - self.consumed
     }
@@ -234,6 +236,10 @@ impl Deframer {
     /// buffered: a lone CRLF at the end is not reported yet, since the
     /// same bytes in one read would be a ping.
     fn keep_alive(&mut self) -> Option<Result<Frame<'_>, StreamFault>> {
+        debug_assert!(
+            self.held < KEEP_ALIVE.len(),
+            "a whole keep-alive is never held"
+        );
         let pending = &self.buffer[self.start..self.end];
         let mut window = [0; KEEP_ALIVE.len()];
         window[..self.held].copy_from_slice(&KEEP_ALIVE[..self.held]);
