@@ -1673,7 +1673,7 @@ fn torture_and_bench_messages_are_exercised() {
     }
 }
 
-/// The committed seed corpus passes both fuzz targets' checks on stable,
+/// The committed seed corpus passes every fuzz target's checks on stable,
 /// so a change that breaks them shows up in `cargo test` before anyone
 /// runs the fuzzer.
 #[test]
@@ -1688,6 +1688,11 @@ fn fuzz_seed_corpus_replays() {
     assert!(proxy.len() >= 5, "the proxy seeds are committed");
     for path in proxy {
         replay_proxy_input(&std::fs::read(&path).unwrap());
+    }
+    let stream = sip_files("fuzz/corpus/stream");
+    assert!(stream.len() >= 5, "the stream seeds are committed");
+    for path in stream {
+        common::stream_target(&std::fs::read(&path).unwrap());
     }
 }
 

@@ -1709,7 +1709,9 @@ impl TimedRun {
 /// Frames `bytes` through a `Deframer` of `limits`, pushed in pieces whose
 /// sizes cycle through `splits` (0 counts as 1): each frame as owned bytes
 /// (`b"\r\n\r\n"` for a ping, `b"\r\n"` for a pong), and the fault if one
-/// ended the stream.
+/// ended the stream. Pieces go in by turns through `push` and, as the
+/// shell reads, through `space`/`filled`; the buffer is released between
+/// pieces whenever it may be.
 pub fn deframe(
     bytes: &[u8],
     limits: StreamLimits,
@@ -1728,7 +1730,11 @@ pub fn deframe(
         turn += 1;
         let piece = &bytes[at..(at + step).min(bytes.len())];
         at += piece.len();
-        if let Err(fault) = deframer.push(piece) {
+        let written = match turn % 2 {
+            0 => read_in(&mut deframer, piece),
+            _ => deframer.push(piece),
+        };
+        if let Err(fault) = written {
             return (frames, Some(fault));
         }
         assert!(deframer.partial() <= limits.buffer_bytes_max);
@@ -1749,8 +1755,24 @@ pub fn deframe(
                 }
             }
         }
+        // As the shell does for an idle connection: a no-op unless nothing
+        // is pending, and it must not change what comes out.
+        deframer.release();
     }
     (frames, None)
+}
+
+/// Writes `piece` into `Deframer::space`, as a socket read would. For a
+/// piece no longer than a message it is refused exactly when `push` would
+/// refuse it (`space` makes that much room when the buffer can).
+fn read_in(deframer: &mut Deframer, piece: &[u8]) -> Result<(), StreamFault> {
+    let room = deframer
+        .space()
+        .get_mut(..piece.len())
+        .ok_or(StreamFault::BufferFull)?;
+    room.copy_from_slice(piece);
+    deframer.filled(piece.len());
+    Ok(())
 }
 
 /// The `stream` fuzz target: the first byte picks the piece sizes, the rest

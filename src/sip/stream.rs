@@ -13,6 +13,8 @@
 
 use memchr::memmem;
 
+use super::lex;
+
 /// How large a message and a connection's buffer may be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamLimits {
@@ -98,6 +100,11 @@ pub struct Deframer {
     length: Option<usize>,
     /// Bytes the last frame took, dropped at the next call.
     consumed: usize,
+    /// How many bytes of a keep-alive's start (`\r`, `\r\n`, `\r\n\r`)
+    /// were taken out of the buffer while the next byte decides what they
+    /// are: a peer's lone CRLF then leaves the connection idle
+    /// (`partial() == 0`, the buffer releasable), not in a message.
+    held: usize,
     fault: Option<StreamFault>,
 }
 
@@ -107,6 +114,9 @@ static HEADERS_END: std::sync::LazyLock<memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memmem::Finder::new(END_OF_HEADERS));
 /// A buffer's first size: a typical message and then some.
 const BUFFER_BYTES_MIN: usize = 4096;
+
+/// A keep-alive ping (RFC 5626 §4.4.1); its first two bytes are a pong.
+const KEEP_ALIVE: &[u8; 4] = b"\r\n\r\n";
 
 impl Deframer {
     pub fn new(limits: StreamLimits) -> Deframer {
@@ -121,6 +131,7 @@ impl Deframer {
             searched: 0,
             length: None,
             consumed: 0,
+            held: 0,
             fault: None,
         }
     }
@@ -129,7 +140,9 @@ impl Deframer {
     /// growing when full); empty when at its bound.
     pub fn space(&mut self) -> &mut [u8] {
         self.take_consumed();
-        if self.start > 0 {
+        // Kept bytes move to the front only when room runs short.
+        let spare = self.buffer.len() - self.end;
+        if self.start > 0 && spare < self.buffer.len() / 4 {
             self.buffer.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
@@ -144,6 +157,7 @@ impl Deframer {
 
     /// `n` bytes were written at the front of [`Deframer::space`].
     pub fn filled(&mut self, n: usize) {
+        debug_assert!(n <= self.buffer.len() - self.end, "filled past space()");
         self.end = (self.end + n).min(self.buffer.len());
     }
 
@@ -164,7 +178,9 @@ impl Deframer {
         Ok(())
     }
 
-    /// Bytes read and not framed yet.
+    /// Bytes read and not framed yet: the start of a message. The start of
+    /// a keep-alive is held apart and not counted, so that a connection
+    /// whose peer sent a lone CRLF is idle, not slow to send a message.
     pub fn partial(&self) -> usize {
         self.end - self.start - self.consumed
     }
@@ -197,7 +213,7 @@ impl Deframer {
         }
         self.take_consumed();
         let pending = &self.buffer[self.start..self.end];
-        if self.length.is_none() && pending.first() == Some(&b'\r') {
+        if self.length.is_none() && (self.held > 0 || pending.first() == Some(&b'\r')) {
             return self.keep_alive();
         }
         let length = match self.length {
@@ -223,30 +239,53 @@ impl Deframer {
     }
 
     /// CRLFs where a message would start: `\r\n\r\n` is a ping, `\r\n` then
-    /// anything but CR a pong; anything else after a CR is not SIP.
+    /// anything but CR a pong; anything else after a CR is not SIP. Until
+    /// the byte that decides arrives, what came is held (`held`), not
+    /// buffered: a lone CRLF at the end is not reported yet, since the
+    /// same bytes in one read would be a ping.
     fn keep_alive(&mut self) -> Option<Result<Frame<'_>, StreamFault>> {
+        debug_assert!(
+            self.held < KEEP_ALIVE.len(),
+            "a whole keep-alive is never held"
+        );
         let pending = &self.buffer[self.start..self.end];
-        let frame = match pending {
-            [b'\r', b'\n', b'\r', b'\n', ..] => (4, Frame::Ping),
-            [b'\r', b'\n', b'\r'] | [b'\r', b'\n'] | [b'\r'] => return None,
+        let mut window = [0; KEEP_ALIVE.len()];
+        window[..self.held].copy_from_slice(&KEEP_ALIVE[..self.held]);
+        let taken = pending.len().min(KEEP_ALIVE.len() - self.held);
+        window[self.held..self.held + taken].copy_from_slice(&pending[..taken]);
+        let (length, frame) = match &window[..self.held + taken] {
+            [b'\r', b'\n', b'\r', b'\n'] => (4, Frame::Ping),
+            [b'\r', b'\n', b'\r'] | [b'\r', b'\n'] | [b'\r'] => {
+                self.held += taken;
+                self.consumed = taken;
+                return None;
+            }
             [b'\r', b'\n', ..] => (2, Frame::Pong),
             _ => {
                 self.fault = Some(StreamFault::NoContentLength);
                 return Some(Err(StreamFault::NoContentLength));
             }
         };
-        self.consumed = frame.0;
-        Some(Ok(frame.1))
+        // A pong decided by `\r\n\r` and a byte other than LF leaves its
+        // third byte, a CR, held.
+        let from_held = length.min(self.held);
+        self.held -= from_held;
+        self.consumed = length - from_held;
+        Some(Ok(frame))
     }
 
     /// Looks for the end of the header section; when found, the whole
     /// message's length from its Content-Length.
     fn header_section(&mut self) -> Result<Option<usize>, StreamFault> {
         let pending = &self.buffer[self.start..self.end];
+        // Only the bound's first bytes are searched: a header section that
+        // ends past it is too long however the bytes arrived, whole or in
+        // pieces, and is never read for its Content-Length.
+        let bounded = &pending[..pending.len().min(self.limits.message_bytes_max)];
         let from = self.searched.saturating_sub(END_OF_HEADERS.len() - 1);
-        let Some(at) = HEADERS_END.find(&pending[from..]) else {
-            self.searched = pending.len();
-            return match pending.len() >= self.limits.message_bytes_max {
+        let Some(at) = HEADERS_END.find(&bounded[from..]) else {
+            self.searched = bounded.len();
+            return match bounded.len() == self.limits.message_bytes_max {
                 true => Err(StreamFault::HeadersTooLong),
                 false => Ok(None),
             };
@@ -292,13 +331,11 @@ fn content_length(headers: &[u8]) -> Result<usize, StreamFault> {
     found.ok_or(StreamFault::NoContentLength)
 }
 
+/// As the scanner reads it (`lex::parse_decimal`): digits only, leading
+/// zeros allowed, at most `u32::MAX`.
 fn parse_length(digits: &[u8]) -> Result<usize, StreamFault> {
-    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(StreamFault::BadContentLength);
-    }
-    Ok(digits
-        .iter()
-        .fold(0, |n, &d| n * 10 + usize::from(d - b'0')))
+    let length = lex::parse_decimal(digits, u32::MAX).ok_or(StreamFault::BadContentLength)?;
+    usize::try_from(length).map_err(|_| StreamFault::MessageTooLarge)
 }
 
 #[cfg(test)]

@@ -174,13 +174,13 @@ impl Streams {
     /// Accepts, reads and writes whatever is ready, then closes what is
     /// past a deadline. Messages read land in `arrivals`/`frames`.
     pub(super) fn poll(&mut self, now: Instant) -> io::Result<()> {
+        let mut accepts = ACCEPTS_PER_TURN;
         loop {
             let ready: Vec<(u64, u32)> = self.poller.wait_events(0)?.collect();
             for &(token, events) in &ready {
-                let hung_up = events & (libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0;
                 match token {
-                    TOKEN_LISTENER => self.accept(now),
-                    token => self.service((token - TOKEN_SLOT) as u32, hung_up, now),
+                    TOKEN_LISTENER => accepts = self.accept(now, accepts),
+                    token => self.service((token - TOKEN_SLOT) as u32, Edge::of(events), now),
                 }
             }
             if ready.len() < self.poller.capacity() {
@@ -205,19 +205,21 @@ impl Streams {
         self.frames.clear();
     }
 
-    fn accept(&mut self, now: Instant) {
-        for _ in 0..ACCEPTS_PER_TURN {
+    /// Accepts up to `budget` connections; returns what is left of it.
+    fn accept(&mut self, now: Instant, mut budget: usize) -> usize {
+        while budget > 0 {
+            budget -= 1;
             let Some(listener) = &self.listener else {
-                return;
+                return 0;
             };
             let (stream, remote) = match listener.accept() {
                 Ok(accepted) => accepted,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return budget,
                 Err(error) => {
                     // EMFILE and the like: the listener stays ready, the
                     // next turn tries again.
                     tracing::debug!(%error, "accept failed");
-                    return;
+                    return 0;
                 }
             };
             let source_count = self.per_source.get(&remote.ip()).copied().unwrap_or(0);
@@ -232,6 +234,7 @@ impl Streams {
             let conn = Conn::accepted(stream, remote, &self.config, now);
             self.insert(conn);
         }
+        0
     }
 
     /// Puts a connection in a slot, the epoll set and the lookups.
@@ -263,7 +266,7 @@ impl Streams {
 
     /// Reads and writes one ready connection, closing it when it ended
     /// or broke.
-    fn service(&mut self, slot: u32, hung_up: bool, now: Instant) {
+    fn service(&mut self, slot: u32, edge: Edge, now: Instant) {
         let flow = self.flow(slot);
         let Some(conn) = self
             .slots
@@ -275,7 +278,10 @@ impl Streams {
         let (arrivals, frames, counters) =
             (&mut self.arrivals, &mut self.frames, &mut self.counters);
         let mut result = conn.on_ready(now);
-        if result == Read::Open {
+        // Writable alone (an accepted socket's first edge, a drained send
+        // queue): nothing to read, and no read buffer to allocate.
+        if result == Read::Open && edge != Edge::Writable {
+            let hung_up = edge == Edge::HungUp;
             let peer = conn.peer().on(flow);
             result = conn.read(now, hung_up, |frame| match frame {
                 conn::Arrival::Message(bytes) => {
@@ -456,6 +462,26 @@ impl Streams {
                 self.failed.push(Peer::new(to.transport, to.addr));
                 None
             }
+        }
+    }
+}
+
+/// What an epoll edge says about a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Edge {
+    Readable,
+    /// The peer closed its side (or the socket failed): read to the end.
+    HungUp,
+    Writable,
+}
+
+impl Edge {
+    fn of(events: u32) -> Edge {
+        let hung_up = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+        match events {
+            e if e & hung_up != 0 => Edge::HungUp,
+            e if e & libc::EPOLLIN as u32 != 0 => Edge::Readable,
+            _ => Edge::Writable,
         }
     }
 }

@@ -70,6 +70,7 @@ fn content_length_in_any_case_and_compact_form() {
         "CONTENT-LENGTH:3",
         "l: 3",
         "Content-Length : 3",
+        "Content-Length:\t0003 ",
     ] {
         let text = format!("OPTIONS sip:a SIP/2.0\r\n{header}\r\n\r\nabcOPTIONS");
         let got = frames(text.as_bytes(), 100);
@@ -107,6 +108,18 @@ fn streams_that_cannot_be_framed_fault_for_good() {
         (
             "OPTIONS sip:a SIP/2.0\r\nContent-Length: 70000\r\n\r\n",
             StreamFault::MessageTooLarge,
+        ),
+        (
+            "OPTIONS sip:a SIP/2.0\r\nContent-Length: 4294967295\r\n\r\n",
+            StreamFault::MessageTooLarge,
+        ),
+        (
+            "OPTIONS sip:a SIP/2.0\r\nContent-Length: 4294967296\r\n\r\n",
+            StreamFault::BadContentLength,
+        ),
+        (
+            "OPTIONS sip:a SIP/2.0\r\nContent-Length: 1 2\r\n\r\n",
+            StreamFault::BadContentLength,
         ),
         ("\rX", StreamFault::NoContentLength),
     ];
@@ -219,4 +232,128 @@ fn fault_names_are_distinct() {
     for (i, fault) in StreamFault::ALL.iter().enumerate() {
         assert_eq!(fault.index(), i);
     }
+}
+
+#[test]
+fn a_header_section_ending_past_the_bound_is_too_long_however_it_arrives() {
+    let limits = StreamLimits {
+        message_bytes_max: 2048,
+        buffer_bytes_max: 4096,
+    };
+    // No Content-Length either: it must not be read, or the fault would
+    // depend on whether the end of the section came in the same read.
+    let text = format!("OPTIONS sip:a SIP/2.0\r\nX: {}\r\n\r\n", "a".repeat(3000));
+    for step in [1, 17, 2048, text.len()] {
+        let mut deframer = Deframer::new(limits);
+        let mut got = None;
+        for piece in text.as_bytes().chunks(step) {
+            deframer.push(piece).unwrap();
+            if let Some(frame) = deframer.next_frame() {
+                got = Some(frame.map(|_| ()));
+                break;
+            }
+        }
+        assert_eq!(
+            got,
+            Some(Err(StreamFault::HeadersTooLong)),
+            "pieces of {step}"
+        );
+    }
+}
+
+/// A lone CRLF at the end waits for the next byte (in one read with it,
+/// a following CRLF would make a ping), but is held outside the buffer:
+/// the connection counts as idle and may give its buffer back.
+#[test]
+fn a_lone_crlf_at_the_end_waits_without_holding_the_buffer() {
+    let text = message("x");
+    let ping_then_text = format!("\r\n\r\n{text}");
+    let cases: [(&[u8], Vec<Frame<'_>>); 3] = [
+        (b"\r\n", vec![Frame::Ping]),
+        (
+            text.as_bytes(),
+            vec![Frame::Pong, Frame::Message(text.as_bytes())],
+        ),
+        (
+            ping_then_text.as_bytes(),
+            vec![Frame::Ping, Frame::Pong, Frame::Message(text.as_bytes())],
+        ),
+    ];
+    for (then, want) in cases {
+        let mut deframer = Deframer::new(StreamLimits::default());
+        deframer.push(b"\r\n").unwrap();
+        assert_eq!(deframer.next_frame(), None);
+        assert_eq!(
+            deframer.partial(),
+            0,
+            "a keep-alive's start is not a message"
+        );
+        deframer.release();
+        assert!(deframer.buffer.is_empty());
+        // The held `\r\n` and the next bytes decide together, even one
+        // byte at a time.
+        let mut got = Vec::new();
+        for byte in then {
+            deframer.push(std::slice::from_ref(byte)).unwrap();
+            while let Some(frame) = deframer.next_frame() {
+                got.push(match frame.unwrap() {
+                    Frame::Message(m) => m.to_vec(),
+                    Frame::Ping => b"ping".to_vec(),
+                    Frame::Pong => b"pong".to_vec(),
+                });
+            }
+        }
+        let want: Vec<Vec<u8>> = want
+            .iter()
+            .map(|frame| match frame {
+                Frame::Message(m) => m.to_vec(),
+                Frame::Ping => b"ping".to_vec(),
+                Frame::Pong => b"pong".to_vec(),
+            })
+            .collect();
+        assert_eq!(got, want, "then {:?}", String::from_utf8_lossy(then));
+    }
+}
+
+#[test]
+fn a_cr_that_does_not_start_a_crlf_faults_even_when_held() {
+    let mut deframer = Deframer::new(StreamLimits::default());
+    deframer.push(b"\r\n\r").unwrap();
+    assert_eq!(deframer.next_frame(), None);
+    assert_eq!(deframer.partial(), 0);
+    deframer.push(b"X").unwrap();
+    // `\r\n` then a CR not followed by LF: a pong, then a stray CR.
+    assert_eq!(deframer.next_frame(), Some(Ok(Frame::Pong)));
+    assert_eq!(
+        deframer.next_frame(),
+        Some(Err(StreamFault::NoContentLength))
+    );
+}
+
+#[test]
+fn what_is_kept_moves_to_the_front_only_when_room_runs_short() {
+    let limits = StreamLimits {
+        message_bytes_max: 256,
+        buffer_bytes_max: 512,
+    };
+    let text = message("abc");
+    let stream = text.repeat(8);
+    let mut deframer = Deframer::new(limits);
+    let mut framed = 0;
+    let mut moved = 0;
+    for piece in stream.as_bytes().chunks(100) {
+        let start = deframer.start + deframer.consumed;
+        deframer.push(piece).unwrap();
+        if deframer.start == 0 && start > 0 && deframer.partial() > piece.len() {
+            moved += 1;
+        }
+        while let Some(frame) = deframer.next_frame() {
+            assert_eq!(frame, Ok(Frame::Message(text.as_bytes())));
+            framed += 1;
+        }
+    }
+    assert_eq!(framed, 8);
+    // 100-byte pieces through 512 bytes: a move every few pieces, not one
+    // after every piece that ends inside a message.
+    assert!((1..=4).contains(&moved), "moved {moved} times");
 }
