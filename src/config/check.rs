@@ -146,7 +146,15 @@ fn streams(
         d.framing.message_bytes_max,
         "use 1024..=1048576 (default 65536)",
     );
+    let buffered_bytes_max = size(
+        &file.buffered_bytes_max,
+        "buffered_bytes_max",
+        1 << 20..=1 << 40,
+        d.buffered_bytes_max,
+        "use 1048576..=1099511627776 (default 268435456)",
+    );
     shard::StreamConfig {
+        buffered_bytes_max,
         connections_max: size(
             &file.connections_max,
             "connections_max",

@@ -98,6 +98,7 @@ pub struct StreamsFile {
     pub message_timeout_ms: Option<Spanned<usize>>,
     pub connect_timeout_ms: Option<Spanned<usize>>,
     pub send_queue_bytes_max: Option<Spanned<usize>>,
+    pub buffered_bytes_max: Option<Spanned<usize>>,
     pub message_bytes_max: Option<Spanned<usize>>,
 }
 

@@ -306,6 +306,7 @@ impl Shard {
             (Stat::ConnectionsClosedIdle, s.closed_idle),
             (Stat::ConnectionsClosedSlow, s.closed_slow),
             (Stat::ConnectionsClosedBacklog, s.closed_backlog),
+            (Stat::ConnectionsClosedBudget, s.closed_budget),
             (Stat::ConnectionsRefused, s.refused),
             (Stat::ConnectionsConnectFailed, s.connect_failed),
             (Stat::StreamFaultNoContentLength, f(F::NoContentLength)),

@@ -189,6 +189,11 @@ impl Deframer {
         self.fault
     }
 
+    /// The read buffer's size now (0 while released).
+    pub fn buffer_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// Gives the buffer back while nothing is pending in it.
     pub fn release(&mut self) {
         if self.partial() == 0 {

@@ -75,6 +75,7 @@ pub enum Stat {
     ConnectionsClosedIdle,
     ConnectionsClosedSlow,
     ConnectionsClosedBacklog,
+    ConnectionsClosedBudget,
     ConnectionsRefused,
     ConnectionsConnectFailed,
     StreamFaultNoContentLength,
@@ -88,7 +89,7 @@ pub enum Stat {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 65] = [
+    pub const ALL: [Stat; 66] = [
         Stat::Received,
         Stat::Sent,
         Stat::HandedOff,
@@ -144,6 +145,7 @@ impl Stat {
         Stat::ConnectionsClosedIdle,
         Stat::ConnectionsClosedSlow,
         Stat::ConnectionsClosedBacklog,
+        Stat::ConnectionsClosedBudget,
         Stat::ConnectionsRefused,
         Stat::ConnectionsConnectFailed,
         Stat::StreamFaultNoContentLength,
@@ -457,6 +459,7 @@ fn stream_row(stat: Stat) -> Option<Row> {
         Stat::ConnectionsClosedIdle => closed("idle"),
         Stat::ConnectionsClosedSlow => closed("slow_message"),
         Stat::ConnectionsClosedBacklog => closed("send_backlog"),
+        Stat::ConnectionsClosedBudget => closed("buffer_budget"),
         Stat::ConnectionsRefused => closed("refused"),
         Stat::ConnectionsConnectFailed => closed("connect_failed"),
         Stat::StreamFaultNoContentLength => fault(F::NoContentLength),

@@ -226,6 +226,11 @@ impl Conn {
         Ok(())
     }
 
+    /// Heap bytes this connection holds: its read buffer and send queue.
+    pub(super) fn held_bytes(&self) -> usize {
+        self.deframer.buffer_bytes() + self.queue.capacity()
+    }
+
     /// Whether bytes wait to be written.
     pub(super) fn has_queued(&self) -> bool {
         self.queued_from < self.queue.len()

@@ -44,6 +44,9 @@ pub struct StreamConfig {
     /// Bytes queued toward one connection whose reader is slow; past it
     /// the connection is closed (and counted), never grown.
     pub send_queue_bytes_max: usize,
+    /// Bytes all of a shard's connections may hold in read buffers and
+    /// send queues together; a connection that grows past it is closed.
+    pub buffered_bytes_max: usize,
     /// Message and buffer bounds of each connection's framing.
     pub framing: StreamLimits,
 }
@@ -57,6 +60,7 @@ impl Default for StreamConfig {
             message_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             send_queue_bytes_max: 1 << 20,
+            buffered_bytes_max: 256 << 20,
             framing: StreamLimits::default(),
         }
     }
@@ -76,6 +80,8 @@ pub struct StreamCounters {
     pub closed_slow: u64,
     /// A reader that let `send_queue_bytes_max` pile up.
     pub closed_backlog: u64,
+    /// A connection whose buffers grew past the shard's `buffered_bytes_max`.
+    pub closed_budget: u64,
     pub faults: [u64; StreamFault::ALL.len()],
     pub pings: u64,
     /// Sends with no connection and none to be had.
@@ -107,6 +113,8 @@ pub(super) struct Streams {
     by_peer: HashMap<(Transport, SocketAddr), u32>,
     per_source: HashMap<IpAddr, u32>,
     open: usize,
+    /// Bytes the connections hold in read buffers and send queues.
+    buffered: usize,
     next_sweep: Instant,
     /// Messages read this turn, back to back, and who sent each.
     pub(super) arrivals: Vec<u8>,
@@ -147,6 +155,7 @@ impl Streams {
             by_peer: HashMap::new(),
             per_source: HashMap::new(),
             open: 0,
+            buffered: 0,
             next_sweep: Instant::now() + SWEEP_EVERY,
             arrivals: Vec::new(),
             frames: Vec::new(),
@@ -275,6 +284,7 @@ impl Streams {
         else {
             return;
         };
+        let before = conn.held_bytes();
         let (arrivals, frames, counters) =
             (&mut self.arrivals, &mut self.frames, &mut self.counters);
         let mut result = conn.on_ready(now);
@@ -293,8 +303,11 @@ impl Streams {
                 conn::Arrival::Ping => counters.pings += 1,
             });
         }
+        let queued = conn.has_queued();
+        let over = self.account(slot, before);
         match result {
-            Read::Open if conn.has_queued() => self.dirty.push(slot),
+            Read::Open if over => self.close_over_budget(slot),
+            Read::Open if queued => self.dirty.push(slot),
             Read::Open => {}
             Read::Closed => {
                 self.counters.closed_by_peer += 1;
@@ -312,9 +325,24 @@ impl Streams {
         }
     }
 
-    #[cfg(test)]
     fn conn(&self, slot: u32) -> Option<&Conn> {
         self.slots.get(slot as usize)?.conn.as_ref()
+    }
+
+    /// Brings the shard's buffered bytes up to date after `slot`'s
+    /// connection held `before`; true when it grew past the budget.
+    fn account(&mut self, slot: u32, before: usize) -> bool {
+        let Some(after) = self.conn(slot).map(Conn::held_bytes) else {
+            return false;
+        };
+        self.buffered = (self.buffered + after).saturating_sub(before);
+        after > before && self.buffered > self.config.buffered_bytes_max
+    }
+
+    fn close_over_budget(&mut self, slot: u32) {
+        self.counters.closed_budget += 1;
+        tracing::debug!("a connection closed: the shard's buffered_bytes_max is reached");
+        self.close(slot);
     }
 
     fn conn_mut(&mut self, slot: u32) -> Option<&mut Conn> {
@@ -339,6 +367,7 @@ impl Streams {
         entry.generation = entry.generation.wrapping_add(1);
         self.free.push(slot);
         self.open -= 1;
+        self.buffered = self.buffered.saturating_sub(conn.held_bytes());
         if let Some(count) = self.per_source.get_mut(&conn.remote.ip()) {
             *count -= 1;
             if *count == 0 {
@@ -362,7 +391,10 @@ impl Streams {
         let mut expired = Vec::new();
         for (slot, entry) in self.slots.iter_mut().enumerate() {
             if let Some(conn) = &mut entry.conn {
-                if let Some(why) = conn.expired(now, &self.config) {
+                let before = conn.held_bytes();
+                let why = conn.expired(now, &self.config);
+                self.buffered = (self.buffered + conn.held_bytes()).saturating_sub(before);
+                if let Some(why) = why {
                     expired.push((slot as u32, why));
                 }
             }
@@ -416,7 +448,9 @@ impl Streams {
             let Some(conn) = self.conn_mut(slot) else {
                 continue;
             };
-            if conn.flush().is_err() {
+            let (before, flushed) = (conn.held_bytes(), conn.flush());
+            self.account(slot, before);
+            if flushed.is_err() {
                 self.counters.closed_by_peer += 1;
                 self.close(slot);
             }
@@ -430,8 +464,11 @@ impl Streams {
         let Some(conn) = self.conn_mut(slot) else {
             return;
         };
-        let was_queued = conn.has_queued();
-        match conn.queue(bytes, max) {
+        let (was_queued, before) = (conn.has_queued(), conn.held_bytes());
+        let queued = conn.queue(bytes, max);
+        let over = self.account(slot, before);
+        match queued {
+            Ok(()) if over => self.close_over_budget(slot),
             Ok(()) if !was_queued => self.dirty.push(slot),
             Ok(()) => {}
             Err(conn::SendError::Backlog) => {

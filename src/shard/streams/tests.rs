@@ -209,3 +209,30 @@ fn flow_ids_round_trip() {
         );
     }
 }
+
+#[test]
+fn connections_past_the_shards_buffer_budget_are_closed() {
+    let config = StreamConfig {
+        buffered_bytes_max: 12 << 10,
+        ..StreamConfig::default()
+    };
+    let mut s = streams(config);
+    // Half of a 6,000-byte message each: a read buffer grown to 8 KiB.
+    let head = "MESSAGE sip:a SIP/2.0\r\nContent-Length: 6000\r\n\r\n";
+    let part = format!("{head}{}", "x".repeat(5000));
+    let mut first = client(&s);
+    first.write_all(part.as_bytes()).unwrap();
+    poll_until(&mut s, Instant::now(), |s| s.buffered >= 8 << 10);
+    let mut second = client(&s);
+    second.write_all(part.as_bytes()).unwrap();
+    poll_until(&mut s, Instant::now(), |s| s.counters.closed_budget == 1);
+    assert_eq!(s.open(), 1, "the first keeps its place");
+    assert!(closed(&mut second));
+    assert!(s.buffered <= 12 << 10);
+    // The first finishes its message and frames it.
+    first.write_all("x".repeat(1000).as_bytes()).unwrap();
+    poll_until(&mut s, Instant::now(), |s| s.frames.len() == 1);
+    drop(first);
+    poll_until(&mut s, Instant::now(), |s| s.open() == 0);
+    assert_eq!(s.buffered, 0, "every byte accounted for on close");
+}
