@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use sipshard::sip::{Limits, Scanner, UDP_PAYLOAD_MAX};
 use support::{
-    scenario, scrape, screen_count, sipp_screen, tempdir, value, wait_for_listener, Running,
+    scenario, scrape, screen_count, sipp_screen, tempdir, value, wait_for_listener, Lcg, Running,
 };
 
 const GATEWAY: &str = "127.0.0.1:21060";
@@ -206,24 +206,6 @@ Contact: <sip:h@{from}>\r\n\
 {extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
-}
-
-/// A small deterministic generator (a 64-bit LCG), so that every run sends
-/// the same "random" bytes and cuts.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        self.0 >> 33
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
 }
 
 /// The gateway's resident set, in KiB.

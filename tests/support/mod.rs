@@ -157,3 +157,21 @@ pub fn value(sums: &HashMap<String, f64>, key: &str) -> u64 {
         .get(key)
         .unwrap_or_else(|| panic!("no {key} in /metrics: {sums:?}")) as u64
 }
+
+/// A small deterministic generator (a 64-bit LCG), so that every run of a
+/// hostile test sends the same "random" bytes and cuts.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
