@@ -71,7 +71,8 @@ impl Core {
                 }
             },
         };
-        let Some((mut to, backend, also_tcp)) = choose(&mut self.selector, server, original) else {
+        let udp_max = self.txns.config.udp_request_bytes_max;
+        let Some(mut hop) = choose(&mut self.selector, server, original, udp_max) else {
             if first.is_none() {
                 server.request = request;
             }
@@ -84,38 +85,16 @@ impl Core {
             .copied()
             .unwrap_or_else(|| branch_key(original))
             .with_transaction(&hex16(self.txns.next_id));
-        let mut written = forward_try(
-            &self.editor,
-            &mut self.counters,
+        let (editor, counters) = (&self.editor, &mut self.counters);
+        let written = forward_try(
+            editor,
+            counters,
             original,
             server,
             &branch_key,
-            to.transport,
+            &mut hop,
             tx,
         );
-        // §18.1.1: too large for a datagram on the way; over TCP where the
-        // backend and we both take it, else 513.
-        let udp_max = self.txns.config.udp_request_bytes_max;
-        if written.is_some_and(|len| len > udp_max) && to.transport == Transport::Udp {
-            written = match backend.is_some() {
-                true if also_tcp && self.editor.local().serves(Transport::Tcp) => {
-                    to.transport = Transport::Tcp;
-                    self.counters.moved_to_tcp += 1;
-                    let (editor, counters) = (&self.editor, &mut self.counters);
-                    forward_try(
-                        editor,
-                        counters,
-                        original,
-                        server,
-                        &branch_key,
-                        to.transport,
-                        tx,
-                    )
-                }
-                true => too_large(&mut self.counters, original, server, tx),
-                false => written,
-            };
-        }
         if first.is_none() {
             server.request = request;
         }
@@ -124,8 +103,8 @@ impl Core {
         };
         let next = NextTry {
             id: self.txns.next_id,
-            to,
-            backend,
+            to: hop.to,
+            backend: hop.backend,
             branch_key,
         };
         self.start_try(now, slot, next, len, tx)
@@ -262,16 +241,35 @@ impl Core {
     }
 }
 
+/// Where a try goes, and what it may do when its request is too large for
+/// a datagram.
+struct Hop {
+    to: Peer,
+    /// The pool member's index; `None` for a fixed next hop.
+    backend: Option<usize>,
+    /// A UDP member that takes TCP too (see `Member::also_tcp`).
+    also_tcp: bool,
+    /// Past this, a request does not go to a pool member over UDP.
+    udp_max: usize,
+}
+
 /// The destination of a server transaction's next try, marked tried:
 /// `None` when none is left (a fixed next hop is tried once).
 fn choose(
     selector: &mut Selector,
     server: &mut ServerTxn,
     original: &Message<'_>,
-) -> Option<(Peer, Option<usize>, bool)> {
+    udp_max: usize,
+) -> Option<Hop> {
+    let fixed = |to: Peer| Hop {
+        to,
+        backend: None,
+        also_tcp: false,
+        udp_max,
+    };
     let sticky = server.sticky;
     let (routing, set, tried) = match &mut server.target {
-        Target::Fixed(addr) if server.tries == 0 => return Some((*addr, None, false)),
+        Target::Fixed(addr) if server.tries == 0 => return Some(fixed(*addr)),
         Target::Fixed(_) => return None,
         Target::Pool {
             routing,
@@ -298,17 +296,62 @@ fn choose(
         Selection::Member(index) => {
             *tried |= 1 << index;
             let member = &routing.set(set).members[index];
-            Some((member.peer(), Some(index), member.also_tcp))
+            Some(Hop {
+                to: member.peer(),
+                backend: Some(index),
+                also_tcp: member.also_tcp,
+                udp_max,
+            })
         }
         Selection::AllDown | Selection::Exhausted => None,
     }
+}
+
+/// Writes a try's request for `hop`, moving it to TCP (§18.1.1) when it
+/// is too large for a datagram to a pool member that takes TCP while we
+/// listen on TCP; 513 when no way is left.
+fn forward_try(
+    editor: &Editor,
+    counters: &mut Counters,
+    original: &Message<'_>,
+    server: &mut ServerTxn,
+    branch_key: &BranchKey,
+    hop: &mut Hop,
+    tx: &mut impl Transmit,
+) -> Option<usize> {
+    let len = write_try(
+        editor,
+        counters,
+        original,
+        server,
+        branch_key,
+        hop.to.transport,
+        tx,
+    )?;
+    if len <= hop.udp_max || hop.to.transport != Transport::Udp || hop.backend.is_none() {
+        return Some(len);
+    }
+    if !(hop.also_tcp && editor.local().serves(Transport::Tcp)) {
+        return too_large(counters, original, server, tx);
+    }
+    hop.to.transport = Transport::Tcp;
+    counters.moved_to_tcp += 1;
+    write_try(
+        editor,
+        counters,
+        original,
+        server,
+        branch_key,
+        Transport::Tcp,
+        tx,
+    )
 }
 
 /// Writes a try's request into the transmit buffer and returns its
 /// length. When it would not fit in one UDP datagram (the buffer holds
 /// the largest there is), RFC 3261 §21.5.14's 513 is the server
 /// transaction's answer, unless another try did better.
-fn forward_try(
+fn write_try(
     editor: &Editor,
     counters: &mut Counters,
     original: &Message<'_>,

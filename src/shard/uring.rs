@@ -381,10 +381,7 @@ impl Uring {
                     }
                 }
                 USER_DOORBELL => rearm_doorbell = true,
-                USER_STREAMS => {
-                    self.streams_ready = true;
-                    rearm_streams = true;
-                }
+                USER_STREAMS => (self.streams_ready, rearm_streams) = (true, true),
                 user_data => {
                     self.sends_in_flight = self.sends_in_flight.saturating_sub(1);
                     let index = user_data.wrapping_sub(USER_SEND) as usize;
