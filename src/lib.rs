@@ -8,6 +8,7 @@
 //! is the sans-I/O core of destination sets: routing rules, member health
 //! and the balancing algorithms. `guard` is the sans-I/O access control and
 //! flood protection the shards consult before the core sees a datagram.
+//! `tls` builds the rustls configurations the shards' connections use.
 //!
 //! ```text
 //!   datagram ──► proxy::Proxy::handle(now, source, datagram, tx: impl Transmit)
@@ -30,6 +31,7 @@ pub mod shard;
 pub mod sip;
 #[doc(hidden)]
 pub mod testkit;
+pub mod tls;
 pub mod txn;
 /// Batched UDP I/O, a leaf shared with the load tools in `loadtest/`.
 pub mod udp;

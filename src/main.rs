@@ -38,15 +38,23 @@ struct Cli {
 /// given on the command line override the same settings of `--config`.
 #[derive(Args)]
 struct RunArgs {
-    /// An address SIP arrives on, `[udp|tcp:]IP:PORT` (bare: UDP); repeat
-    /// for each transport. UDP is always served: without a udp: listener
+    /// An address SIP arrives on, `[udp|tcp|tls:]IP:PORT` (bare: UDP);
+    /// repeat for each transport. UDP is always served: without a udp: listener
     /// it takes the first one's address. Each goes in our Via and
     /// Record-Route, so it must be one peers can reach.
     /// Default: 127.0.0.1:5060 (UDP).
-    #[arg(long, value_name = "[udp|tcp:]IP:PORT")]
+    #[arg(long, value_name = "[udp|tcp|tls:]IP:PORT")]
     listen: Vec<String>,
-    /// A backend, as `sip:IP:PORT`, `sip:IP:PORT;transport=tcp`; repeat
-    /// for each. Default: the two loopback backends above.
+    /// Our TLS certificate chain (PEM, leaf first), for tls: listeners.
+    /// Re-read on SIGHUP.
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM). Re-read on SIGHUP.
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// A backend, as `sip:IP:PORT`, `sip:IP:PORT;transport=tcp|tls` or
+    /// `sips:IP:PORT`; repeat for each. Default: the two loopback backends
+    /// above.
     #[arg(long = "backend", value_name = "URI")]
     backends: Vec<String>,
     /// Shard threads, one per core. Default: the number of usable cores.
@@ -201,11 +209,18 @@ fn configure(args: &RunArgs) -> Result<AppConfig, ExitCode> {
     }
     if !args.listen.is_empty() {
         let list: Vec<&str> = args.listen.iter().map(String::as_str).collect();
-        let (udp, tcp) = config::listeners(&list).map_err(|refused| {
+        let listeners = config::listeners(&list).map_err(|refused| {
             eprintln!("sipshard: --listen: {}; fix: {}", refused.what, refused.fix);
             ExitCode::from(2)
         })?;
-        (shard.listen, shard.tcp_listen) = (udp, tcp);
+        shard.listen = listeners.udp;
+        (shard.tcp_listen, shard.tls_listen) = (listeners.tcp, listeners.tls);
+    }
+    if let Some(cert) = &args.tls_cert {
+        config.tls.cert = Some(cert.clone());
+    }
+    if let Some(key) = &args.tls_key {
+        config.tls.key = Some(key.clone());
     }
     if let Some(shards) = args.shards {
         shard.shards = shards;
@@ -235,6 +250,10 @@ fn configure(args: &RunArgs) -> Result<AppConfig, ExitCode> {
     if !problems.is_empty() {
         return Err(ExitCode::from(2));
     }
+    config.shard.tls = config::tls_context(&config.shard, &config.tls).map_err(|error| {
+        eprintln!("sipshard: tls: {error}; fix: {}", error.fix());
+        ExitCode::from(2)
+    })?;
     Ok(config)
 }
 
@@ -244,9 +263,7 @@ fn backend_peers(backends: &[String]) -> Result<Option<Vec<Peer>>, ExitCode> {
         return Ok(None);
     }
     let parse = |backend: &String| {
-        config::backend_peer(backend)
-            .and_then(config::served)
-            .map_err(|why| {
+        config::backend_peer(backend).map_err(|why| {
                 eprintln!("sipshard: --backend {backend}: {why}");
                 ExitCode::from(2)
             })
@@ -265,8 +282,9 @@ fn serve(config: AppConfig, path: Option<PathBuf>) -> ExitCode {
         shard,
         probes,
         admin,
+        tls,
     } = config;
-    let listen = shard.listen;
+    let (listen, tls_listens) = (shard.listen, shard.tls_listen.is_some());
     let runtime = match Runtime::start(shard) {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -275,6 +293,7 @@ fn serve(config: AppConfig, path: Option<PathBuf>) -> ExitCode {
         }
     };
     let control = Control::new(runtime.handle(), path);
+    control.set_tls_files(tls, tls_listens);
     if let Err(error) = control.start_probes(probes, listen.ip()) {
         eprintln!("sipshard: cannot start the health probes: {error}");
         runtime.stop();
@@ -333,6 +352,15 @@ fn wait_for_signals(runtime: Runtime, control: &Control) -> ExitCode {
                 Err(error) => {
                     tracing::warn!(%error, "reload refused; the running configuration stays")
                 }
+            }
+            match control.reload_tls() {
+                Ok(true) => tracing::info!("TLS certificates reloaded (SIGHUP)"),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(
+                    %error,
+                    fix = error.fix(),
+                    "TLS certificates not reloaded; the running ones stay"
+                ),
             }
             continue;
         }

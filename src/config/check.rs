@@ -13,10 +13,11 @@ use toml::Spanned;
 
 use super::routing::{networks, routing};
 use super::schema::{
-    AclFile, File, FloodFile, LimitsFile, Listen, OverloadFile, ProbesFile, StreamsFile,
+    AclFile, File, FloodFile, LimitsFile, Listen, OverloadFile, ProbesFile, StreamsFile, TlsFile,
     TransactionsFile,
 };
-use super::{AdminConfig, AppConfig, Problems, Refused};
+use super::{AdminConfig, AppConfig, Listeners, Problems, Refused};
+use crate::tls::TlsFiles;
 use crate::balance::{ProbeConfig, Routing};
 use crate::guard::{self, Acl, FloodConfig, GuardConfig};
 use crate::proxy::overload::OverloadConfig;
@@ -66,11 +67,13 @@ pub(super) fn app(
     let overload = overload(&file.overload, &d.shard.overload, problems);
     let (guard, admin_acl) = guard(&file.acl, &file.flood, &d.shard.guard.flood, problems);
     let admin = admin_address(file.admin.as_ref(), problems);
-    let ((listen, tcp_listen), routing) = (listen?, routing?);
+    let (listen, routing) = (listen?, routing?);
     let socket = &file.socket;
-    let shard = shard::Config {
-        listen,
-        tcp_listen,
+    let mut shard = shard::Config {
+        listen: listen.udp,
+        tcp_listen: listen.tcp,
+        tls_listen: listen.tls,
+        tls: None,
         streams,
         shards,
         cpus: file.cpus,
@@ -94,6 +97,16 @@ pub(super) fn app(
             "listen on each transport a backend uses, in its address family",
         );
     }
+    let tls = tls_files(file.tls.as_ref());
+    if problems.is_empty() {
+        match super::tls_context(&shard, &tls) {
+            Ok(context) => shard.tls = context,
+            Err(error) => {
+                let span = file.tls.as_ref().map_or(file.listen.span(), |t| t.span());
+                problems.add(span, format!("tls: {error}"), error.fix());
+            }
+        }
+    }
     let admin = AdminConfig {
         address: admin,
         acl: admin_acl,
@@ -102,15 +115,26 @@ pub(super) fn app(
         shard,
         probes,
         admin,
+        tls,
     })
 }
 
+/// The `[tls]` table's files, as written.
+fn tls_files(file: Option<&Spanned<TlsFile>>) -> TlsFiles {
+    let Some(file) = file.map(Spanned::get_ref) else {
+        return TlsFiles::default();
+    };
+    TlsFiles {
+        cert: file.cert.clone(),
+        key: file.key.clone(),
+        client_ca: file.client_ca.clone(),
+        backend_ca: file.backend_ca.clone(),
+    }
+}
+
 /// `listen`: the addresses peers reach us on, since they go in our Via
-/// and Record-Route: the UDP one, and the TCP one when served.
-fn listen(
-    listen: &Spanned<Listen>,
-    problems: &mut Problems,
-) -> Option<(SocketAddr, Option<SocketAddr>)> {
+/// and Record-Route: the UDP one, and the TCP and TLS ones when served.
+fn listen(listen: &Spanned<Listen>, problems: &mut Problems) -> Option<Listeners> {
     let list = listen.get_ref().list();
     match super::listeners(&list) {
         Ok(listeners) => Some(listeners),
@@ -182,6 +206,13 @@ fn streams(
             100..=600_000,
             ms(d.message_timeout),
             "use 100..=600000 (default 10000)",
+        ) as u64),
+        handshake_timeout: Duration::from_millis(size(
+            &file.handshake_timeout_ms,
+            "handshake_timeout_ms",
+            100..=600_000,
+            ms(d.handshake_timeout),
+            "use 100..=600000 (default 5000)",
         ) as u64),
         connect_timeout: Duration::from_millis(size(
             &file.connect_timeout_ms,

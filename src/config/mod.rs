@@ -25,6 +25,7 @@ use crate::guard::{Acl, GuardConfig};
 use crate::proxy::overload::OverloadConfig;
 use crate::shard;
 use crate::sip::{host_ip, Limits, Peer, Scheme, Transport, Uri};
+use crate::tls::{TlsContext, TlsError, TlsFiles};
 use crate::txn::TxnConfig;
 pub use schema::File;
 
@@ -39,6 +40,8 @@ pub struct AppConfig {
     /// Health probes of the backends (the control thread sends them).
     pub probes: ProbeConfig,
     pub admin: AdminConfig,
+    /// Where the TLS certificates are, read again on SIGHUP.
+    pub tls: TlsFiles,
 }
 
 /// The admin HTTP API: where it listens and whom it serves. The control
@@ -62,6 +65,8 @@ impl Default for AppConfig {
         let shard = shard::Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
             tcp_listen: None,
+            tls_listen: None,
+            tls: None,
             streams: shard::StreamConfig::default(),
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpus: Vec::new(),
@@ -82,6 +87,7 @@ impl Default for AppConfig {
             shard,
             probes: ProbeConfig::default(),
             admin: AdminConfig::default(),
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -172,15 +178,6 @@ pub fn backend_peer(text: &str) -> Result<Peer, String> {
     ))
 }
 
-/// A backend the shards can reach today: TLS is refused until it is
-/// served, rather than sent in the clear.
-pub fn served(peer: Peer) -> Result<Peer, String> {
-    match peer.transport {
-        Transport::Tls => Err("TLS is not served yet; use transport=tcp or udp".to_string()),
-        _ => Ok(peer),
-    }
-}
-
 /// A listen list that cannot work, and what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refused {
@@ -188,10 +185,19 @@ pub struct Refused {
     pub fix: String,
 }
 
+/// Where SIP arrives, by transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listeners {
+    /// The first listener's address when none is UDP: the shards always
+    /// serve UDP (RFC 3261 §18).
+    pub udp: SocketAddr,
+    pub tcp: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+}
+
 /// `--listen` and `listen =`: `[udp|tcp|tls:]IP:PORT` each, at most one a
-/// transport. Returns the UDP address (the first listener's when none is
-/// UDP: the shards always serve UDP, RFC 3261 §18) and the TCP one.
-pub fn listeners(list: &[&str]) -> Result<(SocketAddr, Option<SocketAddr>), Refused> {
+/// transport, all of one address family.
+pub fn listeners(list: &[&str]) -> Result<Listeners, Refused> {
     let refuse = |what: String, fix: &str| Refused {
         what,
         fix: fix.to_string(),
@@ -210,12 +216,6 @@ pub fn listeners(list: &[&str]) -> Result<(SocketAddr, Option<SocketAddr>), Refu
                 "give the address peers reach us on, e.g. \"192.0.2.10:5060\": it goes in our Via and Record-Route",
             ));
         }
-        if peer.transport == Transport::Tls {
-            return Err(refuse(
-                format!("{text:?}: TLS is not served yet"),
-                "listen on udp: or tcp:",
-            ));
-        }
         let slot = &mut by_transport[peer.transport.index()];
         if slot.is_some() {
             return Err(refuse(
@@ -232,27 +232,37 @@ pub fn listeners(list: &[&str]) -> Result<(SocketAddr, Option<SocketAddr>), Refu
     let udp = by_transport[0]
         .or(first)
         .ok_or_else(|| refuse("no address".into(), "give at least one"))?;
-    let tcp = by_transport[Transport::Tcp.index()];
-    if tcp.is_some_and(|t| t.is_ipv4() != udp.is_ipv4()) {
+    let (tcp, tls) = (by_transport[1], by_transport[2]);
+    if [tcp, tls].iter().flatten().any(|a| a.is_ipv4() != udp.is_ipv4()) {
         return Err(refuse(
-            "the UDP and TCP listeners are of two address families".into(),
+            "the listeners are of two address families".into(),
             "listen on one family, IPv4 or IPv6",
         ));
     }
-    Ok((udp, tcp))
+    Ok(Listeners { udp, tcp, tls })
 }
 
 /// What cannot work between the listeners and the backends: a backend over
-/// TCP with no TCP listener (its in-dialog requests come back over TCP to
-/// our Record-Route), a backend of another address family than ours.
+/// TCP or TLS with no listener of its transport (its in-dialog requests
+/// come back that way to our Record-Route), a backend of another address
+/// family than ours.
 pub fn transport_problems(shard: &shard::Config) -> Vec<String> {
     let mut problems = Vec::new();
     for set in shard.routing.sets() {
         for member in set.members.iter() {
-            if member.transport == Transport::Tcp && shard.tcp_listen.is_none() {
+            let listener = match member.transport {
+                Transport::Udp => Some(shard.listen),
+                Transport::Tcp => shard.tcp_listen,
+                Transport::Tls => shard.tls_listen,
+            };
+            if listener.is_none() {
+                let t = member.transport;
                 problems.push(format!(
-                    "backend {} is over TCP but nothing listens on TCP; add tcp:IP:PORT to listen",
-                    member.uri
+                    "backend {} is over {} but nothing listens on {}; add {}:IP:PORT to listen",
+                    member.uri,
+                    t.via_token(),
+                    t.via_token(),
+                    t.name()
                 ));
             }
             if member.address.is_ipv4() != shard.listen.is_ipv4() {
@@ -264,6 +274,24 @@ pub fn transport_problems(shard: &shard::Config) -> Vec<String> {
         }
     }
     problems
+}
+
+/// The TLS settings the shards need: built from `files` when a `tls:`
+/// listener or a TLS backend needs them, else `None`. A listener needs a
+/// certificate and its key; backends' certificates are always verified.
+pub fn tls_context(
+    shard: &shard::Config,
+    files: &TlsFiles,
+) -> Result<Option<Arc<TlsContext>>, TlsError> {
+    let backends = shard.routing.sets().iter().any(|set| {
+        set.members
+            .iter()
+            .any(|member| member.transport == Transport::Tls)
+    });
+    if shard.tls_listen.is_none() && !backends {
+        return Ok(None);
+    }
+    TlsContext::load(files, shard.tls_listen.is_some()).map(|c| Some(Arc::new(c)))
 }
 
 /// Whether a backend's URI says `transport=udp`: UDP alone, never TCP.

@@ -35,6 +35,8 @@ pub struct File {
     pub limits: LimitsFile,
     #[serde(default)]
     pub streams: StreamsFile,
+    /// Certificates: ours (for `tls:` listeners) and the CAs we trust.
+    pub tls: Option<Spanned<TlsFile>>,
     #[serde(default)]
     pub transactions: TransactionsFile,
     #[serde(default)]
@@ -71,6 +73,21 @@ pub struct Socket {
     pub steering: Option<bool>,
 }
 
+/// The `[tls]` table: PEM files.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Our certificate chain, leaf first (`--tls-cert`).
+    pub cert: Option<std::path::PathBuf>,
+    /// Its private key (`--tls-key`).
+    pub key: Option<std::path::PathBuf>,
+    /// Require client certificates issued by these CAs (mutual TLS).
+    pub client_ca: Option<std::path::PathBuf>,
+    /// Verify backends' certificates against these CAs; default: the
+    /// system's roots.
+    pub backend_ca: Option<std::path::PathBuf>,
+}
+
 /// `listen = "..."` or `listen = ["...", "..."]`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -92,6 +109,7 @@ impl Listen {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamsFile {
+    pub handshake_timeout_ms: Option<Spanned<usize>>,
     pub connections_max: Option<Spanned<usize>>,
     pub connections_per_source_max: Option<Spanned<usize>>,
     pub idle_timeout_s: Option<Spanned<usize>>,

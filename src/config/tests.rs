@@ -425,16 +425,22 @@ fn the_command_line_routes_to_its_backends_with_its_algorithm() {
 fn listeners_by_transport() {
     let udp: SocketAddr = "127.0.0.1:5060".parse().unwrap();
     let tcp: SocketAddr = "127.0.0.1:5070".parse().unwrap();
-    assert_eq!(listeners(&["127.0.0.1:5060"]), Ok((udp, None)));
+    let tls: SocketAddr = "127.0.0.1:5061".parse().unwrap();
+    let of = |udp, tcp, tls| Ok(Listeners { udp, tcp, tls });
+    assert_eq!(listeners(&["127.0.0.1:5060"]), of(udp, None, None));
     assert_eq!(
         listeners(&["tcp:127.0.0.1:5070", "udp:127.0.0.1:5060"]),
-        Ok((udp, Some(tcp)))
+        of(udp, Some(tcp), None)
+    );
+    assert_eq!(
+        listeners(&["127.0.0.1:5060", "tls:127.0.0.1:5061"]),
+        of(udp, None, Some(tls))
     );
     // UDP is always served: on the first listener's address without one.
-    assert_eq!(listeners(&["tcp:127.0.0.1:5070"]), Ok((tcp, Some(tcp))));
+    assert_eq!(listeners(&["tcp:127.0.0.1:5070"]), of(tcp, Some(tcp), None));
     let refused = |list: &[&str]| listeners(list).unwrap_err().what;
     assert!(refused(&["tcp:0.0.0.0:5060"]).contains("wildcard"));
-    assert!(refused(&["tls:127.0.0.1:5061"]).contains("TLS is not served yet"));
+    assert!(refused(&["127.0.0.1:5060", "tls:[::1]:5061"]).contains("two address families"));
     assert!(refused(&["tcp:127.0.0.1:1", "tcp:127.0.0.1:2"]).contains("a second tcp listener"));
     assert!(refused(&["sctp:127.0.0.1:1"]).contains("not udp, tcp or tls"));
     assert!(refused(&["127.0.0.1:5060", "tcp:[::1]:5060"]).contains("two address families"));
@@ -467,9 +473,35 @@ fn a_file_lists_its_listeners_and_tcp_backends_need_one() {
     let tls = text.replace("transport=tcp", "transport=tls");
     assert!(parse(&tls).unwrap_err()[0]
         .what
-        .contains("TLS is not served yet"));
+        .contains("nothing listens on TLS"));
     let bad = text.replace("idle_timeout_s = 60", "idle_timeout_s = 0");
     assert!(parse(&bad).unwrap_err()[0]
         .what
         .contains("streams.idle_timeout_s"));
+}
+
+#[test]
+fn a_tls_listener_needs_a_certificate_and_its_key() {
+    let pki = crate::tls::test_pki::Pki::make("config-tls");
+    let base = "listen = [\"127.0.0.1:5060\", \"tls:127.0.0.1:5061\"]\n[backends]\nmembers = [\"sips:127.0.0.1:5081\"]\n";
+    let problems = parse(base).unwrap_err();
+    assert!(problems[0].what.contains("needs a certificate"), "{}", problems[0]);
+    assert!(problems[0].fix.contains("--tls-cert"), "{}", problems[0]);
+    let with = |key: &std::path::Path| {
+        format!(
+            "{base}[tls]\ncert = {:?}\nkey = {:?}\nbackend_ca = {:?}\n",
+            pki.cert, key, pki.ca
+        )
+    };
+    let config = parse(&with(&pki.key)).unwrap();
+    assert_eq!(config.shard.tls_listen, Some("127.0.0.1:5061".parse().unwrap()));
+    let context = config.shard.tls.expect("TLS built");
+    assert!(context.server.is_some());
+    assert_eq!(config.shard.routing.sets()[0].members[0].transport, Transport::Tls);
+    let problems = parse(&with(&pki.other_key)).unwrap_err();
+    assert!(problems[0].what.starts_with("tls: "), "{}", problems[0]);
+    assert!(problems[0].fix.contains("key of the chain"), "{}", problems[0]);
+    // No tls: listener and no TLS backend: nothing is read.
+    let plain = "listen = \"127.0.0.1:5060\"\n[tls]\ncert = \"/nonexistent\"\n[backends]\nmembers = [\"sip:127.0.0.1:5081\"]\n";
+    assert!(parse(plain).unwrap().shard.tls.is_none());
 }

@@ -251,7 +251,11 @@ async fn set_member(
 }
 
 async fn reload(State(control): State<Arc<Control>>) -> Response {
-    match control.reload() {
+    let reloaded = control.reload();
+    if let Err(error) = control.reload_tls() {
+        tracing::warn!(%error, "TLS certificates not reloaded; the running ones stay");
+    }
+    match reloaded {
         Ok(backends) => {
             tracing::info!(backends, "configuration reloaded (admin API)");
             json_response(

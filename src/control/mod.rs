@@ -16,6 +16,8 @@ use crate::balance::probe::{Event, ProbeConfig, ProbeResult, Prober, SendProbe};
 use crate::balance::{Routing, State};
 use crate::config;
 use crate::shard::Handle;
+use crate::sip::Transport;
+use crate::tls::{TlsContext, TlsError, TlsFiles};
 
 /// What the control thread(s) share: the shards' handle, the file to
 /// reload, and the probes' last results.
@@ -35,6 +37,9 @@ pub struct Control {
     probe_config: Mutex<ProbeConfig>,
     /// Admin API requests the admin ACL refused.
     admin_denied: AtomicU64,
+    /// The certificate files, read again on SIGHUP, and whether a `tls:`
+    /// listener needs them (a restart changes either).
+    tls: Mutex<(TlsFiles, bool)>,
 }
 
 /// Why a reload was refused; the running configuration stays.
@@ -68,7 +73,39 @@ impl Control {
             probes: Mutex::new(BTreeMap::new()),
             probe_config: Mutex::new(ProbeConfig::default()),
             admin_denied: AtomicU64::new(0),
+            tls: Mutex::new((TlsFiles::default(), false)),
         })
+    }
+
+    /// The certificate files SIGHUP reads again, and whether a `tls:`
+    /// listener serves them.
+    pub fn set_tls_files(&self, files: TlsFiles, listens: bool) {
+        if let Ok(mut tls) = self.tls.lock() {
+            *tls = (files, listens);
+        }
+    }
+
+    /// Reads the certificates and CAs again and hands them to the shards:
+    /// new connections use them, established ones keep their sessions.
+    /// `Ok(false)` when nothing uses TLS; on an error the running
+    /// certificates stay.
+    pub fn reload_tls(&self) -> Result<bool, TlsError> {
+        let (files, listens) = match self.tls.lock() {
+            Ok(tls) => tls.clone(),
+            Err(_) => return Ok(false),
+        };
+        let routing = self.shards.routing();
+        let backends = routing.sets().iter().any(|set| {
+            set.members
+                .iter()
+                .any(|member| member.transport == Transport::Tls)
+        });
+        if !listens && !backends {
+            return Ok(false);
+        }
+        let context = TlsContext::load(&files, listens)?;
+        self.shards.set_tls(Arc::new(context));
+        Ok(true)
     }
 
     /// Reads the configuration file again and hands its routing (sets,

@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use socket2::Socket;
 
 use crate::balance::Routing;
@@ -64,6 +64,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The TCP listen address, when SIP over TCP is served.
     pub tcp_listen: Option<SocketAddr>,
+    /// The TLS listen address, when SIP over TLS is served.
+    pub tls_listen: Option<SocketAddr>,
+    /// What TLS connections start from (listeners, TLS backends); `None`
+    /// when neither is configured.
+    pub tls: Option<Arc<crate::tls::TlsContext>>,
     /// Connection bounds and timeouts.
     pub streams: StreamConfig,
     pub shards: usize,
@@ -138,6 +143,9 @@ struct Shared {
     /// `routing_generation` move: one atomic load a turn, no lock.
     routing: ArcSwap<Routing>,
     routing_generation: AtomicUsize,
+    /// The TLS settings a certificate reload delivered, taken as routing is.
+    tls: ArcSwapOption<crate::tls::TlsContext>,
+    tls_generation: AtomicUsize,
     /// The ban table and epoch of the shards' guards; `None` when the SIP
     /// side has no ACL and flood protection is off.
     guard: Option<gate::GateShared>,
@@ -163,6 +171,16 @@ impl Handle {
         self.shared
             .routing_generation
             .fetch_add(1, Ordering::Release);
+        for doorbell in &self.shared.doorbells {
+            doorbell.ring();
+        }
+    }
+
+    /// Hands every shard new TLS settings (a certificate reloaded): new
+    /// connections use them, established ones keep their sessions.
+    pub fn set_tls(&self, tls: Arc<crate::tls::TlsContext>) {
+        self.shared.tls.store(Some(tls));
+        self.shared.tls_generation.fetch_add(1, Ordering::Release);
         for doorbell in &self.shared.doorbells {
             doorbell.ring();
         }
@@ -245,6 +263,8 @@ struct Shard {
     latency_offered: Instant,
     /// The `Shared::routing_generation` this shard's proxy routes by.
     routing_generation: usize,
+    /// The `Shared::tls_generation` its connections start from.
+    tls_generation: usize,
     /// Overload control: the state, and the window its load is measured
     /// over (when it began, and the busy time counted by then).
     overload: Detector,
@@ -278,6 +298,7 @@ impl Shard {
             published: Instant::now(),
             latency_offered: Instant::now(),
             routing_generation: 0,
+            tls_generation: 0,
             overload: Detector::new(overload),
             overload_window: (Instant::now(), 0),
             max_transactions: max_transactions.max(1),

@@ -256,6 +256,13 @@ impl Shard {
             }
             self.output.proxy.set_routing(routing);
         }
+        let generation = self.shared.tls_generation.load(Ordering::Acquire);
+        if generation != self.tls_generation {
+            self.tls_generation = generation;
+            if let Some(tls) = self.shared.tls.load_full() {
+                self.output.wire.streams.set_tls(tls.for_shard());
+            }
+        }
         let c = &mut self.output.counters;
         c.busy_ns += done.saturating_duration_since(self.output.clock).as_nanos() as u64;
         self.check_overload(done);

@@ -35,7 +35,14 @@ impl Runtime {
             .map(|_| bind(&config, config.listen, true))
             .collect::<io::Result<Vec<_>>>()?;
         let own_sockets = bind_own(&config, shards)?;
-        if config.tcp_listen.is_some() {
+        let listen: Vec<(Transport, SocketAddr)> = [
+            (Transport::Tcp, config.tcp_listen),
+            (Transport::Tls, config.tls_listen),
+        ]
+        .into_iter()
+        .filter_map(|(t, a)| Some((t, a?)))
+        .collect();
+        if !listen.is_empty() {
             let fds = sys::raise_fd_limit()?;
             let wanted = (config.streams.connections_max * shards) as u64;
             if fds < wanted {
@@ -45,7 +52,8 @@ impl Runtime {
         let streams = (0..shards)
             .map(|i| {
                 let streams = config.streams.clone();
-                Streams::new(i, streams, config.tcp_listen, config.listen.ip())
+                let tls = config.tls.as_ref().map(|t| t.for_shard());
+                Streams::new(i, streams, &listen, config.listen.ip(), tls)
             })
             .collect::<io::Result<Vec<_>>>()?;
         let (steering, sink) = steer(&config, &sockets);
@@ -66,7 +74,7 @@ impl Runtime {
             config: &config,
             use_uring: choose_uring(config.io)?,
             cores: usable_cores(&config.cpus)?,
-            local: local_address(config.listen, config.tcp_listen, &own_ports),
+            local: local_address(config.listen, &listen, &own_ports),
             own_ports: &own_ports,
             shed_map,
         };
@@ -96,7 +104,8 @@ impl Runtime {
         let default_set = config.routing.set(config.routing.default_set());
         let backends = default_set.members.len();
         let tcp = config.tcp_listen.map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(listen = %config.listen, tcp, shards, io, steered, shed_in_kernel, backends, ?own_ports, "sipshard is running");
+        let tls = config.tls_listen.map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listen = %config.listen, tcp, tls, shards, io, steered, shed_in_kernel, backends, ?own_ports, "sipshard is running");
         Ok(runtime)
     }
 }
@@ -116,6 +125,8 @@ impl Shared {
             stats: (0..shards).map(|_| Arc::default()).collect(),
             routing: ArcSwap::new(config.routing.clone()),
             routing_generation: AtomicUsize::new(0),
+            tls: arc_swap::ArcSwapOption::empty(),
+            tls_generation: AtomicUsize::new(0),
             guard: config
                 .guard
                 .sip_active()
@@ -209,11 +220,15 @@ fn usable_cores(cpus: &[usize]) -> io::Result<Vec<CoreId>> {
 }
 
 /// The listen addresses and every shard's own port, as our own.
-fn local_address(listen: SocketAddr, tcp: Option<SocketAddr>, own_ports: &[u16]) -> LocalAddress {
+fn local_address(
+    listen: SocketAddr,
+    streams: &[(Transport, SocketAddr)],
+    own_ports: &[u16],
+) -> LocalAddress {
     let host = host_text(listen);
     let mut local = LocalAddress::new(&host, listen.port());
-    if let Some(tcp) = tcp {
-        local = local.with_stream_port(Transport::Tcp, tcp.port());
+    for &(transport, addr) in streams {
+        local = local.with_stream_port(transport, addr.port());
     }
     for &port in own_ports {
         local = local.with_alias(&host, port);

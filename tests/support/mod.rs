@@ -1,6 +1,8 @@
 //! What the end-to-end tests share. Each test binary uses a part of it.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -78,6 +78,10 @@ pub enum Stat {
     ConnectionsClosedBudget,
     ConnectionsRefused,
     ConnectionsConnectFailed,
+    ConnectionsClosedHandshakeTimeout,
+    ConnectionsClosedTls,
+    TlsHandshakesOk,
+    TlsHandshakesFailed,
     StreamFaultNoContentLength,
     StreamFaultBadContentLength,
     StreamFaultHeadersTooLong,
@@ -89,7 +93,7 @@ pub enum Stat {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 66] = [
+    pub const ALL: [Stat; 70] = [
         Stat::Received,
         Stat::Sent,
         Stat::HandedOff,
@@ -148,6 +152,10 @@ impl Stat {
         Stat::ConnectionsClosedBudget,
         Stat::ConnectionsRefused,
         Stat::ConnectionsConnectFailed,
+        Stat::ConnectionsClosedHandshakeTimeout,
+        Stat::ConnectionsClosedTls,
+        Stat::TlsHandshakesOk,
+        Stat::TlsHandshakesFailed,
         Stat::StreamFaultNoContentLength,
         Stat::StreamFaultBadContentLength,
         Stat::StreamFaultHeadersTooLong,
@@ -437,6 +445,14 @@ fn stream_row(stat: Stat) -> Option<Row> {
     let closed = |reason| {
         ("connections_closed_total", "Connections closed, by reason (peer: closed or reset by it; refused: past a connection bound at accept).", Counter, Some(("reason", reason)))
     };
+    let handshakes = |result| {
+        (
+            "tls_handshakes_total",
+            "TLS handshakes, by result (failed: untrusted or missing certificate, no common version or cipher).",
+            Counter,
+            Some(("result", result)),
+        )
+    };
     let fault = |f: crate::sip::StreamFault| {
         (
             "stream_faults_total",
@@ -449,7 +465,7 @@ fn stream_row(stat: Stat) -> Option<Row> {
     Some(match stat {
         Stat::ConnectionsOpen => (
             "connections_open",
-            "Connections open now (TCP).",
+            "Connections open now (TCP and TLS).",
             Gauge,
             None,
         ),
@@ -462,6 +478,10 @@ fn stream_row(stat: Stat) -> Option<Row> {
         Stat::ConnectionsClosedBudget => closed("buffer_budget"),
         Stat::ConnectionsRefused => closed("refused"),
         Stat::ConnectionsConnectFailed => closed("connect_failed"),
+        Stat::ConnectionsClosedHandshakeTimeout => closed("handshake_timeout"),
+        Stat::ConnectionsClosedTls => closed("tls_error"),
+        Stat::TlsHandshakesOk => handshakes("ok"),
+        Stat::TlsHandshakesFailed => handshakes("failed"),
         Stat::StreamFaultNoContentLength => fault(F::NoContentLength),
         Stat::StreamFaultBadContentLength => fault(F::BadContentLength),
         Stat::StreamFaultHeadersTooLong => fault(F::HeadersTooLong),

@@ -1,5 +1,6 @@
-//! A shard's SIP connections (RFC 3261 §18 over TCP): the ones it accepted
-//! on its own `SO_REUSEPORT` listener and the ones it opened to backends.
+//! A shard's SIP connections (RFC 3261 §18 over TCP and TLS): the ones it
+//! accepted on its own `SO_REUSEPORT` listeners and the ones it opened to
+//! backends.
 //! A connection belongs to this shard alone; no other thread touches it.
 //!
 //! Every connection sits in one edge-triggered epoll set, which the shard's
@@ -8,10 +9,13 @@
 //! Content-Length (`sip::Deframer`) into an arena the shard then dispatches
 //! like datagrams, by Call-ID owner. Writing goes straight to the socket;
 //! what the kernel does not take waits in a bounded per-connection queue.
+//! A TLS connection runs rustls's sans-I/O session between the socket and
+//! the same framing; rustls holds its send queue, under the same bound.
 //!
 //! Bounds, each configurable ([`StreamConfig`]): connections per shard and
 //! per source address, bytes queued toward a slow reader, time to finish a
-//! message once begun (slow senders), idle time, time to connect.
+//! message once begun (slow senders), idle time, time to connect and to
+//! finish a TLS handshake.
 
 mod conn;
 
@@ -26,6 +30,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::sys::Poller;
 use crate::sip::{FlowId, Peer, StreamFault, StreamLimits, Transport};
+use crate::tls::ShardTls;
 use conn::{Conn, Read};
 
 /// The stream side's settings.
@@ -41,6 +46,8 @@ pub struct StreamConfig {
     pub message_timeout: Duration,
     /// An outgoing connection must be up within this.
     pub connect_timeout: Duration,
+    /// A TLS handshake must be done within this (after the connect).
+    pub handshake_timeout: Duration,
     /// Bytes queued toward one connection whose reader is slow; past it
     /// the connection is closed (and counted), never grown.
     pub send_queue_bytes_max: usize,
@@ -59,6 +66,7 @@ impl Default for StreamConfig {
             idle_timeout: Duration::from_secs(180),
             message_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_secs(5),
             send_queue_bytes_max: 1 << 20,
             buffered_bytes_max: 256 << 20,
             framing: StreamLimits::default(),
@@ -82,6 +90,12 @@ pub struct StreamCounters {
     pub closed_backlog: u64,
     /// A connection whose buffers grew past the shard's `buffered_bytes_max`.
     pub closed_budget: u64,
+    /// A TLS handshake not done within `handshake_timeout`.
+    pub closed_handshake_timeout: u64,
+    /// A TLS error after the handshake.
+    pub closed_tls: u64,
+    pub tls_handshakes_ok: u64,
+    pub tls_handshakes_failed: u64,
     pub faults: [u64; StreamFault::ALL.len()],
     pub pings: u64,
     /// Sends with no connection and none to be had.
@@ -89,9 +103,9 @@ pub struct StreamCounters {
     pub messages_received: u64,
 }
 
-/// Tokens of the streams' epoll set: the listener, then one per slot.
-const TOKEN_LISTENER: u64 = 0;
-const TOKEN_SLOT: u64 = 1;
+/// Tokens of the streams' epoll set: the listeners (TCP, TLS), then one
+/// per slot.
+const TOKEN_SLOT: u64 = 2;
 /// Connections accepted per turn at most, so that a flood of them cannot
 /// starve the datagram path; the listener stays ready for the next turn.
 const ACCEPTS_PER_TURN: usize = 256;
@@ -103,7 +117,11 @@ pub(super) struct Streams {
     shard: usize,
     config: StreamConfig,
     poller: Poller,
-    listener: Option<TcpListener>,
+    /// The TCP and TLS listeners, at most one of each; a listener's token
+    /// is its index.
+    listeners: Vec<(TcpListener, Transport)>,
+    /// What TLS connections start from; `None` with no TLS configured.
+    tls: Option<ShardTls>,
     /// Where outgoing connections are bound from (the listen address's IP).
     local_ip: IpAddr,
     slots: Vec<Slot>,
@@ -130,24 +148,28 @@ struct Slot {
 }
 
 impl Streams {
-    /// The shard's streams, listening on `listen` when given (bound with
-    /// `SO_REUSEPORT`, beside the other shards' listeners).
+    /// The shard's streams, listening on each of `listen` (TCP or TLS,
+    /// bound with `SO_REUSEPORT`, beside the other shards' listeners).
     pub(super) fn new(
         shard: usize,
         config: StreamConfig,
-        listen: Option<SocketAddr>,
+        listen: &[(Transport, SocketAddr)],
         local_ip: IpAddr,
+        tls: Option<ShardTls>,
     ) -> io::Result<Streams> {
         let poller = Poller::with_capacity(256)?;
-        let listener = listen.map(bind_listener).transpose()?;
-        if let Some(listener) = &listener {
-            poller.add(listener.as_raw_fd(), TOKEN_LISTENER)?;
+        let mut listeners = Vec::new();
+        for (token, &(transport, addr)) in listen.iter().enumerate().take(TOKEN_SLOT as usize) {
+            let listener = bind_listener(addr)?;
+            poller.add(listener.as_raw_fd(), token as u64)?;
+            listeners.push((listener, transport));
         }
         Ok(Streams {
             shard,
             config,
             poller,
-            listener,
+            listeners,
+            tls,
             local_ip,
             slots: Vec::new(),
             free: Vec::new(),
@@ -174,10 +196,16 @@ impl Streams {
         self.open
     }
 
-    /// Where the listener is bound (tests bind port 0).
+    /// Where the first listener is bound (tests bind port 0).
     #[cfg(test)]
     fn listen_addr(&self) -> Option<SocketAddr> {
-        self.listener.as_ref()?.local_addr().ok()
+        self.listeners.first()?.0.local_addr().ok()
+    }
+
+    /// New TLS connections start from `tls` (a certificate reloaded);
+    /// established ones keep the session they have.
+    pub(super) fn set_tls(&mut self, tls: ShardTls) {
+        self.tls = Some(tls);
     }
 
     /// Accepts, reads and writes whatever is ready, then closes what is
@@ -188,7 +216,7 @@ impl Streams {
             let ready: Vec<(u64, u32)> = self.poller.wait_events(0)?.collect();
             for &(token, events) in &ready {
                 match token {
-                    TOKEN_LISTENER => accepts = self.accept(now, accepts),
+                    token if token < TOKEN_SLOT => accepts = self.accept(token, now, accepts),
                     token => self.service((token - TOKEN_SLOT) as u32, Edge::of(events), now),
                 }
             }
@@ -214,13 +242,15 @@ impl Streams {
         self.frames.clear();
     }
 
-    /// Accepts up to `budget` connections; returns what is left of it.
-    fn accept(&mut self, now: Instant, mut budget: usize) -> usize {
+    /// Accepts up to `budget` connections on listener `token`; returns
+    /// what is left of the budget.
+    fn accept(&mut self, token: u64, now: Instant, mut budget: usize) -> usize {
         while budget > 0 {
             budget -= 1;
-            let Some(listener) = &self.listener else {
+            let Some((listener, transport)) = self.listeners.get(token as usize) else {
                 return 0;
             };
+            let transport = *transport;
             let (stream, remote) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return budget,
@@ -239,11 +269,46 @@ impl Streams {
                 tracing::debug!(%remote, "connection refused: a connection bound is reached");
                 continue;
             }
+            let tls = match transport {
+                Transport::Tls => match self.server_session() {
+                    Some(session) => Some(session),
+                    None => continue,
+                },
+                _ => None,
+            };
             self.counters.accepted += 1;
-            let conn = Conn::accepted(stream, remote, &self.config, now);
+            let conn = Conn::accepted(stream, remote, tls, &self.config, now);
             self.insert(conn);
         }
         0
+    }
+
+    /// A server session for a connection on the TLS listener.
+    fn server_session(&mut self) -> Option<rustls::Connection> {
+        let config = self.tls.as_ref()?.server.clone()?;
+        match rustls::ServerConnection::new(config) {
+            Ok(session) => Some(session.into()),
+            Err(error) => {
+                self.counters.tls_handshakes_failed += 1;
+                tracing::debug!(%error, "no TLS session could be started");
+                None
+            }
+        }
+    }
+
+    /// A client session toward a TLS backend, for its IP address (its
+    /// certificate must name it).
+    fn client_session(&mut self, to: SocketAddr) -> Option<rustls::Connection> {
+        let config = self.tls.as_ref()?.client.clone();
+        let name = rustls::pki_types::ServerName::IpAddress(to.ip().into());
+        match rustls::ClientConnection::new(config, name) {
+            Ok(session) => Some(session.into()),
+            Err(error) => {
+                self.counters.tls_handshakes_failed += 1;
+                tracing::debug!(%error, "no TLS session could be started");
+                None
+            }
+        }
     }
 
     /// Puts a connection in a slot, the epoll set and the lookups.
@@ -301,6 +366,7 @@ impl Streams {
                     counters.messages_received += 1;
                 }
                 conn::Arrival::Ping => counters.pings += 1,
+                conn::Arrival::Secured => counters.tls_handshakes_ok += 1,
             });
         }
         let queued = conn.has_queued();
@@ -320,6 +386,14 @@ impl Streams {
             }
             Read::Refused => {
                 self.counters.connect_failed += 1;
+                self.close(slot);
+            }
+            Read::HandshakeFailed => {
+                self.counters.tls_handshakes_failed += 1;
+                self.close(slot);
+            }
+            Read::TlsBroken => {
+                self.counters.closed_tls += 1;
                 self.close(slot);
             }
         }
@@ -361,9 +435,10 @@ impl Streams {
         let Some(entry) = self.slots.get_mut(slot as usize) else {
             return;
         };
-        let Some(conn) = entry.conn.take() else {
+        let Some(mut conn) = entry.conn.take() else {
             return;
         };
+        conn.shut();
         entry.generation = entry.generation.wrapping_add(1);
         self.free.push(slot);
         self.open -= 1;
@@ -404,6 +479,7 @@ impl Streams {
                 conn::Expiry::Idle => self.counters.closed_idle += 1,
                 conn::Expiry::SlowMessage => self.counters.closed_slow += 1,
                 conn::Expiry::Connect => self.counters.connect_failed += 1,
+                conn::Expiry::Handshake => self.counters.closed_handshake_timeout += 1,
             }
             self.close(slot);
         }
@@ -482,15 +558,25 @@ impl Streams {
         }
     }
 
-    /// Opens a connection to `to` (TCP), bound to our listen address.
+    /// Opens a connection to `to` (TCP or TLS), bound to our listen address.
     fn connect(&mut self, to: Peer, now: Instant) -> Option<u32> {
-        if to.transport != Transport::Tcp || self.open >= self.config.connections_max {
+        if !to.transport.is_stream() || self.open >= self.config.connections_max {
             return None;
         }
+        let tls = match to.transport {
+            Transport::Tls => match self.client_session(to.addr) {
+                Some(session) => Some(session),
+                None => {
+                    self.failed.push(Peer::new(to.transport, to.addr));
+                    return None;
+                }
+            },
+            _ => None,
+        };
         match connect(self.local_ip, to.addr) {
             Ok(stream) => {
                 self.counters.connected += 1;
-                let conn = Conn::outgoing(stream, to, &self.config, now);
+                let conn = Conn::outgoing(stream, to, tls, &self.config, now);
                 self.insert(conn)
             }
             Err(error) => {

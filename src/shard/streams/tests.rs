@@ -9,8 +9,8 @@ use super::*;
 const MESSAGE: &str = "OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1;branch=z9hG4bK1\r\nCall-ID: s1\r\nContent-Length: 0\r\n\r\n";
 
 fn streams(config: StreamConfig) -> Streams {
-    let listen = "127.0.0.1:0".parse().ok();
-    Streams::new(3, config, listen, "127.0.0.1".parse().unwrap()).unwrap()
+    let listen = [(Transport::Tcp, "127.0.0.1:0".parse().unwrap())];
+    Streams::new(3, config, &listen, "127.0.0.1".parse().unwrap(), None).unwrap()
 }
 
 fn client(streams: &Streams) -> TcpStream {
