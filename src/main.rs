@@ -264,9 +264,9 @@ fn backend_peers(backends: &[String]) -> Result<Option<Vec<Peer>>, ExitCode> {
     }
     let parse = |backend: &String| {
         config::backend_peer(backend).map_err(|why| {
-                eprintln!("sipshard: --backend {backend}: {why}");
-                ExitCode::from(2)
-            })
+            eprintln!("sipshard: --backend {backend}: {why}");
+            ExitCode::from(2)
+        })
     };
     backends
         .iter()

@@ -38,14 +38,26 @@ pub struct TlsFiles {
 pub enum TlsError {
     /// A `tls:` listener with no certificate or key.
     NoCertificate,
-    Read { path: PathBuf, error: io::Error },
+    Read {
+        path: PathBuf,
+        error: io::Error,
+    },
     /// The file holds no PEM item of the kind wanted, or a broken one.
-    NoPem { path: PathBuf, what: &'static str },
+    NoPem {
+        path: PathBuf,
+        what: &'static str,
+    },
     /// rustls refused the chain and key (a key that is not the chain's
     /// leaf's, a key type it cannot use) or a CA bundle.
-    Refused { path: PathBuf, why: rustls::Error },
+    Refused {
+        path: PathBuf,
+        why: rustls::Error,
+    },
     /// A CA file whose certificates make no verifier.
-    BadCa { path: PathBuf, why: String },
+    BadCa {
+        path: PathBuf,
+        why: String,
+    },
 }
 
 impl TlsError {

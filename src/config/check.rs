@@ -17,12 +17,12 @@ use super::schema::{
     TransactionsFile,
 };
 use super::{AdminConfig, AppConfig, Listeners, Problems, Refused};
-use crate::tls::TlsFiles;
 use crate::balance::{ProbeConfig, Routing};
 use crate::guard::{self, Acl, FloodConfig, GuardConfig};
 use crate::proxy::overload::OverloadConfig;
 use crate::shard;
 use crate::sip::{self, Limits, StreamLimits};
+use crate::tls::TlsFiles;
 use crate::txn::{TimerConfig, TxnConfig};
 
 /// The whole file, table by table in the order problems are reported;

@@ -233,7 +233,11 @@ pub fn listeners(list: &[&str]) -> Result<Listeners, Refused> {
         .or(first)
         .ok_or_else(|| refuse("no address".into(), "give at least one"))?;
     let (tcp, tls) = (by_transport[1], by_transport[2]);
-    if [tcp, tls].iter().flatten().any(|a| a.is_ipv4() != udp.is_ipv4()) {
+    if [tcp, tls]
+        .iter()
+        .flatten()
+        .any(|a| a.is_ipv4() != udp.is_ipv4())
+    {
         return Err(refuse(
             "the listeners are of two address families".into(),
             "listen on one family, IPv4 or IPv6",

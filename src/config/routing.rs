@@ -160,15 +160,14 @@ fn backends_set(backends: &Backends, problems: &mut Problems) -> (SetSpec, SetPl
 /// placeholder after reporting a URI that is not `sip:IP:PORT`, so the
 /// rest of the set is still checked.
 fn member_spec(uri: &Spanned<String>, problems: &mut Problems) -> MemberSpec {
-    let peer = backend_peer(uri.get_ref())
-        .unwrap_or_else(|why| {
-            problems.add(
-                uri.span(),
-                format!("backend {:?}: {why}", uri.get_ref()),
-                "write it as \"sip:10.0.0.1:5060\" (or with ;transport=tcp or tls)",
-            );
-            Peer::udp(SocketAddr::from(([0, 0, 0, 0], 0)))
-        });
+    let peer = backend_peer(uri.get_ref()).unwrap_or_else(|why| {
+        problems.add(
+            uri.span(),
+            format!("backend {:?}: {why}", uri.get_ref()),
+            "write it as \"sip:10.0.0.1:5060\" (or with ;transport=tcp or tls)",
+        );
+        Peer::udp(SocketAddr::from(([0, 0, 0, 0], 0)))
+    });
     MemberSpec {
         transport: peer.transport,
         also_tcp: !super::names_udp(uri.get_ref()),

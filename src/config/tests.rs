@@ -485,7 +485,11 @@ fn a_tls_listener_needs_a_certificate_and_its_key() {
     let pki = crate::tls::test_pki::Pki::make("config-tls");
     let base = "listen = [\"127.0.0.1:5060\", \"tls:127.0.0.1:5061\"]\n[backends]\nmembers = [\"sips:127.0.0.1:5081\"]\n";
     let problems = parse(base).unwrap_err();
-    assert!(problems[0].what.contains("needs a certificate"), "{}", problems[0]);
+    assert!(
+        problems[0].what.contains("needs a certificate"),
+        "{}",
+        problems[0]
+    );
     assert!(problems[0].fix.contains("--tls-cert"), "{}", problems[0]);
     let with = |key: &std::path::Path| {
         format!(
@@ -494,13 +498,23 @@ fn a_tls_listener_needs_a_certificate_and_its_key() {
         )
     };
     let config = parse(&with(&pki.key)).unwrap();
-    assert_eq!(config.shard.tls_listen, Some("127.0.0.1:5061".parse().unwrap()));
+    assert_eq!(
+        config.shard.tls_listen,
+        Some("127.0.0.1:5061".parse().unwrap())
+    );
     let context = config.shard.tls.expect("TLS built");
     assert!(context.server.is_some());
-    assert_eq!(config.shard.routing.sets()[0].members[0].transport, Transport::Tls);
+    assert_eq!(
+        config.shard.routing.sets()[0].members[0].transport,
+        Transport::Tls
+    );
     let problems = parse(&with(&pki.other_key)).unwrap_err();
     assert!(problems[0].what.starts_with("tls: "), "{}", problems[0]);
-    assert!(problems[0].fix.contains("key of the chain"), "{}", problems[0]);
+    assert!(
+        problems[0].fix.contains("key of the chain"),
+        "{}",
+        problems[0]
+    );
     // No tls: listener and no TLS backend: nothing is read.
     let plain = "listen = \"127.0.0.1:5060\"\n[tls]\ncert = \"/nonexistent\"\n[backends]\nmembers = [\"sip:127.0.0.1:5081\"]\n";
     assert!(parse(plain).unwrap().shard.tls.is_none());

@@ -309,7 +309,10 @@ impl Shard {
             (Stat::ConnectionsClosedBudget, s.closed_budget),
             (Stat::ConnectionsRefused, s.refused),
             (Stat::ConnectionsConnectFailed, s.connect_failed),
-            (Stat::ConnectionsClosedHandshakeTimeout, s.closed_handshake_timeout),
+            (
+                Stat::ConnectionsClosedHandshakeTimeout,
+                s.closed_handshake_timeout,
+            ),
             (Stat::ConnectionsClosedTls, s.closed_tls),
             (Stat::TlsHandshakesOk, s.tls_handshakes_ok),
             (Stat::TlsHandshakesFailed, s.tls_handshakes_failed),

@@ -83,7 +83,16 @@ fn unreadable_and_non_pem_files_are_refused_with_their_path() {
     f.cert = Some(pki.cert.clone());
     f.key = Some(junk);
     let got = TlsContext::load(&f, true);
-    assert!(matches!(got, Err(TlsError::NoPem { what: "private key", .. })), "{got:?}");
+    assert!(
+        matches!(
+            got,
+            Err(TlsError::NoPem {
+                what: "private key",
+                ..
+            })
+        ),
+        "{got:?}"
+    );
 }
 
 #[test]
