@@ -2,7 +2,8 @@
 //! replies over the flow, and every bound closing what passes it.
 
 use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 
 use super::*;
 
@@ -19,6 +20,17 @@ fn client(streams: &Streams) -> TcpStream {
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
     stream
+}
+
+/// Polls and flushes, as a shard's turns do, until `done` or two seconds pass.
+fn turn_until(streams: &mut Streams, now: Instant, done: impl Fn(&Streams) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !done(streams) && Instant::now() < deadline {
+        streams.poll(now).unwrap();
+        streams.flush();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(done(streams), "timed out");
 }
 
 /// Polls until `done` or two seconds pass.
@@ -235,4 +247,111 @@ fn connections_past_the_shards_buffer_budget_are_closed() {
     drop(first);
     poll_until(&mut s, Instant::now(), |s| s.open() == 0);
     assert_eq!(s.buffered, 0, "every byte accounted for on close");
+}
+
+/// Streams listening on TLS with the test PKI's certificate, trusting its
+/// CA for backends.
+fn tls_streams(config: StreamConfig, pki: &crate::tls::test_pki::Pki) -> Streams {
+    let files = crate::tls::TlsFiles {
+        cert: Some(pki.cert.clone()),
+        key: Some(pki.key.clone()),
+        client_ca: None,
+        backend_ca: Some(pki.ca.clone()),
+    };
+    let tls = crate::tls::TlsContext::load(&files, true)
+        .unwrap()
+        .for_shard();
+    let listen = [(Transport::Tls, "127.0.0.1:0".parse().unwrap())];
+    Streams::new(3, config, &listen, "127.0.0.1".parse().unwrap(), Some(tls)).unwrap()
+}
+
+/// A TLS client on its own thread: handshakes, writes `send`, and returns
+/// what it read back until `want` bytes came.
+fn tls_client(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    send: &'static [u8],
+    want: usize,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let session = rustls::ClientConnection::new(config, name).unwrap();
+        let socket = TcpStream::connect(addr).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let mut tls = rustls::StreamOwned::new(session, socket);
+        tls.write_all(send).unwrap();
+        let mut got = vec![0; want];
+        tls.read_exact(&mut got).unwrap();
+        got
+    })
+}
+
+#[test]
+fn a_tls_connection_is_framed_like_tcp_and_answered_over_its_session() {
+    let pki = crate::tls::test_pki::Pki::make("streams-tls");
+    let mut s = tls_streams(StreamConfig::default(), &pki);
+    let client = s.tls.as_ref().unwrap().client.clone();
+    const PING_AND_MESSAGE: &[u8] =
+        b"\r\n\r\nOPTIONS sip:a@127.0.0.1 SIP/2.0\r\nCall-ID: t1\r\nContent-Length: 0\r\n\r\n";
+    let reply = b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let c = tls_client(
+        s.listen_addr().unwrap(),
+        client,
+        PING_AND_MESSAGE,
+        2 + reply.len(),
+    );
+    turn_until(&mut s, Instant::now(), |s| s.frames.len() == 1);
+    let (peer, range) = s.frames[0].clone();
+    assert_eq!(peer.transport, Transport::Tls);
+    assert!(s.arrivals[range].starts_with(b"OPTIONS sip:a@127.0.0.1"));
+    assert_eq!((s.counters.tls_handshakes_ok, s.counters.pings), (1, 1));
+    s.send(peer, reply, Instant::now()).unwrap();
+    s.flush();
+    let got = c.join().unwrap();
+    assert_eq!(&got[..2], b"\r\n", "the pong, inside TLS");
+    assert_eq!(&got[2..], reply);
+}
+
+#[test]
+fn a_handshake_not_done_in_time_or_not_tls_is_closed_and_counted() {
+    let pki = crate::tls::test_pki::Pki::make("streams-tls-deadline");
+    let config = StreamConfig {
+        handshake_timeout: Duration::from_millis(100),
+        ..StreamConfig::default()
+    };
+    let mut s = tls_streams(config, &pki);
+    let mut silent = client(&s);
+    let mut plain = client(&s);
+    plain.write_all(MESSAGE.as_bytes()).unwrap();
+    let now = Instant::now();
+    turn_until(&mut s, now, |s| s.counters.tls_handshakes_failed == 1);
+    assert!(closed(&mut plain), "plain SIP on the TLS port is refused");
+    assert_eq!(s.open(), 1);
+    s.poll(now + Duration::from_secs(1)).unwrap();
+    assert_eq!((s.counters.closed_handshake_timeout, s.open()), (1, 0));
+    assert!(closed(&mut silent));
+}
+
+#[test]
+fn a_backend_whose_certificate_is_not_trusted_fails_over() {
+    let pki = crate::tls::test_pki::Pki::make("streams-tls-untrusted");
+    let other = crate::tls::test_pki::Pki::make("streams-tls-untrusted-ca");
+    let mut backend = tls_streams(StreamConfig::default(), &other);
+    let mut s = tls_streams(StreamConfig::default(), &pki);
+    let to = Peer::new(Transport::Tls, backend.listen_addr().unwrap());
+    s.send(to, MESSAGE.as_bytes(), Instant::now()).unwrap();
+    s.flush();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while s.failed.is_empty() && Instant::now() < deadline {
+        backend.poll(Instant::now()).unwrap();
+        backend.flush();
+        s.poll(Instant::now()).unwrap();
+        s.flush();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(s.failed, vec![Peer::new(Transport::Tls, to.addr)]);
+    assert_eq!((s.counters.tls_handshakes_failed, s.open()), (1, 0));
+    assert!(backend.frames.is_empty(), "nothing went out in the clear");
 }
