@@ -229,3 +229,38 @@ fn a_request_past_1300_bytes_with_no_tcp_way_gets_513() {
         assert_eq!(lab.proxy.counters().moved_to_tcp, 0);
     }
 }
+
+#[test]
+fn a_udp_caller_reaches_a_tls_backend_with_our_tls_address_on_its_side() {
+    let backend = format!("tls:{BACKEND_A}");
+    let mut lab = Lab::new(Algorithm::RoundRobin);
+    lab.proxy = crate::testkit::Setup {
+        backends: addresses(&[&backend]),
+        tls_port: Some(5071),
+        ..crate::testkit::Setup::default()
+    }
+    .proxy();
+    lab.recv(CALLER, &invite("x9"));
+    let sent = lab.take();
+    let forwarded = &sent[1];
+    let tls = Peer::new(Transport::Tls, BACKEND_A.parse().unwrap());
+    assert_eq!(forwarded.peer, tls);
+    assert!(
+        forwarded
+            .text
+            .contains(&format!("Via: SIP/2.0/TLS {LB}:5071;branch=")),
+        "{}",
+        forwarded.text
+    );
+    // The callee's in-dialog requests come back to us over TLS.
+    let want = format!(
+        "Record-Route: <sip:{LB}:5071;transport=tls;lr>\r\n\
+Record-Route: <sip:{LB}:{LB_PORT};lr>\r\n"
+    );
+    assert!(forwarded.text.contains(&want), "{}", forwarded.text);
+    let ok = message::response(&forwarded.text, 200, Some("b1"));
+    lab.recv_from(tls.on(FlowId(0x0200_0003)), &ok);
+    let back = lab.take();
+    let ok = back.iter().find(|s| s.code() == 200).expect("the 200");
+    assert_eq!(ok.peer, Peer::udp(CALLER.parse().unwrap()));
+}

@@ -37,6 +37,8 @@ pub struct Setup {
     pub seed: u64,
     /// Our TCP port, when the proxy is to listen on TCP too.
     pub tcp_port: Option<u16>,
+    /// Our TLS port, when the proxy is to listen on TLS too.
+    pub tls_port: Option<u16>,
 }
 
 impl Default for Setup {
@@ -50,6 +52,7 @@ impl Default for Setup {
             txn: TxnConfig::default(),
             seed: 42,
             tcp_port: None,
+            tls_port: None,
         }
     }
 }
@@ -64,6 +67,9 @@ impl Setup {
         let mut local = LocalAddress::new(self.host, self.port);
         if let Some(port) = self.tcp_port {
             local = local.with_stream_port(Transport::Tcp, port);
+        }
+        if let Some(port) = self.tls_port {
+            local = local.with_stream_port(Transport::Tls, port);
         }
         Proxy::with_routing(
             Scanner::new(self.limits.clone()),
