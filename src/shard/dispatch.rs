@@ -132,6 +132,10 @@ impl Output {
     pub(super) fn streams(&mut self, index: usize, shared: &Shared) -> std::io::Result<()> {
         let received_at = self.clock;
         self.wire.streams.poll(received_at)?;
+        if let Some(gate) = &mut self.gate {
+            let streams = &mut self.wire.streams;
+            streams.screen_accepted(|source| gate.screen(received_at, source));
+        }
         let arrivals = std::mem::take(&mut self.wire.streams.arrivals);
         let frames = std::mem::take(&mut self.wire.streams.frames);
         for (peer, range) in &frames {

@@ -139,6 +139,8 @@ pub(super) struct Streams {
     pub(super) frames: Vec<(Peer, Range<usize>)>,
     /// Peers whose outgoing connection failed this turn: their tries fail over.
     pub(super) failed: Vec<Peer>,
+    /// Connections accepted this turn, for the guard's screen.
+    accepted_now: Vec<(u32, SocketAddr)>,
     pub(super) counters: StreamCounters,
 }
 
@@ -182,6 +184,7 @@ impl Streams {
             arrivals: Vec::new(),
             frames: Vec::new(),
             failed: Vec::new(),
+            accepted_now: Vec::new(),
             counters: StreamCounters::default(),
         })
     }
@@ -211,6 +214,7 @@ impl Streams {
     /// Accepts, reads and writes whatever is ready, then closes what is
     /// past a deadline. Messages read land in `arrivals`/`frames`.
     pub(super) fn poll(&mut self, now: Instant) -> io::Result<()> {
+        self.accepted_now.clear();
         let mut accepts = ACCEPTS_PER_TURN;
         loop {
             let ready: Vec<(u64, u32)> = self.poller.wait_events(0)?.collect();
@@ -240,6 +244,22 @@ impl Streams {
     pub(super) fn clear_arrivals(&mut self) {
         self.arrivals.clear();
         self.frames.clear();
+    }
+
+    /// Closes the connections accepted this turn whose source `admit`
+    /// refuses (the SIP ACL, a flood ban), counted as refused: a denied
+    /// source holds no connection, as it gets no datagram through.
+    pub(super) fn screen_accepted(&mut self, mut admit: impl FnMut(SocketAddr) -> bool) {
+        let accepted = std::mem::take(&mut self.accepted_now);
+        for &(slot, remote) in &accepted {
+            let live = self.conn(slot).is_some_and(|c| c.remote == remote);
+            if live && !admit(remote) {
+                self.counters.refused += 1;
+                self.counters.accepted -= 1;
+                self.close(slot);
+            }
+        }
+        self.accepted_now = accepted;
     }
 
     /// Accepts up to `budget` connections on listener `token`; returns
@@ -278,7 +298,9 @@ impl Streams {
             };
             self.counters.accepted += 1;
             let conn = Conn::accepted(stream, remote, tls, &self.config, now);
-            self.insert(conn);
+            if let Some(slot) = self.insert(conn) {
+                self.accepted_now.push((slot, remote));
+            }
         }
         0
     }

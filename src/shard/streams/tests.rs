@@ -355,3 +355,22 @@ fn a_backend_whose_certificate_is_not_trusted_fails_over() {
     assert_eq!((s.counters.tls_handshakes_failed, s.open()), (1, 0));
     assert!(backend.frames.is_empty(), "nothing went out in the clear");
 }
+
+#[test]
+fn a_source_the_guard_refuses_holds_no_connection() {
+    let mut s = streams(StreamConfig::default());
+    let mut c = client(&s);
+    poll_until(&mut s, Instant::now(), |s| s.open() == 1);
+    s.screen_accepted(|source| source.ip().is_loopback() && source.port() == 0);
+    assert_eq!(
+        (s.open(), s.counters.refused, s.counters.accepted),
+        (0, 1, 0)
+    );
+    assert!(closed(&mut c));
+    // Connections accepted in an earlier turn are not screened again.
+    let _kept = client(&s);
+    poll_until(&mut s, Instant::now(), |s| s.open() == 1);
+    s.poll(Instant::now()).unwrap();
+    s.screen_accepted(|_| false);
+    assert_eq!(s.open(), 1);
+}
