@@ -17,10 +17,16 @@
 //! certificate gets its calls through, one presenting none gets nothing
 //! through and its handshake counts as failed. SIGHUP while a caller's one
 //! TLS connection carries calls: new connections are served the new
-//! certificate, the established one carries on and no call fails. And
-//! `--check-config` (or a start) refuses a `tls:` listener without a
-//! certificate, an unreadable or non-PEM certificate, and a key that is
-//! not the certificate's, naming the fix.
+//! certificate, the established one carries on and no call fails. A
+//! connection that never begins its handshake is closed at the deadline
+//! (`[streams] handshake_timeout_ms`). And `--check-config` (or a start)
+//! refuses a `tls:` listener without a certificate, an unreadable or
+//! non-PEM certificate, and a key that is not the certificate's, naming
+//! the fix.
+//!
+//! The callers run the bundled `uac.xml`, whose Via says TCP (what SIPp
+//! speaks) though the gateway gets it over TLS: the gateway answers over
+//! the connection a request came on, whatever its Via says.
 //!
 //! Needs `sipp` (Debian `sip-tester`) and `stunnel` (Debian `stunnel4`),
 //! which `.ci/run` installs. The runs go one at a time (a lock); each has
@@ -28,6 +34,8 @@
 
 mod support;
 
+use std::io::{ErrorKind, Read};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -189,12 +197,13 @@ fn flags(ports: Ports, identity: &Identity, backends: &[String]) -> Vec<String> 
 }
 
 /// A configuration file for `backends` with this `[tls]` table (key,
-/// path); returns the flag that names it.
+/// path) and `extra` (tables) at its end; returns the flag that names it.
 fn config_file(
     dir: &Path,
     ports: Ports,
     tls: &[(&str, &Path)],
     backends: &[String],
+    extra: &str,
 ) -> Vec<String> {
     let file = dir.join("sipshard.toml");
     let listen: Vec<String> = listeners(ports).iter().map(|l| format!("{l:?}")).collect();
@@ -208,6 +217,7 @@ fn config_file(
         text += &format!("{key} = \"{}\"\n", path.display());
     }
     text += &format!("[backends]\nmembers = [{}]\n", members.join(", "));
+    text += extra;
     std::fs::write(&file, text).expect("the configuration is written");
     vec!["--config".to_string(), file.display().to_string()]
 }
@@ -315,7 +325,7 @@ fn calls_succeed(io: &str, base: u16, caller: Transport, backend: Transport) {
                 ("key", pki.server.key.as_path()),
                 ("backend_ca", pki.ca.as_path()),
             ];
-            config_file(&dir, ports, &tls, &uris)
+            config_file(&dir, ports, &tls, &uris, "")
         }
         _ => flags(ports, &pki.server, &uris),
     };
@@ -390,7 +400,7 @@ fn mutual_tls_lets_in_only_callers_with_a_client_certificate() {
         ("client_ca", pki.ca.as_path()),
     ];
     let uris = backend_uris(ports, Transport::Tcp, 1);
-    let args = config_file(&dir, ports, &tls, &uris);
+    let args = config_file(&dir, ports, &tls, &uris, "");
     let _gateway = start_gateway(&dir, "auto", ports, &args);
     let _with = caller_front(&dir, ports, 0, &pki, Some(&pki.client));
     let _without = caller_front(&dir, ports, 1, &pki, None);
@@ -421,6 +431,51 @@ fn mutual_tls_lets_in_only_callers_with_a_client_certificate() {
         value(&before, INVITES),
         "an INVITE got through without a client certificate"
     );
+}
+
+/// How long `stream` stays open, reading what comes, up to `limit`;
+/// `None` when it is still open then.
+fn open_for(mut stream: TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("a timeout");
+    while started.elapsed() < limit {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+/// A connection to the TLS listener that never begins its handshake is
+/// closed at `handshake_timeout_ms` (1 s here), under `handshake_timeout`.
+#[test]
+fn a_silent_tls_connection_is_closed_at_the_handshake_deadline() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ports = Ports { base: 27700 };
+    let dir = tempdir("tls-deadline");
+    let pki = Pki::make(&dir);
+    let tls = [
+        ("cert", pki.server.chain.as_path()),
+        ("key", pki.server.key.as_path()),
+    ];
+    let uris = backend_uris(ports, Transport::Udp, 1);
+    let streams = "[streams]\nhandshake_timeout_ms = 1000\n";
+    let args = config_file(&dir, ports, &tls, &uris, streams);
+    let _gateway = start_gateway(&dir, "auto", ports, &args);
+    let silent = TcpStream::connect(ports.gateway_tls()).expect("the TLS listener accepts");
+    let open = open_for(silent, Duration::from_secs(6));
+    assert!(
+        open.is_some_and(|d| d >= Duration::from_millis(900) && d < Duration::from_secs(4)),
+        "a silent connection was closed after {open:?}, not at about 1 s"
+    );
+    let key = "sipshard_connections_closed_total{reason=handshake_timeout}";
+    assert_eq!(until_risen(&ports.admin(), key, 0), 1, "{key}");
 }
 
 /// Puts `identity` where the gateway's `[tls]` table points, each file
@@ -473,7 +528,7 @@ fn sighup_serves_a_new_certificate_and_keeps_established_connections() {
     let _backend = start_backend(&dir, ports, 0, Transport::Tcp, &pki);
     let tls = [("cert", chain.as_path()), ("key", key.as_path())];
     let uris = backend_uris(ports, Transport::Tcp, 1);
-    let args = config_file(&dir, ports, &tls, &uris);
+    let args = config_file(&dir, ports, &tls, &uris, "");
     let gateway = start_gateway(&dir, "auto", ports, &args);
     let _front = caller_front(&dir, ports, 0, &pki, None);
 
@@ -505,8 +560,8 @@ fn sighup_serves_a_new_certificate_and_keeps_established_connections() {
 fn check_config(dir: &Path, name: &str, tls: &str) -> (bool, String) {
     let file = dir.join(format!("{name}.toml"));
     let text = format!(
-        "listen = [\"127.0.0.1:27760\", \"tls:127.0.0.1:27761\"]\n{tls}\
-         [backends]\nmembers = [\"sip:127.0.0.1:27780\"]\n"
+        "listen = [\"127.0.0.1:27960\", \"tls:127.0.0.1:27961\"]\n{tls}\
+         [backends]\nmembers = [\"sip:127.0.0.1:27980\"]\n"
     );
     std::fs::write(&file, text).expect("the configuration is written");
     let output = Command::new(env!("CARGO_BIN_EXE_sipshard"))

@@ -132,6 +132,13 @@ impl Output {
     pub(super) fn streams(&mut self, index: usize, shared: &Shared) -> std::io::Result<()> {
         let received_at = self.clock;
         self.wire.streams.poll(received_at)?;
+        self.dispatch_arrivals(index, shared, received_at);
+        Ok(())
+    }
+
+    /// Screens the connections accepted this turn, dispatches the
+    /// messages read, and fails over the tries of connections that failed.
+    fn dispatch_arrivals(&mut self, index: usize, shared: &Shared, received_at: Instant) {
         if let Some(gate) = &mut self.gate {
             let streams = &mut self.wire.streams;
             streams.screen_accepted(|source| gate.screen(received_at, source));
@@ -148,7 +155,21 @@ impl Output {
         self.wire.streams.frames = frames;
         self.wire.streams.clear_arrivals();
         self.stream_failures();
-        Ok(())
+    }
+
+    /// The streams under io_uring: the ring's completions framed into
+    /// messages, dispatched as [`Output::streams`] does.
+    pub(super) fn streams_ring(
+        &mut self,
+        index: usize,
+        shared: &Shared,
+        uring: &super::uring::Uring,
+        done: &mut [super::streams::RingDone],
+    ) {
+        let received_at = self.clock;
+        let streams = &mut self.wire.streams;
+        streams.ring_done(received_at, done, |bid, len| uring.stream_buffer(bid, len));
+        self.dispatch_arrivals(index, shared, received_at);
     }
 
     /// Whether the streams' deadlines are due to be checked, with nothing

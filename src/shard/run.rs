@@ -45,9 +45,13 @@ impl Shard {
                 self.output.wire.socket.as_raw_fd(),
                 self.output.wire.own_socket.as_raw_fd(),
                 self.shared.doorbells[self.index].raw(),
-                self.output.wire.streams.fd(),
             ) {
-                Ok(uring) => Ok(Loop::Uring(Box::new(uring))),
+                Ok(uring) => self
+                    .output
+                    .wire
+                    .streams
+                    .use_ring()
+                    .map(|()| Loop::Uring(Box::new(uring))),
                 Err(error) if io == Io::Uring => Err(uring_required(error)),
                 Err(error) => {
                     tracing::warn!(shard = self.index, %error, "io_uring set-up failed; this shard uses epoll");
@@ -126,14 +130,20 @@ impl Shard {
     /// timeout.
     pub(super) fn run_uring(&mut self, mut uring: Uring) -> io::Result<()> {
         let mut ready = Vec::with_capacity(sys::BATCH);
+        let mut stream_done = Vec::new();
+        let mut stream_ops = Vec::new();
         while !self.shared.stop.load(Ordering::Relaxed) {
             let flushed = uring.wait(self.output.wait_for(IDLE_WAIT), &mut ready)?;
             self.output.counters.turns += 1;
             let icmp = flushed.icmp_pending;
             self.output.ring_sent(flushed);
             self.handle_ready(&mut uring, &ready);
-            if uring.take_streams_ready() || self.output.streams_due() {
-                self.output.streams(self.index, &self.shared)?;
+            uring.take_stream_done(&mut stream_done);
+            if !stream_done.is_empty() || self.output.streams_due() {
+                self.output
+                    .streams_ring(self.index, &self.shared, &uring, &mut stream_done);
+                uring.recycle_stream(&stream_done);
+                stream_done.clear();
             }
             self.output.ring_owners(&self.shared);
             self.drain_inbox();
@@ -144,6 +154,8 @@ impl Shard {
             self.output.stream_failures();
             self.output.ring_owners(&self.shared);
             self.output.wire.streams.flush();
+            self.output.wire.streams.take_ring_ops(&mut stream_ops);
+            uring.queue_stream_ops(&mut stream_ops)?;
             let done = Instant::now();
             if !self.output.wire.send.is_empty() {
                 uring.queue_sends(&self.output.wire.send)?;

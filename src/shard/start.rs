@@ -347,14 +347,7 @@ fn probe_uring() -> io::Result<()> {
     let doorbell = Doorbell::new()?;
     let own = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     own.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
-    let streams = sys::Poller::new()?;
-    Uring::new(
-        socket.as_raw_fd(),
-        own.as_raw_fd(),
-        doorbell.raw(),
-        streams.raw(),
-    )
-    .map(drop)
+    Uring::new(socket.as_raw_fd(), own.as_raw_fd(), doorbell.raw()).map(drop)
 }
 
 /// An io_uring set-up error where the operator asked for io_uring alone:

@@ -1,7 +1,9 @@
 //! The io_uring driver of a shard: one multishot `RecvMsg` on a ring of
 //! provided buffers, a `Read` on the doorbell eventfd, sends submitted as a
 //! batch of `SendMsg`, and one `submit_with_args` per loop turn that sleeps
-//! until a completion or the next deadline.
+//! until a completion or the next deadline. The streams' operations
+//! (multishot accept, multishot receive into a second ring of provided
+//! buffers, send) ride the same ring (`streams::RingOp`).
 //!
 //! Every `unsafe` here is about memory the kernel reads or writes behind
 //! our back: the provided-buffer ring, the receive msghdr, the doorbell
@@ -13,13 +15,14 @@ use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::SockAddr;
 
+use super::streams::{OpKind, RingDone, RingOp};
 use super::sys::{is_icmp_error, Flushed, SendBatch, BATCH, DATAGRAM_BYTES_MAX};
 
 /// Provided buffers in the ring: each holds the recvmsg header, a source
@@ -28,13 +31,16 @@ use super::sys::{is_icmp_error, Flushed, SendBatch, BATCH, DATAGRAM_BYTES_MAX};
 const BUFFERS: u16 = 64;
 const BUFFER_BYTES: usize = DATAGRAM_BYTES_MAX + 256;
 const BUFFER_GROUP: u16 = 0;
+/// The streams' provided buffers: what one receive on a connection can
+/// take (a TLS record and more); each goes back once its bytes are framed.
+const STREAM_BUFFERS: u16 = 64;
+const STREAM_BUFFER_BYTES: usize = 16 << 10;
+const STREAM_BUFFER_GROUP: u16 = 1;
 
 const USER_RECV: u64 = 1;
 /// The multishot receive on the shard's own socket.
 const USER_RECV_OWN: u64 = 4;
 const USER_DOORBELL: u64 = 2;
-/// A poll of the streams' epoll set: some connection is ready.
-const USER_STREAMS: u64 = 3;
 /// Sends carry `USER_SEND + index in the batch`, so a send that must go
 /// again can be found.
 const USER_SEND: u64 = 1 << 32;
@@ -46,15 +52,16 @@ struct ProvidedBuffers {
     ring_layout: Layout,
     memory: Vec<u8>,
     tail: u16,
+    /// Buffers (a power of two) and the bytes of each.
+    count: u16,
+    size: usize,
 }
 
 impl ProvidedBuffers {
-    fn new() -> io::Result<ProvidedBuffers> {
-        let ring_layout = Layout::from_size_align(
-            usize::from(BUFFERS) * size_of::<types::BufRingEntry>(),
-            4096,
-        )
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    fn new(count: u16, size: usize) -> io::Result<ProvidedBuffers> {
+        let ring_layout =
+            Layout::from_size_align(usize::from(count) * size_of::<types::BufRingEntry>(), 4096)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         // SAFETY: the layout has a non-zero size.
         let ring = unsafe { alloc_zeroed(ring_layout) }.cast::<types::BufRingEntry>();
         if ring.is_null() {
@@ -63,10 +70,12 @@ impl ProvidedBuffers {
         let mut buffers = ProvidedBuffers {
             ring,
             ring_layout,
-            memory: vec![0; usize::from(BUFFERS) * BUFFER_BYTES],
+            memory: vec![0; usize::from(count) * size],
             tail: 0,
+            count,
+            size,
         };
-        for bid in 0..BUFFERS {
+        for bid in 0..count {
             buffers.give_back(bid);
         }
         Ok(buffers)
@@ -74,14 +83,17 @@ impl ProvidedBuffers {
 
     /// Puts buffer `bid` at the ring's tail and publishes the new tail.
     fn give_back(&mut self, bid: u16) {
-        let index = usize::from(self.tail & (BUFFERS - 1));
-        let address = self.memory[usize::from(bid) * BUFFER_BYTES..].as_mut_ptr() as u64;
-        // SAFETY: `index` < BUFFERS, inside the ring allocation; the kernel
+        let index = usize::from(self.tail & (self.count - 1));
+        let Some(buffer) = self.memory.get_mut(usize::from(bid) * self.size..) else {
+            return;
+        };
+        let address = buffer.as_mut_ptr() as u64;
+        // SAFETY: `index` < count, inside the ring allocation; the kernel
         // only reads entries between its head and our published tail, and
         // this one is past the tail until the store below.
         let entry = unsafe { &mut *self.ring.add(index) };
         entry.set_addr(address);
-        entry.set_len(BUFFER_BYTES as u32);
+        entry.set_len(self.size as u32);
         entry.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
         // SAFETY: the tail is the u16 at byte 14 of the ring, inside the
@@ -92,8 +104,21 @@ impl ProvidedBuffers {
     }
 
     fn buffer(&self, bid: u16, len: usize) -> &[u8] {
-        let start = usize::from(bid) * BUFFER_BYTES;
-        &self.memory[start..start + len.min(BUFFER_BYTES)]
+        let start = usize::from(bid) * self.size;
+        self.memory
+            .get(start..start + len.min(self.size))
+            .unwrap_or(&[])
+    }
+
+    /// Registers the ring as buffer group `group`.
+    fn register(&self, ring: &IoUring, group: u16) -> io::Result<()> {
+        // SAFETY: the ring entries live in `self`, which outlives the
+        // registration (it is dropped after the ring, field order in
+        // `Uring`).
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(self.ring as u64, self.count, group, 0)
+        }
     }
 }
 
@@ -124,6 +149,9 @@ pub(crate) struct Uring {
     // Dropped first: the ring must be gone before the memory it points at.
     ring: IoUring,
     buffers: ProvidedBuffers,
+    stream_buffers: ProvidedBuffers,
+    /// The streams' completions since the shard last took them.
+    stream_done: Vec<RingDone>,
     recv_msghdr: Box<libc::msghdr>,
     doorbell_word: Box<u64>,
     sends: Box<SendHeaders>,
@@ -135,10 +163,6 @@ pub(crate) struct Uring {
     /// The socket each send of the batch leaves from, for a resend.
     send_fds: [RawFd; BATCH],
     doorbell: RawFd,
-    /// The streams' epoll set, and whether its poll fired since the shard
-    /// last asked.
-    streams: RawFd,
-    streams_ready: bool,
     /// The three descriptors are registered with the ring (indices 0, 1
     /// and 2, in the order above), so that an operation on them skips the
     /// kernel's descriptor lookup and reference count.
@@ -155,12 +179,7 @@ pub(crate) struct Uring {
 impl Uring {
     /// Sets up a ring for one shard's socket and doorbell; fails where
     /// io_uring is missing or forbidden, and the shard uses epoll instead.
-    pub(crate) fn new(
-        socket: RawFd,
-        own_socket: RawFd,
-        doorbell: RawFd,
-        streams: RawFd,
-    ) -> io::Result<Uring> {
+    pub(crate) fn new(socket: RawFd, own_socket: RawFd, doorbell: RawFd) -> io::Result<Uring> {
         // Completions are run only when the shard waits for them (6.1+):
         // a datagram then costs no task-work interrupt of its own. Older
         // kernels take the ring without it.
@@ -172,23 +191,18 @@ impl Uring {
             Ok(ring) => ring,
             Err(_) => IoUring::builder().build(256)?,
         };
-        let buffers = ProvidedBuffers::new()?;
-        // SAFETY: the ring entries live in `buffers`, which outlives the
-        // registration (it is dropped after the ring).
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                buffers.ring as u64,
-                BUFFERS,
-                BUFFER_GROUP,
-                0,
-            )?
-        };
+        let buffers = ProvidedBuffers::new(BUFFERS, BUFFER_BYTES)?;
+        buffers.register(&ring, BUFFER_GROUP)?;
+        let stream_buffers = ProvidedBuffers::new(STREAM_BUFFERS, STREAM_BUFFER_BYTES)?;
+        stream_buffers.register(&ring, STREAM_BUFFER_GROUP)?;
         // SAFETY: msghdr is a plain C struct; zero is valid.
         let mut recv_msghdr: Box<libc::msghdr> = Box::new(unsafe { zeroed() });
         recv_msghdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         let mut uring = Uring {
             ring,
             buffers,
+            stream_buffers,
+            stream_done: Vec::new(),
             recv_msghdr,
             doorbell_word: Box::new(0),
             sends: Box::new(SendHeaders {
@@ -201,8 +215,6 @@ impl Uring {
             own_socket,
             send_fds: [socket; BATCH],
             doorbell,
-            streams,
-            streams_ready: false,
             fixed: false,
             sends_in_flight: 0,
             send_result: Flushed::default(),
@@ -217,7 +229,6 @@ impl Uring {
         uring.arm_recv(USER_RECV)?;
         uring.arm_recv(USER_RECV_OWN)?;
         uring.arm_doorbell()?;
-        uring.arm_streams()?;
         uring.ring.submit()?;
         Ok(uring)
     }
@@ -282,17 +293,64 @@ impl Uring {
         self.push(&entry)
     }
 
-    /// Polls the streams' epoll set once; re-armed each time it fires.
-    fn arm_streams(&mut self) -> io::Result<()> {
-        let entry = opcode::PollAdd::new(types::Fd(self.streams), libc::POLLIN as u32)
-            .build()
-            .user_data(USER_STREAMS);
-        self.push(&entry)
+    /// Queues the streams' operations; the next [`Uring::wait`] submits
+    /// them. A send's bytes stay put until its completion (`Streams`
+    /// keeps them, and keeps them past a close).
+    pub(crate) fn queue_stream_ops(&mut self, ops: &mut Vec<RingOp>) -> io::Result<()> {
+        for op in ops.drain(..) {
+            let entry = match op {
+                RingOp::Accept { fd, user_data } => opcode::AcceptMulti::new(types::Fd(fd))
+                    .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+                    .build()
+                    .user_data(user_data),
+                RingOp::Recv { fd, user_data } => {
+                    opcode::RecvMulti::new(types::Fd(fd), STREAM_BUFFER_GROUP)
+                        .build()
+                        .user_data(user_data)
+                }
+                RingOp::Writable { fd, user_data } => {
+                    opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
+                        .build()
+                        .user_data(user_data)
+                }
+                RingOp::Send {
+                    fd,
+                    user_data,
+                    bytes,
+                    len,
+                } => opcode::Send::new(types::Fd(fd), bytes as *const u8, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .user_data(user_data),
+                RingOp::Cancel { user_data } => opcode::AsyncCancel::new(user_data)
+                    .build()
+                    .user_data((OpKind::Cancel as u64) << 56),
+            };
+            self.push(&entry)?;
+        }
+        Ok(())
     }
 
-    /// Whether a connection became ready since the last call.
-    pub(crate) fn take_streams_ready(&mut self) -> bool {
-        std::mem::take(&mut self.streams_ready)
+    /// The streams' completions since the last call.
+    pub(crate) fn take_stream_done(&mut self, into: &mut Vec<RingDone>) {
+        into.append(&mut self.stream_done);
+    }
+
+    /// The bytes a stream receive left in buffer `bid`.
+    pub(crate) fn stream_buffer(&self, bid: u16, len: usize) -> &[u8] {
+        self.stream_buffers.buffer(bid, len)
+    }
+
+    /// Gives the buffers of handled stream receives back to the kernel.
+    pub(crate) fn recycle_stream(&mut self, done: &[RingDone]) {
+        for done in done {
+            if let RingDone::Received {
+                buffer: Some(bid), ..
+            } = done
+            {
+                self.stream_buffers.give_back(*bid);
+            }
+        }
     }
 
     /// Submits what is queued (the last turn's sends) and sleeps until a
@@ -347,7 +405,6 @@ impl Uring {
         let mut rearm_recv = false;
         let mut rearm_recv_own = false;
         let mut rearm_doorbell = false;
-        let mut rearm_streams = false;
         let mut completion = self.ring.completion();
         loop {
             // Send and doorbell completions are always taken; datagrams
@@ -381,7 +438,9 @@ impl Uring {
                     }
                 }
                 USER_DOORBELL => rearm_doorbell = true,
-                USER_STREAMS => (self.streams_ready, rearm_streams) = (true, true),
+                user_data if OpKind::of(user_data).is_some() => {
+                    stream_completion(&mut self.stream_done, user_data, result, flags);
+                }
                 user_data => {
                     self.sends_in_flight = self.sends_in_flight.saturating_sub(1);
                     let index = user_data.wrapping_sub(USER_SEND) as usize;
@@ -408,9 +467,6 @@ impl Uring {
         }
         if rearm_doorbell {
             self.arm_doorbell()?;
-        }
-        if rearm_streams {
-            self.arm_streams()?;
         }
         Ok(())
     }
@@ -471,4 +527,29 @@ impl Uring {
         self.sends_in_flight += count;
         Ok(())
     }
+}
+
+/// A stream operation's completion, kept for the shard.
+fn stream_completion(done: &mut Vec<RingDone>, user_data: u64, result: i32, flags: u32) {
+    let more = cqueue::more(flags);
+    let completion = match OpKind::of(user_data) {
+        Some(OpKind::Accept) => RingDone::Accepted {
+            listener: (user_data & 0xff) as usize,
+            // SAFETY: a non-negative accept result is a new descriptor the
+            // kernel gave us, owned by nothing else.
+            fd: (result >= 0).then(|| unsafe { OwnedFd::from_raw_fd(result) }),
+            error: -result.min(0),
+            more,
+        },
+        Some(OpKind::Recv) => RingDone::Received {
+            user_data,
+            result,
+            buffer: cqueue::buffer_select(flags),
+            more,
+        },
+        Some(OpKind::Send) => RingDone::Sent { user_data, result },
+        Some(OpKind::Writable) => RingDone::Writable { user_data, result },
+        Some(OpKind::Cancel) | None => return,
+    };
+    done.push(completion);
 }

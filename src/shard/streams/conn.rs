@@ -1,4 +1,11 @@
-//! One connection: its socket, its framing and the bytes queued toward it.
+//! One connection: its socket, and its session: the framing, the TLS
+//! state when it has one, and the bytes queued toward it.
+//!
+//! Bytes come in from the socket (epoll: `read`) or from a buffer the ring
+//! filled (io_uring: `received`); both go through one [`Session::take_in`].
+//! Bytes go out by `write` (epoll: [`Conn::flush`]) or by a `Send` the ring
+//! runs from `inflight`, which nothing touches until it completes
+//! ([`Conn::ring_send`], [`Conn::ring_sent`]).
 
 use std::io::{self, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -65,17 +72,44 @@ pub(super) struct Conn {
     /// We opened it (to a backend), rather than accepted it.
     pub(super) outgoing: bool,
     connecting: bool,
-    /// The TLS session of a `tls:` connection: the socket carries its
-    /// records, the deframer its plaintext, and it holds the send queue.
-    tls: Option<Box<rustls::Connection>>,
-    deframer: Deframer,
-    /// Bytes the kernel did not take yet, from `queued_from` on.
-    queue: Vec<u8>,
-    queued_from: usize,
+    session: Session,
     opened: Instant,
     last_active: Instant,
     /// When the message now being read began.
     message_since: Option<Instant>,
+    /// io_uring: a multishot receive is armed on the socket.
+    pub(super) receiving: bool,
+}
+
+/// Everything between the socket and the messages: framing, TLS, queues.
+struct Session {
+    /// The TLS session of a `tls:` connection: the socket carries its
+    /// records, the deframer its plaintext.
+    tls: Option<Box<rustls::Connection>>,
+    deframer: Deframer,
+    /// Bytes for the socket not written yet, from `queued_from` on (TLS:
+    /// records rustls made, under io_uring; rustls holds them under epoll).
+    queue: Vec<u8>,
+    queued_from: usize,
+    /// io_uring: the bytes a `Send` in flight reads, from `inflight_from`;
+    /// `Some` while it is in flight.
+    inflight: Option<Vec<u8>>,
+    inflight_from: usize,
+}
+
+/// A buffer the ring filled, read like a socket that would block at its end.
+struct Filled<'a>(&'a [u8]);
+
+impl io::Read for Filled<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.0.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.0.len().min(out.len());
+        out[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
 }
 
 impl Conn {
@@ -113,7 +147,7 @@ impl Conn {
         if let Some(mut tls) = tls {
             tls.set_buffer_limit(Some(config.send_queue_bytes_max));
             self.transport = Transport::Tls;
-            self.tls = Some(Box::new(tls));
+            self.session.tls = Some(Box::new(tls));
         }
         self
     }
@@ -131,24 +165,28 @@ impl Conn {
             transport: Transport::Tcp,
             outgoing,
             connecting: false,
-            tls: None,
-            deframer: Deframer::new(config.framing),
-            queue: Vec::new(),
-            queued_from: 0,
+            session: Session {
+                tls: None,
+                deframer: Deframer::new(config.framing),
+                queue: Vec::new(),
+                queued_from: 0,
+                inflight: None,
+                inflight_from: 0,
+            },
             opened: now,
             last_active: now,
             message_since: None,
+            receiving: false,
         }
     }
 
-    #[cfg(test)]
     pub(super) fn is_connecting(&self) -> bool {
         self.connecting
     }
 
     #[cfg(test)]
     pub(super) fn partial(&self) -> usize {
-        self.deframer.partial()
+        self.session.deframer.partial()
     }
 
     pub(super) fn fd(&self) -> RawFd {
@@ -159,21 +197,11 @@ impl Conn {
         Peer::new(self.transport, self.remote)
     }
 
-    /// The socket is ready: finish a connect, write what waits.
+    /// The socket is writable (epoll): finish a connect, write what waits.
     pub(super) fn on_ready(&mut self, now: Instant) -> Read {
-        if let Ok(Some(_)) | Err(_) = self.stream.take_error() {
-            return match self.connecting {
-                true => Read::Refused,
-                false => Read::Closed,
-            };
-        }
-        if self.connecting {
-            match self.stream.peer_addr() {
-                Ok(_) => self.connecting = false,
-                // Not up yet: a later edge tells.
-                Err(_) => return Read::Open,
-            }
-            self.last_active = now;
+        match self.connected(now) {
+            Read::Open => {}
+            other => return other,
         }
         match self.flush() {
             Ok(()) => Read::Open,
@@ -181,8 +209,23 @@ impl Conn {
         }
     }
 
-    /// Reads until the socket has nothing more, handing each framed
-    /// message to `arrive`.
+    /// Whether a connect finished (`Open`), failed, or is still under way
+    /// (`Open`, still connecting).
+    pub(super) fn connected(&mut self, now: Instant) -> Read {
+        if let Ok(Some(_)) | Err(_) = self.stream.take_error() {
+            return match self.connecting {
+                true => Read::Refused,
+                false => Read::Closed,
+            };
+        }
+        if self.connecting && self.stream.peer_addr().is_ok() {
+            self.connecting = false;
+            self.last_active = now;
+        }
+        Read::Open
+    }
+
+    /// Reads the socket (epoll), handing each framed message to `arrive`.
     /// `hung_up`: the peer closed its side (EPOLLRDHUP), so the socket is
     /// read to its end; otherwise a short read ends the turn (the next
     /// bytes raise a new edge), which saves a read that would block.
@@ -195,73 +238,252 @@ impl Conn {
         if self.connecting {
             return Read::Open;
         }
-        let result = match self.tls.is_some() {
-            true => self.read_tls(now, &mut arrive),
-            false => self.read_plain(now, hung_up, &mut arrive),
-        };
-        self.message_since = match self.deframer.partial() {
-            0 => None,
-            _ => Some(self.message_since.unwrap_or(now)),
-        };
+        let mut stream = &self.stream;
+        let (result, got) = self.session.take_in(&mut stream, hung_up, &mut arrive);
+        self.after_read(now, got);
         result
     }
 
-    fn read_plain(
+    /// Takes bytes the ring received (io_uring), as [`Conn::read`] does.
+    pub(super) fn received(
         &mut self,
         now: Instant,
+        bytes: &[u8],
+        mut arrive: impl FnMut(Arrival<'_>),
+    ) -> Read {
+        let (result, got) = self.session.take_in(&mut Filled(bytes), false, &mut arrive);
+        self.after_read(now, got);
+        result
+    }
+
+    fn after_read(&mut self, now: Instant, got: bool) {
+        if got {
+            self.last_active = now;
+        }
+        self.message_since = match self.session.deframer.partial() {
+            0 => None,
+            _ => Some(self.message_since.unwrap_or(now)),
+        };
+    }
+
+    /// Queues `bytes` for the end of the turn's [`Conn::flush`] (or
+    /// [`Conn::ring_send`]), so that a turn's messages to one connection
+    /// go in one write.
+    pub(super) fn queue(&mut self, bytes: &[u8], queue_max: usize) -> Result<(), SendError> {
+        self.session.queue(bytes, queue_max)
+    }
+
+    /// Heap bytes this connection holds: its read buffer and send queues.
+    /// Under epoll rustls holds a TLS connection's send queue, bounded by
+    /// its buffer limit; that and the record being read are not counted.
+    pub(super) fn held_bytes(&self) -> usize {
+        let s = &self.session;
+        s.deframer.buffer_bytes()
+            + s.queue.capacity()
+            + s.inflight.as_ref().map_or(0, Vec::capacity)
+    }
+
+    /// Whether bytes wait to be written.
+    pub(super) fn has_queued(&self) -> bool {
+        let s = &self.session;
+        s.queued_from < s.queue.len() || s.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Writes the queue out (epoll) as far as the kernel takes it; what it
+    /// does not take goes when the socket is writable again (its edge).
+    pub(super) fn flush(&mut self) -> Result<(), SendError> {
+        if !self.has_queued() || self.connecting {
+            return Ok(());
+        }
+        let mut stream = &self.stream;
+        if let Some(tls) = self.session.tls.as_deref_mut() {
+            return write_tls(tls, &mut stream);
+        }
+        let s = &mut self.session;
+        let written =
+            write_some(&mut stream, &s.queue[s.queued_from..]).map_err(|_| SendError::Broken)?;
+        s.queued_from += written;
+        s.compact_queue();
+        Ok(())
+    }
+
+    /// io_uring: moves what is queued into the in-flight buffer and
+    /// returns it for a `Send`; `None` when a send is in flight already,
+    /// or nothing waits. `queue_max` bounds what waits behind a send.
+    pub(super) fn ring_send(&mut self, queue_max: usize) -> Result<Option<&[u8]>, SendError> {
+        if self.connecting {
+            return Ok(None);
+        }
+        let s = &mut self.session;
+        if let Some(tls) = s.tls.as_deref_mut() {
+            while tls.wants_write() {
+                tls.write_tls(&mut s.queue).map_err(|_| SendError::Broken)?;
+            }
+        }
+        if s.inflight.is_some() {
+            let waiting = s.queue.len() - s.queued_from;
+            return match waiting > queue_max {
+                true => Err(SendError::Backlog),
+                false => Ok(None),
+            };
+        }
+        if s.queued_from == s.queue.len() {
+            return Ok(None);
+        }
+        let mut bytes = std::mem::take(&mut s.queue);
+        bytes.drain(..s.queued_from);
+        s.queued_from = 0;
+        s.inflight_from = 0;
+        Ok(Some(s.inflight.insert(bytes).as_slice()))
+    }
+
+    /// io_uring: a `Send` took `sent` bytes; returns the rest of the
+    /// in-flight buffer to send again, if any.
+    pub(super) fn ring_sent(&mut self, sent: usize) -> Option<&[u8]> {
+        let s = &mut self.session;
+        let inflight = s.inflight.as_mut()?;
+        s.inflight_from = (s.inflight_from + sent).min(inflight.len());
+        if s.inflight_from < inflight.len() {
+            return s.inflight.as_deref().map(|b| &b[s.inflight_from..]);
+        }
+        // Done: the buffer becomes the queue's again when that is empty,
+        // so its room is reused.
+        let mut done = s.inflight.take()?;
+        if s.queue.is_empty() && done.capacity() <= KEEP_QUEUE_BYTES {
+            done.clear();
+            s.queue = done;
+        }
+        None
+    }
+
+    /// io_uring: the buffer of a send still in flight, which must outlive
+    /// the connection until its completion.
+    pub(super) fn take_inflight(&mut self) -> Option<Vec<u8>> {
+        self.session.inflight.take()
+    }
+
+    /// Tells a TLS peer the connection ends (close_notify), so that it
+    /// can tell a close from a truncation; best effort, never waits.
+    pub(super) fn shut(&mut self) {
+        if let Some(tls) = self.session.tls.as_deref_mut() {
+            tls.send_close_notify();
+            let mut stream = &self.stream;
+            let _ = tls.write_tls(&mut stream);
+        }
+    }
+
+    /// Whether a deadline has passed; frees an idle connection's framing
+    /// buffer on the way, so idle connections cost little memory.
+    pub(super) fn expired(&mut self, now: Instant, config: &StreamConfig) -> Option<Expiry> {
+        let idle = now.saturating_duration_since(self.last_active);
+        let age = now.saturating_duration_since(self.opened);
+        if self.connecting && age > config.connect_timeout {
+            return Some(Expiry::Connect);
+        }
+        let handshaking = self
+            .session
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.is_handshaking());
+        let connect = match self.outgoing {
+            true => config.connect_timeout,
+            false => Duration::ZERO,
+        };
+        if handshaking && age > connect + config.handshake_timeout {
+            return Some(Expiry::Handshake);
+        }
+        if let Some(since) = self.message_since {
+            if now.saturating_duration_since(since) > config.message_timeout {
+                return Some(Expiry::SlowMessage);
+            }
+        }
+        if idle > config.idle_timeout {
+            return Some(Expiry::Idle);
+        }
+        if idle > RELEASE_AFTER {
+            self.session.release();
+        }
+        None
+    }
+}
+
+impl Session {
+    /// Reads `source` until it would block (or, for plain TCP, a short
+    /// read), framing what it gives; true with it when bytes came.
+    fn take_in(
+        &mut self,
+        source: &mut impl io::Read,
         hung_up: bool,
         arrive: &mut impl FnMut(Arrival<'_>),
-    ) -> Read {
+    ) -> (Read, bool) {
+        match self.tls.is_some() {
+            true => self.take_in_tls(source, arrive),
+            false => self.take_in_plain(source, hung_up, arrive),
+        }
+    }
+
+    fn take_in_plain(
+        &mut self,
+        source: &mut impl io::Read,
+        hung_up: bool,
+        arrive: &mut impl FnMut(Arrival<'_>),
+    ) -> (Read, bool) {
+        let mut got = false;
         loop {
             let space = self.deframer.space();
             let room = space.len();
             if room == 0 {
-                break Read::Fault(self.deframer.fault().unwrap_or(StreamFault::BufferFull));
+                let fault = self.deframer.fault().unwrap_or(StreamFault::BufferFull);
+                return (Read::Fault(fault), got);
             }
-            match self.stream.read(space) {
-                Ok(0) => break Read::Closed,
+            match source.read(space) {
+                Ok(0) => return (Read::Closed, got),
                 Ok(n) => {
+                    got = true;
                     self.deframer.filled(n);
-                    self.last_active = now;
                     if let Some(fault) = self.frames(arrive) {
-                        break Read::Fault(fault);
+                        return (Read::Fault(fault), got);
                     }
                     if n < room && !hung_up {
-                        break Read::Open;
+                        return (Read::Open, got);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Read::Open,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (Read::Open, got),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break Read::Closed,
+                Err(_) => return (Read::Closed, got),
             }
         }
     }
 
-    /// Reads TLS records until the socket has no more, and frames the
-    /// plaintext they carry. Always read to the socket's end: a record
-    /// read in part gives no plaintext, so a short read says nothing.
-    fn read_tls(&mut self, now: Instant, arrive: &mut impl FnMut(Arrival<'_>)) -> Read {
+    /// Reads TLS records until the source has no more, and frames the
+    /// plaintext they carry. Always read to the end: a record read in
+    /// part gives no plaintext, so a short read says nothing.
+    fn take_in_tls(
+        &mut self,
+        source: &mut impl io::Read,
+        arrive: &mut impl FnMut(Arrival<'_>),
+    ) -> (Read, bool) {
+        let mut got = false;
         loop {
             let Some(tls) = self.tls.as_deref_mut() else {
-                return Read::Closed;
+                return (Read::Closed, got);
             };
             let handshaking = tls.is_handshaking();
-            match tls.read_tls(&mut self.stream) {
-                Ok(0) => return Read::Closed,
-                Ok(_) => self.last_active = now,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::Open,
+            match tls.read_tls(source) {
+                Ok(0) => return (Read::Closed, got),
+                Ok(_) => got = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (Read::Open, got),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Read::Closed,
+                Err(_) => return (Read::Closed, got),
             }
             let state = match tls.process_new_packets() {
                 Ok(state) => state,
                 Err(error) => {
-                    tracing::debug!(%error, remote = %self.remote, "TLS failed");
-                    // The alert rustls queued tells the peer why.
-                    let _ = tls.write_tls(&mut self.stream);
+                    tracing::debug!(%error, "TLS failed");
+                    // The alert rustls queued goes out with the close.
                     return match handshaking {
-                        true => Read::HandshakeFailed,
-                        false => Read::TlsBroken,
+                        true => (Read::HandshakeFailed, got),
+                        false => (Read::TlsBroken, got),
                     };
                 }
             };
@@ -270,10 +492,10 @@ impl Conn {
             }
             let closed = state.peer_has_closed();
             if let Some(read) = self.plaintext(arrive) {
-                return read;
+                return (read, got);
             }
             if closed {
-                return Read::Closed;
+                return (Read::Closed, got);
             }
         }
     }
@@ -320,9 +542,7 @@ impl Conn {
         None
     }
 
-    /// Queues `bytes` for the end of the turn's [`Conn::flush`], so that a
-    /// turn's messages to one connection go in one write.
-    pub(super) fn queue(&mut self, bytes: &[u8], queue_max: usize) -> Result<(), SendError> {
+    fn queue(&mut self, bytes: &[u8], queue_max: usize) -> Result<(), SendError> {
         if let Some(tls) = self.tls.as_deref_mut() {
             // rustls encrypts it now (holds it in plain text until the
             // handshake is done), within its buffer limit.
@@ -339,33 +559,8 @@ impl Conn {
         Ok(())
     }
 
-    /// Heap bytes this connection holds: its read buffer and send queue.
-    /// Over TLS rustls holds the send queue, bounded by its buffer limit,
-    /// and one record being read; they are not counted here.
-    pub(super) fn held_bytes(&self) -> usize {
-        self.deframer.buffer_bytes() + self.queue.capacity()
-    }
-
-    /// Whether bytes wait to be written.
-    pub(super) fn has_queued(&self) -> bool {
-        match &self.tls {
-            Some(tls) => tls.wants_write(),
-            None => self.queued_from < self.queue.len(),
-        }
-    }
-
-    /// Writes the queue out as far as the kernel takes it; what it does
-    /// not take goes when the socket is writable again (its edge).
-    pub(super) fn flush(&mut self) -> Result<(), SendError> {
-        if !self.has_queued() || self.connecting {
-            return Ok(());
-        }
-        if let Some(tls) = self.tls.as_deref_mut() {
-            return write_tls(tls, &mut self.stream);
-        }
-        let written = write_some(&mut self.stream, &self.queue[self.queued_from..])
-            .map_err(|_| SendError::Broken)?;
-        self.queued_from += written;
+    /// Forgets what was written; gives back a large queue's room.
+    fn compact_queue(&mut self) {
         if self.queued_from == self.queue.len() {
             self.queue.clear();
             self.queued_from = 0;
@@ -373,54 +568,22 @@ impl Conn {
                 self.queue = Vec::new();
             }
         }
-        Ok(())
     }
 
-    /// Tells a TLS peer the connection ends (close_notify), so that it
-    /// can tell a close from a truncation; best effort, never waits.
-    pub(super) fn shut(&mut self) {
-        if let Some(tls) = self.tls.as_deref_mut() {
-            tls.send_close_notify();
-            let _ = tls.write_tls(&mut self.stream);
-        }
-    }
-
-    /// Whether a deadline has passed; frees an idle connection's framing
-    /// buffer on the way, so idle connections cost little memory.
-    pub(super) fn expired(&mut self, now: Instant, config: &StreamConfig) -> Option<Expiry> {
-        let idle = now.saturating_duration_since(self.last_active);
-        let age = now.saturating_duration_since(self.opened);
-        if self.connecting && age > config.connect_timeout {
-            return Some(Expiry::Connect);
-        }
-        let handshaking = self.tls.as_ref().is_some_and(|t| t.is_handshaking());
-        let connect = match self.outgoing {
-            true => config.connect_timeout,
-            false => Duration::ZERO,
-        };
-        if handshaking && age > connect + config.handshake_timeout {
-            return Some(Expiry::Handshake);
-        }
-        if let Some(since) = self.message_since {
-            if now.saturating_duration_since(since) > config.message_timeout {
-                return Some(Expiry::SlowMessage);
-            }
-        }
-        if idle > config.idle_timeout {
-            return Some(Expiry::Idle);
-        }
-        if idle > RELEASE_AFTER && self.deframer.partial() == 0 {
+    /// Gives back an idle connection's buffers.
+    fn release(&mut self) {
+        if self.deframer.partial() == 0 {
             self.deframer.release();
-            if !self.has_queued() {
-                self.queue = Vec::new();
-            }
         }
-        None
+        if self.queued_from == self.queue.len() {
+            self.queue = Vec::new();
+            self.queued_from = 0;
+        }
     }
 }
 
 /// Writes the TLS records waiting, as far as the socket takes them now.
-fn write_tls(tls: &mut rustls::Connection, stream: &mut TcpStream) -> Result<(), SendError> {
+fn write_tls(tls: &mut rustls::Connection, stream: &mut &TcpStream) -> Result<(), SendError> {
     while tls.wants_write() {
         match tls.write_tls(stream) {
             Ok(0) => return Err(SendError::Broken),
@@ -434,7 +597,7 @@ fn write_tls(tls: &mut rustls::Connection, stream: &mut TcpStream) -> Result<(),
 }
 
 /// Writes as much of `bytes` as the socket takes now.
-fn write_some(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
+fn write_some(stream: &mut &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < bytes.len() {
         match stream.write(&bytes[written..]) {

@@ -18,6 +18,7 @@
 //! finish a TLS handshake.
 
 mod conn;
+mod ring;
 
 use std::collections::HashMap;
 use std::io;
@@ -32,6 +33,7 @@ use super::sys::Poller;
 use crate::sip::{FlowId, Peer, StreamFault, StreamLimits, Transport};
 use crate::tls::ShardTls;
 use conn::{Conn, Read};
+pub(crate) use ring::{OpKind, RingDone, RingOp};
 
 /// The stream side's settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -141,6 +143,13 @@ pub(super) struct Streams {
     pub(super) failed: Vec<Peer>,
     /// Connections accepted this turn, for the guard's screen.
     accepted_now: Vec<(u32, SocketAddr)>,
+    /// Driven by the shard's ring (`ring.rs`) rather than the epoll set.
+    ring: bool,
+    /// Operations for the ring, taken each turn.
+    ring_ops: Vec<RingOp>,
+    /// Buffers of sends in flight on connections since closed, by the
+    /// send's user data, until their completions.
+    orphans: HashMap<u64, Vec<u8>>,
     pub(super) counters: StreamCounters,
 }
 
@@ -185,6 +194,9 @@ impl Streams {
             frames: Vec::new(),
             failed: Vec::new(),
             accepted_now: Vec::new(),
+            ring: false,
+            ring_ops: Vec::new(),
+            orphans: HashMap::new(),
             counters: StreamCounters::default(),
         })
     }
@@ -281,28 +293,33 @@ impl Streams {
                     return 0;
                 }
             };
-            let source_count = self.per_source.get(&remote.ip()).copied().unwrap_or(0);
-            if self.open >= self.config.connections_max
-                || source_count as usize >= self.config.connections_per_source_max
-            {
-                self.counters.refused += 1;
-                tracing::debug!(%remote, "connection refused: a connection bound is reached");
-                continue;
-            }
-            let tls = match transport {
-                Transport::Tls => match self.server_session() {
-                    Some(session) => Some(session),
-                    None => continue,
-                },
-                _ => None,
-            };
-            self.counters.accepted += 1;
-            let conn = Conn::accepted(stream, remote, tls, &self.config, now);
-            if let Some(slot) = self.insert(conn) {
-                self.accepted_now.push((slot, remote));
-            }
+            self.admit(stream, remote, transport, now);
         }
         0
+    }
+
+    /// Takes an accepted connection in, unless a bound refuses it.
+    fn admit(&mut self, stream: TcpStream, remote: SocketAddr, transport: Transport, now: Instant) {
+        let source_count = self.per_source.get(&remote.ip()).copied().unwrap_or(0);
+        if self.open >= self.config.connections_max
+            || source_count as usize >= self.config.connections_per_source_max
+        {
+            self.counters.refused += 1;
+            tracing::debug!(%remote, "connection refused: a connection bound is reached");
+            return;
+        }
+        let tls = match transport {
+            Transport::Tls => match self.server_session() {
+                Some(session) => Some(session),
+                None => return,
+            },
+            _ => None,
+        };
+        self.counters.accepted += 1;
+        let conn = Conn::accepted(stream, remote, tls, &self.config, now);
+        if let Some(slot) = self.insert(conn) {
+            self.accepted_now.push((slot, remote));
+        }
     }
 
     /// A server session for a connection on the TLS listener.
@@ -345,10 +362,13 @@ impl Streams {
                 (self.slots.len() - 1) as u32
             }
         };
-        if let Err(error) = self
-            .poller
-            .add_stream(conn.fd(), TOKEN_SLOT + u64::from(slot))
-        {
+        let watched = match self.ring {
+            true => Ok(()),
+            false => self
+                .poller
+                .add_stream(conn.fd(), TOKEN_SLOT + u64::from(slot)),
+        };
+        if let Err(error) = watched {
             tracing::debug!(%error, "a connection could not be watched; closed");
             self.free.push(slot);
             return None;
@@ -357,6 +377,9 @@ impl Streams {
         self.by_peer.insert((conn.transport, conn.remote), slot);
         self.open += 1;
         self.slots[slot as usize].conn = Some(conn);
+        if self.ring {
+            self.ring_arm(slot);
+        }
         Some(slot)
     }
 
@@ -380,18 +403,17 @@ impl Streams {
         if result == Read::Open && edge != Edge::Writable {
             let hung_up = edge == Edge::HungUp;
             let peer = conn.peer().on(flow);
-            result = conn.read(now, hung_up, |frame| match frame {
-                conn::Arrival::Message(bytes) => {
-                    let start = arrivals.len();
-                    arrivals.extend_from_slice(bytes);
-                    frames.push((peer, start..arrivals.len()));
-                    counters.messages_received += 1;
-                }
-                conn::Arrival::Ping => counters.pings += 1,
-                conn::Arrival::Secured => counters.tls_handshakes_ok += 1,
+            result = conn.read(now, hung_up, |frame| {
+                arrive(frame, peer, arrivals, frames, counters)
             });
         }
-        let queued = conn.has_queued();
+        self.after_read(slot, result, before);
+    }
+
+    /// Counts what a read did, and closes the connection when it ended,
+    /// broke or grew past the shard's budget.
+    fn after_read(&mut self, slot: u32, result: Read, before: usize) {
+        let queued = self.conn(slot).is_some_and(Conn::has_queued);
         let over = self.account(slot, before);
         match result {
             Read::Open if over => self.close_over_budget(slot),
@@ -461,6 +483,13 @@ impl Streams {
             return;
         };
         conn.shut();
+        if self.ring {
+            let generation = entry.generation;
+            self.ring_closing(slot, generation, &mut conn);
+        }
+        let Some(entry) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
         entry.generation = entry.generation.wrapping_add(1);
         self.free.push(slot);
         self.open -= 1;
@@ -543,6 +572,10 @@ impl Streams {
     pub(super) fn flush(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &slot in &dirty {
+            if self.ring {
+                self.ring_flush(slot);
+                continue;
+            }
             let Some(conn) = self.conn_mut(slot) else {
                 continue;
             };
@@ -608,6 +641,26 @@ impl Streams {
                 None
             }
         }
+    }
+}
+
+/// Puts what the framing gave where the shard takes it from.
+fn arrive(
+    frame: conn::Arrival<'_>,
+    peer: Peer,
+    arrivals: &mut Vec<u8>,
+    frames: &mut Vec<(Peer, Range<usize>)>,
+    counters: &mut StreamCounters,
+) {
+    match frame {
+        conn::Arrival::Message(bytes) => {
+            let start = arrivals.len();
+            arrivals.extend_from_slice(bytes);
+            frames.push((peer, start..arrivals.len()));
+            counters.messages_received += 1;
+        }
+        conn::Arrival::Ping => counters.pings += 1,
+        conn::Arrival::Secured => counters.tls_handshakes_ok += 1,
     }
 }
 
