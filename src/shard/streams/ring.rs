@@ -137,21 +137,21 @@ impl Streams {
                     error,
                     more,
                 } => self.ring_accepted(*listener, fd.take(), *error, *more, now),
-                &RingDone::Received {
+                RingDone::Received {
                     user_data,
                     result,
                     buffer: bid,
                     more,
                 } => {
-                    let bytes = match (result, bid) {
+                    let bytes = match (*result, *bid) {
                         (len, Some(bid)) if len > 0 => buffer(bid, len as usize),
                         _ => &[],
                     };
-                    self.ring_received(user_data, result, bytes, more, now);
+                    self.ring_received(*user_data, *result, bytes, *more, now);
                 }
-                &RingDone::Sent { user_data, result } => self.ring_sent(user_data, result),
-                &RingDone::Writable { user_data, result } => {
-                    self.ring_writable(user_data, result, now)
+                RingDone::Sent { user_data, result } => self.ring_sent(*user_data, *result),
+                RingDone::Writable { user_data, result } => {
+                    self.ring_writable(*user_data, *result, now)
                 }
             }
         }
@@ -375,3 +375,6 @@ impl Streams {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
