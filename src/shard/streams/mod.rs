@@ -602,15 +602,18 @@ impl Streams {
             Ok(()) if over => self.close_over_budget(slot),
             Ok(()) if !was_queued => self.dirty.push(slot),
             Ok(()) => {}
-            Err(conn::SendError::Backlog) => {
-                self.counters.closed_backlog += 1;
-                self.close(slot);
-            }
-            Err(conn::SendError::Broken) => {
-                self.counters.closed_by_peer += 1;
-                self.close(slot);
-            }
+            Err(error) => self.close_on_send_error(slot, error),
         }
+    }
+
+    /// Closes a connection a send could not go on: a reader too slow for
+    /// the send queue's bound, or a broken socket.
+    fn close_on_send_error(&mut self, slot: u32, error: conn::SendError) {
+        match error {
+            conn::SendError::Backlog => self.counters.closed_backlog += 1,
+            conn::SendError::Broken => self.counters.closed_by_peer += 1,
+        }
+        self.close(slot);
     }
 
     /// Opens a connection to `to` (TCP or TLS), bound to our listen address.

@@ -13,7 +13,7 @@
 use std::os::fd::{OwnedFd, RawFd};
 use std::time::Instant;
 
-use super::conn::{self, Conn, Read};
+use super::conn::{Conn, Read};
 use super::Streams;
 use crate::sip::Transport;
 
@@ -62,6 +62,18 @@ pub(crate) enum RingOp {
     },
     /// Cancels the operation with this user data.
     Cancel { user_data: u64 },
+}
+
+impl RingOp {
+    /// A send of `bytes`, which must stay put until its completion.
+    fn send(fd: RawFd, user_data: u64, bytes: &[u8]) -> RingOp {
+        RingOp::Send {
+            fd,
+            user_data,
+            bytes: bytes.as_ptr() as usize,
+            len: bytes.len() as u32,
+        }
+    }
 }
 
 /// A stream operation's completion.
@@ -284,13 +296,8 @@ impl Streams {
         }
         let fd = conn.fd();
         if let Some(rest) = conn.ring_sent(result as usize) {
-            let (bytes, len) = (rest.as_ptr() as usize, rest.len() as u32);
-            self.ring_ops.push(RingOp::Send {
-                fd,
-                user_data,
-                bytes,
-                len,
-            });
+            let op = RingOp::send(fd, user_data, rest);
+            self.ring_ops.push(op);
             return;
         }
         if conn.has_queued() {
@@ -334,26 +341,14 @@ impl Streams {
         match conn.ring_send(max) {
             Ok(Some(bytes)) => {
                 let user_data = tag(OpKind::Send, slot, generation);
-                let (bytes, len) = (bytes.as_ptr() as usize, bytes.len() as u32);
-                self.ring_ops.push(RingOp::Send {
-                    fd,
-                    user_data,
-                    bytes,
-                    len,
-                });
+                let op = RingOp::send(fd, user_data, bytes);
+                self.ring_ops.push(op);
                 self.account(slot, before);
             }
             Ok(None) => {
                 self.account(slot, before);
             }
-            Err(conn::SendError::Backlog) => {
-                self.counters.closed_backlog += 1;
-                self.close(slot);
-            }
-            Err(conn::SendError::Broken) => {
-                self.counters.closed_by_peer += 1;
-                self.close(slot);
-            }
+            Err(error) => self.close_on_send_error(slot, error),
         }
     }
 
