@@ -12,7 +12,7 @@
 //! Tested, on both I/O loops where cheap: TLS callers to TCP backends
 //! (certificate from `--tls-cert`/`--tls-key`), UDP callers to TLS
 //! backends and TLS callers to TLS backends (from the `[tls]` table, the
-//! only place for `backend_ca`); every call succeeds and handshakes are
+//! only place for `backend_ca`), TLS callers to UDP backends; every call succeeds and handshakes are
 //! counted. Mutual TLS (`client_ca`): a caller presenting the client
 //! certificate gets its calls through, one presenting none gets nothing
 //! through and its handshake counts as failed. SIGHUP while a caller's one
@@ -126,7 +126,7 @@ fn sipp(dir: &Path, aux: (u16, u16)) -> Command {
     command
 }
 
-/// Backend `i`: SIPp on its port (TCP), or behind a stunnel server there
+/// Backend `i`: SIPp on its port (UDP or TCP), or behind a stunnel server there
 /// (TLS) with its Contact naming the stunnel.
 fn start_backend(dir: &Path, ports: Ports, i: u16, mode: Transport, pki: &Pki) -> Vec<Running> {
     let port = ports.backend(i);
@@ -136,7 +136,8 @@ fn start_backend(dir: &Path, ports: Ports, i: u16, mode: Transport, pki: &Pki) -
     };
     let child = sipp(dir, ports.sipp_aux(4 + i))
         .args(["-sf", scenario(file).to_str().unwrap()])
-        .args(["-i", "127.0.0.1", "-p", &sipp_port.to_string(), "-t", "t1"])
+        .args(["-i", "127.0.0.1", "-p", &sipp_port.to_string()])
+        .args(["-t", if mode == Transport::Udp { "u1" } else { "t1" }])
         // What uas-tls.xml puts in its Contact; uas.xml ignores it.
         .args(["-key", "tls_port", &port.to_string()])
         .stdout(Stdio::null())
@@ -369,6 +370,11 @@ fn tls_callers_to_tls_backends_on_epoll() {
 #[test]
 fn tls_callers_to_tls_backends() {
     calls_succeed("auto", 27400, Transport::Tls, Transport::Tls);
+}
+
+#[test]
+fn tls_callers_to_udp_backends() {
+    calls_succeed("auto", 27800, Transport::Tls, Transport::Udp);
 }
 
 /// Polls the gateway's metrics until `key` has risen past `from` (the
