@@ -10,7 +10,7 @@
 //!   shard                             the per-core runtime around the core
 //!   proxy                             routing, failover, CANCEL, dialogs
 //!   txn   balance   guard             state machines, destination sets, access control
-//!   sip   udp                         the SIP scanner and editor; batched UDP
+//!   sip   udp   tls                   the SIP scanner and editor; batched UDP; rustls configs
 //! ```
 //!
 //! A test module (`#[cfg(test)]`, or a file its parent declares under
@@ -27,19 +27,25 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     ("sip", &[]),
     ("udp", &[]),
+    ("tls", &[]),
     ("balance", &["sip"]),
     ("guard", &["sip", "balance"]),
     ("txn", &["sip", "balance"]),
     ("proxy", &["sip", "txn", "balance", "guard"]),
-    ("shard", &["sip", "udp", "txn", "balance", "guard", "proxy"]),
+    (
+        "shard",
+        &["sip", "udp", "tls", "txn", "balance", "guard", "proxy"],
+    ),
     (
         "config",
-        &["sip", "udp", "txn", "balance", "guard", "proxy", "shard"],
+        &[
+            "sip", "udp", "tls", "txn", "balance", "guard", "proxy", "shard",
+        ],
     ),
     (
         "control",
         &[
-            "sip", "udp", "txn", "balance", "guard", "proxy", "shard", "config",
+            "sip", "udp", "tls", "txn", "balance", "guard", "proxy", "shard", "config",
         ],
     ),
 ];

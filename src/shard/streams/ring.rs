@@ -10,7 +10,7 @@
 //! connection cancels its operations; the buffer of a send in flight is
 //! kept until that send completes, since the kernel reads it until then.
 
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use super::conn::{Conn, Read};
@@ -118,13 +118,19 @@ impl Streams {
     pub(in crate::shard) fn use_ring(&mut self) -> std::io::Result<()> {
         self.poller = crate::shard::sys::Poller::with_capacity(1)?;
         self.ring = true;
-        for (index, (listener, _)) in self.listeners.iter().enumerate() {
-            use std::os::fd::AsRawFd;
+        for index in 0..self.listeners.len() {
+            self.arm_accept(index);
+        }
+        Ok(())
+    }
+
+    /// A multishot accept on listener `index`.
+    fn arm_accept(&mut self, index: usize) {
+        if let Some((listener, _)) = self.listeners.get(index) {
             let user_data = ((OpKind::Accept as u64) << 56) | index as u64;
             let fd = listener.as_raw_fd();
             self.ring_ops.push(RingOp::Accept { fd, user_data });
         }
-        Ok(())
     }
 
     /// The operations asked for since the last call, for the ring.
@@ -189,13 +195,9 @@ impl Streams {
         now: Instant,
     ) {
         if !more {
-            // The multishot accept ended (an error, a full queue): again.
-            if let Some((socket, _)) = self.listeners.get(listener) {
-                use std::os::fd::AsRawFd;
-                let user_data = ((OpKind::Accept as u64) << 56) | listener as u64;
-                let fd = socket.as_raw_fd();
-                self.ring_ops.push(RingOp::Accept { fd, user_data });
-            }
+            // The multishot accept ended (an error such as EMFILE): again,
+            // as a level-triggered listener would be tried each turn.
+            self.arm_accept(listener);
         }
         let Some(fd) = fd else {
             // EMFILE and the like: counted by the kernel's listen queue,
