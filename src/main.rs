@@ -38,12 +38,12 @@ struct Cli {
 /// given on the command line override the same settings of `--config`.
 #[derive(Args)]
 struct RunArgs {
-    /// An address SIP arrives on, `[udp|tcp|tls:]IP:PORT` (bare: UDP);
-    /// repeat for each transport. UDP is always served: without a udp: listener
+    /// An address SIP arrives on, `[udp|tcp|tls|ws|wss:]IP:PORT` (bare:
+    /// UDP); repeat for each transport. UDP is always served: without a udp: listener
     /// it takes the first one's address. Each goes in our Via and
     /// Record-Route, so it must be one peers can reach.
     /// Default: 127.0.0.1:5060 (UDP).
-    #[arg(long, value_name = "[udp|tcp|tls:]IP:PORT")]
+    #[arg(long, value_name = "[udp|tcp|tls|ws|wss:]IP:PORT")]
     listen: Vec<String>,
     /// Our TLS certificate chain (PEM, leaf first), for tls: listeners.
     /// Re-read on SIGHUP.
@@ -215,6 +215,7 @@ fn configure(args: &RunArgs) -> Result<AppConfig, ExitCode> {
         })?;
         shard.listen = listeners.udp;
         (shard.tcp_listen, shard.tls_listen) = (listeners.tcp, listeners.tls);
+        (shard.ws_listen, shard.wss_listen) = (listeners.ws, listeners.wss);
     }
     if let Some(cert) = &args.tls_cert {
         config.tls.cert = Some(cert.clone());

@@ -14,7 +14,7 @@ use toml::Spanned;
 use super::routing::{networks, routing};
 use super::schema::{
     AclFile, File, FloodFile, LimitsFile, Listen, OverloadFile, ProbesFile, StreamsFile, TlsFile,
-    TransactionsFile,
+    TransactionsFile, WebSocketFile,
 };
 use super::{AdminConfig, AppConfig, Listeners, Problems, Refused};
 use crate::balance::{ProbeConfig, Routing};
@@ -61,7 +61,8 @@ pub(super) fn app(
     let routing = routing(&file, previous, problems);
     let io = io(file.io.as_ref(), d.shard.io, problems);
     let limits = limits(&file.limits, &d.shard.limits, problems);
-    let streams = streams(&file.streams, &d.shard.streams, problems);
+    let mut streams = streams(&file.streams, &d.shard.streams, problems);
+    streams.websocket = websocket(&file.websocket, problems);
     let txn = transactions(&file.transactions, &d.shard.txn, problems);
     let probes = probes(&file.probes, &d.probes, problems);
     let overload = overload(&file.overload, &d.shard.overload, problems);
@@ -73,6 +74,8 @@ pub(super) fn app(
         listen: listen.udp,
         tcp_listen: listen.tcp,
         tls_listen: listen.tls,
+        ws_listen: listen.ws,
+        wss_listen: listen.wss,
         tls: None,
         streams,
         shards,
@@ -117,6 +120,30 @@ pub(super) fn app(
         admin,
         tls,
     })
+}
+
+/// The `[websocket]` table.
+fn websocket(file: &WebSocketFile, problems: &mut Problems) -> shard::WsConfig {
+    let d = shard::WsConfig::default();
+    let mut size = |v: &Option<Spanned<usize>>, name: &str, default| {
+        sized(
+            &mut *problems,
+            v.as_ref(),
+            &format!("websocket.{name}"),
+            1024..=1 << 20,
+            default,
+            "use 1024..=1048576 (default 65536)",
+        )
+    };
+    shard::WsConfig {
+        origins: file.origins.clone().into(),
+        message_bytes_max: size(
+            &file.message_bytes_max,
+            "message_bytes_max",
+            d.message_bytes_max,
+        ),
+        frame_bytes_max: size(&file.frame_bytes_max, "frame_bytes_max", d.frame_bytes_max),
+    }
 }
 
 /// The `[tls]` table's files, as written.
@@ -228,6 +255,7 @@ fn streams(
             d.send_queue_bytes_max,
             "use 65536..=1073741824 (default 1048576)",
         ),
+        websocket: shard::WsConfig::default(),
         framing: StreamLimits {
             message_bytes_max,
             buffer_bytes_max: 2 * message_bytes_max,

@@ -66,6 +66,8 @@ impl Default for AppConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
             tcp_listen: None,
             tls_listen: None,
+            ws_listen: None,
+            wss_listen: None,
             tls: None,
             streams: shard::StreamConfig::default(),
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -193,6 +195,9 @@ pub struct Listeners {
     pub udp: SocketAddr,
     pub tcp: Option<SocketAddr>,
     pub tls: Option<SocketAddr>,
+    /// SIP over WebSocket (RFC 7118), plain and over TLS.
+    pub ws: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
 }
 
 /// `--listen` and `listen =`: `[udp|tcp|tls:]IP:PORT` each, at most one a
@@ -202,7 +207,7 @@ pub fn listeners(list: &[&str]) -> Result<Listeners, Refused> {
         what,
         fix: fix.to_string(),
     };
-    let mut by_transport: [Option<SocketAddr>; 3] = [None; 3];
+    let mut by_transport = [None; Transport::ALL.len()];
     for text in list {
         let peer: Peer = text.parse().map_err(|e| {
             refuse(
@@ -232,8 +237,8 @@ pub fn listeners(list: &[&str]) -> Result<Listeners, Refused> {
     let udp = by_transport[0]
         .or(first)
         .ok_or_else(|| refuse("no address".into(), "give at least one"))?;
-    let (tcp, tls) = (by_transport[1], by_transport[2]);
-    if [tcp, tls]
+    let [_, tcp, tls, ws, wss] = by_transport;
+    if [tcp, tls, ws, wss]
         .iter()
         .flatten()
         .any(|a| a.is_ipv4() != udp.is_ipv4())
@@ -243,7 +248,13 @@ pub fn listeners(list: &[&str]) -> Result<Listeners, Refused> {
             "listen on one family, IPv4 or IPv6",
         ));
     }
-    Ok(Listeners { udp, tcp, tls })
+    Ok(Listeners {
+        udp,
+        tcp,
+        tls,
+        ws,
+        wss,
+    })
 }
 
 /// What cannot work between the listeners and the backends: a backend over
@@ -258,6 +269,13 @@ pub fn transport_problems(shard: &shard::Config) -> Vec<String> {
                 Transport::Udp => Some(shard.listen),
                 Transport::Tcp => shard.tcp_listen,
                 Transport::Tls => shard.tls_listen,
+                Transport::Ws | Transport::Wss => {
+                    problems.push(format!(
+                        "backend {} is over WebSocket, which sipshard takes from clients only; use udp, tcp or tls",
+                        member.uri
+                    ));
+                    continue;
+                }
             };
             if listener.is_none() {
                 let t = member.transport;
@@ -292,10 +310,11 @@ pub fn tls_context(
             .iter()
             .any(|member| member.transport == Transport::Tls)
     });
-    if shard.tls_listen.is_none() && !backends {
+    let listens = shard.tls_listen.is_some() || shard.wss_listen.is_some();
+    if !listens && !backends {
         return Ok(None);
     }
-    TlsContext::load(files, shard.tls_listen.is_some()).map(|c| Some(Arc::new(c)))
+    TlsContext::load(files, listens).map(|c| Some(Arc::new(c)))
 }
 
 /// Whether a backend's URI says `transport=udp`: UDP alone, never TCP.

@@ -37,6 +37,9 @@ pub struct File {
     pub streams: StreamsFile,
     /// Certificates: ours (for `tls:` listeners) and the CAs we trust.
     pub tls: Option<Spanned<TlsFile>>,
+    /// SIP over WebSocket: allowed origins and bounds.
+    #[serde(default)]
+    pub websocket: WebSocketFile,
     #[serde(default)]
     pub transactions: TransactionsFile,
     #[serde(default)]
@@ -71,6 +74,17 @@ pub struct Socket {
     /// Steer each datagram to its shard's socket in the kernel (eBPF);
     /// default true. Without it the shards hand datagrams to each other.
     pub steering: Option<bool>,
+}
+
+/// The `[websocket]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketFile {
+    /// `Origin` values an upgrade may carry; empty (the default): any.
+    #[serde(default)]
+    pub origins: Vec<String>,
+    pub message_bytes_max: Option<Spanned<usize>>,
+    pub frame_bytes_max: Option<Spanned<usize>>,
 }
 
 /// The `[tls]` table: PEM files.

@@ -426,7 +426,15 @@ fn listeners_by_transport() {
     let udp: SocketAddr = "127.0.0.1:5060".parse().unwrap();
     let tcp: SocketAddr = "127.0.0.1:5070".parse().unwrap();
     let tls: SocketAddr = "127.0.0.1:5061".parse().unwrap();
-    let of = |udp, tcp, tls| Ok(Listeners { udp, tcp, tls });
+    let of = |udp, tcp, tls| {
+        Ok(Listeners {
+            udp,
+            tcp,
+            tls,
+            ws: None,
+            wss: None,
+        })
+    };
     assert_eq!(listeners(&["127.0.0.1:5060"]), of(udp, None, None));
     assert_eq!(
         listeners(&["tcp:127.0.0.1:5070", "udp:127.0.0.1:5060"]),

@@ -34,7 +34,7 @@ mod streams;
 mod sys;
 mod uring;
 
-pub use streams::{StreamConfig, StreamCounters};
+pub use streams::{StreamConfig, StreamCounters, WsConfig};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -66,6 +66,9 @@ pub struct Config {
     pub tcp_listen: Option<SocketAddr>,
     /// The TLS listen address, when SIP over TLS is served.
     pub tls_listen: Option<SocketAddr>,
+    /// The WebSocket listen addresses (RFC 7118), plain and secure.
+    pub ws_listen: Option<SocketAddr>,
+    pub wss_listen: Option<SocketAddr>,
     /// What TLS connections start from (listeners, TLS backends); `None`
     /// when neither is configured.
     pub tls: Option<Arc<crate::tls::TlsContext>>,

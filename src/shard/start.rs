@@ -38,6 +38,8 @@ impl Runtime {
         let listen: Vec<(Transport, SocketAddr)> = [
             (Transport::Tcp, config.tcp_listen),
             (Transport::Tls, config.tls_listen),
+            (Transport::Ws, config.ws_listen),
+            (Transport::Wss, config.wss_listen),
         ]
         .into_iter()
         .filter_map(|(t, a)| Some((t, a?)))
@@ -105,7 +107,9 @@ impl Runtime {
         let backends = default_set.members.len();
         let tcp = config.tcp_listen.map(|a| a.to_string()).unwrap_or_default();
         let tls = config.tls_listen.map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(listen = %config.listen, tcp, tls, shards, io, steered, shed_in_kernel, backends, ?own_ports, "sipshard is running");
+        let ws = config.ws_listen.map(|a| a.to_string()).unwrap_or_default();
+        let wss = config.wss_listen.map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listen = %config.listen, tcp, tls, ws, wss, shards, io, steered, shed_in_kernel, backends, ?own_ports, "sipshard is running");
         Ok(runtime)
     }
 }

@@ -25,14 +25,14 @@ pub struct LocalAddress {
     port: u16,
     /// By transport: `Via: SIP/2.0/UDP host:port;branch=z9hG4bK`, ready to
     /// be followed by the branch key.
-    via_prefix: [Box<[u8]>; 3],
+    via_prefix: [Box<[u8]>; Transport::ALL.len()],
     /// By transport: `Record-Route: <sip:host:port;transport=tcp;lr>\r\n`
     /// (no `transport` for UDP).
-    record_route: [Box<[u8]>; 3],
+    record_route: [Box<[u8]>; Transport::ALL.len()],
     /// Other host:port pairs that also mean us (a public name, a VIP).
     aliases: Vec<(Box<[u8]>, u16)>,
     /// By transport: whether we listen on it.
-    streams: [bool; 3],
+    streams: [bool; Transport::ALL.len()],
 }
 
 impl LocalAddress {
@@ -46,7 +46,7 @@ impl LocalAddress {
             via_prefix: Transport::ALL.map(|t| via_prefix(host, t, port)),
             record_route: Transport::ALL.map(|t| record_route(host, t, port)),
             aliases: Vec::new(),
-            streams: [true, false, false],
+            streams: Transport::ALL.map(|t| t == Transport::Udp),
         }
     }
 

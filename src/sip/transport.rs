@@ -17,10 +17,20 @@ pub enum Transport {
     Udp,
     Tcp,
     Tls,
+    /// SIP over WebSocket (RFC 7118), for clients.
+    Ws,
+    /// SIP over secure WebSocket (RFC 7118), for clients.
+    Wss,
 }
 
 impl Transport {
-    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+    pub const ALL: [Transport; 5] = [
+        Transport::Udp,
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Ws,
+        Transport::Wss,
+    ];
 
     /// As it goes in a Via (`SIP/2.0/TCP`).
     pub fn via_token(self) -> &'static str {
@@ -28,6 +38,8 @@ impl Transport {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
             Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
         }
     }
 
@@ -37,19 +49,21 @@ impl Transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
         }
     }
 
     /// A Via's transport token or a URI's `transport` value, any case.
-    /// `None`: one we do not speak (SCTP, WS, ...).
+    /// `None`: one we do not speak (SCTP, ...).
     pub fn parse(token: &[u8]) -> Option<Transport> {
         Transport::ALL
             .into_iter()
             .find(|t| token.eq_ignore_ascii_case(t.name().as_bytes()))
     }
 
-    /// A byte stream (TCP, TLS): framed by Content-Length, replied to over
-    /// the connection a request came on.
+    /// A connection (TCP, TLS, WebSocket): replied to over the connection
+    /// a request came on.
     pub fn is_stream(self) -> bool {
         self != Transport::Udp
     }
@@ -132,7 +146,7 @@ pub enum PeerError {
 impl fmt::Display for PeerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PeerError::Transport(t) => write!(f, "transport {t:?} is not udp, tcp or tls"),
+            PeerError::Transport(t) => write!(f, "transport {t:?} is not udp, tcp, tls, ws or wss"),
             PeerError::Address(a) => write!(f, "{a:?} is not IP:PORT"),
         }
     }

@@ -82,6 +82,9 @@ pub enum Stat {
     ConnectionsClosedTls,
     TlsHandshakesOk,
     TlsHandshakesFailed,
+    WsUpgraded,
+    WsRefused,
+    ConnectionsClosedWs,
     StreamFaultNoContentLength,
     StreamFaultBadContentLength,
     StreamFaultHeadersTooLong,
@@ -93,7 +96,7 @@ pub enum Stat {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 70] = [
+    pub const ALL: [Stat; 73] = [
         Stat::Received,
         Stat::Sent,
         Stat::HandedOff,
@@ -156,6 +159,9 @@ impl Stat {
         Stat::ConnectionsClosedTls,
         Stat::TlsHandshakesOk,
         Stat::TlsHandshakesFailed,
+        Stat::WsUpgraded,
+        Stat::WsRefused,
+        Stat::ConnectionsClosedWs,
         Stat::StreamFaultNoContentLength,
         Stat::StreamFaultBadContentLength,
         Stat::StreamFaultHeadersTooLong,
@@ -453,6 +459,14 @@ fn stream_row(stat: Stat) -> Option<Row> {
             Some(("result", result)),
         )
     };
+    let upgrades = |result| {
+        (
+            "ws_upgrades_total",
+            "WebSocket upgrades, by result (refused: no sip subprotocol, an origin not allowed, not an upgrade).",
+            Counter,
+            Some(("result", result)),
+        )
+    };
     let fault = |f: crate::sip::StreamFault| {
         (
             "stream_faults_total",
@@ -482,6 +496,9 @@ fn stream_row(stat: Stat) -> Option<Row> {
         Stat::ConnectionsClosedTls => closed("tls_error"),
         Stat::TlsHandshakesOk => handshakes("ok"),
         Stat::TlsHandshakesFailed => handshakes("failed"),
+        Stat::WsUpgraded => upgrades("ok"),
+        Stat::WsRefused => upgrades("refused"),
+        Stat::ConnectionsClosedWs => closed("ws_error"),
         Stat::StreamFaultNoContentLength => fault(F::NoContentLength),
         Stat::StreamFaultBadContentLength => fault(F::BadContentLength),
         Stat::StreamFaultHeadersTooLong => fault(F::HeadersTooLong),

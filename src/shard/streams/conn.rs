@@ -12,6 +12,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+pub(super) use super::ws::WsEnd;
+use super::ws::WsSession;
 use super::StreamConfig;
 use crate::sip::{Deframer, Frame, Peer, StreamFault, Transport};
 
@@ -30,6 +32,8 @@ pub(super) enum Read {
     HandshakeFailed,
     /// A TLS error once the handshake was done (a bad record, an alert).
     TlsBroken,
+    /// The WebSocket upgrade was refused, or the WebSocket closed.
+    Ws(WsEnd),
 }
 
 /// What the framing gave.
@@ -39,6 +43,8 @@ pub(super) enum Arrival<'a> {
     Ping,
     /// The TLS handshake completed.
     Secured,
+    /// The WebSocket upgrade completed.
+    Upgraded,
 }
 
 /// Why a connection is past its time.
@@ -86,6 +92,10 @@ struct Session {
     /// The TLS session of a `tls:` connection: the socket carries its
     /// records, the deframer its plaintext.
     tls: Option<Box<rustls::Connection>>,
+    /// The WebSocket of a `ws:` or `wss:` connection: it takes the bytes
+    /// (TLS's plaintext for `wss:`) and gives one SIP message a message;
+    /// the deframer is not used.
+    ws: Option<Box<WsSession>>,
     deframer: Deframer,
     /// Bytes for the socket not written yet, from `queued_from` on (TLS:
     /// records rustls made, under io_uring; rustls holds them under epoll).
@@ -113,10 +123,11 @@ impl io::Read for Filled<'_> {
 }
 
 impl Conn {
-    /// `tls`: the session of a connection accepted on a `tls:` listener.
+    /// `tls`: the session of a connection accepted on a `tls:` or `wss:`
+    /// listener; `transport` the listener's.
     pub(super) fn accepted(
         stream: TcpStream,
-        remote: SocketAddr,
+        (remote, transport): (SocketAddr, Transport),
         tls: Option<rustls::Connection>,
         config: &StreamConfig,
         now: Instant,
@@ -125,7 +136,12 @@ impl Conn {
         // would only make reads block, so it is not expected.
         let _ = stream.set_nonblocking(true);
         let _ = stream.set_nodelay(true);
-        Conn::new(stream, remote, config, now, false).secured(tls, config)
+        let mut conn = Conn::new(stream, remote, config, now, false).secured(tls, config);
+        if matches!(transport, Transport::Ws | Transport::Wss) {
+            conn.session.ws = Some(Box::new(WsSession::new(&config.websocket)));
+        }
+        conn.transport = transport;
+        conn
     }
 
     /// `tls`: the client session toward a TLS backend.
@@ -167,6 +183,7 @@ impl Conn {
             connecting: false,
             session: Session {
                 tls: None,
+                ws: None,
                 deframer: Deframer::new(config.framing),
                 queue: Vec::new(),
                 queued_from: 0,
@@ -365,10 +382,14 @@ impl Conn {
     /// Tells a TLS peer the connection ends (close_notify), so that it
     /// can tell a close from a truncation; best effort, never waits.
     pub(super) fn shut(&mut self) {
-        if let Some(tls) = self.session.tls.as_deref_mut() {
+        let mut stream = &self.stream;
+        let s = &mut self.session;
+        if let Some(tls) = s.tls.as_deref_mut() {
             tls.send_close_notify();
-            let mut stream = &self.stream;
             let _ = tls.write_tls(&mut stream);
+        } else if s.inflight.is_none() && s.queued_from < s.queue.len() {
+            // What waits (a refused upgrade's answer): best effort.
+            let _ = write_some(&mut stream, &s.queue[s.queued_from..]);
         }
     }
 
@@ -380,11 +401,9 @@ impl Conn {
         if self.connecting && age > config.connect_timeout {
             return Some(Expiry::Connect);
         }
-        let handshaking = self
-            .session
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.is_handshaking());
+        let s = &self.session;
+        let handshaking = s.tls.as_ref().is_some_and(|t| t.is_handshaking())
+            || s.ws.as_ref().is_some_and(|w| w.is_handshaking());
         let connect = match self.outgoing {
             true => config.connect_timeout,
             false => Duration::ZERO,
@@ -416,10 +435,58 @@ impl Session {
         hung_up: bool,
         arrive: &mut impl FnMut(Arrival<'_>),
     ) -> (Read, bool) {
-        match self.tls.is_some() {
-            true => self.take_in_tls(source, arrive),
-            false => self.take_in_plain(source, hung_up, arrive),
+        match (self.tls.is_some(), self.ws.is_some()) {
+            (true, _) => self.take_in_tls(source, arrive),
+            (false, true) => self.take_in_ws(source, arrive),
+            (false, false) => self.take_in_plain(source, hung_up, arrive),
         }
+    }
+
+    /// Reads a plain WebSocket connection until it would block.
+    fn take_in_ws(
+        &mut self,
+        source: &mut impl io::Read,
+        arrive: &mut impl FnMut(Arrival<'_>),
+    ) -> (Read, bool) {
+        let mut chunk = [0u8; 8192];
+        let mut got = false;
+        loop {
+            let n = match source.read(&mut chunk) {
+                Ok(0) => return (Read::Closed, got),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (Read::Open, got),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return (Read::Closed, got),
+            };
+            got = true;
+            if let Some(read) = self.upgrade_and_frame(&chunk[..n], arrive) {
+                return (read, got);
+            }
+        }
+    }
+
+    /// Hands bytes to the WebSocket, its messages to `arrive`, and what
+    /// it answers to the queue (or to TLS); `Some` when it must close.
+    fn upgrade_and_frame(
+        &mut self,
+        bytes: &[u8],
+        arrive: &mut impl FnMut(Arrival<'_>),
+    ) -> Option<Read> {
+        let ws = self.ws.as_deref_mut()?;
+        let was_handshaking = ws.is_handshaking();
+        let result = ws.take_in(bytes, |message| arrive(Arrival::Message(message)));
+        if was_handshaking && !ws.is_handshaking() && result.is_ok() {
+            arrive(Arrival::Upgraded);
+        }
+        let mut out = Vec::new();
+        ws.take_output(&mut out);
+        match self.tls.as_deref_mut() {
+            Some(tls) => {
+                let _ = tls.writer().write_all(&out);
+            }
+            None => self.queue.extend_from_slice(&out),
+        }
+        result.err().map(Read::Ws)
     }
 
     fn take_in_plain(
@@ -510,6 +577,18 @@ impl Session {
                 let fault = self.deframer.fault().unwrap_or(StreamFault::BufferFull);
                 return Some(Read::Fault(fault));
             }
+            if self.ws.is_some() {
+                let mut chunk = [0u8; 8192];
+                match tls.reader().read(&mut chunk) {
+                    Ok(0) => return Some(Read::Closed),
+                    Ok(n) => match self.upgrade_and_frame(&chunk[..n], arrive) {
+                        Some(read) => return Some(read),
+                        None => continue,
+                    },
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                    Err(_) => return Some(Read::Closed),
+                }
+            }
             match tls.reader().read(space) {
                 Ok(0) => return Some(Read::Closed),
                 Ok(n) => self.deframer.filled(n),
@@ -543,6 +622,19 @@ impl Session {
     }
 
     fn queue(&mut self, bytes: &[u8], queue_max: usize) -> Result<(), SendError> {
+        if let Some(ws) = self.ws.as_deref_mut() {
+            // One SIP message, one WebSocket message; its frame goes on
+            // to TLS or the queue below.
+            ws.send(bytes).map_err(|_| SendError::Broken)?;
+            let mut frame = Vec::new();
+            ws.take_output(&mut frame);
+            return self.queue_raw(&frame, queue_max);
+        }
+        self.queue_raw(bytes, queue_max)
+    }
+
+    /// Queues bytes for the socket (or for TLS to encrypt).
+    fn queue_raw(&mut self, bytes: &[u8], queue_max: usize) -> Result<(), SendError> {
         if let Some(tls) = self.tls.as_deref_mut() {
             // rustls encrypts it now (holds it in plain text until the
             // handshake is done), within its buffer limit.

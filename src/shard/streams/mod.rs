@@ -19,6 +19,7 @@
 
 mod conn;
 mod ring;
+mod ws;
 
 use std::collections::HashMap;
 use std::io;
@@ -34,6 +35,7 @@ use crate::sip::{FlowId, Peer, StreamFault, StreamLimits, Transport};
 use crate::tls::ShardTls;
 use conn::{Conn, Read};
 pub(crate) use ring::{OpKind, RingDone, RingOp};
+pub use ws::WsConfig;
 
 /// The stream side's settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,6 +60,8 @@ pub struct StreamConfig {
     pub buffered_bytes_max: usize,
     /// Message and buffer bounds of each connection's framing.
     pub framing: StreamLimits,
+    /// WebSocket connections: origins and bounds.
+    pub websocket: WsConfig,
 }
 
 impl Default for StreamConfig {
@@ -72,6 +76,7 @@ impl Default for StreamConfig {
             send_queue_bytes_max: 1 << 20,
             buffered_bytes_max: 256 << 20,
             framing: StreamLimits::default(),
+            websocket: WsConfig::default(),
         }
     }
 }
@@ -96,6 +101,13 @@ pub struct StreamCounters {
     pub closed_handshake_timeout: u64,
     /// A TLS error after the handshake.
     pub closed_tls: u64,
+    pub ws_upgraded: u64,
+    /// Upgrades refused: no `sip` subprotocol, an origin not allowed, not
+    /// a WebSocket upgrade.
+    pub ws_refused: u64,
+    /// WebSocket connections closed on a protocol error (an unmasked or
+    /// oversize frame, a message past the bound) or a close frame.
+    pub closed_ws: u64,
     pub tls_handshakes_ok: u64,
     pub tls_handshakes_failed: u64,
     pub faults: [u64; StreamFault::ALL.len()],
@@ -105,9 +117,9 @@ pub struct StreamCounters {
     pub messages_received: u64,
 }
 
-/// Tokens of the streams' epoll set: the listeners (TCP, TLS), then one
+/// Tokens of the streams' epoll set: the listeners (TCP, TLS, WS, WSS), then one
 /// per slot.
-const TOKEN_SLOT: u64 = 2;
+const TOKEN_SLOT: u64 = 4;
 /// Connections accepted per turn at most, so that a flood of them cannot
 /// starve the datagram path; the listener stays ready for the next turn.
 const ACCEPTS_PER_TURN: usize = 256;
@@ -309,14 +321,14 @@ impl Streams {
             return;
         }
         let tls = match transport {
-            Transport::Tls => match self.server_session() {
+            Transport::Tls | Transport::Wss => match self.server_session() {
                 Some(session) => Some(session),
                 None => return,
             },
             _ => None,
         };
         self.counters.accepted += 1;
-        let conn = Conn::accepted(stream, remote, tls, &self.config, now);
+        let conn = Conn::accepted(stream, (remote, transport), tls, &self.config, now);
         if let Some(slot) = self.insert(conn) {
             self.accepted_now.push((slot, remote));
         }
@@ -438,6 +450,14 @@ impl Streams {
             }
             Read::TlsBroken => {
                 self.counters.closed_tls += 1;
+                self.close(slot);
+            }
+            Read::Ws(conn::WsEnd::Refused) => {
+                self.counters.ws_refused += 1;
+                self.close(slot);
+            }
+            Read::Ws(conn::WsEnd::Closed) => {
+                self.counters.closed_ws += 1;
                 self.close(slot);
             }
         }
@@ -664,6 +684,7 @@ fn arrive(
         }
         conn::Arrival::Ping => counters.pings += 1,
         conn::Arrival::Secured => counters.tls_handshakes_ok += 1,
+        conn::Arrival::Upgraded => counters.ws_upgraded += 1,
     }
 }
 
