@@ -4,15 +4,17 @@
 //! SIPp backends over UDP. Calls go through: INVITE, 180 and 200 back over
 //! the client's WebSocket, then ACK and BYE along the Record-Route, on both
 //! I/O loops and two shards (the connection lands on one shard, half the
-//! calls belong to the other). Upgrades without the `sip` subprotocol get
-//! 400 and are counted.
+//! calls belong to the other), and over a secure WebSocket (`wss:`, the
+//! TLS certificate of `--tls-cert`). Upgrades without the `sip`
+//! subprotocol get 400 and are counted.
 //!
 //! Needs `sipp` (Debian `sip-tester`), which `.ci/run` installs. Ports
 //! 31000-31099 only; the runs take a lock and go one at a time.
 
 mod support;
 
-use std::net::TcpStream;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -26,6 +28,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 const GATEWAY: &str = "127.0.0.1:31000";
 const WS: &str = "127.0.0.1:31001";
+const WSS: &str = "127.0.0.1:31002";
 const ADMIN: &str = "127.0.0.1:31090";
 const BACKENDS: [&str; 2] = ["127.0.0.1:31080", "127.0.0.1:31081"];
 const CALLS: usize = 40;
@@ -44,9 +47,14 @@ fn start_backend(address: &str, dir: &Path) -> Running {
     Running(child)
 }
 
-fn start_gateway(io: &str) -> Running {
+fn start_gateway(io: &str, tls: Option<&support::tls::Pki>) -> Running {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sipshard"));
     command.args(["--listen", GATEWAY, "--listen", &format!("ws:{WS}")]);
+    if let Some(pki) = tls {
+        command.args(["--listen", &format!("wss:{WSS}")]);
+        command.arg("--tls-cert").arg(&pki.server.chain);
+        command.arg("--tls-key").arg(&pki.server.key);
+    }
     command.args(["--shards", "2", "--io", io, "--admin", ADMIN]);
     for backend in BACKENDS {
         command.args(["--backend", &format!("sip:{backend}")]);
@@ -109,7 +117,7 @@ Content-Length: 0\r\n\r\n"
 }
 
 /// The next SIP message the gateway sends down the WebSocket.
-fn next(ws: &mut WebSocket<TcpStream>) -> String {
+fn next<S: Read + Write>(ws: &mut WebSocket<S>) -> String {
     loop {
         match ws.read().expect("a message from the gateway") {
             Message::Text(text) => return text.as_str().to_string(),
@@ -120,7 +128,7 @@ fn next(ws: &mut WebSocket<TcpStream>) -> String {
 }
 
 /// Reads until a final response; it, with the Record-Route values it carries.
-fn final_response(ws: &mut WebSocket<TcpStream>) -> (u16, String) {
+fn final_response<S: Read + Write>(ws: &mut WebSocket<S>) -> (u16, String) {
     loop {
         let message = next(ws);
         let code: u16 = message[8..11].parse().expect("a response");
@@ -171,7 +179,7 @@ impl Dialog {
 
 /// One call over the WebSocket: INVITE, its 200, ACK and BYE to the
 /// Contact along the Record-Route, the BYE's 200.
-fn call(ws: &mut WebSocket<TcpStream>, n: usize) {
+fn call<S: Read + Write>(ws: &mut WebSocket<S>, n: usize) {
     ws.send(Message::text(request("INVITE", n, 1, None)))
         .unwrap();
     let (code, ok) = final_response(ws);
@@ -193,7 +201,7 @@ fn calls_succeed(io: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempdir(&format!("ws-{io}"));
     let _backends: Vec<Running> = BACKENDS.iter().map(|b| start_backend(b, &dir)).collect();
-    let _gateway = start_gateway(io);
+    let _gateway = start_gateway(io, None);
     let mut ws = connect(Some("sip")).expect("the upgrade succeeds");
     for n in 0..CALLS {
         call(&mut ws, n);
@@ -215,6 +223,48 @@ fn calls_succeed(io: &str) {
     }
     assert_eq!(value(&sums, "sipshard_ws_upgrades_total{result=ok}"), 1);
     assert_eq!(value(&sums, refused_key), 1);
+}
+
+/// A secure WebSocket to the gateway's wss: listener, trusting `pki`'s CA.
+fn connect_secure(
+    pki: &support::tls::Pki,
+) -> WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(pki.ca_der.clone()))
+        .unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::from(std::net::IpAddr::from(Ipv4Addr::LOCALHOST));
+    let session = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let socket = TcpStream::connect(WSS).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let stream = rustls::StreamOwned::new(session, socket);
+    let mut request = format!("wss://{WSS}/").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "sip".parse().unwrap());
+    match tungstenite::client(request, stream) {
+        Ok((ws, _)) => ws,
+        Err(_) => panic!("the wss: upgrade failed"),
+    }
+}
+
+#[test]
+fn calls_over_a_secure_websocket() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempdir("wss");
+    let pki = support::tls::Pki::make(&dir);
+    let _backends: Vec<Running> = BACKENDS.iter().map(|b| start_backend(b, &dir)).collect();
+    let _gateway = start_gateway("auto", Some(&pki));
+    wait_for_listener(WSS);
+    let mut ws = connect_secure(&pki);
+    for n in 0..CALLS {
+        call(&mut ws, 1000 + n);
+    }
 }
 
 #[test]
