@@ -277,7 +277,8 @@ impl Conn {
         if got {
             self.last_active = now;
         }
-        self.message_since = match self.session.deframer.partial() {
+        let ws = self.session.ws.as_ref().map_or(0, |w| w.partial());
+        self.message_since = match self.session.deframer.partial() + ws {
             0 => None,
             _ => Some(self.message_since.unwrap_or(now)),
         };

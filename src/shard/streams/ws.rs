@@ -146,6 +146,10 @@ pub(super) struct WsSession {
     refused: Arc<AtomicU16>,
     /// The answer to a refused upgrade, until taken.
     refusal: &'static [u8],
+    /// Bytes taken in since the last whole message or control frame: a
+    /// message begun and not finished (fragments that never end), which
+    /// the connection's message deadline bounds.
+    partial: usize,
 }
 
 impl WsSession {
@@ -171,6 +175,15 @@ impl WsSession {
             state,
             refused,
             refusal: b"",
+            partial: 0,
+        }
+    }
+
+    /// Bytes of a message begun and not finished (0 between messages).
+    pub(super) fn partial(&self) -> usize {
+        match self.state {
+            State::Open(_) => self.partial,
+            _ => 0,
         }
     }
 
@@ -197,10 +210,15 @@ impl WsSession {
         if let Some(pipe) = self.pipe() {
             pipe.input.extend(bytes);
         }
+        self.partial = self.partial.saturating_add(bytes.len());
         if let State::Handshaking(_) = self.state {
             self.state = match std::mem::replace(&mut self.state, State::Gone) {
                 State::Handshaking(mid) => match mid.handshake() {
-                    Ok(open) => State::Open(open),
+                    Ok(open) => {
+                        // The upgrade's bytes are no message begun.
+                        self.partial = 0;
+                        State::Open(open)
+                    }
                     Err(HandshakeError::Interrupted(mid)) => State::Handshaking(mid),
                     Err(HandshakeError::Failure(error)) => {
                         tracing::debug!(%error, "WebSocket upgrade refused");
@@ -215,7 +233,11 @@ impl WsSession {
             return Ok(());
         };
         loop {
-            match ws.read() {
+            let read = ws.read();
+            if read.is_ok() {
+                self.partial = 0;
+            }
+            match read {
                 Ok(Message::Text(text)) => message(text.as_bytes()),
                 Ok(Message::Binary(bytes)) => message(&bytes),
                 // tungstenite queues the pong itself; a pong or a frame

@@ -161,6 +161,33 @@ fn unmasked_and_oversize_frames_close_the_connection() {
 }
 
 #[test]
+fn a_message_begun_counts_as_partial_until_it_ends() {
+    let mut server = WsSession::new(&WsConfig::default());
+    let mut client = upgrade(&mut server, Some("sip"), None).unwrap();
+    assert_eq!(server.partial(), 0);
+    // A first fragment (FIN clear, text, masked, 2 bytes "ab"), and no more.
+    client
+        .get_mut()
+        .output
+        .extend_from_slice(&[0x01, 0x82, 0, 0, 0, 0, b'a', b'b']);
+    let mut got = Vec::new();
+    exchange(client.get_mut(), &mut server, &mut got).unwrap();
+    assert!(got.is_empty());
+    assert!(
+        server.partial() > 0,
+        "fragments that never end are a message begun"
+    );
+    // Its last fragment (FIN, continuation, "c") ends it.
+    client
+        .get_mut()
+        .output
+        .extend_from_slice(&[0x80, 0x81, 0, 0, 0, 0, b'c']);
+    exchange(client.get_mut(), &mut server, &mut got).unwrap();
+    assert_eq!(got, vec![b"abc".to_vec()]);
+    assert_eq!(server.partial(), 0);
+}
+
+#[test]
 fn a_message_split_anyhow_arrives_whole() {
     let mut server = WsSession::new(&WsConfig::default());
     let mut client = upgrade(&mut server, Some("sip"), None).unwrap();
