@@ -450,7 +450,7 @@ fn listeners_by_transport() {
     assert!(refused(&["tcp:0.0.0.0:5060"]).contains("wildcard"));
     assert!(refused(&["127.0.0.1:5060", "tls:[::1]:5061"]).contains("two address families"));
     assert!(refused(&["tcp:127.0.0.1:1", "tcp:127.0.0.1:2"]).contains("a second tcp listener"));
-    assert!(refused(&["sctp:127.0.0.1:1"]).contains("not udp, tcp or tls"));
+    assert!(refused(&["sctp:127.0.0.1:1"]).contains("not udp, tcp, tls, ws or wss"));
     assert!(refused(&["127.0.0.1:5060", "tcp:[::1]:5060"]).contains("two address families"));
 }
 

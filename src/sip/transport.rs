@@ -193,7 +193,7 @@ mod tests {
         }
         assert_eq!(Transport::parse(b"Tcp"), Some(Transport::Tcp));
         assert_eq!(Transport::parse(b"SCTP"), None);
-        assert_eq!(Transport::parse(b"WS"), None);
+        assert_eq!(Transport::parse(b"wSs"), Some(Transport::Wss));
         assert_eq!(Transport::parse(b""), None);
     }
 
