@@ -251,10 +251,15 @@ fn configure(args: &RunArgs) -> Result<AppConfig, ExitCode> {
     if !problems.is_empty() {
         return Err(ExitCode::from(2));
     }
-    config.shard.tls = config::tls_context(&config.shard, &config.tls).map_err(|error| {
-        eprintln!("sipshard: tls: {error}; fix: {}", error.fix());
-        ExitCode::from(2)
-    })?;
+    // The file's check built the TLS settings already; build them again
+    // only when the command line changed what they depend on.
+    let cli_tls = args.tls_cert.is_some() || args.tls_key.is_some();
+    if cli_tls || !args.listen.is_empty() || !args.backends.is_empty() || args.config.is_none() {
+        config.shard.tls = config::tls_context(&config.shard, &config.tls).map_err(|error| {
+            eprintln!("sipshard: tls: {error}; fix: {}", error.fix());
+            ExitCode::from(2)
+        })?;
+    }
     Ok(config)
 }
 

@@ -252,11 +252,16 @@ impl Streams {
                 break;
             }
         }
+        self.sweep_if_due(now);
+        Ok(())
+    }
+
+    /// Closes what is past a deadline, every `SWEEP_EVERY`.
+    fn sweep_if_due(&mut self, now: Instant) {
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
             self.sweep(now);
         }
-        Ok(())
     }
 
     /// Whether the deadline sweep is due.

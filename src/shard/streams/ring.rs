@@ -173,10 +173,7 @@ impl Streams {
                 }
             }
         }
-        if self.sweep_due(now) {
-            self.next_sweep = now + super::SWEEP_EVERY;
-            self.sweep(now);
-        }
+        self.sweep_if_due(now);
     }
 
     /// A connection the live slot `user_data` names, if still there.
